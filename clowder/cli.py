@@ -1,0 +1,170 @@
+"""The command line: thin click commands over the core; one handler maps errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from clowder import graph as graph_mod
+from clowder import report
+from clowder.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ClowderError, SpecError
+from clowder.spec import format_duration, parse_assignment
+from clowder.template import init_root, new_pipeline
+from clowder.tree import ROOT_ENV, Root, find_root
+from clowder.validate import load_config, load_pipeline, validate_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ClowderGroup(click.Group):
+    """Runs a command and turns ClowderError into its one-line message and exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpecError as e:
+            for problem in e.problems:
+                click.echo(str(problem), err=True)
+            ctx.exit(e.exit_code)
+        except ClowderError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def root_option(f: F) -> F:
+    return click.option(
+        "--root", "root_dir", type=click.Path(file_okay=False, path_type=Path), envvar=ROOT_ENV,
+        help=f"The Clowder root (default: ${ROOT_ENV}, else the nearest directory upward holding clowder.toml).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def console() -> Console:
+    # Off a terminal rich would wrap at 80 columns; scripts and logs want whole lines.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+@click.group(cls=ClowderGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clowder")
+def main() -> None:
+    """Clowder runs pipelines of jobs (AI coding agents or any command) whose workspaces are
+    git repositories. The file tree is the database: pipelines are directories of TOML files."""
+
+
+@main.command()
+@click.argument("directory", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a Clowder root in DIRECTORY (default: here): clowder.toml with defaults,
+    templates/ and pipelines/. Refuses to overwrite an existing root."""
+    root = init_root(directory)
+    click.echo(f"created Clowder root at {root.path}")
+    click.echo("next: add a template under templates/, then `clowder new TEMPLATE --prompt TEXT`")
+
+
+@main.command()
+@click.argument("template")
+@click.option("--prompt", "-p", required=True, help="The pipeline's prompt, stored verbatim and never changed.")
+@click.option("--name", "-n", help="Pipeline name (default: a unique slug of the prompt).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a template variable (repeatable).")
+@click.option("--source", help="Git repository (path or URL) the first jobs start from.")
+@click.option("--ref", help="Branch, tag or commit of --source (default: its HEAD).")
+@root_option
+def new(template: str, prompt: str, name: str | None, sets: tuple[str, ...], source: str | None,
+        ref: str | None, root_dir: Path | None) -> None:
+    """Create a pipeline from TEMPLATE (templates/TEMPLATE.toml) under pipelines/.
+
+    Prints the new pipeline's name. Never overwrites an existing pipeline."""
+    root = find_root(root_dir)
+    values = dict(parse_assignment(s) for s in sets)
+    src = {"repo": source, **({"ref": ref} if ref else {})} if source else None
+    paths = new_pipeline(root, template, prompt, name, values, src)
+    click.echo(f"created {paths.dir.relative_to(root.path)}/ from template {template}", err=True)
+    click.echo(paths.name)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@root_option
+def validate(path: Path | None, root_dir: Path | None) -> None:
+    """Check a root, pipeline directory, template or spec file (default: the whole root).
+
+    Prints every problem as `FILE: key.path: message`; exits 2 if there is any."""
+    root: Root | None
+    if path is None:
+        root = find_root(root_dir)
+        path = root.path
+    else:
+        try:
+            root = find_root(root_dir, cwd=path.resolve() if path.is_dir() else path.resolve().parent)
+        except ClowderError:
+            root = None
+    what, problems = validate_path(path, root)
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        click.echo(f"{what}: {len(problems)} problem(s)", err=True)
+        click.get_current_context().exit(EXIT_BAD_INPUT)
+    click.echo(f"{what}: ok")
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--format", "fmt", type=click.Choice(["dot", "mermaid"]), default="dot", show_default=True,
+              help="Graphviz dot or a Mermaid flowchart.")
+@root_option
+def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
+    """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
+    root = find_root(root_dir)
+    paths = root.pipeline(pipeline)
+    if not paths.dir.is_dir():
+        raise ClowderError(f"{paths.dir}: no such pipeline")
+    loaded = load_pipeline(paths, load_config(root))
+    states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
+    render = graph_mod.to_dot if fmt == "dot" else graph_mod.to_mermaid
+    click.echo(render(loaded, states), nl=False)
+
+
+@main.command()
+@click.argument("pipeline", required=False)
+@json_option
+@root_option
+def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
+    """Show every pipeline's state, or PIPELINE's jobs with their states, attempts and durations."""
+    root = find_root(root_dir)
+    reports = report.collect(root, pipeline)
+    if as_json:
+        click.echo(json.dumps(report.to_json(reports), indent=2))
+        return
+    out = console()
+    if pipeline is None:
+        if not reports:
+            out.print("no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`")
+            return
+        table = Table("PIPELINE", "STATE", "JOBS", "MESSAGE", box=None, pad_edge=False)
+        for r in reports:
+            table.add_row(r.name, r.state, report.summary(r), r.message)
+        out.print(table)
+        return
+    r = reports[0]
+    out.print(f"pipeline {r.name}: {r.state}" + (f" — {r.message}" if r.message else ""))
+    for problem in r.problems:
+        out.print(f"  {problem}")
+    table = Table("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", "MESSAGE", box=None, pad_edge=False)
+    for j in r.jobs:
+        duration = format_duration(j.duration) if j.duration is not None else "-"
+        table.add_row(j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, j.message)
+    out.print(table)
+

@@ -1,0 +1,120 @@
+"""The dependency graph of a pipeline's jobs: cycles, ancestry, order, and drawings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from clowder.spec import Pipeline, When
+
+Deps = Mapping[str, Sequence[str]]
+
+
+def find_cycle(deps: Deps) -> list[str] | None:
+    """One dependency cycle as [a, b, ..., a], or None. Unknown names are ignored."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(deps, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = grey
+        stack.append(node)
+        for dep in deps[node]:
+            if dep not in color:
+                continue
+            if color[dep] == grey:
+                return [*stack[stack.index(dep):], dep]
+            if color[dep] == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = black
+        return None
+
+    for node in sorted(deps):
+        if color[node] == white:
+            found = visit(node)
+            if found:
+                # Read it in the direction work flows: upstream first.
+                return list(reversed(found))
+    return None
+
+
+def ancestors(deps: Deps, job: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(deps.get(job, ()))
+    while todo:
+        node = todo.pop()
+        if node in seen or node not in deps:
+            continue
+        seen.add(node)
+        todo.extend(deps[node])
+    return seen
+
+
+def topo_order(deps: Deps) -> list[str]:
+    """Jobs ordered so that every job comes after what it needs (ties by name). Assumes no cycle."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in done:
+            return
+        done.add(node)
+        for dep in sorted(deps.get(node, ())):
+            if dep in deps:
+                visit(dep)
+        order.append(node)
+
+    for node in sorted(deps):
+        visit(node)
+    return order
+
+
+def dependents(pipeline: Pipeline) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {name: [] for name in pipeline.jobs}
+    for job in pipeline.jobs.values():
+        for need in job.needs:
+            if need.job in out:
+                out[need.job].append(job.name)
+    return out
+
+
+def pipeline_deps(pipeline: Pipeline) -> dict[str, list[str]]:
+    return {name: [n.job for n in job.needs] for name, job in pipeline.jobs.items()}
+
+
+def _edges(pipeline: Pipeline) -> Iterable[tuple[str, str, When]]:
+    for name in topo_order(pipeline_deps(pipeline)):
+        for need in pipeline.jobs[name].needs:
+            yield need.job, name, need.when
+
+
+def to_dot(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
+    states = states or {}
+    lines = [f'digraph "{pipeline.name}" {{', "  rankdir=LR;", "  node [shape=box];"]
+    for name in topo_order(pipeline_deps(pipeline)):
+        label = f"{name}\\n{states[name]}" if name in states else name
+        lines.append(f'  "{name}" [label="{label}"];')
+    for up, down, when in _edges(pipeline):
+        attr = "" if when is When.SUCCESS else f' [label="{when.value}", style=dashed]'
+        lines.append(f'  "{up}" -> "{down}"{attr};')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_id(name: str) -> str:
+    # Mermaid ids cannot hold '.', so map each name to a safe id and show the name as label.
+    return "j_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def to_mermaid(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
+    states = states or {}
+    lines = ["flowchart LR"]
+    for name in topo_order(pipeline_deps(pipeline)):
+        label = f"{name}<br/>{states[name]}" if name in states else name
+        lines.append(f'  {_mermaid_id(name)}["{label}"]')
+    for up, down, when in _edges(pipeline):
+        arrow = "-->" if when is When.SUCCESS else f"-.->|{when.value}|"
+        lines.append(f"  {_mermaid_id(up)} {arrow} {_mermaid_id(down)}")
+    return "\n".join(lines) + "\n"

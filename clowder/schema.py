@@ -1,0 +1,178 @@
+"""The JSON Schemas of Clowder's TOML files, and their errors turned into one-line problems."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from clowder.errors import Problem
+
+KINDS = ("clowder", "template", "pipeline", "job", "status")
+_TYPE_NAMES = {
+    "string": "a string", "integer": "an integer", "number": "a number",
+    "boolean": "true or false", "array": "an array", "object": "a table",
+}
+
+
+def schemas_dir() -> Path:
+    """Schemas ship inside the wheel as clowder/schemas; a source checkout has them at the top."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "schemas"
+    return packaged if packaged.is_dir() else here.parent / "schemas"
+
+
+@cache
+def load_schema(kind: str) -> dict[str, Any]:
+    with (schemas_dir() / f"{kind}.schema.json").open() as f:
+        schema: dict[str, Any] = json.load(f)
+    return schema
+
+
+@cache
+def _validator(kind: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema(kind))
+
+
+def load_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Parse a TOML file; a syntax error becomes a problem with its line and column."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f), []
+    except tomllib.TOMLDecodeError as e:
+        return None, [Problem(path, "<toml>", f"syntax error: {_toml_message(e)}")]
+    except UnicodeDecodeError as e:
+        return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
+    except OSError as e:
+        return None, [Problem(path, "<file>", f"cannot read: {e.strerror}")]
+
+
+def _toml_message(e: tomllib.TOMLDecodeError) -> str:
+    # tomllib says "Invalid value (at line 3, column 7)"; lead with the position.
+    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e))
+    if m:
+        return f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}"
+    return str(e)
+
+
+def key_path(parts: Iterable[str | int]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def check(kind: str, data: Any, path: Path | str, prefix: Sequence[str | int] = ()) -> list[Problem]:
+    """Every schema problem in `data`, as one-line problems sorted by key."""
+    problems: list[Problem] = []
+    for error in _validator(kind).iter_errors(data):
+        problems.extend(_translate(error, path, prefix))
+    return sorted(set(problems), key=lambda p: (p.key, p.message))
+
+
+def _translate(e: ValidationError, path: Path | str, prefix: Sequence[str | int]) -> list[Problem]:
+    where = [*prefix, *e.absolute_path]
+    key = key_path(where)
+    v = e.validator
+    if v == "additionalProperties" and isinstance(e.instance, dict):
+        node: Any = e.schema
+        known = sorted(node.get("properties", {}))
+        return [
+            Problem(path, key_path([*where, extra]), _unknown_key(extra, known))
+            for extra in e.instance
+            if extra not in known
+        ]
+    if v in ("anyOf", "oneOf"):
+        return _translate_any_of(e, path, prefix)
+    return [Problem(path, key, _message(e))]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key '{key}' (did you mean '{close[0]}'?)"
+    return f"unknown key '{key}'; known keys: {', '.join(known)}"
+
+
+def _translate_any_of(e: ValidationError, path: Path | str, prefix: Sequence[str | int]) -> list[Problem]:
+    branches: Any = e.validator_value
+    # Pick the branch whose type matches the value, and report that branch's own errors.
+    for i, branch in enumerate(branches):
+        if _type_matches(branch.get("type"), e.instance):
+            sub = [c for c in (e.context or []) if c.relative_schema_path[0] == i]
+            if sub:
+                return [p for c in sub for p in _translate(c, path, prefix)]
+    wanted = " or ".join(_describe(b) for b in branches)
+    return [Problem(path, key_path([*prefix, *e.absolute_path]),
+                    f"expected {wanted}, got {_show(e.instance)}")]
+
+
+def _describe(branch: dict[str, Any]) -> str:
+    t = branch.get("type")
+    if t == "array" and branch.get("items", {}).get("type") == "string":
+        return "an array of strings"
+    if t == "object" and "job" in branch.get("properties", {}):
+        return "a table {job = ..., when = ...}"
+    return _TYPE_NAMES.get(t, str(t)) if isinstance(t, str) else "a value"
+
+
+def _type_matches(t: Any, value: Any) -> bool:
+    if isinstance(t, list):
+        return any(_type_matches(x, value) for x in t)
+    checks = {
+        "string": isinstance(value, str),
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+    }
+    return checks.get(t, False)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(e: ValidationError) -> str:
+    v = e.validator
+    want: Any = e.validator_value
+    got: Any = e.instance
+    if v == "type":
+        types = want if isinstance(want, list) else [want]
+        return f"expected {' or '.join(_TYPE_NAMES.get(t, str(t)) for t in types)}, got {_show(got)}"
+    if v == "enum":
+        if want == [1] and e.absolute_path and e.absolute_path[-1] == "schema_version":
+            return f"unsupported schema_version {_show(got)}; this Clowder reads version 1"
+        return f"must be one of {', '.join(str(w) for w in want)}; got {_show(got)}"
+    if v == "required":
+        missing = [k for k in want if k not in got]
+        return f"missing required key '{missing[0]}'" if missing else e.message
+    if v == "minimum":
+        return f"must be >= {want}, got {_show(got)}"
+    if v == "minItems":
+        return "must not be empty"
+    if v == "minLength":
+        return "must not be empty"
+    if v == "minProperties":
+        return "must not be empty"
+    if v == "uniqueItems":
+        return "must not repeat an entry"
+    if v == "pattern":
+        return f"{_show(got)} does not match {want}"
+    return e.message

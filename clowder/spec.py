@@ -1,0 +1,331 @@
+"""Specs: the hand-written files (clowder.toml, templates, pipeline.toml, jobs/*.toml) as records.
+
+Builders here assume their input passed the validator (`clowder.validate`); they never see
+raw user mistakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from clowder.errors import UsageError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "names are 1-64 characters of a-z, 0-9, '.', '_', '-' and start with a letter or digit"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_RULE = "use a number of seconds or e.g. 500ms, 2s, 5m, 1h30m"
+
+
+def is_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def check_name(name: str, what: str) -> str:
+    """Return `name` if it is a valid pipeline/job name, else raise UsageError."""
+    if not is_name(name):
+        raise UsageError(f"invalid {what} name {name!r}: {NAME_RULE}")
+    return name
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration: a number of seconds, or a string like "500ms", "1h30m"."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class When(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class Need:
+    job: str
+    when: When = When.SUCCESS
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 2.0
+    factor: float = 2.0
+    max: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the retry that follows the `failures`-th failed attempt."""
+        return float(min(self.max, self.initial * self.factor ** max(0, failures - 1)))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    max_regressions: int = 3
+
+
+@dataclass(frozen=True)
+class Source:
+    repo: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Harness:
+    name: str
+    command: tuple[str, ...] | str
+    env: Mapping[str, str] = field(default_factory=dict)
+    adapter: str = "actions"
+
+
+@dataclass(frozen=True)
+class Config:
+    """clowder.toml."""
+
+    max_parallel: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    resources: Mapping[str, int] = field(default_factory=dict)
+    harnesses: Mapping[str, Harness] = field(default_factory=dict)
+    default_harness: str | None = None
+    executor: str = "local"
+    git_author_name: str = "Clowder"
+    git_author_email: str = "clowder@localhost"
+    sweep_interval: float = 30.0
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    command: tuple[str, ...] | str | None = None
+    agent: str | None = None
+    stage: str | None = None
+    needs: tuple[Need, ...] = ()
+    from_: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] = ()
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow_failure: bool = False
+    max_regressions: int = 3
+    resources: Mapping[str, int] = field(default_factory=dict)
+    harness: str | None = None
+    max_cost_usd: float | None = None
+    parent: str | None = None
+    regression_of: str | None = None
+    regression_context: Mapping[str, Any] | None = None
+    description: str = ""
+    spec_hash: str = ""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The jobs whose final commits this job's workspace starts from."""
+        if self.from_ is not None:
+            return self.from_
+        return tuple(n.job for n in self.needs)
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    instructions: str = ""
+    harness: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    prompt: str
+    template: str | None = None
+    stages: tuple[str, ...] = ()
+    source: Source | None = None
+    max_parallel: int | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    roles: Mapping[str, Role] = field(default_factory=dict)
+    created_at: datetime | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline as the scheduler sees it: its spec and its jobs, stage edges made explicit."""
+
+    spec: PipelineSpec
+    jobs: Mapping[str, JobSpec]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def spec_hash(data: Mapping[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _backoff(data: Mapping[str, Any] | None, default: Backoff) -> Backoff:
+    if not data:
+        return default
+    return Backoff(
+        initial=parse_duration(data.get("initial", default.initial)),
+        factor=float(data.get("factor", default.factor)),
+        max=parse_duration(data.get("max", default.max)),
+    )
+
+
+def _command(value: object) -> tuple[str, ...] | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    assert isinstance(value, list)
+    return tuple(value)
+
+
+def _need(item: str | Mapping[str, Any]) -> Need:
+    if isinstance(item, str):
+        return Need(item)
+    return Need(item["job"], When(item.get("when", "success")))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    retry = data.get("retry", {})
+    default = RetryPolicy()
+    policy = RetryPolicy(
+        retries=retry.get("retries", default.retries),
+        backoff=_backoff(retry.get("backoff"), default.backoff),
+        max_regressions=retry.get("max_regressions", default.max_regressions),
+    )
+    git = data.get("git", {})
+    harnesses = {
+        name: Harness(name, _command(h["command"]) or (), dict(h.get("env", {})),
+                      h.get("adapter", "actions"))
+        for name, h in data.get("harnesses", {}).items()
+    }
+    return Config(
+        max_parallel=data.get("max_parallel", Config.max_parallel),
+        retry=policy,
+        resources=dict(data.get("resources", {})),
+        harnesses=harnesses,
+        default_harness=data.get("default_harness"),
+        executor=data.get("executor", {}).get("kind", "local"),
+        git_author_name=git.get("author_name", Config.git_author_name),
+        git_author_email=git.get("author_email", Config.git_author_email),
+        sweep_interval=parse_duration(data.get("sweep_interval", Config.sweep_interval)),
+        heartbeat_timeout=parse_duration(data.get("heartbeat_timeout", Config.heartbeat_timeout)),
+        kill_grace=parse_duration(data.get("kill_grace", Config.kill_grace)),
+    )
+
+
+def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> JobSpec:
+    timeout = data.get("timeout")
+    return JobSpec(
+        name=name,
+        command=_command(data.get("command")),
+        agent=data.get("agent"),
+        stage=data.get("stage"),
+        needs=tuple(_need(n) for n in data.get("needs", [])),
+        from_=tuple(data["from"]) if "from" in data else None,
+        outputs=tuple(data.get("outputs", [])),
+        retries=data.get("retries", policy.retries),
+        backoff=_backoff(data.get("backoff"), policy.backoff),
+        timeout=parse_duration(timeout) if timeout is not None else None,
+        env={k: str(v) for k, v in data.get("env", {}).items()},
+        allow_failure=data.get("allow_failure", False),
+        max_regressions=data.get("max_regressions", policy.max_regressions),
+        resources=dict(data.get("resources", {})),
+        harness=data.get("harness"),
+        max_cost_usd=data.get("max_cost_usd"),
+        parent=data.get("parent"),
+        regression_of=data.get("regression_of"),
+        regression_context=data.get("regression_context"),
+        description=data.get("description", ""),
+        spec_hash=spec_hash(data),
+    )
+
+
+def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
+    source = data.get("source")
+    roles = {
+        role: Role(role, r.get("instructions", ""), r.get("harness"))
+        for role, r in data.get("roles", {}).items()
+    }
+    created = data.get("created_at")
+    return PipelineSpec(
+        name=name,
+        prompt=data["prompt"],
+        template=data.get("template"),
+        stages=tuple(data.get("stages", [])),
+        source=Source(source["repo"], source.get("ref")) if source else None,
+        max_parallel=data.get("max_parallel"),
+        variables={k: str(v) for k, v in data.get("variables", {}).items()},
+        roles=roles,
+        created_at=created if isinstance(created, datetime) else None,
+        max_cost_usd=data.get("max_cost_usd"),
+    )
+
+
+def with_stage_needs(jobs: Mapping[str, JobSpec], stages: tuple[str, ...]) -> dict[str, JobSpec]:
+    """Make stage ordering explicit: a staged job without `needs` needs (success) every job
+    of the nearest earlier stage that has jobs, as in GitLab CI."""
+    by_stage: dict[str, list[str]] = {}
+    for job in jobs.values():
+        if job.stage is not None:
+            by_stage.setdefault(job.stage, []).append(job.name)
+    result: dict[str, JobSpec] = {}
+    for name, job in jobs.items():
+        if job.stage is None or job.needs or job.stage not in stages:
+            result[name] = job
+            continue
+        earlier = [s for s in stages[: stages.index(job.stage)] if by_stage.get(s)]
+        if not earlier:
+            result[name] = job
+            continue
+        needs = tuple(Need(n) for n in sorted(by_stage[earlier[-1]]))
+        result[name] = replace(job, needs=needs)
+    return result
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """`K=V` from `--set K=V`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
+    return key.strip(), value

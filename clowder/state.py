@@ -1,0 +1,249 @@
+"""Observed state: job and pipeline states and the status files the scheduler writes."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from clowder.errors import SpecError
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    WAITING = "waiting"
+    LOST = "lost"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATES
+
+
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED}
+)
+
+
+class PipelineState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (PipelineState.PENDING, PipelineState.RUNNING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    blob: str
+    size: int
+    kind: str = "file"  # file | model_output | error_context
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    state: JobState
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    spec_hash: str = ""
+    base_commit: str | None = None
+    commit: str | None = None
+    message: str = ""
+    consumed: Mapping[str, str] = field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
+    regression: bool = False  # started by a regression loop, not counted as a retry
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    state: JobState = JobState.PENDING
+    attempt: int = 0
+    message: str = ""
+    attempts: tuple[Attempt, ...] = ()
+    retry_at: datetime | None = None  # when a `retrying` job goes back to `queued`
+    waiting_for: tuple[str, ...] = ()  # fix-up jobs a `waiting` job waits on
+    spawned: tuple[str, ...] = ()  # every fix-up job this job has spawned
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys written by later features
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    state: PipelineState = PipelineState.PENDING
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    message: str = ""
+    prompt_hash: str = ""
+
+
+def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML has no null: drop None values and empty optional tables/arrays."""
+    return {k: v for k, v in d.items() if v is not None and v != {} and v != ()}
+
+
+def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
+    return _clean({
+        "number": a.number,
+        "state": a.state.value,
+        "started_at": a.started_at,
+        "ended_at": a.ended_at,
+        "exit_code": a.exit_code,
+        "signal": a.signal,
+        "pid": a.pid,
+        "spec_hash": a.spec_hash or None,
+        "base_commit": a.base_commit,
+        "commit": a.commit,
+        "message": a.message or None,
+        "regression": a.regression or None,
+        "consumed": dict(a.consumed) or None,
+        "artifacts": [
+            {"path": x.path, "blob": x.blob, "size": x.size, "kind": x.kind} for x in a.artifacts
+        ] or None,
+    })
+
+
+def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
+    return Attempt(
+        number=int(d["number"]),
+        state=JobState(d["state"]),
+        started_at=d.get("started_at"),
+        ended_at=d.get("ended_at"),
+        exit_code=d.get("exit_code"),
+        signal=d.get("signal"),
+        pid=d.get("pid"),
+        spec_hash=d.get("spec_hash", ""),
+        base_commit=d.get("base_commit"),
+        commit=d.get("commit"),
+        message=d.get("message", ""),
+        consumed=dict(d.get("consumed", {})),
+        artifacts=tuple(
+            Artifact(x["path"], x["blob"], int(x["size"]), x.get("kind", "file"))
+            for x in d.get("artifacts", [])
+        ),
+        regression=bool(d.get("regression", False)),
+    )
+
+
+STATUS_SCHEMA_HEADER = "#:schema ../../../.clowder/schemas/status.schema.json\n"
+PIPELINE_STATUS_SCHEMA_HEADER = "#:schema ../../.clowder/schemas/status.schema.json\n"
+_JOB_KEYS = {"state", "attempt", "message", "attempts", "retry_at", "waiting_for", "spawned",
+             "job", "schema_version"}
+
+
+def job_status_to_toml(s: JobStatus) -> str:
+    data = _clean({
+        "schema_version": 1,
+        "job": s.job,
+        "state": s.state.value,
+        "attempt": s.attempt,
+        "message": s.message,
+        "retry_at": s.retry_at,
+        "waiting_for": list(s.waiting_for) or None,
+        "spawned": list(s.spawned) or None,
+        **dict(s.extra),
+        "attempts": [_attempt_to_dict(a) for a in s.attempts] or None,
+    })
+    return STATUS_SCHEMA_HEADER + tomli_w.dumps(data)
+
+
+def job_status_from_dict(job: str, d: Mapping[str, Any]) -> JobStatus:
+    return JobStatus(
+        job=job,
+        state=JobState(d.get("state", "pending")),
+        attempt=int(d.get("attempt", 0)),
+        message=d.get("message", ""),
+        attempts=tuple(_attempt_from_dict(a) for a in d.get("attempts", [])),
+        retry_at=d.get("retry_at"),
+        waiting_for=tuple(d.get("waiting_for", [])),
+        spawned=tuple(d.get("spawned", [])),
+        extra={k: v for k, v in d.items() if k not in _JOB_KEYS},
+    )
+
+
+def pipeline_status_to_toml(s: PipelineStatus) -> str:
+    data = _clean({
+        "schema_version": 1,
+        "state": s.state.value,
+        "started_at": s.started_at,
+        "ended_at": s.ended_at,
+        "message": s.message,
+        "prompt_hash": s.prompt_hash or None,
+    })
+    return PIPELINE_STATUS_SCHEMA_HEADER + tomli_w.dumps(data)
+
+
+def pipeline_status_from_dict(d: Mapping[str, Any]) -> PipelineStatus:
+    return PipelineStatus(
+        state=PipelineState(d.get("state", "pending")),
+        started_at=d.get("started_at"),
+        ended_at=d.get("ended_at"),
+        message=d.get("message", ""),
+        prompt_hash=d.get("prompt_hash", ""),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError.one(path, "<toml>", str(e)) from e
+
+
+def read_job_status(path: Path, job: str) -> JobStatus:
+    """The job's status file, or a fresh `pending` status when there is none yet."""
+    data = _read_toml(path)
+    if data is None:
+        return JobStatus(job)
+    try:
+        return job_status_from_dict(job, data)
+    except (KeyError, ValueError, TypeError) as e:
+        raise SpecError.one(path, "state", f"unreadable status file: {e}") from e
+
+
+def read_pipeline_status(path: Path) -> PipelineStatus:
+    data = _read_toml(path)
+    if data is None:
+        return PipelineStatus()
+    try:
+        return pipeline_status_from_dict(data)
+    except (KeyError, ValueError, TypeError) as e:
+        raise SpecError.one(path, "state", f"unreadable status file: {e}") from e

@@ -1,0 +1,355 @@
+"""Validation: every problem in a root, a template or a pipeline, found in one pass, and the
+loaders that turn clean files into spec records."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clowder import graph, schema
+from clowder.errors import Problem, SpecError
+from clowder.spec import (
+    NAME_RULE,
+    Config,
+    Pipeline,
+    config_from_dict,
+    is_name,
+    job_from_dict,
+    parse_duration,
+    pipeline_spec_from_dict,
+    with_stage_needs,
+)
+from clowder.tree import CONFIG_FILE, PipelinePaths, Root
+
+VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# Keys whose text is the user's verbatim words, never a template.
+_VERBATIM_KEYS = frozenset({"prompt", "regression_context"})
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a job's keys live: its own file, or a `jobs.<name>` table of a template."""
+
+    path: Path
+    prefix: tuple[str, ...] = ()
+
+    def key(self, *parts: str | int) -> str:
+        return schema.key_path([*self.prefix, *parts])
+
+
+def strings(value: Any, parts: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string inside a TOML value, with its key path; verbatim keys are skipped."""
+    if isinstance(value, str):
+        yield parts, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in _VERBATIM_KEYS:
+                yield from strings(v, (*parts, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from strings(v, (*parts, i))
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _need_names(data: Mapping[str, Any]) -> list[tuple[int, str]]:
+    out = []
+    for i, item in enumerate(data.get("needs", []) if isinstance(data.get("needs"), list) else []):
+        if isinstance(item, str):
+            out.append((i, item))
+        elif isinstance(item, dict) and isinstance(item.get("job"), str):
+            out.append((i, item["job"]))
+    return out
+
+
+def _raw_deps(jobs: Mapping[str, Mapping[str, Any]], stages: list[str]) -> dict[str, list[str]]:
+    """Dependencies from raw job tables, stage edges included, for cycle and ancestry checks."""
+    by_stage: dict[str, list[str]] = {}
+    for name, data in jobs.items():
+        if isinstance(data.get("stage"), str):
+            by_stage.setdefault(data["stage"], []).append(name)
+    deps: dict[str, list[str]] = {}
+    for name, data in jobs.items():
+        needs = [n for _, n in _need_names(data)]
+        stage = data.get("stage")
+        if not needs and "needs" not in data and stage in stages:
+            earlier = [s for s in stages[: stages.index(stage)] if by_stage.get(s)]
+            needs = sorted(by_stage[earlier[-1]]) if earlier else []
+        deps[name] = needs
+    return deps
+
+
+def check_jobs(
+    jobs: Mapping[str, Any],
+    stages: list[str],
+    where: Callable[[str], _Where],
+    resources: Mapping[str, int] | None,
+    variables: set[str] | None,
+) -> list[Problem]:
+    """Problems of a set of jobs, each alone and as a graph. `variables` is the set of
+    declared template variables (a template), or None where none may be left (a pipeline)."""
+    problems: list[Problem] = []
+    names = sorted(jobs)
+    tables = {n: d for n, d in jobs.items() if isinstance(d, dict)}
+    for name in names:
+        w = where(name)
+        data = jobs[name]
+        if not is_name(name):
+            problems.append(Problem(w.path, w.key() or "<name>", f"invalid job name {name!r}: {NAME_RULE}"))
+        problems += schema.check("job", data, w.path, w.prefix)
+        if not isinstance(data, dict):
+            continue
+        problems += _check_job(name, data, names, stages, w, resources, variables)
+    deps = _raw_deps(tables, stages)
+    cycle = graph.find_cycle(deps)
+    if cycle:
+        w = where(cycle[0])
+        problems.append(Problem(w.path, w.key("needs"), "dependency cycle: " + " -> ".join(cycle)))
+    else:
+        for name, data in tables.items():
+            up = graph.ancestors(deps, name)
+            froms = data.get("from", [])
+            for i, src in enumerate(froms if isinstance(froms, list) else []):
+                if isinstance(src, str) and src not in up:
+                    w = where(name)
+                    problems.append(Problem(
+                        w.path, w.key("from", i),
+                        f"'{src}' is not upstream of '{name}': `from` may name only jobs it "
+                        "needs, directly or through other jobs",
+                    ))
+    return problems
+
+
+def _check_job(
+    name: str,
+    data: Mapping[str, Any],
+    names: list[str],
+    stages: list[str],
+    w: _Where,
+    resources: Mapping[str, int] | None,
+    variables: set[str] | None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    has_command, has_agent = "command" in data, "agent" in data
+    if has_command == has_agent:
+        which = "both" if has_command else "neither"
+        problems.append(Problem(w.path, w.key("command"),
+                                f"a job needs exactly one of 'command' and 'agent'; it has {which}"))
+    for i, need in _need_names(data):
+        key = w.key("needs", i) if isinstance(data["needs"][i], str) else w.key("needs", i, "job")
+        if need == name:
+            problems.append(Problem(w.path, key, f"job '{name}' cannot need itself"))
+        elif need not in names:
+            problems.append(Problem(w.path, key, f"unknown job '{need}'{_did_you_mean(need, names)}"))
+    for ref in ("parent", "regression_of"):
+        target = data.get(ref)
+        if isinstance(target, str) and target not in names:
+            problems.append(Problem(w.path, w.key(ref), f"unknown job '{target}'"))
+    stage = data.get("stage")
+    if isinstance(stage, str) and stage not in stages:
+        listed = f"[{', '.join(stages)}]" if stages else "none (no `stages` list)"
+        problems.append(Problem(w.path, w.key("stage"),
+                                f"stage '{stage}' is not in the pipeline's stages: {listed}"))
+    duration_keys: list[tuple[str, ...]] = [("timeout",), ("backoff", "initial"), ("backoff", "max")]
+    for dkey in duration_keys:
+        value: Any = data
+        for part in dkey:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                parse_duration(value)
+            except ValueError as e:
+                problems.append(Problem(w.path, w.key(*dkey), str(e)))
+    if resources is not None and isinstance(data.get("resources"), dict):
+        for pool in data["resources"]:
+            if pool not in resources:
+                defined = ", ".join(sorted(resources)) or "none"
+                problems.append(Problem(w.path, w.key("resources", pool),
+                                        f"unknown resource pool '{pool}'; clowder.toml "
+                                        f"[resources] defines: {defined}"))
+    problems += check_variables(data, w, variables)
+    return problems
+
+
+def check_variables(data: Any, w: _Where, declared: set[str] | None) -> list[Problem]:
+    problems = []
+    for parts, text in strings(data):
+        for var in VARIABLE_RE.findall(text):
+            if declared is None:
+                problems.append(Problem(w.path, w.key(*parts),
+                                        f"template variable '{var}' is unset (set it with "
+                                        f"`clowder new ... --set {var}=VALUE`)"))
+            elif var not in declared:
+                problems.append(Problem(w.path, w.key(*parts),
+                                        f"template variable '{var}' is not declared in [variables]"))
+    return problems
+
+
+def _check_stages(data: Mapping[str, Any]) -> list[str]:
+    stages = data.get("stages", [])
+    return [s for s in stages if isinstance(s, str)] if isinstance(stages, list) else []
+
+
+# -- clowder.toml ---------------------------------------------------------------------------
+
+def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
+    data, problems = schema.load_toml(path)
+    if data is None:
+        return None, problems
+    problems = schema.check("clowder", data, path)
+    for key in ("sweep_interval", "heartbeat_timeout", "kill_grace"):
+        if key in data:
+            try:
+                parse_duration(data[key])
+            except ValueError as e:
+                problems.append(Problem(path, key, str(e)))
+    harnesses = data.get("harnesses", {})
+    default = data.get("default_harness")
+    if isinstance(default, str) and isinstance(harnesses, dict) and default not in harnesses:
+        problems.append(Problem(path, "default_harness",
+                                f"unknown harness '{default}'{_did_you_mean(default, list(harnesses))}"))
+    if problems:
+        return None, problems
+    return config_from_dict(data), []
+
+
+def load_config(root: Root) -> Config:
+    config, problems = check_config(root.config_file)
+    if problems:
+        raise SpecError(problems)
+    assert config is not None
+    return config
+
+
+# -- templates ------------------------------------------------------------------------------
+
+def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, Any] | None, list[Problem]]:
+    data, problems = schema.load_toml(path)
+    if data is None:
+        return None, problems
+    if not is_name(path.stem):
+        problems.append(Problem(path, "<name>", f"invalid template name {path.stem!r}: {NAME_RULE}"))
+    problems += schema.check("template", data, path)
+    jobs = data.get("jobs")
+    if isinstance(jobs, dict):
+        declared = set(data.get("variables", {})) if isinstance(data.get("variables"), dict) else set()
+        problems += check_jobs(
+            jobs, _check_stages(data),
+            lambda name: _Where(path, ("jobs", name)),
+            config.resources if config else None,
+            declared,
+        )
+        roles = data.get("roles")
+        if isinstance(roles, dict):
+            problems += check_variables(roles, _Where(path, ("roles",)), declared)
+    return (None if problems else data), problems
+
+
+# -- pipelines ------------------------------------------------------------------------------
+
+def check_pipeline(paths: PipelinePaths, config: Config | None = None) -> tuple[Pipeline | None, list[Problem]]:
+    """The pipeline as records if its files are clean, and every problem found otherwise."""
+    problems: list[Problem] = []
+    if not is_name(paths.name):
+        problems.append(Problem(paths.dir, "<name>", f"invalid pipeline name {paths.name!r}: {NAME_RULE}"))
+    if not paths.spec_file.is_file():
+        problems.append(Problem(paths.spec_file, "<file>", "missing: every pipeline directory needs a pipeline.toml"))
+        return None, problems
+    spec_data, toml_problems = schema.load_toml(paths.spec_file)
+    problems += toml_problems
+    jobs: dict[str, Any] = {}
+    for name in paths.job_names():
+        data, job_problems = schema.load_toml(paths.jobs_dir / f"{name}.toml")
+        problems += job_problems
+        if data is not None:
+            jobs[name] = data
+    if not paths.job_names():
+        problems.append(Problem(paths.jobs_dir, "<dir>", "no jobs: add at least one jobs/<job>.toml"))
+    problems += check_pipeline_data(paths, spec_data or {}, jobs, config)
+    if problems or spec_data is None:
+        return None, problems
+    return build_pipeline(paths.name, spec_data, jobs, config or Config()), []
+
+
+def check_pipeline_data(
+    paths: PipelinePaths, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config | None
+) -> list[Problem]:
+    """Problems of a pipeline's parsed files, reported against the paths they live (or will live) at."""
+    problems = schema.check("pipeline", spec_data, paths.spec_file) if spec_data else []
+    problems += check_variables(
+        {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
+    problems += check_jobs(jobs, _check_stages(spec_data), lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
+                           config.resources if config else None, None)
+    return problems
+
+
+def build_pipeline(name: str, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config) -> Pipeline:
+    spec = pipeline_spec_from_dict(name, spec_data)
+    records = {n: job_from_dict(n, d, config.retry) for n, d in jobs.items()}
+    return Pipeline(spec, with_stage_needs(records, spec.stages))
+
+
+def load_pipeline(paths: PipelinePaths, config: Config | None = None) -> Pipeline:
+    pipeline, problems = check_pipeline(paths, config)
+    if problems:
+        raise SpecError(problems)
+    assert pipeline is not None
+    return pipeline
+
+
+def check_status_files(paths: PipelinePaths) -> list[Problem]:
+    problems: list[Problem] = []
+    files = [paths.status_file] if paths.status_file.is_file() else []
+    files += sorted(paths.status_dir.glob("*.toml")) if paths.status_dir.is_dir() else []
+    for f in files:
+        data, toml_problems = schema.load_toml(f)
+        problems += toml_problems
+        if data is not None:
+            problems += schema.check("status", data, f)
+    return problems
+
+
+# -- any path -------------------------------------------------------------------------------
+
+def validate_root(root: Root) -> list[Problem]:
+    config, problems = check_config(root.config_file)
+    for name in root.template_names():
+        problems += check_template(root.templates_dir / f"{name}.toml", config)[1]
+    for name in root.pipeline_names():
+        paths = PipelinePaths(root.pipelines_dir / name)
+        problems += check_pipeline(paths, config)[1]
+        problems += check_status_files(paths)
+    return problems
+
+
+def validate_path(path: Path, root: Root | None) -> tuple[str, list[Problem]]:
+    """Validate whatever `path` is: a root, a pipeline directory, a template or any spec file.
+    Returns what was checked (for the summary line) and the problems."""
+    path = path.resolve()
+    config = None
+    if root is not None and root.config_file.is_file():
+        config, _ = check_config(root.config_file)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        r = Root(path)
+        return f"root {path}", validate_root(r)
+    if (path.is_dir() and (path / "pipeline.toml").is_file()) or path.parent.name == "pipelines":
+        paths = PipelinePaths(path)
+        return f"pipeline {path.name}", check_pipeline(paths, config)[1] + check_status_files(paths)
+    if path.is_file() and path.name == CONFIG_FILE:
+        return f"settings {path}", check_config(path)[1]
+    if path.is_file() and path.name == "pipeline.toml":
+        return validate_path(path.parent, root)
+    if path.is_file() and path.parent.name in ("jobs", "status"):
+        return validate_path(path.parent.parent, root)
+    if path.is_file() and path.suffix == ".toml":
+        return f"template {path.stem}", check_template(path, config)[1]
+    if not path.exists():
+        return str(path), [Problem(path, "<file>", "no such file or directory")]
+    return str(path), [Problem(path, "<file>", "not a Clowder root, pipeline, template or spec file")]
