@@ -13,9 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from clowder import graph as graph_mod
-from clowder import report
-from clowder.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ClowderError, SpecError
-from clowder.spec import format_duration, parse_assignment
+from clowder import report, runner
+from clowder.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_WORK_FAILED,
+    ClowderError,
+    SpecError,
+    UsageError,
+)
+from clowder.spec import format_duration, parse_assignment, parse_duration
 from clowder.template import init_root, new_pipeline
 from clowder.tree import ROOT_ENV, Root, find_root
 from clowder.validate import load_config, load_pipeline, validate_path
@@ -50,6 +58,13 @@ def root_option(f: F) -> F:
 
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def parse_duration_option(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def console() -> Console:
@@ -168,3 +183,79 @@ def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
         table.add_row(j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, j.message)
     out.print(table)
 
+
+
+def _driver_options(f: F) -> F:
+    f = click.option("--max-parallel", type=click.IntRange(min=1),
+                     help="Attempts running at once under the root (default: clowder.toml's max_parallel).")(f)
+    f = click.option("--poll", is_flag=True,
+                     help="Use watchdog's polling observer (for network file systems where inotify does not work).")(f)
+    f = click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also append the decision log to this file.")(f)
+    return f
+
+
+@main.command()
+@click.argument("pipelines", nargs=-1)
+@_driver_options
+@root_option
+def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None,
+        root_dir: Path | None) -> None:
+    """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
+
+    Exits 0 if all succeeded, 1 if not. Logs each decision to stderr. If `clowder watch` is
+    already serving the root, follows the pipelines it runs instead of scheduling them."""
+    root = find_root(root_dir)
+    ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
+                    out=console())
+    click.get_current_context().exit(EXIT_OK if ok else EXIT_WORK_FAILED)
+
+
+@main.command()
+@_driver_options
+@click.option("--sweep", default="30s", show_default=True,
+              help="How often to re-read the whole tree to repair missed file events.")
+@root_option
+def watch(max_parallel: int | None, poll: bool, log_file: Path | None, sweep: str, root_dir: Path | None) -> None:
+    """Serve every pipeline under the root until SIGTERM or Ctrl-C.
+
+    One daemon per root. On a signal it stops launching and exits; running jobs go on and the
+    next daemon adopts them."""
+    root = find_root(root_dir)
+    runner.watch(root, max_parallel=max_parallel, poll=poll, log_file=log_file, sweep=parse_duration_option(sweep))
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job", required=False)
+@root_option
+def cancel(pipeline: str, job: str | None, root_dir: Path | None) -> None:
+    """Cancel JOB of PIPELINE, or the whole pipeline: running attempts get SIGTERM (SIGKILL
+    after clowder.toml's kill_grace), and what can no longer run is skipped or cancelled."""
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "cancel", job)
+    click.echo(f"cancel requested for {pipeline}" + (f"/{job}" if job else ""))
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job")
+@root_option
+def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
+    """Run a failed or cancelled JOB again (a new attempt), and re-run what it gated."""
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "retry", job)
+    click.echo(f"retry requested for {pipeline}/{job}")
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job")
+@click.option("--attempt", "-a", type=click.IntRange(min=1), help="Which attempt (default: the latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the attempt writes, until it ends.")
+@root_option
+def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: Path | None) -> None:
+    """Print what an attempt of JOB wrote to stdout and stderr."""
+    root = find_root(root_dir)
+    for chunk in runner.log_chunks(root, pipeline, job, attempt, follow):
+        click.echo(chunk, nl=False)

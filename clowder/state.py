@@ -76,7 +76,8 @@ class Attempt:
     message: str = ""
     consumed: Mapping[str, str] = field(default_factory=dict)
     artifacts: tuple[Artifact, ...] = ()
-    regression: bool = False  # started by a regression loop, not counted as a retry
+    trigger: str = "start"  # start | retry (automatic) | manual (clowder retry) | regression
+    request: str | None = None  # id of the request that caused it, so a replayed request is a no-op
 
     @property
     def duration(self) -> float | None:
@@ -130,7 +131,8 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
         "base_commit": a.base_commit,
         "commit": a.commit,
         "message": a.message or None,
-        "regression": a.regression or None,
+        "trigger": a.trigger,
+        "request": a.request,
         "consumed": dict(a.consumed) or None,
         "artifacts": [
             {"path": x.path, "blob": x.blob, "size": x.size, "kind": x.kind} for x in a.artifacts
@@ -156,7 +158,8 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
             Artifact(x["path"], x["blob"], int(x["size"]), x.get("kind", "file"))
             for x in d.get("artifacts", [])
         ),
-        regression=bool(d.get("regression", False)),
+        trigger=d.get("trigger", "start"),
+        request=d.get("request"),
     )
 
 

@@ -1,0 +1,416 @@
+"""The scheduler's driver: feeds `reconcile` from the tree, applies its actions (status writes,
+process starts and kills), and sleeps until a file event, a process exit or a deadline."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from glob import glob
+from pathlib import Path
+from typing import TextIO
+
+from clowder import requests as req_mod
+from clowder.errors import ClowderError, LockHeld
+from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
+from clowder.fsio import atomic_write, try_lock
+from clowder.scheduler import (
+    DoneRequest,
+    Kill,
+    Limits,
+    Outcome,
+    PipelineView,
+    SetJob,
+    SetPipeline,
+    Start,
+    reconcile,
+)
+from clowder.spec import Config, JobSpec, Pipeline, is_name
+from clowder.state import (
+    JobState,
+    JobStatus,
+    PipelineState,
+    PipelineStatus,
+    job_status_to_toml,
+    pipeline_status_to_toml,
+    read_job_status,
+    read_pipeline_status,
+    utcnow,
+)
+from clowder.tree import PipelinePaths, Root
+from clowder.validate import check_pipeline, load_config
+from clowder.watcher import Watcher
+
+Log = Callable[[str], None]
+
+
+def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Log:
+    """Timestamped decision lines to stderr and, if given, appended to a file."""
+    out = stream or sys.stderr
+    handle = log_file.open("a", buffering=1) if log_file else None
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        text = f"{utcnow().isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {line}"
+        with lock:
+            print(text, file=out, flush=True)
+            if handle:
+                print(text, file=handle)
+
+    return log
+
+
+@dataclass
+class _Pipeline:
+    """The driver's cache of one pipeline. Statuses are read once and then kept in step with
+    what this driver writes: it is their only writer."""
+
+    paths: PipelinePaths
+    stamp: tuple[tuple[str, int, int], ...] = ()
+    pipeline: Pipeline | None = None
+    problems: tuple[str, ...] = ()
+    status: PipelineStatus = field(default_factory=PipelineStatus)
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+    requests: tuple[req_mod.Request, ...] = ()
+    outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)
+    alive: dict[str, bool | None] = field(default_factory=dict)
+    loaded: bool = False
+
+    def view(self) -> PipelineView:
+        outcomes = {job: o for job, (n, o) in self.outcomes.items()
+                    if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
+        return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
+                            outcomes, dict(self.alive), self.requests)
+
+    def finished(self) -> bool:
+        return self.status.state.terminal and not any(j.state is JobState.RUNNING for j in self.jobs.values())
+
+
+class Driver:
+    """Runs the scheduler over a root: `serve()` until stopped (the daemon), or until the
+    selected pipelines end (`clowder run`)."""
+
+    def __init__(
+        self,
+        root: Root,
+        config: Config | None = None,
+        max_parallel: int | None = None,
+        only: Iterable[str] | None = None,
+        log: Log | None = None,
+        poll: bool = False,
+        executor: Executor | None = None,
+    ) -> None:
+        self.root = root
+        self.config = config or load_config(root)
+        self.limits = Limits(
+            max_parallel=max_parallel or self.config.max_parallel,
+            resources=self.config.resources,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+            kill_grace=self.config.kill_grace,
+        )
+        self.only = set(only) if only is not None else None
+        self.log = log or stderr_log()
+        self.poll = poll
+        self.events: queue.SimpleQueue[tuple[str, str, str, int, Outcome | None]] = queue.SimpleQueue()
+        self.executor: Executor = executor or LocalExecutor(self._on_exit)
+        self.pipelines: dict[str, _Pipeline] = {}
+        self.dirty: set[str] = set()
+        self.stopping = threading.Event()
+        self.watcher: Watcher | None = None
+        self._own: set[tuple[str, str, int]] = set()
+        self.on_tick: Callable[[Driver], None] | None = None
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _notify(self, kind: str, pipeline: str) -> None:
+        self.events.put((kind, pipeline, "", 0, None))
+
+    def _on_exit(self, pipeline: str, job: str, attempt: int) -> None:
+        """Called from a waiter thread when an attempt's process is gone."""
+        outcome = self._observe_end(pipeline, job, attempt)
+        self.events.put(("exit", pipeline, job, attempt, outcome))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.events.put(("stop", "", "", 0, None))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self, until_done: bool = False, sweep: float | None = None) -> bool:
+        """Schedule until stopped, or (until_done) until every selected pipeline has ended.
+        Returns True if all selected pipelines succeeded."""
+        with try_lock(self.root.lock_file) as got:
+            if not got:
+                raise LockHeld(f"{self.root.lock_file}: another clowder daemon is serving this root "
+                               f"(pid {self._lock_owner()}); stop it first or let it run the pipelines")
+            return self._serve_locked(until_done, sweep if sweep is not None else self.config.sweep_interval)
+
+    def _lock_owner(self) -> str:
+        try:
+            return self.root.lock_file.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def _serve_locked(self, until_done: bool, sweep: float) -> bool:
+        self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.watcher = Watcher(self.root, self._notify, poll=self.poll)
+        self.watcher.start()
+        try:
+            self._rescan()
+            next_sweep = utcnow() + timedelta(seconds=sweep)
+            while not self.stopping.is_set():
+                wake_at = self.tick()
+                if until_done and self._selected_done():
+                    break
+                now = utcnow()
+                if now >= next_sweep:
+                    self._sweep()
+                    next_sweep = now + timedelta(seconds=sweep)
+                    continue
+                deadline = min(x for x in (wake_at, next_sweep) if x is not None)
+                self._wait((deadline - now).total_seconds())
+        finally:
+            self.watcher.stop()
+            self.executor.shutdown()
+        return self._selected_succeeded()
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            event = self.events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        self._handle(event)
+        while True:  # drain whatever else arrived: one reconcile for a burst of events
+            try:
+                self._handle(self.events.get_nowait())
+            except queue.Empty:
+                return
+
+    def _handle(self, event: tuple[str, str, str, int, Outcome | None]) -> None:
+        kind, pipeline, job, attempt, outcome = event
+        if kind == "stop":
+            self.stopping.set()
+        elif kind == "pipelines":
+            self._rescan()
+        elif kind == "exit" and outcome is not None:
+            cache = self.pipelines.get(pipeline)
+            if cache is not None:
+                cache.outcomes[job] = (attempt, outcome)
+                self.dirty.add(pipeline)
+        elif kind in ("spec", "request") and self._selected(pipeline):
+            if pipeline not in self.pipelines and is_name(pipeline) and (self.root.pipelines_dir / pipeline).is_dir():
+                self.pipelines[pipeline] = _Pipeline(self.root.pipeline(pipeline))
+            if pipeline in self.pipelines:
+                self.dirty.add(pipeline)
+
+    def tick(self, now: datetime | None = None) -> datetime | None:
+        """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
+        now = now or utcnow()
+        for name in sorted(self.dirty):
+            if name in self.pipelines:
+                self._refresh(self.pipelines[name])
+        self.dirty.clear()
+        active = [c for c in self.pipelines.values() if not c.finished() or c.requests or c.outcomes]
+        plan = reconcile([c.view() for c in active], now, self.limits)
+        for action in plan.actions:
+            self._apply(action, now)
+        for cache in active:
+            cache.outcomes = {j: o for j, o in cache.outcomes.items()
+                              if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
+            if cache.finished() and self.watcher and not cache.requests:
+                self.watcher.unwatch(cache.paths.name)
+        if self.on_tick:
+            self.on_tick(self)
+        return plan.wake_at
+
+    # -- reading the tree -----------------------------------------------------------------
+
+    def _selected(self, name: str) -> bool:
+        return self.only is None or name in self.only
+
+    def _rescan(self) -> None:
+        names = [n for n in self.root.pipeline_names() if is_name(n) and self._selected(n)]
+        for name in names:
+            if name not in self.pipelines:
+                self.pipelines[name] = _Pipeline(self.root.pipeline(name))
+                self.dirty.add(name)
+        for name in list(self.pipelines):
+            if name not in names and not any(j.state is JobState.RUNNING for j in self.pipelines[name].jobs.values()):
+                del self.pipelines[name]
+                if self.watcher:
+                    self.watcher.unwatch(name)
+
+    def _sweep(self) -> None:
+        """Repair missed events: re-read every pipeline's specs, requests and processes."""
+        self._rescan()
+        for name, cache in self.pipelines.items():
+            self.dirty.add(name)
+            for job, status in cache.jobs.items():
+                if status.state is JobState.RUNNING and (name, job, status.attempt) not in self._own:
+                    self._check_process(cache, job, status)
+
+    def _refresh(self, cache: _Pipeline) -> None:
+        paths = cache.paths
+        if not paths.dir.is_dir():
+            return
+        if not cache.loaded:
+            self._load(cache)
+        if self.watcher and paths.name not in self.watcher.watched():
+            self.watcher.watch(paths.name)
+        stamp = _spec_stamp(paths)
+        if stamp != cache.stamp:
+            cache.stamp = stamp
+            pipeline, problems = check_pipeline(paths, self.config)
+            cache.problems = tuple(str(p) for p in problems)
+            if pipeline is not None:
+                cache.pipeline = pipeline
+            if problems and cache.problems:
+                self.log(f"{paths.name}: invalid spec: {cache.problems[0]}")
+        cache.requests = tuple(req_mod.pending(paths))
+
+    def _load(self, cache: _Pipeline) -> None:
+        """First sight of a pipeline (or a restart): read its statuses and find out what became
+        of attempts that were running when the last daemon stopped."""
+        cache.loaded = True
+        paths = cache.paths
+        try:
+            cache.status = read_pipeline_status(paths.status_file)
+        except ClowderError as e:
+            self.log(f"{paths.name}: {e}; starting its status afresh")
+        if paths.status_dir.is_dir():
+            for f in sorted(paths.status_dir.glob("*.toml")):
+                if not is_name(f.stem):
+                    continue
+                try:
+                    cache.jobs[f.stem] = read_job_status(f, f.stem)
+                except ClowderError as e:
+                    self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+        for job, status in cache.jobs.items():
+            if status.state is JobState.RUNNING:
+                self._check_process(cache, job, status)
+
+    def _check_process(self, cache: _Pipeline, job: str, status: JobStatus) -> None:
+        launch = self._launch_paths(cache.paths, job, status.attempt)
+        if read_exit(launch.exit_file) is not None:
+            cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
+            return
+        pid = read_pid(launch.pid_file)
+        if pid is None:
+            cache.alive[job] = None
+        elif self.executor.alive(launch):
+            cache.alive[job] = True
+            self.executor.adopt(launch, pid)
+            self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt} (pid {pid})")
+        elif read_exit(launch.exit_file) is not None:  # it ended between the two looks
+            cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
+        else:
+            cache.alive[job] = False
+
+    def _observe_end(self, pipeline: str, job: str, attempt: int) -> Outcome:
+        """How an attempt ended, from its exit record and its workspace. Runs in a waiter thread."""
+        paths = self.root.pipeline(pipeline)
+        record = read_exit(self._launch_paths(paths, job, attempt).exit_file)
+        if record is None:
+            return Outcome(None, utcnow())
+        problem = ""
+        cache = self.pipelines.get(pipeline)
+        spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
+        if record.exit_code == 0 and spec is not None:
+            problem = _missing_outputs(paths.workspace(job), spec)
+        return Outcome(record.exit_code, record.ended_at, record.signal, problem)
+
+    # -- applying actions -----------------------------------------------------------------
+
+    def _apply(self, action: object, now: datetime) -> None:
+        if isinstance(action, SetJob):
+            cache = self.pipelines[action.pipeline]
+            cache.jobs[action.status.job] = action.status
+            atomic_write(cache.paths.job_status_file(action.status.job), job_status_to_toml(action.status),
+                         self.root.tmp_dir)
+            if action.event:
+                self.log(f"{action.pipeline}/{action.event}")
+        elif isinstance(action, SetPipeline):
+            cache = self.pipelines[action.pipeline]
+            cache.status = action.status
+            atomic_write(cache.paths.status_file, pipeline_status_to_toml(action.status), self.root.tmp_dir)
+            if action.event:
+                self.log(f"{action.pipeline}: {action.event}")
+        elif isinstance(action, Start):
+            self._start(action, now)
+        elif isinstance(action, Kill):
+            paths = self.root.pipeline(action.pipeline)
+            self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal)
+        elif isinstance(action, DoneRequest):
+            cache = self.pipelines[action.pipeline]
+            req_mod.consume(cache.paths, action.request)
+            cache.requests = tuple(r for r in cache.requests if r.id != action.request)
+            if action.event:
+                self.log(f"{action.pipeline}: {action.event}")
+
+    def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Launch:
+        log = paths.log_file(job, attempt)
+        return Launch(paths.name, job, attempt, (), paths.workspace(job), {}, log,
+                      log.with_suffix(".pid"), log.with_suffix(".exit"))
+
+    def _start(self, action: Start, now: datetime) -> None:
+        cache = self.pipelines[action.pipeline]
+        assert cache.pipeline is not None
+        spec = cache.pipeline.jobs[action.job]
+        paths = cache.paths
+        try:
+            argv = _argv(spec)
+            env = {**os.environ, **spec.env, "CLOWDER_ROOT": str(self.root.path), "CLOWDER_PIPELINE": paths.name,
+                   "CLOWDER_JOB": action.job, "CLOWDER_ATTEMPT": str(action.attempt)}
+            base = self._launch_paths(paths, action.job, action.attempt)
+            launch = Launch(paths.name, action.job, action.attempt, argv, base.cwd, env, base.log_file,
+                            base.pid_file, base.exit_file)
+            pid = self.executor.start(launch)
+            self._own.add((paths.name, action.job, action.attempt))
+            cache.alive[action.job] = True
+            trigger = cache.jobs[action.job].attempts[-1].trigger
+            how = "" if trigger == "start" else f" ({trigger})"
+            self.log(f"{paths.name}/{action.job} started attempt {action.attempt}{how}, pid {pid}: {' '.join(argv)}")
+        except (OSError, ClowderError) as e:
+            self.log(f"{paths.name}/{action.job}: could not start attempt {action.attempt}: {e}")
+            cache.outcomes[action.job] = (action.attempt, Outcome(None, utcnow(), problem=f"could not start: {e}"))
+            self.dirty.add(paths.name)
+            self.events.put(("noop", "", "", 0, None))
+
+    # -- results --------------------------------------------------------------------------
+
+    def _selected_done(self) -> bool:
+        chosen = [c for n, c in self.pipelines.items() if self._selected(n)]
+        return all(c.finished() and not c.requests for c in chosen) and not self.dirty
+
+    def _selected_succeeded(self) -> bool:
+        return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
+
+
+def _argv(spec: JobSpec) -> tuple[str, ...]:
+    if isinstance(spec.command, str):
+        return ("/bin/sh", "-c", spec.command)
+    if spec.command:
+        return spec.command
+    raise ClowderError(f"job {spec.name}: agent jobs need a harness (agent = {spec.agent!r})")
+
+
+def _missing_outputs(workspace: Path, spec: JobSpec) -> str:
+    missing = [g for g in spec.outputs if not glob(g, root_dir=workspace, recursive=True, include_hidden=True)]
+    return f"missing declared output(s): {', '.join(missing)}" if missing else ""
+
+
+def _spec_stamp(paths: PipelinePaths) -> tuple[tuple[str, int, int], ...]:
+    """(name, mtime_ns, size) of pipeline.toml and every job file: a spec changed iff this did."""
+    out = []
+    for f in (paths.spec_file, *sorted(paths.jobs_dir.glob("*.toml"))):
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        out.append((f.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+

@@ -1,0 +1,180 @@
+"""Executors run attempts. The local one starts each attempt as its own process group under a
+tiny /bin/sh wrapper that records the exit on disk, so an attempt's end is never lost even
+when no daemon is alive to see it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+# argv: sh -c WRAPPER clowder-attempt PIDFILE EXITFILE COMMAND...
+# The trap keeps the wrapper alive through a SIGTERM sent to the group, so it can still
+# record how the command ended (POSIX sh runs the trap only after the foreground command
+# finishes). Both records are builtin `echo`s: no extra process on the per-job path. They are
+# read only after the wrapper has exited, so a reader never sees them half written; an empty
+# file left by a crash reads as "no record".
+WRAPPER = 'echo $$ > "$1"; exitfile=$2; shift 2; trap : TERM INT HUP; "$@"; echo $? > "$exitfile"'
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one attempt."""
+
+    pipeline: str
+    job: str
+    attempt: int
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str]
+    log_file: Path
+    pid_file: Path
+    exit_file: Path
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    exit_code: int | None  # None: the process vanished without a record (lost)
+    ended_at: datetime
+
+    @property
+    def signal(self) -> int | None:
+        # sh reports a command killed by signal N as status 128+N.
+        if self.exit_code is not None and 128 < self.exit_code < 128 + 65:
+            return self.exit_code - 128
+        return None
+
+
+def read_exit(exit_file: Path) -> ExitRecord | None:
+    """The recorded end of an attempt, or None if it has not ended (or not recorded it)."""
+    try:
+        text = exit_file.read_text().strip()
+        mtime = exit_file.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if not text.lstrip("-").isdigit():
+        return None
+    return ExitRecord(int(text), datetime.fromtimestamp(mtime, UTC))
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        text = pid_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pid_runs(pid: int, exit_file: Path) -> bool:
+    """Whether `pid` is alive and still our wrapper for this attempt (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    if str(exit_file).encode() not in cmdline:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def signal_group(pid: int, sig: int) -> bool:
+    """Send `sig` to the attempt's whole process group (its pid leads the group)."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+OnExit = Callable[[str, str, int], None]
+
+
+class Executor(Protocol):
+    """Starts attempts and says when they end. The scheduler never assumes an attempt is its
+    own child: it may have been started by an earlier daemon, or run on another machine."""
+
+    def start(self, launch: Launch) -> int: ...
+
+    def adopt(self, launch: Launch, pid: int) -> None: ...
+
+    def kill(self, launch: Launch, sig: int) -> None: ...
+
+    def alive(self, launch: Launch) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalExecutor:
+    """Runs attempts as process groups on this machine. `on_exit(pipeline, job, attempt)` is
+    called from a waiter thread once an attempt has ended and its exit record is on disk."""
+
+    def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
+        self._on_exit = on_exit
+        self._poll = poll_interval
+        self._adopted: dict[tuple[str, str, int], tuple[int, Launch]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self, launch: Launch) -> int:
+        launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+        launch.cwd.mkdir(parents=True, exist_ok=True)
+        for stale in (launch.pid_file, launch.exit_file):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.pid_file), str(launch.exit_file),
+                *launch.argv]
+        with open(launch.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv, cwd=launch.cwd, env=dict(launch.env), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+        threading.Thread(target=self._wait, args=(proc, launch), daemon=True,
+                         name=f"wait-{launch.pipeline}/{launch.job}").start()
+        return proc.pid
+
+    def _wait(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+        proc.wait()  # reaps the wrapper: no zombies
+        self._on_exit(launch.pipeline, launch.job, launch.attempt)
+
+    def adopt(self, launch: Launch, pid: int) -> None:
+        """Watch an attempt started by an earlier daemon (not our child: poll its pid)."""
+        with self._lock:
+            self._adopted[(launch.pipeline, launch.job, launch.attempt)] = (pid, launch)
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._poll_adopted, daemon=True, name="adopted")
+                self._poller.start()
+
+    def _poll_adopted(self) -> None:
+        while not self._stop.wait(self._poll):
+            with self._lock:
+                ended = [k for k, (pid, launch) in self._adopted.items() if not pid_runs(pid, launch.exit_file)]
+                for key in ended:
+                    del self._adopted[key]
+            for pipeline, job, attempt in ended:
+                self._on_exit(pipeline, job, attempt)
+
+    def kill(self, launch: Launch, sig: int) -> None:
+        pid = read_pid(launch.pid_file)
+        if pid is not None and pid_runs(pid, launch.exit_file):
+            signal_group(pid, sig)
+        elif pid is not None and sig == signal.SIGKILL:
+            # The wrapper is gone but its group may not be (a child that ignored SIGTERM).
+            signal_group(pid, sig)
+
+    def alive(self, launch: Launch) -> bool:
+        pid = read_pid(launch.pid_file)
+        return pid is not None and pid_runs(pid, launch.exit_file)
+
+    def shutdown(self) -> None:
+        self._stop.set()

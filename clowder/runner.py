@@ -1,0 +1,175 @@
+"""What `clowder run`, `watch`, `cancel`, `retry` and `logs` do, behind the CLI."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from clowder import requests as req_mod
+from clowder.driver import Driver, stderr_log
+from clowder.errors import UsageError
+from clowder.executor import read_exit
+from clowder.fsio import try_lock
+from clowder.spec import check_name, format_duration
+from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
+from clowder.tree import PipelinePaths, Root
+from clowder.watcher import wake
+
+
+def _existing(root: Root, pipeline: str) -> PipelinePaths:
+    paths = root.pipeline(pipeline)
+    if not paths.spec_file.is_file():
+        raise UsageError(f"{paths.dir}: no such pipeline")
+    return paths
+
+
+def _unfinished(root: Root) -> list[str]:
+    out = []
+    for name in root.pipeline_names():
+        try:
+            paths = root.pipeline(name)
+        except UsageError:
+            continue
+        try:
+            state = read_pipeline_status(paths.status_file).state
+        except Exception:
+            state = PipelineState.PENDING
+        if not state.terminal or any(paths.requests_dir.glob("*.toml")):
+            out.append(name)
+    return out
+
+
+def _daemon_running(root: Root) -> bool:
+    with try_lock(root.lock_file) as got:
+        return not got
+
+
+def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None, poll: bool = False,
+        log_file: Path | None = None, out: Console | None = None) -> bool:
+    """Run pipelines to the end in the foreground; True if all succeeded."""
+    names = pipelines if pipelines is not None else _unfinished(root)
+    for name in names:
+        _existing(root, name)
+    if not names:
+        (out or Console(stderr=True)).print("nothing to run: every pipeline has ended", style=None)
+        return True
+    log = stderr_log(log_file=log_file)
+    if _daemon_running(root):
+        log("a clowder daemon is serving this root; following its progress")
+        return _follow(root, names)
+    driver = Driver(root, max_parallel=max_parallel, only=names, log=log, poll=poll)
+    console = out or Console()
+    with _signals_stop(driver):
+        if console.is_terminal:
+            with Live(_progress(driver), console=console, refresh_per_second=4, transient=False) as live:
+                driver.on_tick = lambda d: live.update(_progress(d))
+                ok = driver.serve(until_done=True)
+        else:
+            ok = driver.serve(until_done=True)
+    for name in names:
+        status = read_pipeline_status(root.pipeline(name).status_file)
+        log(f"{name}: {status.state.value}" + (f" — {status.message}" if status.message else ""))
+    return ok
+
+
+def _follow(root: Root, names: list[str]) -> bool:
+    while True:
+        states = [read_pipeline_status(root.pipeline(n).status_file).state for n in names]
+        if all(s.terminal for s in states):
+            return all(s is PipelineState.SUCCEEDED for s in states)
+        time.sleep(0.2)
+
+
+def _progress(driver: Driver) -> Table:
+    table = Table("PIPELINE", "JOB", "STATE", "ATTEMPT", "DURATION", "MESSAGE", box=None)
+    for name, cache in sorted(driver.pipelines.items()):
+        if driver.only is not None and name not in driver.only:
+            continue
+        table.add_row(name, "", cache.status.state.value, "", "", cache.status.message)
+        for job, status in cache.jobs.items():
+            duration = status.last.duration if status.last else None
+            table.add_row("", job, status.state.value, str(status.attempt or "-"),
+                          format_duration(duration) if duration is not None else "-", status.message)
+    return table
+
+
+class _signals_stop:
+    """SIGTERM (and SIGINT for the daemon) stop launching and end the loop cleanly."""
+
+    def __init__(self, driver: Driver, sigint: bool = False) -> None:
+        self.driver = driver
+        self.signals = [signal.SIGTERM] + ([signal.SIGINT] if sigint else [])
+        self.old: dict[int, object] = {}
+
+    def __enter__(self) -> None:
+        for sig in self.signals:
+            self.old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.driver.log(f"received {signal.Signals(signum).name}: no new attempts; running jobs go on and the "
+                        "next daemon adopts them")
+        self.driver.stop()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_file: Path | None = None,
+          sweep: float | None = None) -> None:
+    log = stderr_log(log_file=log_file)
+    driver = Driver(root, max_parallel=max_parallel, log=log, poll=poll)
+    log(f"clowder watch serving {root.path} (max_parallel {driver.limits.max_parallel})")
+    with _signals_stop(driver, sigint=True):
+        driver.serve(until_done=False, sweep=sweep)
+    log("clowder watch stopped")
+
+
+def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.Request:
+    paths = _existing(root, pipeline)
+    if job is not None and not paths.job_file(job).is_file():
+        raise UsageError(f"{paths.job_file(job)}: no such job in pipeline {pipeline}")
+    r = req_mod.drop(root, paths, action, job)
+    wake(root, pipeline)
+    return r
+
+
+def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
+    paths = _existing(root, pipeline)
+    check_name(job, "job")
+    status = read_job_status(paths.job_status_file(job), job)
+    number = attempt or status.attempt
+    if not number:
+        raise UsageError(f"{pipeline}/{job} has not run yet (it is {status.state.value})")
+    log_file = paths.log_file(job, number)
+    exit_file = log_file.with_suffix(".exit")
+    while follow and not log_file.exists():
+        time.sleep(0.1)
+    if not log_file.exists():
+        raise UsageError(f"{log_file}: no log for attempt {number}")
+    with log_file.open("r", errors="replace") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                yield chunk
+            elif not follow or _attempt_over(paths, job, number, exit_file):
+                rest = f.read()
+                if rest:
+                    yield rest
+                return
+            else:
+                time.sleep(0.1)
+
+
+def _attempt_over(paths: PipelinePaths, job: str, number: int, exit_file: Path) -> bool:
+    if read_exit(exit_file) is not None:
+        return True
+    status = read_job_status(paths.job_status_file(job), job)
+    return not (status.attempt == number and status.state is JobState.RUNNING)

@@ -1,0 +1,508 @@
+"""The scheduler's pure step: given what the tree says (specs, statuses, requests, observed
+process ends) and the time, decide what to start, kill, skip, retry and record.
+
+`reconcile` does no I/O; the driver (clowder.driver) feeds it and applies its actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from clowder.graph import topo_order
+from clowder.requests import Request
+from clowder.spec import JobSpec, Pipeline, When, format_duration
+from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus
+
+ACTIVE = frozenset({JobState.RUNNING})
+# A job that is waiting to start (for its dependencies, a slot or its backoff).
+WAITING_TO_START = frozenset({JobState.PENDING, JobState.QUEUED, JobState.RETRYING})
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a running attempt ended, as observed by the driver."""
+
+    exit_code: int | None  # None: vanished without an exit record
+    ended_at: datetime
+    signal: int | None = None
+    problem: str = ""  # why an exit 0 still failed (a missing declared output, ...)
+    commit: str | None = None
+    base_commit: str | None = None
+    artifacts: tuple[Artifact, ...] = ()
+    consumed: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """One pipeline as the tree shows it right now."""
+
+    name: str
+    pipeline: Pipeline | None  # the last spec that validated (None if it never did)
+    problems: tuple[str, ...]  # what is wrong with the spec on disk now
+    status: PipelineStatus
+    jobs: Mapping[str, JobStatus]
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)  # job -> end of its running attempt
+    alive: Mapping[str, bool | None] = field(default_factory=dict)  # job -> process alive (None: unknown)
+    requests: tuple[Request, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_parallel: int
+    resources: Mapping[str, int] = field(default_factory=dict)
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 10.0
+
+
+# -- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SetJob:
+    pipeline: str
+    status: JobStatus
+    event: str = ""  # a line for the decision log, if this change is worth one
+
+
+@dataclass(frozen=True)
+class SetPipeline:
+    pipeline: str
+    status: PipelineStatus
+    event: str = ""
+
+
+@dataclass(frozen=True)
+class Start:
+    pipeline: str
+    job: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    pipeline: str
+    job: str
+    attempt: int
+    signal: int
+
+
+@dataclass(frozen=True)
+class DoneRequest:
+    pipeline: str
+    request: str
+    event: str = ""
+
+
+Action = SetJob | SetPipeline | Start | Kill | DoneRequest
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    wake_at: datetime | None = None
+
+    def wake(self, when: datetime) -> None:
+        if self.wake_at is None or when < self.wake_at:
+            self.wake_at = when
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A job whose dependencies allow it to start now, waiting for a slot."""
+
+    pipeline: str
+    job: JobSpec
+    status: JobStatus
+    trigger: str
+    request: str | None = None
+
+
+# -- the step -------------------------------------------------------------------------------
+
+def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Plan:
+    """Everything to do now across the root, and when to look again at the latest."""
+    plan = Plan()
+    candidates: list[Candidate] = []
+    running: list[tuple[str, JobSpec | None]] = []
+    for view in views:
+        cands, run = _plan_pipeline(view, now, limits, plan)
+        candidates += cands
+        running += run
+    _allocate(candidates, running, views, now, limits, plan)
+    return plan
+
+
+def _plan_pipeline(
+    view: PipelineView, now: datetime, limits: Limits, plan: Plan
+) -> tuple[list[Candidate], list[tuple[str, JobSpec | None]]]:
+    pipeline = view.pipeline
+    specs: Mapping[str, JobSpec] = pipeline.jobs if pipeline else {}
+    jobs: dict[str, JobStatus] = dict(view.jobs)
+    for name in specs:
+        jobs.setdefault(name, JobStatus(name))
+    before = dict(jobs)
+
+    blocked = _blocked_reason(view)
+    cancel_all, cancel_jobs = False, set()
+    for req in view.requests:
+        if req.action == "cancel" and req.job is None:
+            cancel_all = True
+        elif req.action == "cancel" and req.job is not None:
+            cancel_jobs.add(req.job)
+    for req in view.requests:
+        event = _apply_request(req, jobs, specs, cancel_all)
+        plan.actions.append(DoneRequest(view.name, req.id, event))
+
+    candidates: list[Candidate] = []
+    running: list[tuple[str, JobSpec | None]] = []
+    order = topo_order({n: [x.job for x in s.needs] for n, s in specs.items()})
+    order += sorted(set(jobs) - set(order))
+    events: dict[str, str] = {}
+    for name in order:
+        spec = specs.get(name)
+        status = jobs[name]
+        cancel = cancel_all or name in cancel_jobs
+        new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
+        jobs[name] = new
+        if event:
+            events[name] = event
+        if cand is not None:
+            candidates.append(cand)
+        if new.state in ACTIVE:
+            running.append((view.name, spec))
+    for name in order:
+        if jobs[name] != before.get(name) or name not in view.jobs:
+            plan.actions.append(SetJob(view.name, jobs[name], events.get(name, "")))
+    _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
+    return candidates, running
+
+
+def _blocked_reason(view: PipelineView) -> str:
+    """Why no new job of this pipeline may start, or ''."""
+    if view.problems:
+        more = f" (and {len(view.problems) - 1} more; run `clowder validate`)" if len(view.problems) > 1 else ""
+        return f"invalid spec: {view.problems[0]}{more}"
+    if view.pipeline is None:
+        return "no valid spec"
+    recorded = view.status.prompt_hash
+    if recorded and recorded != prompt_hash(view.pipeline.spec.prompt):
+        return ("pipeline.toml: prompt: changed after the pipeline was created; the prompt is immutable, "
+                "so scheduling stopped (restore the original prompt to resume)")
+    return ""
+
+
+def _apply_request(req: Request, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
+    """Apply a retry request to `jobs` in place; cancels are applied per job in `_step_job`."""
+    if req.action == "invalid":
+        return f"ignored unreadable request {req.id}: {req.data.get('error', '')}"
+    if req.action == "cancel":
+        return f"cancel requested for {req.job or 'the whole pipeline'}"
+    if req.action != "retry" or req.job is None:
+        return ""  # spawn requests are handled when the spawner's attempt ends
+    status = jobs.get(req.job)
+    if status is None or req.job not in specs:
+        return f"retry of unknown job {req.job!r} ignored"
+    if any(a.request == req.id for a in status.attempts) or status.extra.get("retry_request") == req.id:
+        return ""  # replayed after a crash: already applied
+    if status.state not in (JobState.FAILED, JobState.CANCELLED):
+        return f"retry of {req.job} ignored: it is {status.state.value} (only failed or cancelled jobs can be retried)"
+    if cancel_all:
+        return f"retry of {req.job} ignored: the pipeline is being cancelled"
+    jobs[req.job] = replace(status, state=JobState.PENDING, message="retry requested",
+                            extra={**status.extra, "retry_request": req.id})
+    for name in _descendants(req.job, specs):
+        d = jobs.get(name)
+        if d is not None and d.state in (JobState.SKIPPED, JobState.CANCELLED):
+            jobs[name] = replace(d, state=JobState.PENDING, message="")
+    return f"retry of {req.job} requested"
+
+
+def _descendants(job: str, specs: Mapping[str, JobSpec]) -> list[str]:
+    out: list[str] = []
+    frontier = [job]
+    while frontier:
+        cur = frontier.pop()
+        for name, spec in specs.items():
+            if name not in out and any(n.job == cur for n in spec.needs):
+                out.append(name)
+                frontier.append(name)
+    return out
+
+
+def _step_job(
+    view: PipelineView, spec: JobSpec | None, status: JobStatus, jobs: Mapping[str, JobStatus],
+    specs: Mapping[str, JobSpec], now: datetime, limits: Limits, cancel: bool, blocked: str, plan: Plan,
+) -> tuple[JobStatus, str, Candidate | None]:
+    pipeline = view.name
+    state = status.state
+    if state is JobState.RUNNING:
+        return _step_running(view, spec, status, now, limits, cancel, plan)
+    if state.terminal:
+        return status, "", None
+    if cancel:
+        return replace(status, state=JobState.CANCELLED, message="cancelled by request", retry_at=None), \
+            f"{status.job} cancelled", None
+    if spec is None:
+        return status, "", None
+    if state is JobState.WAITING:
+        return _step_waiting(pipeline, spec, status, jobs)
+    if state is JobState.RETRYING:
+        if status.retry_at is not None and status.retry_at > now:
+            plan.wake(status.retry_at)
+            return status, "", None
+        if blocked:
+            return status, "", None
+        return status, "", Candidate(pipeline, spec, status, "retry")
+    # pending or queued
+    verdict = _dependencies(spec, jobs, specs)
+    if verdict is None:
+        if state is JobState.QUEUED:  # a live edit added an unfinished dependency
+            return replace(status, state=JobState.PENDING, message=""), "", None
+        return status, "", None
+    if verdict:
+        return replace(status, state=JobState.SKIPPED, message=verdict), f"{spec.name} skipped: {verdict}", None
+    if blocked:
+        return status, "", None
+    request = status.extra.get("retry_request")
+    if isinstance(request, str):
+        return status, "", Candidate(pipeline, spec, status, "manual", request)
+    return status, "", Candidate(pipeline, spec, status, "start")
+
+
+def _dependencies(spec: JobSpec, jobs: Mapping[str, JobStatus], specs: Mapping[str, JobSpec]) -> str | None:
+    """None while a dependency is unfinished; '' if the job may run; else why it is skipped."""
+    for need in spec.needs:
+        dep = jobs.get(need.job)
+        if dep is None or not dep.state.terminal:
+            return None
+    for need in spec.needs:
+        dep = jobs[need.job]
+        dep_spec = specs.get(need.job)
+        passed = dep.state is JobState.SUCCEEDED or (
+            dep.state is JobState.FAILED and dep_spec is not None and dep_spec.allow_failure)
+        if need.when is When.SUCCESS and not passed:
+            return f"needs {need.job} to succeed; it {_ended(dep.state)}"
+        if need.when is When.FAILURE and dep.state is not JobState.FAILED:
+            return f"needs {need.job} to fail; it {_ended(dep.state)}"
+    return ""
+
+
+def _ended(state: JobState) -> str:
+    return {JobState.SUCCEEDED: "succeeded", JobState.FAILED: "failed", JobState.SKIPPED: "was skipped",
+            JobState.CANCELLED: "was cancelled"}.get(state, state.value)
+
+
+def _step_waiting(pipeline: str, spec: JobSpec, status: JobStatus,
+                  jobs: Mapping[str, JobStatus]) -> tuple[JobStatus, str, Candidate | None]:
+    """A job that spawned fix-ups waits for them; the regression loop fills this in."""
+    waited = [jobs.get(j) for j in status.waiting_for]
+    if any(w is None or not w.state.terminal for w in waited):
+        return status, "", None
+    failed = [w.job for w in waited if w is not None and w.state is not JobState.SUCCEEDED]
+    if failed:
+        message = f"fix-up {', '.join(failed)} did not succeed"
+        return replace(status, state=JobState.FAILED, message=message), f"{spec.name} failed: {message}", None
+    return status, "", Candidate(pipeline, spec, status, "regression")
+
+
+def _step_running(
+    view: PipelineView, spec: JobSpec | None, status: JobStatus, now: datetime, limits: Limits, cancel: bool,
+    plan: Plan,
+) -> tuple[JobStatus, str, Candidate | None]:
+    last = status.last
+    if last is None or last.number != status.attempt:  # a hand-edited status: start over
+        return replace(status, state=JobState.PENDING, message="status had no running attempt"), "", None
+    killing: dict[str, Any] = dict(status.extra.get("killing") or {})
+    outcome = view.outcomes.get(status.job)
+    if outcome is not None:
+        new, event = _finish(spec, status, last, outcome, killing.get("reason"), now)
+        return new, event, None
+    started = last.started_at or now
+    alive = view.alive.get(status.job)
+    lost_at = started + timedelta(seconds=limits.heartbeat_timeout)
+    if alive is False or (alive is None and lost_at <= now):
+        attempt = replace(last, state=JobState.LOST, ended_at=now,
+                          message="the process vanished without an exit record")
+        new, event = fail_or_retry(spec, _without_killing(status), attempt, now)
+        return new, event, None
+    if alive is None:
+        plan.wake(lost_at)
+    event = ""
+    if not killing and cancel:
+        killing = {"reason": "cancel", "at": now}
+        event = f"{status.job} cancelling attempt {last.number} (SIGTERM)"
+    elif not killing and spec is not None and spec.timeout is not None:
+        deadline = started + timedelta(seconds=spec.timeout)
+        if deadline <= now:
+            killing = {"reason": "timeout", "at": now}
+            event = f"{status.job} timed out after {format_duration(spec.timeout)} (SIGTERM)"
+        else:
+            plan.wake(deadline)
+    if event:
+        plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM))
+        return replace(status, extra={**status.extra, "killing": killing}), event, None
+    if killing and not killing.get("sigkill"):
+        hard = killing["at"] + timedelta(seconds=limits.kill_grace)
+        if hard <= now:
+            plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGKILL))
+            killing["sigkill"] = True
+            return replace(status, extra={**status.extra, "killing": killing}), \
+                f"{status.job} still running after {format_duration(limits.kill_grace)}: SIGKILL", None
+        plan.wake(hard)
+    return status, "", None
+
+
+def _without_killing(status: JobStatus) -> JobStatus:
+    return replace(status, extra={k: v for k, v in status.extra.items() if k != "killing"})
+
+
+def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome, killed_for: str | None,
+            now: datetime) -> tuple[JobStatus, str]:
+    """Record how the running attempt ended."""
+    status = _without_killing(status)
+    ended = replace(last, ended_at=outcome.ended_at, exit_code=outcome.exit_code, signal=outcome.signal,
+                    commit=outcome.commit or last.commit, base_commit=outcome.base_commit or last.base_commit,
+                    artifacts=outcome.artifacts or last.artifacts, consumed=outcome.consumed or last.consumed)
+    ok = outcome.exit_code == 0 and not outcome.problem
+    if killed_for == "cancel" and not ok:
+        attempt = replace(ended, state=JobState.CANCELLED, message="cancelled by request")
+        return replace(status, state=JobState.CANCELLED, attempts=(*status.attempts[:-1], attempt),
+                       message="cancelled by request"), f"{status.job} cancelled"
+    if ok:
+        attempt = replace(ended, state=JobState.SUCCEEDED)
+        return replace(status, state=JobState.SUCCEEDED, attempts=(*status.attempts[:-1], attempt), message=""), \
+            f"{status.job} succeeded (attempt {last.number})"
+    if killed_for == "timeout" and spec is not None and spec.timeout is not None:
+        why = f"timed out after {format_duration(spec.timeout)}"
+    elif outcome.problem:
+        why = outcome.problem
+    elif outcome.exit_code is None:
+        why = "the process vanished without an exit record"
+    elif outcome.signal is not None:
+        why = f"killed by signal {outcome.signal} ({_signal_name(outcome.signal)})"
+    else:
+        why = f"exit code {outcome.exit_code}"
+    state = JobState.LOST if outcome.exit_code is None else JobState.FAILED
+    return fail_or_retry(spec, status, replace(ended, state=state, message=why), now)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "unknown"
+
+
+def _auto_retries_used(status: JobStatus) -> int:
+    used = 0
+    for attempt in reversed(status.attempts):
+        if attempt.trigger != "retry":
+            break
+        used += 1
+    return used
+
+
+def fail_or_retry(spec: JobSpec | None, status: JobStatus, attempt: Attempt, now: datetime) -> tuple[JobStatus, str]:
+    """The job after a failed or lost attempt: `retrying` while its policy allows, else `failed`."""
+    attempts = (*status.attempts[:-1], attempt)
+    used = _auto_retries_used(status)
+    # `used` counts the retries that led to the attempt that just failed, so the next
+    # retry is number used+1 of spec.retries.
+    if spec is not None and used < spec.retries:
+        delay = spec.backoff.delay(used + 1)
+        message = (f"attempt {attempt.number} {attempt.state.value}: {attempt.message}; "
+                   f"retry {used + 1} of {spec.retries} in {format_duration(delay)}")
+        new = replace(status, state=JobState.RETRYING, attempts=attempts, message=message,
+                      retry_at=now + timedelta(seconds=delay))
+        return new, f"{status.job} {message}"
+    message = f"attempt {attempt.number} {attempt.state.value}: {attempt.message}"
+    return replace(status, state=JobState.FAILED, attempts=attempts, message=message, retry_at=None), \
+        f"{status.job} failed: {attempt.message}"
+
+
+def _plan_pipeline_status(
+    view: PipelineView, jobs: Mapping[str, JobStatus], specs: Mapping[str, JobSpec], blocked: str,
+    now: datetime, plan: Plan,
+) -> None:
+    old = view.status
+    states = [j.state for n, j in jobs.items() if n in specs]
+    started = any(j.attempts or j.state.terminal for j in jobs.values())
+    running = any(s in ACTIVE for s in states)
+    if blocked:
+        state, message = PipelineState.FAILED, blocked
+    elif states and all(s.terminal for s in states):
+        failed = [n for n, j in jobs.items() if n in specs and j.state is JobState.FAILED
+                  and not specs[n].allow_failure]
+        if failed:
+            state, message = PipelineState.FAILED, f"failed: {', '.join(failed)}"
+        elif any(s is JobState.CANCELLED for s in states):
+            state, message = PipelineState.CANCELLED, "cancelled"
+        else:
+            state, message = PipelineState.SUCCEEDED, ""
+    elif started:
+        state, message = PipelineState.RUNNING, ""
+    else:
+        state, message = PipelineState.PENDING, ""
+    finished = state.terminal and not running
+    new = PipelineStatus(
+        state=state,
+        started_at=old.started_at or (now if started else None),
+        ended_at=(old.ended_at or now) if finished else None,
+        message=message,
+        prompt_hash=old.prompt_hash or (prompt_hash(view.pipeline.spec.prompt) if view.pipeline else ""),
+    )
+    if new != old:
+        event = f"pipeline {state.value}" + (f": {message}" if message else "") if new.state != old.state else ""
+        plan.actions.append(SetPipeline(view.name, new, event))
+
+
+def _allocate(
+    candidates: list[Candidate], running: list[tuple[str, JobSpec | None]], views: Sequence[PipelineView],
+    now: datetime, limits: Limits, plan: Plan,
+) -> None:
+    """Start candidates while slots and resources last; mark the rest `queued` with why."""
+    in_use: dict[str, int] = {}
+    per_pipeline: dict[str, int] = {}
+    for pipeline, spec in running:
+        per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
+        for pool, units in (spec.resources if spec else {}).items():
+            in_use[pool] = in_use.get(pool, 0) + units
+    shares = {v.name: v.pipeline.spec.max_parallel for v in views if v.pipeline and v.pipeline.spec.max_parallel}
+    total = len(running)
+    for cand in candidates:
+        reason = ""
+        if total >= limits.max_parallel:
+            reason = f"waiting for a free slot (max_parallel = {limits.max_parallel})"
+        elif cand.pipeline in shares and per_pipeline.get(cand.pipeline, 0) >= shares[cand.pipeline]:
+            reason = f"waiting for a free slot (pipeline max_parallel = {shares[cand.pipeline]})"
+        else:
+            short = [p for p, units in cand.job.resources.items()
+                     if in_use.get(p, 0) + units > limits.resources.get(p, 0)]
+            if short:
+                reason = "waiting for resources: " + ", ".join(
+                    f"{p} ({in_use.get(p, 0)} of {limits.resources.get(p, 0)} in use)" for p in short)
+        if reason:
+            if cand.status.state is not JobState.QUEUED or cand.status.message != reason:
+                plan.actions.append(SetJob(cand.pipeline, replace(cand.status, state=JobState.QUEUED, message=reason)))
+            continue
+        total += 1
+        per_pipeline[cand.pipeline] = per_pipeline.get(cand.pipeline, 0) + 1
+        for pool, units in cand.job.resources.items():
+            in_use[pool] = in_use.get(pool, 0) + units
+        number = cand.status.attempt + 1
+        attempt = Attempt(number=number, state=JobState.RUNNING, started_at=now, spec_hash=cand.job.spec_hash,
+                          trigger=cand.trigger, request=cand.request)
+        extra = {k: v for k, v in cand.status.extra.items() if k not in ("retry_request", "killing")}
+        status = replace(cand.status, state=JobState.RUNNING, attempt=number, message="", retry_at=None,
+                         attempts=(*cand.status.attempts, attempt), extra=extra)
+        plan.actions.append(SetJob(cand.pipeline, status))
+        plan.actions.append(Start(cand.pipeline, cand.job.name, number))
+
