@@ -45,21 +45,27 @@ def _validator(kind: str) -> jsonschema.Draft202012Validator:
 def load_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Parse a TOML file; a syntax error becomes a problem with its line and column."""
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f), []
-    except tomllib.TOMLDecodeError as e:
-        return None, [Problem(path, "<toml>", f"syntax error: {_toml_message(e)}")]
+        text = path.read_bytes().decode()
     except UnicodeDecodeError as e:
         return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
     except OSError as e:
         return None, [Problem(path, "<file>", f"cannot read: {e.strerror}")]
+    try:
+        return tomllib.loads(text), []
+    except tomllib.TOMLDecodeError as e:
+        return None, [Problem(path, "<toml>", f"syntax error: {_toml_message(e, text)}")]
 
 
-def _toml_message(e: tomllib.TOMLDecodeError) -> str:
-    # tomllib says "Invalid value (at line 3, column 7)"; lead with the position.
-    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e))
+def _toml_message(e: tomllib.TOMLDecodeError, text: str) -> str:
+    # tomllib says "Invalid value (at line 3, column 7)" or "... (at end of document)";
+    # lead with the position, and give the end of the document one too.
+    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e), re.DOTALL)
     if m:
         return f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}"
+    m = re.match(r"(.*) \(at end of document\)$", str(e), re.DOTALL)
+    if m:
+        lines = text.split("\n")
+        return f"line {len(lines)}, column {len(lines[-1]) + 1} (end of file): {m.group(1)}"
     return str(e)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 NAME_RE = re.compile(NAME_PATTERN)
 NAME_RULE = "names are 1-64 characters of a-z, 0-9, '.', '_', '-' and start with a letter or digit"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_RULE = "use a number of seconds or e.g. 500ms, 2s, 5m, 1h30m"
 
@@ -42,9 +43,12 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
     if isinstance(value, int | float):
-        if value < 0:
+        seconds = float(value) if abs(value) < 1e300 else math.inf
+        if not math.isfinite(seconds):
+            raise ValueError(f"invalid duration {value!r}: must be a finite number")
+        if seconds < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return float(value)
+        return seconds
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
     text = value.strip()
@@ -56,6 +60,8 @@ def parse_duration(value: object) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
+    if not math.isfinite(total):
+        raise ValueError(f"invalid duration {value!r}: too long")
     return total
 
 
@@ -139,6 +145,8 @@ class JobSpec:
     agent: str | None = None
     stage: str | None = None
     needs: tuple[Need, ...] = ()
+    # `needs = []` written out means "start at once", as in GitLab CI: no stage edges either.
+    explicit_needs: bool = False
     from_: tuple[str, ...] | None = None
     outputs: tuple[str, ...] = ()
     retries: int = 0
@@ -262,6 +270,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         agent=data.get("agent"),
         stage=data.get("stage"),
         needs=tuple(_need(n) for n in data.get("needs", [])),
+        explicit_needs="needs" in data,
         from_=tuple(data["from"]) if "from" in data else None,
         outputs=tuple(data.get("outputs", [])),
         retries=data.get("retries", policy.retries),
@@ -304,14 +313,14 @@ def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
 
 def with_stage_needs(jobs: Mapping[str, JobSpec], stages: tuple[str, ...]) -> dict[str, JobSpec]:
     """Make stage ordering explicit: a staged job without `needs` needs (success) every job
-    of the nearest earlier stage that has jobs, as in GitLab CI."""
+    of the nearest earlier stage that has jobs, as in GitLab CI (where `needs = []` opts out)."""
     by_stage: dict[str, list[str]] = {}
     for job in jobs.values():
         if job.stage is not None:
             by_stage.setdefault(job.stage, []).append(job.name)
     result: dict[str, JobSpec] = {}
     for name, job in jobs.items():
-        if job.stage is None or job.needs or job.stage not in stages:
+        if job.stage is None or job.needs or job.explicit_needs or job.stage not in stages:
             result[name] = job
             continue
         earlier = [s for s in stages[: stages.index(job.stage)] if by_stage.get(s)]

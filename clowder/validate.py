@@ -77,7 +77,8 @@ def _raw_deps(jobs: Mapping[str, Mapping[str, Any]], stages: list[str]) -> dict[
             by_stage.setdefault(data["stage"], []).append(name)
     deps: dict[str, list[str]] = {}
     for name, data in jobs.items():
-        needs = [n for _, n in _need_names(data)]
+        # A job needing itself is reported on its own; it is not also a cycle.
+        needs = [n for _, n in _need_names(data) if n != name]
         stage = data.get("stage")
         if not needs and "needs" not in data and stage in stages:
             earlier = [s for s in stages[: stages.index(stage)] if by_stage.get(s)]
@@ -92,11 +93,14 @@ def check_jobs(
     where: Callable[[str], _Where],
     resources: Mapping[str, int] | None,
     variables: set[str] | None,
+    unreadable: frozenset[str] = frozenset(),
 ) -> list[Problem]:
     """Problems of a set of jobs, each alone and as a graph. `variables` is the set of
-    declared template variables (a template), or None where none may be left (a pipeline)."""
+    declared template variables (a template), or None where none may be left (a pipeline).
+    `unreadable` jobs exist but did not parse: naming them is no error of its own."""
     problems: list[Problem] = []
     names = sorted(jobs)
+    known = sorted({*jobs, *unreadable})
     tables = {n: d for n, d in jobs.items() if isinstance(d, dict)}
     for name in names:
         w = where(name)
@@ -106,24 +110,28 @@ def check_jobs(
         problems += schema.check("job", data, w.path, w.prefix)
         if not isinstance(data, dict):
             continue
-        problems += _check_job(name, data, names, stages, w, resources, variables)
+        problems += _check_job(name, data, known, stages, w, resources, variables)
     deps = _raw_deps(tables, stages)
     cycle = graph.find_cycle(deps)
     if cycle:
         w = where(cycle[0])
         problems.append(Problem(w.path, w.key("needs"), "dependency cycle: " + " -> ".join(cycle)))
-    else:
-        for name, data in tables.items():
-            up = graph.ancestors(deps, name)
-            froms = data.get("from", [])
-            for i, src in enumerate(froms if isinstance(froms, list) else []):
-                if isinstance(src, str) and src not in up:
-                    w = where(name)
-                    problems.append(Problem(
-                        w.path, w.key("from", i),
-                        f"'{src}' is not upstream of '{name}': `from` may name only jobs it "
-                        "needs, directly or through other jobs",
-                    ))
+    for name, data in tables.items():
+        problems += _check_from(name, data, graph.ancestors(deps, name), where(name), unreadable)
+    return problems
+
+
+def _check_from(name: str, data: Mapping[str, Any], upstream: set[str], w: _Where,
+                unreadable: frozenset[str]) -> list[Problem]:
+    problems = []
+    froms = data.get("from", [])
+    for i, src in enumerate(froms if isinstance(froms, list) else []):
+        if isinstance(src, str) and src not in upstream and src not in unreadable:
+            problems.append(Problem(
+                w.path, w.key("from", i),
+                f"'{src}' is not upstream of '{name}': `from` may name only jobs it "
+                "needs, directly or through other jobs",
+            ))
     return problems
 
 
@@ -157,16 +165,7 @@ def _check_job(
         listed = f"[{', '.join(stages)}]" if stages else "none (no `stages` list)"
         problems.append(Problem(w.path, w.key("stage"),
                                 f"stage '{stage}' is not in the pipeline's stages: {listed}"))
-    duration_keys: list[tuple[str, ...]] = [("timeout",), ("backoff", "initial"), ("backoff", "max")]
-    for dkey in duration_keys:
-        value: Any = data
-        for part in dkey:
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            try:
-                parse_duration(value)
-            except ValueError as e:
-                problems.append(Problem(w.path, w.key(*dkey), str(e)))
+    problems += _check_durations(data, [("timeout",), ("backoff", "initial"), ("backoff", "max")], w)
     if resources is not None and isinstance(data.get("resources"), dict):
         for pool in data["resources"]:
             if pool not in resources:
@@ -175,6 +174,21 @@ def _check_job(
                                         f"unknown resource pool '{pool}'; clowder.toml "
                                         f"[resources] defines: {defined}"))
     problems += check_variables(data, w, variables)
+    return problems
+
+
+def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _Where) -> list[Problem]:
+    """Duration values the schema let through (strings and numbers) that do not parse."""
+    problems = []
+    for dkey in keys:
+        value: Any = data
+        for part in dkey:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                parse_duration(value)
+            except ValueError as e:
+                problems.append(Problem(w.path, w.key(*dkey), str(e)))
     return problems
 
 
@@ -204,12 +218,11 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
     if data is None:
         return None, problems
     problems = schema.check("clowder", data, path)
-    for key in ("sweep_interval", "heartbeat_timeout", "kill_grace"):
-        if key in data:
-            try:
-                parse_duration(data[key])
-            except ValueError as e:
-                problems.append(Problem(path, key, str(e)))
+    durations: list[tuple[str, ...]] = [
+        ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("retry", "backoff", "initial"),
+        ("retry", "backoff", "max"),
+    ]
+    problems += _check_durations(data, durations, _Where(path))
     harnesses = data.get("harnesses", {})
     default = data.get("default_harness")
     if isinstance(default, str) and isinstance(harnesses, dict) and default not in harnesses:
@@ -249,6 +262,8 @@ def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, 
         roles = data.get("roles")
         if isinstance(roles, dict):
             problems += check_variables(roles, _Where(path, ("roles",)), declared)
+    # The template schema checks its job tables too (editors use it), and so does check_jobs.
+    problems = list(dict.fromkeys(problems))
     return (None if problems else data), problems
 
 
@@ -265,28 +280,35 @@ def check_pipeline(paths: PipelinePaths, config: Config | None = None) -> tuple[
     spec_data, toml_problems = schema.load_toml(paths.spec_file)
     problems += toml_problems
     jobs: dict[str, Any] = {}
+    unreadable: set[str] = set()
     for name in paths.job_names():
         data, job_problems = schema.load_toml(paths.jobs_dir / f"{name}.toml")
         problems += job_problems
-        if data is not None:
+        if data is None:
+            unreadable.add(name)
+        else:
             jobs[name] = data
     if not paths.job_names():
         problems.append(Problem(paths.jobs_dir, "<dir>", "no jobs: add at least one jobs/<job>.toml"))
-    problems += check_pipeline_data(paths, spec_data or {}, jobs, config)
+    problems += check_pipeline_data(paths, spec_data, jobs, config, frozenset(unreadable))
     if problems or spec_data is None:
         return None, problems
     return build_pipeline(paths.name, spec_data, jobs, config or Config()), []
 
 
 def check_pipeline_data(
-    paths: PipelinePaths, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config | None
+    paths: PipelinePaths, spec_data: Mapping[str, Any] | None, jobs: Mapping[str, Any], config: Config | None,
+    unreadable: frozenset[str] = frozenset(),
 ) -> list[Problem]:
-    """Problems of a pipeline's parsed files, reported against the paths they live (or will live) at."""
-    problems = schema.check("pipeline", spec_data, paths.spec_file) if spec_data else []
-    problems += check_variables(
-        {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
-    problems += check_jobs(jobs, _check_stages(spec_data), lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
-                           config.resources if config else None, None)
+    """Problems of a pipeline's parsed files, reported against the paths they live (or will live) at.
+    `spec_data` is None when pipeline.toml did not parse (its syntax error is reported already)."""
+    problems: list[Problem] = []
+    if spec_data is not None:
+        problems += schema.check("pipeline", spec_data, paths.spec_file)
+        problems += check_variables(
+            {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
+    problems += check_jobs(jobs, _check_stages(spec_data or {}), lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
+                           config.resources if config else None, None, unreadable)
     return problems
 
 

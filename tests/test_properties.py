@@ -1,0 +1,257 @@
+"""Property tests: whatever TOML a user writes, the loaders and the validator answer with
+problems (or the project's own errors), never a traceback."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clowder.errors import ClowderError, Problem
+from clowder.report import collect
+from clowder.spec import parse_duration
+from clowder.template import DEFAULT_CONFIG
+from clowder.tree import PipelinePaths, Root
+from clowder.validate import check_config, check_pipeline, check_template, validate_path
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+JOB_KEYS = [
+    "command", "agent", "needs", "from", "stage", "retries", "timeout", "backoff", "env", "outputs",
+    "allow_failure", "max_regressions", "resources", "harness", "parent", "regression_of",
+    "regression_context", "description", "schema_version", "max_cost_usd",
+]
+PIPELINE_KEYS = [
+    "prompt", "template", "stages", "source", "max_parallel", "variables", "roles", "created_at",
+    "description", "schema_version", "max_cost_usd",
+]
+CONFIG_KEYS = [
+    "schema_version", "max_parallel", "sweep_interval", "heartbeat_timeout", "kill_grace", "retry",
+    "resources", "git", "executor", "harnesses", "default_harness",
+]
+TEMPLATE_KEYS = ["jobs", "variables", "roles", "stages", "source", "description", "max_parallel", "schema_version"]
+NESTED_KEYS = [
+    "job", "when", "initial", "factor", "max", "retries", "backoff", "max_regressions", "repo", "ref",
+    "command", "env", "adapter", "default", "instructions", "harness", "kind", "llm",
+]
+JOB_NAMES = ["a", "b", "c", "dev", "test", "Bad", "x y", "-lead"]
+
+scalars = (
+    st.text(max_size=12)
+    | st.sampled_from(["", "a", "b", "dev", "success", "failure", "always", "2s", "1h30m", "5x", "{{ v }}"])
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats()
+    | st.booleans()
+)
+keys = st.sampled_from(JOB_KEYS + PIPELINE_KEYS + CONFIG_KEYS + TEMPLATE_KEYS + NESTED_KEYS) | st.text(max_size=8)
+toml_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+    max_leaves=12,
+)
+documents = st.dictionaries(keys, toml_values, max_size=6)
+
+
+def durations_text() -> st.SearchStrategy[str]:
+    return st.sampled_from(["1s", "500ms", "5m", "1h30m", "2d", "0s", "1.5s", "", "-1s", "1q", "s", "1 s"])
+
+
+def need_items() -> st.SearchStrategy[Any]:
+    name = st.sampled_from([*JOB_NAMES, "zz"])
+    when = st.sampled_from(["success", "failure", "always", "never"]) | scalars
+    return name | st.fixed_dictionaries({"job": name}, optional={"when": when}) | scalars
+
+
+job_tables = st.fixed_dictionaries(
+    {},
+    optional={
+        "command": st.sampled_from([["true"], "true", "", [], [1], 5]),
+        "agent": st.sampled_from(["dev", "", 3]),
+        "needs": st.lists(need_items(), max_size=3) | scalars,
+        "from": st.lists(st.sampled_from([*JOB_NAMES, "zz"]) | scalars, max_size=3) | scalars,
+        "stage": st.sampled_from(["build", "test", "deploy", "nope"]) | scalars,
+        "retries": st.integers(min_value=-3, max_value=3) | scalars,
+        "timeout": durations_text() | scalars,
+        "backoff": st.fixed_dictionaries(
+            {}, optional={"initial": durations_text() | scalars, "factor": scalars, "max": durations_text()}
+        ) | scalars,
+        "env": st.dictionaries(st.text(max_size=4), scalars, max_size=2),
+        "resources": st.dictionaries(st.sampled_from(["llm", "gpu"]), scalars, max_size=2),
+        "allow_failure": scalars,
+        "max_regressions": scalars,
+        "parent": st.sampled_from(JOB_NAMES) | scalars,
+        "outputs": st.lists(scalars, max_size=2) | scalars,
+    },
+)
+
+
+@contextmanager
+def fresh_root() -> Iterator[Root]:
+    # Function-scoped fixtures are shared by every example, so each example gets its own root.
+    # A plain write instead of `clowder init`: its fsyncs would dominate the run time.
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Root(Path(tmp))
+        root.templates_dir.mkdir()
+        root.pipelines_dir.mkdir()
+        root.config_file.write_text(DEFAULT_CONFIG)
+        yield root
+
+
+def dump(data: dict[str, Any]) -> str:
+    return tomli_w.dumps(data)
+
+
+def assert_problems(problems: list[Problem]) -> None:
+    assert all(isinstance(p, Problem) for p in problems)
+    for p in problems:
+        assert str(p).startswith(f"{p.path}: ")
+
+
+def write_pipeline(root: Root, spec: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> PipelinePaths:
+    paths = root.pipeline("p")
+    paths.jobs_dir.mkdir(parents=True)
+    paths.spec_file.write_text(dump(spec))
+    for name, table in jobs.items():
+        (paths.jobs_dir / f"{name}.toml").write_text(dump(table))
+    return paths
+
+
+def check_everything(root: Root, paths: PipelinePaths | None = None) -> None:
+    """Every entry point over the tree: each returns problems or raises a ClowderError."""
+    config, problems = check_config(root.config_file)
+    assert_problems(problems)
+    assert (config is None) == bool(problems)
+    if paths is not None:
+        pipeline, problems = check_pipeline(paths, config)
+        assert_problems(problems)
+        assert (pipeline is None) == bool(problems)
+    for name in root.template_names():
+        data, problems = check_template(root.templates_dir / f"{name}.toml", config)
+        assert_problems(problems)
+        assert (data is None) == bool(problems)
+    assert_problems(validate_path(root.path, root)[1])
+    try:
+        collect(root)
+    except ClowderError:
+        pass
+
+
+@SETTINGS
+@given(doc=documents, name=st.sampled_from(JOB_NAMES))
+def test_random_job_files_give_problems_not_exceptions(doc: dict[str, Any], name: str) -> None:
+    with fresh_root() as root:
+        paths = write_pipeline(root, {"prompt": "p"}, {name: doc})
+        check_everything(root, paths)
+        assert_problems(validate_path(paths.job_file("a") if name == "a" else paths.dir, root)[1])
+
+
+@SETTINGS
+@given(doc=documents)
+def test_random_pipeline_files_give_problems_not_exceptions(doc: dict[str, Any]) -> None:
+    with fresh_root() as root:
+        paths = write_pipeline(root, doc, {"a": {"command": ["true"]}})
+        check_everything(root, paths)
+
+
+@SETTINGS
+@given(doc=documents)
+def test_random_config_files_give_problems_not_exceptions(doc: dict[str, Any]) -> None:
+    with fresh_root() as root:
+        root.config_file.write_text(dump(doc))
+        paths = write_pipeline(root, {"prompt": "p"}, {"a": {"command": ["true"], "resources": {"llm": 1}}})
+        check_everything(root, paths)
+
+
+@SETTINGS
+@given(doc=documents, jobs=st.dictionaries(st.sampled_from(JOB_NAMES), documents | job_tables, max_size=3))
+def test_random_templates_give_problems_not_exceptions(doc: dict[str, Any], jobs: dict[str, Any]) -> None:
+    if jobs:
+        doc = {**doc, "jobs": jobs}
+    with fresh_root() as root:
+        (root.templates_dir / "t.toml").write_text(dump(doc))
+        check_everything(root)
+        _data, problems = check_template(root.templates_dir / "t.toml")
+        assert_problems(problems)
+
+
+@SETTINGS
+@given(
+    jobs=st.dictionaries(st.sampled_from(JOB_NAMES), job_tables, min_size=1, max_size=5),
+    stages=st.lists(st.sampled_from(["build", "test", "deploy"]), max_size=3, unique=True),
+)
+def test_random_job_tables_give_problems_not_exceptions(jobs: dict[str, dict[str, Any]], stages: list[str]) -> None:
+    with fresh_root() as root:
+        paths = write_pipeline(root, {"prompt": "p", "stages": stages}, jobs)
+        check_everything(root, paths)
+        (root.templates_dir / "t.toml").write_text(dump({"stages": stages, "jobs": jobs}))
+        assert_problems(check_template(root.templates_dir / "t.toml")[1])
+
+
+@SETTINGS
+@given(text=st.binary(max_size=60))
+def test_arbitrary_bytes_as_spec_files_give_problems(text: bytes) -> None:
+    with fresh_root() as root:
+        paths = write_pipeline(root, {"prompt": "p"}, {"a": {"command": ["true"]}})
+        (paths.jobs_dir / "b.toml").write_bytes(text)
+        (root.templates_dir / "t.toml").write_bytes(text)
+        check_everything(root, paths)
+        root.config_file.write_bytes(text)
+        paths.spec_file.write_bytes(text)
+        check_everything(root, paths)
+
+
+# -- durations ------------------------------------------------------------------------------
+
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+duration_parts = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=10_000) | st.decimals(min_value=0, max_value=1000, places=3),
+        st.sampled_from(sorted(UNITS)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=duration_parts)
+def test_any_valid_duration_string_parses_to_the_sum_of_its_parts(parts: list[tuple[Any, str]]) -> None:
+    text = "".join(f"{number}{unit}" for number, unit in parts)
+    expected = sum(float(number) * UNITS[unit] for number, unit in parts)
+    assert math.isclose(parse_duration(text), expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seconds=st.integers(min_value=0, max_value=10**9) | st.floats(min_value=0, max_value=1e9))
+def test_non_negative_numbers_are_seconds(seconds: float) -> None:
+    assert parse_duration(seconds) == float(seconds)
+
+
+@settings(max_examples=200, deadline=None)
+@given(junk=st.text(max_size=10))
+def test_junk_durations_raise_value_error(junk: str) -> None:
+    try:
+        seconds = parse_duration(junk)
+    except ValueError:
+        return
+    # Anything accepted is a well-formed duration: digits and units all the way through.
+    assert seconds >= 0
+    assert junk.strip() and junk.strip()[0].isdigit()
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.none() | st.booleans() | st.lists(st.integers(), max_size=2) | st.integers(max_value=-1)
+       | st.floats(max_value=-1e-9) | st.just(math.nan) | st.just(math.inf))
+def test_non_durations_raise_value_error(value: Any) -> None:
+    try:
+        parse_duration(value)
+    except ValueError:
+        return
+    raise AssertionError(f"parse_duration({value!r}) did not raise")
