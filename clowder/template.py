@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ def slugify(text: str, limit: int = 40) -> str:
 
 
 def unique_name(root: Root, base: str) -> str:
-    taken = set(root.pipeline_names())
+    # Any entry takes a name, not only pipeline directories: a stray file would make the
+    # final rename fail.
+    taken = {p.name for p in root.pipelines_dir.iterdir()} if root.pipelines_dir.is_dir() else set()
     if base not in taken:
         return base
     n = 2
@@ -195,15 +198,25 @@ def _instantiate(
     return spec, jobs
 
 
+def dumps(data: Mapping[str, Any]) -> str:
+    """TOML text of `data`, multi-line strings where that reads better. tomli-w writes "\r\n"
+    inside a multi-line string as a bare newline, which reads back as "\n": fall back to
+    one-line strings whenever the multi-line text would not read back identical."""
+    text = tomli_w.dumps(data, multiline_strings=True)
+    if tomllib.loads(text) == data:
+        return text
+    return tomli_w.dumps(data)
+
+
 def _write_pipeline(root: Root, paths: PipelinePaths, spec: dict[str, Any], jobs: dict[str, Any]) -> None:
     # Build the whole directory aside and rename it into place, so a watching scheduler never
     # sees a pipeline.toml without its jobs; rename() also refuses to replace a non-empty dir.
     root.tmp_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"new-{paths.name}.", dir=root.tmp_dir))
     try:
-        atomic_write(staging / "pipeline.toml", PIPELINE_HEADER + tomli_w.dumps(spec, multiline_strings=True))
+        atomic_write(staging / "pipeline.toml", PIPELINE_HEADER + dumps(spec))
         for job, table in jobs.items():
-            atomic_write(staging / "jobs" / f"{job}.toml", JOB_HEADER + tomli_w.dumps(table, multiline_strings=True))
+            atomic_write(staging / "jobs" / f"{job}.toml", JOB_HEADER + dumps(table))
         root.pipelines_dir.mkdir(parents=True, exist_ok=True)
         try:
             staging.rename(paths.dir)
@@ -218,6 +231,6 @@ def write_job_spec(root: Root, paths: PipelinePaths, name: str, table: Mapping[s
     if not is_name(name):
         raise UsageError(f"invalid job name {name!r}")
     target = paths.job_file(name)
-    atomic_write(target, JOB_HEADER + tomli_w.dumps(dict(table), multiline_strings=True), root.tmp_dir)
+    atomic_write(target, JOB_HEADER + dumps(table), root.tmp_dir)
     return target
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import math
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
 from clowder.report import collect
 from clowder.spec import parse_duration
-from clowder.template import DEFAULT_CONFIG
+from clowder.template import DEFAULT_CONFIG, new_pipeline
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline, check_template, validate_path
 
@@ -205,6 +206,21 @@ def test_arbitrary_bytes_as_spec_files_give_problems(text: bytes) -> None:
         root.config_file.write_bytes(text)
         paths.spec_file.write_bytes(text)
         check_everything(root, paths)
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt=st.text(min_size=1), value=st.text())
+def test_any_prompt_and_variable_value_are_stored_verbatim(prompt: str, value: str) -> None:
+    assume(prompt.strip() and "{{" not in value)
+    with fresh_root() as root:
+        (root.templates_dir / "t.toml").write_text(
+            '[variables]\nv = {}\n[jobs.a]\ncommand = ["echo", "<{{ v }}>"]\n'
+        )
+        paths = new_pipeline(root, "t", prompt, "p", {"v": value})
+        with paths.spec_file.open("rb") as f:
+            assert tomllib.load(f)["prompt"] == prompt
+        with paths.job_file("a").open("rb") as f:
+            assert tomllib.load(f)["command"] == ["echo", f"<{value}>"]
 
 
 # -- durations ------------------------------------------------------------------------------
