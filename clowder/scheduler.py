@@ -172,6 +172,8 @@ def _plan_pipeline(
         cancel = cancel_all or name in cancel_jobs
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
+        if new.state is JobState.RETRYING and new.retry_at is not None:
+            plan.wake(new.retry_at)
         if event:
             events[name] = event
         if cand is not None:

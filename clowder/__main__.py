@@ -1,0 +1,3 @@
+from clowder.cli import main
+
+main()

@@ -1,0 +1,268 @@
+"""The scheduler with real processes, files and watchdog observers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from clowder.driver import Driver
+from clowder.requests import drop
+from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
+from clowder.tree import Root
+from tests.conftest import Invoke, MakePipeline, write
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pstate(root: Root, p: str) -> PipelineState:
+    return read_pipeline_status(root.pipeline(p).status_file).state
+
+
+def jstatus(root: Root, p: str, job: str):  # type: ignore[no-untyped-def]
+    return read_job_status(root.pipeline(p).job_status_file(job), job)
+
+
+@contextmanager
+def daemon(root: Root, **kw: object) -> Iterator[Driver]:
+    """A Driver serving the root in a thread, as `clowder watch` does."""
+    lines: list[str] = []
+    driver = Driver(root, log=lines.append, **kw)  # type: ignore[arg-type]
+    thread = threading.Thread(target=driver.serve, daemon=True)
+    thread.start()
+    try:
+        yield driver
+    finally:
+        driver.stop()
+        thread.join(timeout=10)
+
+
+def test_run_executes_a_pipeline_and_exits_zero(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = ["sh", "-c", "echo hello from $CLOWDER_JOB attempt $CLOWDER_ATTEMPT"]\n',
+                        "b": 'command = "echo $GREETING; pwd"\nneeds = ["a"]\nenv = { GREETING = "hi" }\n'})
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    assert pstate(root, "p") is PipelineState.SUCCEEDED
+    a = jstatus(root, "p", "a")
+    assert a.state is JobState.SUCCEEDED and a.attempt == 1 and a.attempts[0].exit_code == 0
+    logs = cli("logs", "p", "a")
+    assert logs.output == "hello from a attempt 1\n"
+    b_log = cli("logs", "p", "b").output.splitlines()
+    assert b_log == ["hi", str(root.pipeline("p").workspace("b"))]
+
+
+def test_run_exits_one_when_a_job_fails(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = ["false"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    result = cli("run", "p")
+    assert result.exit_code == 1
+    assert jstatus(root, "p", "a").message == "attempt 1 failed: exit code 1"
+    assert jstatus(root, "p", "b").state is JobState.SKIPPED
+    assert read_pipeline_status(root.pipeline("p").status_file).message == "failed: a"
+
+
+def test_max_parallel_is_never_exceeded(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    spans = tmp_path / "spans"
+    job = f'command = ["sh", "-c", "s=$(date +%s%N); sleep 0.2; echo $s $(date +%s%N) >> {spans}"]\n'
+    make_pipeline("p", {f"j{i}": job for i in range(6)})
+    Driver(root, max_parallel=2, only=["p"], log=lambda s: None).serve(until_done=True)
+    assert pstate(root, "p") is PipelineState.SUCCEEDED
+    events = []
+    for line in spans.read_text().splitlines():
+        start, end = map(int, line.split())
+        events += [(start, 1), (end, -1)]
+    level = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        level += delta
+        peak = max(peak, level)
+    assert peak == 2
+
+
+def test_retries_wait_a_growing_backoff(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = ["false"]\nretries = 2\nbackoff = { initial = "300ms", factor = 2.0 }\n'})
+    Driver(root, only=["p"], log=lambda s: None).serve(until_done=True)
+    a = jstatus(root, "p", "a")
+    assert a.state is JobState.FAILED and a.attempt == 3
+    assert [x.trigger for x in a.attempts] == ["start", "retry", "retry"]
+    gaps = [(a.attempts[i + 1].started_at - a.attempts[i].ended_at).total_seconds() for i in range(2)]
+    assert 0.3 <= gaps[0] < 0.55
+    assert 0.6 <= gaps[1] < 0.9
+
+
+def test_timeout_kills_the_whole_process_group(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    make_pipeline("p", {"a": f'command = "sleep 30 & echo $! > {pidfile}; wait"\ntimeout = "500ms"\n'})
+    t = time.monotonic()
+    Driver(root, only=["p"], log=lambda s: None).serve(until_done=True)
+    assert time.monotonic() - t < 10
+    a = jstatus(root, "p", "a")
+    assert a.state is JobState.FAILED
+    assert a.attempts[0].message == "timed out after 500ms"
+    assert not _alive(int(pidfile.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_cancel_kills_a_grandchild_and_skips_dependents(root: Root, make_pipeline: MakePipeline,
+                                                        tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    make_pipeline("p", {
+        "a": f"""command = ["sh", "-c", "sh -c 'sleep 100 & echo $! > {pidfile}; wait'"]\n""",
+        "b": 'command = ["true"]\nneeds = ["a"]\n',
+        "c": 'command = ["true"]\nneeds = [{ job = "a", when = "always" }]\n',
+    })
+    with daemon(root):
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", what="grandchild")
+        grandchild = int(pidfile.read_text())
+        drop(root, root.pipeline("p"), "cancel", "a")
+        wait_for(lambda: pstate(root, "p").terminal, what="pipeline end")
+    assert jstatus(root, "p", "a").state is JobState.CANCELLED
+    assert jstatus(root, "p", "b").state is JobState.SKIPPED
+    assert jstatus(root, "p", "c").state is JobState.SUCCEEDED
+    assert pstate(root, "p") is PipelineState.CANCELLED
+    wait_for(lambda: not _alive(grandchild), timeout=5, what="grandchild to die")
+
+
+def test_cancel_command_with_no_daemon_is_applied_by_the_next_one(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n'})
+    assert cli("cancel", "p").output == "cancel requested for p\n"
+    assert cli("run", "p").exit_code == 1
+    assert jstatus(root, "p", "a").state is JobState.CANCELLED
+    assert pstate(root, "p") is PipelineState.CANCELLED
+
+
+def test_retry_command_reruns_a_failed_job_and_what_it_gated(root: Root, make_pipeline: MakePipeline,
+                                                             cli: Invoke, tmp_path: Path) -> None:
+    marker = tmp_path / "fixed"
+    make_pipeline("p", {"a": f'command = "test -f {marker}"\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    assert cli("run", "p").exit_code == 1
+    marker.touch()
+    assert cli("retry", "p", "a").exit_code == 0
+    assert cli("run", "p").exit_code == 0
+    a = jstatus(root, "p", "a")
+    assert [x.state for x in a.attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert a.attempts[1].trigger == "manual"
+    assert jstatus(root, "p", "b").state is JobState.SUCCEEDED
+
+
+def test_a_job_killed_with_sigkill_is_retried(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    pidfile = tmp_path / "job.pid"
+    make_pipeline("p", {"a": f'command = "if [ -f {pidfile} ]; then exit 0; fi; echo $$ > {pidfile}; sleep 30"\n'
+                              'retries = 1\nbackoff = { initial = "100ms" }\n'})
+    with daemon(root):
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", what="job pid")
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        wait_for(lambda: pstate(root, "p").terminal, what="pipeline end")
+    a = jstatus(root, "p", "a")
+    assert [x.state for x in a.attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert a.attempts[0].signal == signal.SIGKILL
+    assert a.attempts[0].message == "killed by signal 9 (SIGKILL)"
+
+
+def test_a_broken_job_file_fails_its_pipeline_while_another_completes(root: Root, make_pipeline: MakePipeline,
+                                                                      tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("bad", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
+                          "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    make_pipeline("good", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
+                           "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "bad", "a").state is JobState.RUNNING, what="bad/a running")
+        job_b = root.pipeline("bad").jobs_dir / "b.toml"
+        job_b.write_text("command = [oops\n")
+        gate.touch()
+        wait_for(lambda: pstate(root, "good").terminal and pstate(root, "bad").terminal, what="both pipelines end")
+        wait_for(lambda: jstatus(root, "bad", "a").state.terminal, what="bad/a recorded")
+    assert pstate(root, "good") is PipelineState.SUCCEEDED
+    bad = read_pipeline_status(root.pipeline("bad").status_file)
+    assert bad.state is PipelineState.FAILED
+    assert bad.message.startswith(f"invalid spec: {job_b}: <toml>: syntax error: line 1")
+    assert jstatus(root, "bad", "a").state is JobState.SUCCEEDED
+    assert jstatus(root, "bad", "b").state is JobState.PENDING
+
+
+def test_a_job_added_while_running_takes_effect(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n'})
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
+        write(root.pipeline("p").jobs_dir / "late.toml", 'command = ["true"]\nneeds = ["a"]\n')
+        time.sleep(0.2)
+        gate.touch()
+        wait_for(lambda: pstate(root, "p").terminal, what="pipeline end")
+    assert jstatus(root, "p", "late").state is JobState.SUCCEEDED
+
+
+def test_a_second_daemon_exits_two_with_a_clear_message(root: Root, cli: Invoke) -> None:
+    with daemon(root):
+        wait_for(lambda: root.lock_file.exists() and root.lock_file.read_text().strip() != "", what="lock")
+        result = subprocess.run([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "another clowder daemon is serving this root" in result.stderr
+
+
+def _clowder(root: Root, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "clowder", *args, "--root", str(root.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("kill_after_lines", [2, 5])
+def test_daemon_killed_with_sigkill_and_restarted_finishes_each_job_once(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path, kill_after_lines: int
+) -> None:
+    record = tmp_path / "record"
+    jobs = {}
+    for i in range(6):
+        cmd = f'echo "j{i} $CLOWDER_ATTEMPT start" >> {record}; sleep 0.3; echo "j{i} $CLOWDER_ATTEMPT end" >> {record}'
+        jobs[f"j{i}"] = f"command = '{cmd}'\n" + (f'needs = ["j{i - 1}"]\n' if i else "")
+    make_pipeline("p", jobs)
+    first = _clowder(root, "watch")
+    wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= kill_after_lines, what="progress")
+    first.kill()
+    first.wait()
+    second = _clowder(root, "run", "p")
+    _out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    lines = record.read_text().splitlines()
+    assert sorted(lines) == sorted(f"j{i} 1 {what}" for i in range(6) for what in ("start", "end"))
+    for i in range(6):
+        s = jstatus(root, "p", f"j{i}")
+        assert s.state is JobState.SUCCEEDED and s.attempt == 1
+
+
+def test_no_zombies_are_left(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {f"j{i}": 'command = ["true"]\n' for i in range(5)})
+    Driver(root, only=["p"], log=lambda s: None).serve(until_done=True)
+    me = os.getpid()
+    zombies = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] == "Z" and int(stat[1]) == me:
+                zombies.append(proc.name)
+    assert zombies == []

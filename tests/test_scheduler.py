@@ -1,0 +1,281 @@
+"""The pure scheduling step, driven with a made-up clock: no processes, no files."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from clowder.requests import Request
+from clowder.scheduler import (
+    DoneRequest,
+    Kill,
+    Limits,
+    Outcome,
+    PipelineView,
+    SetJob,
+    SetPipeline,
+    Start,
+    prompt_hash,
+    reconcile,
+)
+from clowder.spec import Config, Pipeline
+from clowder.state import Attempt, JobState, JobStatus, PipelineState, PipelineStatus
+from clowder.validate import build_pipeline
+
+T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
+LIMITS = Limits(max_parallel=4, resources={"gpu": 1}, heartbeat_timeout=30, kill_grace=10)
+
+
+def pipeline(jobs: dict[str, dict[str, Any]], stages: list[str] | None = None, name: str = "p") -> Pipeline:
+    spec: dict[str, Any] = {"prompt": "do it"}
+    if stages:
+        spec["stages"] = stages
+    return build_pipeline(name, spec, jobs, Config())
+
+
+def running(job: str, number: int = 1, started: datetime = T0, **extra: Any) -> JobStatus:
+    failed = [Attempt(n, JobState.FAILED, T0, T0, exit_code=1) for n in range(1, number)]
+    attempts = (*failed, Attempt(number, JobState.RUNNING, started))
+    return JobStatus(job, JobState.RUNNING, number, attempts=attempts, extra=extra)
+
+
+def ended(job: str, state: JobState) -> JobStatus:
+    return JobStatus(job, state, 1, attempts=(Attempt(1, state, T0, T0, exit_code=0 if state is JobState.SUCCEEDED
+                                                        else 1),))
+
+
+def view(p: Pipeline, jobs: dict[str, JobStatus] | None = None, **kw: Any) -> PipelineView:
+    status = kw.pop("status", PipelineStatus(PipelineState.RUNNING, T0, prompt_hash=prompt_hash(p.spec.prompt)))
+    return PipelineView(p.name, p, kw.pop("problems", ()), status, jobs or {}, **kw)
+
+
+def starts(plan_actions: list[Any]) -> list[str]:
+    return [a.job for a in plan_actions if isinstance(a, Start)]
+
+
+def job_states(plan_actions: list[Any]) -> dict[str, JobState]:
+    return {a.status.job: a.status.state for a in plan_actions if isinstance(a, SetJob)}
+
+
+def test_jobs_without_needs_start_at_once_and_dependents_wait() -> None:
+    p = pipeline({"a": {"command": ["true"]}, "b": {"command": ["true"]}, "c": {"command": ["true"], "needs": ["a"]}})
+    plan = reconcile([view(p)], T0, LIMITS)
+    assert starts(plan.actions) == ["a", "b"]
+    assert job_states(plan.actions)["c"] is JobState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("when", "upstream", "expected"),
+    [
+        ("success", JobState.SUCCEEDED, "start"),
+        ("success", JobState.FAILED, JobState.SKIPPED),
+        ("success", JobState.SKIPPED, JobState.SKIPPED),
+        ("success", JobState.CANCELLED, JobState.SKIPPED),
+        ("failure", JobState.SUCCEEDED, JobState.SKIPPED),
+        ("failure", JobState.FAILED, "start"),
+        ("failure", JobState.SKIPPED, JobState.SKIPPED),
+        ("failure", JobState.CANCELLED, JobState.SKIPPED),
+        ("always", JobState.SUCCEEDED, "start"),
+        ("always", JobState.FAILED, "start"),
+        ("always", JobState.SKIPPED, "start"),
+        ("always", JobState.CANCELLED, "start"),
+    ],
+)
+def test_when_matrix(when: str, upstream: JobState, expected: Any) -> None:
+    p = pipeline({"up": {"command": ["true"]}, "down": {"command": ["true"], "needs": [{"job": "up", "when": when}]}})
+    plan = reconcile([view(p, {"up": ended("up", upstream)})], T0, LIMITS)
+    if expected == "start":
+        assert starts(plan.actions) == ["down"]
+    else:
+        assert starts(plan.actions) == []
+        assert job_states(plan.actions)["down"] is expected
+
+
+def test_skip_propagates_down_a_chain_in_one_step() -> None:
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]},
+                  "c": {"command": ["x"], "needs": ["b"]}})
+    plan = reconcile([view(p, {"a": ended("a", JobState.FAILED)})], T0, LIMITS)
+    assert job_states(plan.actions) == {"b": JobState.SKIPPED, "c": JobState.SKIPPED}
+    final = [a for a in plan.actions if isinstance(a, SetPipeline)][-1]
+    assert final.status.state is PipelineState.FAILED
+    assert final.status.message == "failed: a"
+
+
+def test_allowed_failure_does_not_fail_the_pipeline_and_counts_as_passed() -> None:
+    p = pipeline({"lint": {"command": ["x"], "allow_failure": True}, "next": {"command": ["x"], "needs": ["lint"]}})
+    plan = reconcile([view(p, {"lint": ended("lint", JobState.FAILED), "next": ended("next", JobState.SUCCEEDED)})],
+                     T0, LIMITS)
+    final = [a for a in plan.actions if isinstance(a, SetPipeline)][-1]
+    assert final.status.state is PipelineState.SUCCEEDED
+
+
+def test_stages_order_jobs_without_needs() -> None:
+    p = pipeline({"build": {"command": ["x"], "stage": "b"}, "test1": {"command": ["x"], "stage": "t"},
+                  "test2": {"command": ["x"], "stage": "t"}, "ship": {"command": ["x"], "stage": "d"}},
+                 stages=["b", "t", "d"])
+    assert [n.job for n in p.jobs["ship"].needs] == ["test1", "test2"]
+    plan = reconcile([view(p)], T0, LIMITS)
+    assert starts(plan.actions) == ["build"]
+    plan = reconcile([view(p, {"build": ended("build", JobState.SUCCEEDED)})], T0, LIMITS)
+    assert starts(plan.actions) == ["test1", "test2"]
+
+
+def test_max_parallel_is_never_exceeded_and_the_rest_are_queued_with_a_reason() -> None:
+    p = pipeline({f"j{i}": {"command": ["x"]} for i in range(5)})
+    plan = reconcile([view(p, {"j0": running("j0")})], T0, Limits(max_parallel=2))
+    assert starts(plan.actions) == ["j1"]
+    queued = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.state is JobState.QUEUED]
+    assert sorted(s.job for s in queued) == ["j2", "j3", "j4"]
+    assert queued[0].message == "waiting for a free slot (max_parallel = 2)"
+
+
+def test_resource_pools_are_never_oversubscribed() -> None:
+    p = pipeline({"a": {"command": ["x"], "resources": {"gpu": 1}}, "b": {"command": ["x"], "resources": {"gpu": 1}},
+                  "c": {"command": ["x"]}})
+    plan = reconcile([view(p)], T0, LIMITS)
+    assert starts(plan.actions) == ["a", "c"]
+    b = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "b"][-1]
+    assert b.state is JobState.QUEUED
+    assert b.message == "waiting for resources: gpu (1 of 1 in use)"
+
+
+def test_failed_attempt_with_retries_left_waits_its_backoff_then_retries() -> None:
+    p = pipeline({"a": {"command": ["x"], "retries": 2, "backoff": {"initial": "2s", "factor": 3, "max": "1m"}}})
+    out = Outcome(1, T0 + timedelta(seconds=1))
+    plan = reconcile([view(p, {"a": running("a")}, outcomes={"a": out})], T0 + timedelta(seconds=1), LIMITS)
+    a = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert a.state is JobState.RETRYING
+    assert a.retry_at == T0 + timedelta(seconds=3)
+    assert plan.wake_at == T0 + timedelta(seconds=3)
+    # Before the backoff has passed, nothing starts; after, attempt 2 starts as a retry.
+    assert starts(reconcile([view(p, {"a": a})], T0 + timedelta(seconds=2), LIMITS).actions) == []
+    plan = reconcile([view(p, {"a": a})], T0 + timedelta(seconds=3), LIMITS)
+    assert starts(plan.actions) == ["a"]
+    started = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert started.attempts[-1].trigger == "retry"
+    assert started.attempt == 2
+
+
+def test_backoff_grows_by_factor_up_to_max() -> None:
+    p = pipeline({"a": {"command": ["x"], "retries": 5, "backoff": {"initial": "1s", "factor": 2, "max": "5s"}}})
+    delays = []
+    status = running("a")
+    now = T0
+    for _ in range(5):
+        plan = reconcile([view(p, {"a": status}, outcomes={"a": Outcome(1, now)})], now, LIMITS)
+        status = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+        assert status.retry_at is not None
+        delays.append((status.retry_at - now).total_seconds())
+        now = status.retry_at
+        plan = reconcile([view(p, {"a": status})], now, LIMITS)
+        status = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert delays == [1, 2, 4, 5, 5]
+    plan = reconcile([view(p, {"a": status}, outcomes={"a": Outcome(1, now)})], now, LIMITS)
+    assert [x.status for x in plan.actions if isinstance(x, SetJob)][-1].state is JobState.FAILED
+
+
+def test_timeout_sends_sigterm_then_sigkill_after_the_grace() -> None:
+    p = pipeline({"a": {"command": ["x"], "timeout": "5s"}})
+    plan = reconcile([view(p, {"a": running("a")})], T0 + timedelta(seconds=4), LIMITS)
+    assert not [x for x in plan.actions if isinstance(x, Kill)]
+    assert plan.wake_at == T0 + timedelta(seconds=5)
+    plan = reconcile([view(p, {"a": running("a")})], T0 + timedelta(seconds=5), LIMITS)
+    assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
+    killing = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    plan = reconcile([view(p, {"a": killing})], T0 + timedelta(seconds=15), LIMITS)
+    assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGKILL]
+    plan = reconcile([view(p, {"a": killing}, outcomes={"a": Outcome(143, T0 + timedelta(seconds=6), 15)})],
+                     T0 + timedelta(seconds=6), LIMITS)
+    done = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert done.state is JobState.FAILED
+    assert done.attempts[-1].message == "timed out after 5.0s"
+
+
+def test_a_process_gone_without_exit_record_is_lost_and_retried() -> None:
+    p = pipeline({"a": {"command": ["x"], "retries": 1}})
+    plan = reconcile([view(p, {"a": running("a")}, alive={"a": False})], T0 + timedelta(seconds=1), LIMITS)
+    a = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert a.state is JobState.RETRYING
+    assert a.attempts[-1].state is JobState.LOST
+
+
+def test_unknown_process_becomes_lost_only_after_the_heartbeat_timeout() -> None:
+    p = pipeline({"a": {"command": ["x"]}})
+    plan = reconcile([view(p, {"a": running("a")}, alive={"a": None})], T0 + timedelta(seconds=29), LIMITS)
+    assert not [x for x in plan.actions if isinstance(x, SetJob)]
+    assert plan.wake_at == T0 + timedelta(seconds=30)
+    plan = reconcile([view(p, {"a": running("a")}, alive={"a": None})], T0 + timedelta(seconds=30), LIMITS)
+    assert [x.status for x in plan.actions if isinstance(x, SetJob)][-1].state is JobState.FAILED
+
+
+def test_cancelling_a_pipeline_kills_running_and_cancels_pending() -> None:
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
+    req = Request("r1", "cancel")
+    plan = reconcile([view(p, {"a": running("a")}, requests=(req,))], T0, LIMITS)
+    assert [(x.job, x.signal) for x in plan.actions if isinstance(x, Kill)] == [("a", signal.SIGTERM)]
+    assert job_states(plan.actions)["b"] is JobState.CANCELLED
+    assert [x.request for x in plan.actions if isinstance(x, DoneRequest)] == ["r1"]
+    killing = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
+    plan = reconcile([view(p, {"a": killing, "b": JobStatus("b", JobState.CANCELLED)},
+                           outcomes={"a": Outcome(143, T0, 15)})], T0, LIMITS)
+    assert job_states(plan.actions)["a"] is JobState.CANCELLED
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.CANCELLED]
+
+
+def test_retry_request_reruns_a_failed_job_and_what_it_gated() -> None:
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
+    jobs = {"a": ended("a", JobState.FAILED), "b": JobStatus("b", JobState.SKIPPED, message="needs a")}
+    status = PipelineStatus(PipelineState.FAILED, T0, T0, prompt_hash=prompt_hash("do it"))
+    plan = reconcile([view(p, jobs, status=status, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    assert starts(plan.actions) == ["a"]
+    a = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
+    assert a.attempt == 2 and a.attempts[-1].trigger == "manual" and a.attempts[-1].request == "r1"
+    assert job_states(plan.actions)["b"] is JobState.PENDING
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.RUNNING]
+    # The same request seen again (a crash before it was consumed) does nothing more.
+    plan = reconcile([view(p, {"a": a, "b": JobStatus("b")}, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    assert starts(plan.actions) == []
+
+
+def test_a_changed_prompt_stops_the_pipeline_with_a_message() -> None:
+    p = pipeline({"a": {"command": ["x"]}})
+    status = PipelineStatus(PipelineState.RUNNING, T0, prompt_hash=prompt_hash("the original prompt"))
+    plan = reconcile([view(p, status=status)], T0, LIMITS)
+    assert starts(plan.actions) == []
+    final = [x.status for x in plan.actions if isinstance(x, SetPipeline)][-1]
+    assert final.state is PipelineState.FAILED
+    assert "prompt: changed after the pipeline was created" in final.message
+
+
+def test_an_invalid_spec_starts_nothing_and_names_the_problem() -> None:
+    p = pipeline({"a": {"command": ["x"]}})
+    plan = reconcile([view(p, problems=("jobs/a.toml: <toml>: syntax error",))], T0, LIMITS)
+    assert starts(plan.actions) == []
+    final = [x.status for x in plan.actions if isinstance(x, SetPipeline)][-1]
+    assert final.message == "invalid spec: jobs/a.toml: <toml>: syntax error"
+
+
+def test_a_broken_pipeline_does_not_stop_another() -> None:
+    good = pipeline({"a": {"command": ["x"]}}, name="good")
+    bad = pipeline({"a": {"command": ["x"]}}, name="bad")
+    plan = reconcile([view(bad, problems=("broken",)), view(good)], T0, LIMITS)
+    assert [(x.pipeline, x.job) for x in plan.actions if isinstance(x, Start)] == [("good", "a")]
+
+
+def test_a_waiting_job_runs_again_when_its_fixups_succeed_and_fails_if_one_fails() -> None:
+    p = pipeline({"test": {"command": ["x"]}, "test.r1": {"command": ["x"]}})
+    waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
+                        waiting_for=("test.r1",))
+    plan = reconcile([view(p, {"test": waiting, "test.r1": ended("test.r1", JobState.SUCCEEDED)})], T0, LIMITS)
+    assert starts(plan.actions) == ["test"]
+    plan = reconcile([view(p, {"test": waiting, "test.r1": ended("test.r1", JobState.FAILED)})], T0, LIMITS)
+    assert job_states(plan.actions)["test"] is JobState.FAILED
+
+
+def test_unchanged_state_writes_nothing() -> None:
+    p = pipeline({"a": {"command": ["x"]}})
+    plan = reconcile([view(p, {"a": running("a")}, alive={"a": True})], T0, LIMITS)
+    assert plan.actions == []
