@@ -105,7 +105,8 @@ def to_dot(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
 
 def _mermaid_id(name: str) -> str:
     # Mermaid ids cannot hold '.', so map each name to a safe id and show the name as label.
-    return "j_" + "".join(c if c.isalnum() else "_" for c in name)
+    # Escape rather than replace ('_' too), so that `a.b` and `a_b` stay two nodes.
+    return "j_" + "".join(c if c.isalnum() else f"_{ord(c):02x}" for c in name)
 
 
 def to_mermaid(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
