@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from clowder.errors import ClowderError, UsageError
+from clowder.errors import Problem, UsageError
 from clowder.graph import pipeline_deps, topo_order
 from clowder.spec import is_name
-from clowder.state import JobState, JobStatus, PipelineState, read_job_status, read_pipeline_status
+from clowder.state import (
+    JobState,
+    JobStatus,
+    PipelineState,
+    PipelineStatus,
+    job_status_from_dict,
+    pipeline_status_from_dict,
+)
 from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_config, check_pipeline
+from clowder.validate import check_config, check_pipeline, load_status_file
 
 
 @dataclass(frozen=True)
@@ -47,20 +55,31 @@ def _duration(status: JobStatus) -> float | None:
     return sum(spans) if spans else None
 
 
+def _job_status(path: Path, name: str) -> JobStatus:
+    # Parsed and checked once: `status` reads every status file of the tree when there is no index.
+    data, problems = load_status_file(path)
+    if problems:
+        return JobStatus(name, message=f"unreadable status file: {problems[0]}")
+    try:
+        return job_status_from_dict(name, data) if data is not None else JobStatus(name)
+    except (KeyError, ValueError, TypeError):
+        return JobStatus(name, message="unreadable status file")
+
+
 def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
     config, _ = check_config(root.config_file)
     pipeline, problems = check_pipeline(paths, config)
+    data, broken = load_status_file(paths.status_file)
     try:
-        pstatus = read_pipeline_status(paths.status_file)
-    except ClowderError as e:
-        return PipelineReport(paths.name, "broken", str(e), None, None, problems=(str(e),))
+        pstatus = pipeline_status_from_dict(data) if data is not None else PipelineStatus()
+    except (KeyError, ValueError, TypeError) as e:
+        broken = [Problem(paths.status_file, "state", f"unreadable status file: {e}")]
+    if broken:
+        return PipelineReport(paths.name, "broken", str(broken[0]), None, None, problems=(str(broken[0]),))
     names = topo_order(pipeline_deps(pipeline)) if pipeline else paths.job_names()
     jobs = []
     for name in names:
-        try:
-            status = read_job_status(paths.status_dir / f"{name}.toml", name)
-        except ClowderError:
-            status = JobStatus(name, message="unreadable status file")
+        status = _job_status(paths.status_dir / f"{name}.toml", name)
         spec = pipeline.jobs.get(name) if pipeline else None
         first = status.attempts[0] if status.attempts else None
         last = status.last

@@ -118,7 +118,7 @@ def _translate_any_of(e: ValidationError, path: Path | str, prefix: Sequence[str
                 return [p for c in sub for p in _translate(c, path, prefix)]
     wanted = " or ".join(_describe(b) for b in branches)
     return [Problem(path, key_path([*prefix, *e.absolute_path]),
-                    f"expected {wanted}, got {_show(e.instance)}")]
+                    f"expected {wanted}, got {show(e.instance)}")]
 
 
 def _describe(branch: dict[str, Any]) -> str:
@@ -144,7 +144,7 @@ def _type_matches(t: Any, value: Any) -> bool:
     return checks.get(t, False)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -161,16 +161,16 @@ def _message(e: ValidationError) -> str:
     got: Any = e.instance
     if v == "type":
         types = want if isinstance(want, list) else [want]
-        return f"expected {' or '.join(_TYPE_NAMES.get(t, str(t)) for t in types)}, got {_show(got)}"
+        return f"expected {' or '.join(_TYPE_NAMES.get(t, str(t)) for t in types)}, got {show(got)}"
     if v == "enum":
         if want == [1] and e.absolute_path and e.absolute_path[-1] == "schema_version":
-            return f"unsupported schema_version {_show(got)}; this Clowder reads version 1"
-        return f"must be one of {', '.join(str(w) for w in want)}; got {_show(got)}"
+            return f"unsupported schema_version {show(got)}; this Clowder reads version 1"
+        return f"must be one of {', '.join(str(w) for w in want)}; got {show(got)}"
     if v == "required":
         missing = [k for k in want if k not in got]
         return f"missing required key '{missing[0]}'" if missing else e.message
     if v == "minimum":
-        return f"must be >= {want}, got {_show(got)}"
+        return f"must be >= {want}, got {show(got)}"
     if v == "minItems":
         return "must not be empty"
     if v == "minLength":
@@ -180,5 +180,5 @@ def _message(e: ValidationError) -> str:
     if v == "uniqueItems":
         return "must not repeat an entry"
     if v == "pattern":
-        return f"{_show(got)} does not match {want}"
+        return f"{show(got)} does not match {want}"
     return e.message

@@ -3,11 +3,13 @@ problems (or the project's own errors), never a traceback."""
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
-from clowder.report import collect
+from clowder.report import collect, summary, to_json
 from clowder.spec import parse_duration
 from clowder.template import DEFAULT_CONFIG, new_pipeline
 from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_config, check_pipeline, check_template, validate_path
+from clowder.validate import check_config, check_pipeline, check_template, load_status_file, validate_path
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -137,11 +139,13 @@ def check_everything(root: Root, paths: PipelinePaths | None = None) -> None:
         data, problems = check_template(root.templates_dir / f"{name}.toml", config)
         assert_problems(problems)
         assert (data is None) == bool(problems)
-    assert_problems(validate_path(root.path, root)[1])
     try:
-        collect(root)
+        reports = collect(root)
     except ClowderError:
-        pass
+        return
+    json.dumps(to_json(reports))
+    for report in reports:
+        summary(report)
 
 
 @SETTINGS
@@ -150,7 +154,8 @@ def test_random_job_files_give_problems_not_exceptions(doc: dict[str, Any], name
     with fresh_root() as root:
         paths = write_pipeline(root, {"prompt": "p"}, {name: doc})
         check_everything(root, paths)
-        assert_problems(validate_path(paths.job_file("a") if name == "a" else paths.dir, root)[1])
+        assert_problems(validate_path(root.path, root)[1])
+        assert_problems(validate_path(paths.jobs_dir / f"{name}.toml", root)[1])
 
 
 @SETTINGS
@@ -178,6 +183,7 @@ def test_random_templates_give_problems_not_exceptions(doc: dict[str, Any], jobs
     with fresh_root() as root:
         (root.templates_dir / "t.toml").write_text(dump(doc))
         check_everything(root)
+        assert_problems(validate_path(root.templates_dir / "t.toml", root)[1])
         _data, problems = check_template(root.templates_dir / "t.toml")
         assert_problems(problems)
 
@@ -205,6 +211,37 @@ def test_arbitrary_bytes_as_spec_files_give_problems(text: bytes) -> None:
         check_everything(root, paths)
         root.config_file.write_bytes(text)
         paths.spec_file.write_bytes(text)
+        check_everything(root, paths)
+
+
+STATES = ["pending", "queued", "running", "retrying", "waiting", "lost", "succeeded", "failed", "skipped",
+          "cancelled"]
+times = st.datetimes(timezones=st.none() | st.just(UTC)) | st.dates() | scalars
+attempt_tables = st.fixed_dictionaries(
+    {"number": st.integers(min_value=0, max_value=3) | scalars, "state": st.sampled_from(STATES) | scalars},
+    optional={"started_at": times, "ended_at": times, "exit_code": scalars, "commit": scalars,
+              "artifacts": st.lists(st.dictionaries(st.sampled_from(["path", "blob", "size", "kind"]), scalars))},
+)
+status_tables = st.fixed_dictionaries(
+    {"state": st.sampled_from(STATES) | scalars},
+    optional={"attempt": st.integers(min_value=0, max_value=3) | scalars, "message": scalars,
+              "attempts": st.lists(attempt_tables, max_size=2) | scalars, "started_at": times, "ended_at": times,
+              "retry_at": times, "waiting_for": toml_values, "spawned": toml_values},
+)
+
+
+@SETTINGS
+@given(job_status=documents | status_tables, pipeline_status=documents | status_tables)
+def test_random_status_files_give_problems_not_exceptions(
+    job_status: dict[str, Any], pipeline_status: dict[str, Any]
+) -> None:
+    with fresh_root() as root:
+        paths = write_pipeline(root, {"prompt": "p"}, {"a": {"command": ["true"]}})
+        paths.status_dir.mkdir()
+        paths.job_status_file("a").write_text(dump(job_status))
+        check_everything(root, paths)
+        assert_problems(load_status_file(paths.job_status_file("a"))[1])
+        paths.status_file.write_text(dump(pipeline_status))
         check_everything(root, paths)
 
 

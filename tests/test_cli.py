@@ -1,0 +1,267 @@
+"""The command line as a user sees it: `clowder status`, finding the root, and help texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from clowder.cli import main
+from clowder.tree import Root
+from tests.conftest import Invoke, MakePipeline, write
+
+FAN = {
+    "split": 'command = "x"\n',
+    "b": 'command = "x"\nneeds = ["split"]\n',
+    "a": 'command = "x"\nneeds = ["split"]\n',
+    "join": 'command = "x"\nneeds = ["a", "b"]\n',
+}
+
+
+def rows(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()]
+
+
+# -- status -----------------------------------------------------------------------------------
+
+def test_status_of_a_pipeline_lists_jobs_in_dependency_order_all_pending(
+    make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    make_pipeline("p", FAN)
+    result = cli("status", "p")
+    assert result.exit_code == 0, result.output
+    assert rows(result.stdout) == [
+        ["pipeline", "p:", "pending"],
+        ["JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", "MESSAGE"],
+        ["split", "-", "pending", "-", "-"],
+        ["a", "-", "pending", "-", "-"],
+        ["b", "-", "pending", "-", "-"],
+        ["join", "-", "pending", "-", "-"],
+    ]
+
+
+def test_status_shows_stages(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"x": 'stage = "build"\ncommand = "x"\n'}, spec='prompt = "x"\nstages = ["build"]\n')
+    assert rows(cli("status", "p").stdout)[2] == ["x", "build", "pending", "-", "-"]
+
+
+def test_status_of_every_pipeline(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", FAN)
+    make_pipeline("q", {"only": 'command = "x"\n'})
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert rows(result.stdout) == [
+        ["PIPELINE", "STATE", "JOBS", "MESSAGE"],
+        ["p", "pending", "4", "pending"],
+        ["q", "pending", "1", "pending"],
+    ]
+
+
+def test_status_with_no_pipelines_says_how_to_make_one(cli: Invoke) -> None:
+    result = cli("status")
+    assert (result.exit_code, result.stdout) == (
+        0, "no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`\n",
+    )
+
+
+def test_status_json(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "x"\n', "b": 'stage = "s"\ncommand = "x"\nneeds = ["a"]\n'},
+                  spec='prompt = "x"\nstages = ["s"]\n')
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    pending = {"state": "pending", "attempt": 0, "duration": None, "message": "", "started_at": None,
+               "ended_at": None}
+    assert json.loads(result.stdout) == [{
+        "name": "p", "state": "pending", "message": "", "started_at": None, "ended_at": None, "problems": [],
+        "jobs": [
+            {"name": "a", "stage": None, "needs": [], **pending},
+            {"name": "b", "stage": "s", "needs": ["a"], **pending},
+        ],
+    }]
+    assert json.loads(cli("status", "p", "--json").stdout) == json.loads(result.stdout)
+
+
+def test_status_json_with_no_pipelines_is_an_empty_list(cli: Invoke) -> None:
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
+def test_status_of_an_invalid_pipeline_points_to_validate(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    d = make_pipeline("p", {"a": 'command = "x"\nretries = -1\n'})
+    result = cli("status", "p")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
+        f"pipeline p: invalid — 1 problem(s); run `clowder validate {d}`",
+        f"  {d}/jobs/a.toml: retries: must be >= 0, got -1",
+    ]
+    assert json.loads(cli("status", "--json").stdout)[0]["problems"] == [
+        f"{d}/jobs/a.toml: retries: must be >= 0, got -1",
+    ]
+
+
+def test_status_of_a_missing_pipeline(root: Root, cli: Invoke) -> None:
+    result = cli("status", "nope")
+    assert (result.exit_code, result.stderr) == (2, f"error: {root.pipelines_dir}/nope: no such pipeline\n")
+
+
+def test_status_of_an_invalid_pipeline_name_never_leaves_the_root(cli: Invoke) -> None:
+    result = cli("status", "../..")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid pipeline name '../..'")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"\xff", "<toml>: not UTF-8 text: invalid start byte"),
+    (b'state = "dreaming"\n', "state: must be one of pending, queued, running, retrying, waiting, lost, "
+                              "succeeded, failed, skipped, cancelled; got 'dreaming'"),
+    (b'state = "running"\nmessage = 5\n', "message: expected a string, got 5"),
+    (b'state = "running"\n[[attempts]]\nnumber = 1\nstate = "running"\nstarted_at = "yesterday"\n',
+     "attempts[0].started_at: expected a date-time with a UTC offset, got 'yesterday'"),
+    (b'state = "running"\n[[attempts]]\nnumber = 1\nstate = "running"\nstarted_at = 2026-01-01T10:00:00\n',
+     "attempts[0].started_at: expected a date-time with a UTC offset, got datetime.datetime(2026, 1, 1, 10, 0)"),
+])
+def test_hand_broken_job_status_file_is_shown_not_a_crash(
+    make_pipeline: MakePipeline, cli: Invoke, content: bytes, problem: str
+) -> None:
+    d = make_pipeline("p", {"a": 'command = "x"\n'})
+    write(d / "status" / "a.toml", "").write_bytes(content)
+    result = cli("status", "p", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["jobs"][0]["message"] == (
+        f"unreadable status file: {d}/status/a.toml: {problem}"
+    )
+    assert cli("status", "p").exit_code == 0
+    validated = cli("validate")
+    assert (validated.exit_code, validated.stdout) == (2, f"{d}/status/a.toml: {problem}\n")
+
+
+def test_hand_broken_pipeline_status_file_shows_the_pipeline_as_broken(
+    make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    d = make_pipeline("p", {"a": 'command = "x"\n'})
+    write(d / "status.toml", 'state = "running"\nstarted_at = 5\n')
+    message = f"{d}/status.toml: started_at: expected a date-time with a UTC offset, got 5"
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert json.loads(cli("status", "--json").stdout)[0]["state"] == "broken"
+    assert json.loads(cli("status", "--json").stdout)[0]["message"] == message
+
+
+def test_status_reads_recorded_job_states(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    d = make_pipeline("p", {"a": 'command = "x"\n'})
+    write(d / "status" / "a.toml", """\
+        state = "failed"
+        attempt = 1
+        message = "exit code 3"
+        [[attempts]]
+        number = 1
+        state = "failed"
+        started_at = 2026-01-01T10:00:00Z
+        ended_at = 2026-01-01T10:01:30Z
+        exit_code = 3
+        """)
+    assert rows(cli("status", "p").stdout)[2] == ["a", "-", "failed", "1", "1m30s", "exit", "code", "3"]
+    job = json.loads(cli("status", "p", "--json").stdout)[0]["jobs"][0]
+    assert (job["duration"], job["started_at"], job["ended_at"]) == (
+        90.0, "2026-01-01T10:00:00+00:00", "2026-01-01T10:01:30+00:00",
+    )
+
+
+# -- finding the root -------------------------------------------------------------------------
+
+def test_root_is_found_from_a_subdirectory(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    d = make_pipeline("p", FAN)
+    result = cli("status", "p", cwd=d / "jobs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("pipeline p: pending\n")
+
+
+def test_root_option(root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    make_pipeline("p", FAN)
+    result = cli("status", "--root", str(root.path), cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert rows(result.stdout)[1][0] == "p"
+    assert cli("status", "--root", "root", cwd=tmp_path).stdout == result.stdout
+
+
+def test_clowder_root_environment_variable(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pipeline("p", FAN)
+    monkeypatch.setenv("CLOWDER_ROOT", str(root.path))
+    result = cli("status", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert rows(result.stdout)[1][0] == "p"
+
+
+def test_root_option_wins_over_the_environment(
+    root: Root, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOWDER_ROOT", str(tmp_path / "elsewhere"))
+    result = cli("status", "--root", str(root.path), cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+
+
+def test_environment_wins_over_the_current_directory(
+    root: Root, tmp_path: Path, cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOWDER_ROOT", str(tmp_path))
+    result = cli("status")  # run from inside `root`, but the environment names another place
+    assert (result.exit_code, result.stderr) == (
+        2, f"error: {tmp_path}: no clowder.toml here; run `clowder init {tmp_path}` to create a root\n",
+    )
+
+
+def test_no_root_is_a_clear_error(cli: Invoke, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for args in (["status"], ["validate"], ["new", "t", "-p", "x"], ["graph", "p"]):
+        result = cli(*args, cwd=tmp_path / "empty")
+        assert (result.exit_code, result.stderr) == (2, (
+            f"error: no clowder.toml found in {tmp_path}/empty or any parent directory; run `clowder init` "
+            "to create a root, or pass --root / set CLOWDER_ROOT\n"
+        )), args
+
+
+def test_root_option_naming_a_directory_without_a_root(cli: Invoke, tmp_path: Path) -> None:
+    result = cli("status", "--root", str(tmp_path))
+    assert (result.exit_code, result.stderr) == (
+        2, f"error: {tmp_path}: no clowder.toml here; run `clowder init {tmp_path}` to create a root\n",
+    )
+
+
+# -- help -------------------------------------------------------------------------------------
+
+COMMANDS = sorted(main.commands)
+
+
+def test_the_group_has_help() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "Clowder runs pipelines" in result.output
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_text(name: str) -> None:
+    command = main.commands[name]
+    assert command.help and command.help.strip(), f"`clowder {name}` has no help text"
+    assert command.get_short_help_str().strip()
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help, f"`clowder {name} {param.opts[0]}` has no help text"
+    for flag in ("--help", "-h"):
+        result = CliRunner().invoke(main, [name, flag])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Usage: main {name}") or result.output.startswith(f"Usage: clowder {name}")
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert "version" in result.output
