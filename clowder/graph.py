@@ -11,32 +11,30 @@ Deps = Mapping[str, Sequence[str]]
 
 def find_cycle(deps: Deps) -> list[str] | None:
     """One dependency cycle as [a, b, ..., a], or None. Unknown names are ignored."""
+    # Depth-first with an explicit stack: a chain of a few thousand jobs would overflow
+    # Python's recursion limit.
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(deps, white)
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        color[node] = grey
-        stack.append(node)
-        for dep in deps[node]:
-            if dep not in color:
-                continue
-            if color[dep] == grey:
-                return [*stack[stack.index(dep):], dep]
-            if color[dep] == white:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        color[node] = black
-        return None
-
-    for node in sorted(deps):
-        if color[node] == white:
-            found = visit(node)
-            if found:
-                # Read it in the direction work flows: upstream first.
-                return list(reversed(found))
+    for start in sorted(deps):
+        if color[start] != white:
+            continue
+        color[start] = grey
+        path, todo = [start], [iter(deps[start])]
+        while path:
+            for dep in todo[-1]:
+                if dep not in color:
+                    continue
+                if color[dep] == grey:
+                    # Read it in the direction work flows: upstream first.
+                    return list(reversed([*path[path.index(dep):], dep]))
+                if color[dep] == white:
+                    color[dep] = grey
+                    path.append(dep)
+                    todo.append(iter(deps[dep]))
+                    break
+            else:
+                color[path.pop()] = black
+                todo.pop()
     return None
 
 
@@ -56,18 +54,21 @@ def topo_order(deps: Deps) -> list[str]:
     """Jobs ordered so that every job comes after what it needs (ties by name). Assumes no cycle."""
     order: list[str] = []
     done: set[str] = set()
-
-    def visit(node: str) -> None:
-        if node in done:
-            return
-        done.add(node)
-        for dep in sorted(deps.get(node, ())):
-            if dep in deps:
-                visit(dep)
-        order.append(node)
-
-    for node in sorted(deps):
-        visit(node)
+    for start in sorted(deps):
+        if start in done:
+            continue
+        done.add(start)
+        stack = [(start, iter(sorted(deps[start])))]  # explicit stack: see find_cycle
+        while stack:
+            node, todo = stack[-1]
+            for dep in todo:
+                if dep in deps and dep not in done:
+                    done.add(dep)
+                    stack.append((dep, iter(sorted(deps[dep]))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
     return order
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from clowder.graph import ancestors, dependents, find_cycle, to_mermaid, topo_order
 from clowder.tree import Root
 from clowder.validate import load_pipeline
@@ -42,6 +47,36 @@ def test_ancestors_are_transitive_and_survive_cycles() -> None:
 def test_topo_order_puts_needs_first_and_breaks_ties_by_name() -> None:
     deps = {"join": ["x", "y"], "y": ["split"], "x": ["split"], "split": [], "alone": []}
     assert topo_order(deps) == ["alone", "split", "x", "y", "join"]
+
+
+def test_deep_chains_do_not_hit_the_recursion_limit() -> None:
+    # Sorted by name, each job needs the next: a depth-first walk goes 5,000 deep.
+    deps = {f"j{i:05d}": [f"j{i + 1:05d}"] if i < 4999 else [] for i in range(5000)}
+    assert topo_order(deps) == sorted(deps, reverse=True)
+    assert find_cycle(deps) is None
+    deps["j04999"] = ["j00000"]
+    cycle = find_cycle(deps)
+    assert cycle is not None and len(cycle) == 5001
+
+
+NAMES = st.sampled_from("abcdefgh")
+
+
+@settings(max_examples=200, deadline=None)
+@given(deps=st.dictionaries(NAMES, st.lists(NAMES | st.just("ghost"), max_size=3), max_size=8))
+def test_cycle_or_order(deps: dict[str, list[str]]) -> None:
+    cycle = find_cycle(deps)
+    if cycle is None:
+        order = topo_order(deps)
+        assert sorted(order) == sorted(deps)
+        for name, needs in deps.items():
+            assert all(order.index(n) < order.index(name) for n in needs if n in deps)
+    else:
+        # A real cycle, upstream first: each job is needed by the next one.
+        assert cycle[0] == cycle[-1]
+        assert len(set(cycle)) == len(cycle) - 1
+        for up, down in itertools.pairwise(cycle):
+            assert up in deps[down]
 
 
 # -- drawings ---------------------------------------------------------------------------------
