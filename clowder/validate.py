@@ -27,6 +27,7 @@ from clowder.spec import (
 from clowder.tree import CONFIG_FILE, PipelinePaths, Root
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys whose text is the user's verbatim words, never a template.
 _VERBATIM_KEYS = frozenset({"prompt", "regression_context"})
 
@@ -254,6 +255,12 @@ def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, 
     jobs = data.get("jobs")
     if isinstance(jobs, dict):
         declared = set(data.get("variables", {})) if isinstance(data.get("variables"), dict) else set()
+        for var in sorted(declared):
+            # `{{ my-var }}` is not a placeholder, so such a variable could never be used.
+            if not _VARIABLE_NAME.fullmatch(var):
+                problems.append(Problem(path, schema.key_path(["variables", var]),
+                                        f"invalid variable name {var!r}: use letters, digits and '_', "
+                                        "not starting with a digit"))
         problems += check_jobs(
             jobs, _check_stages(data),
             lambda name: _Where(path, ("jobs", name)),

@@ -572,3 +572,13 @@ def test_template_job_problems_are_reported_once(root: Root, cli: Invoke) -> Non
     assert problems(cli("validate")) == [
         f"{root.path}/templates/t.toml: jobs.a.retry: unknown key 'retry' (did you mean 'retries'?)",
     ]
+
+
+def test_template_variable_names_must_be_usable_as_placeholders(root: Root, cli: Invoke) -> None:
+    write(root.templates_dir / "t.toml", '[variables]\nmy-var = {}\n1st = {}\nok_2 = {}\n[jobs.a]\ncommand = "x"\n')
+    t = f"{root.path}/templates/t.toml"
+    rule = "use letters, digits and '_', not starting with a digit"
+    assert problems(cli("validate")) == [
+        f"{t}: variables.1st: invalid variable name '1st': {rule}",
+        f"{t}: variables.my-var: invalid variable name 'my-var': {rule}",
+    ]
