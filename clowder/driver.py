@@ -8,8 +8,8 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from glob import glob
 from pathlib import Path
 from typing import TextIO
@@ -17,7 +17,7 @@ from typing import TextIO
 from clowder import requests as req_mod
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
-from clowder.fsio import atomic_write, try_lock
+from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.scheduler import (
     DoneRequest,
     Kill,
@@ -31,6 +31,7 @@ from clowder.scheduler import (
 )
 from clowder.spec import Config, JobSpec, Pipeline, is_name
 from clowder.state import (
+    Attempt,
     JobState,
     JobStatus,
     PipelineState,
@@ -79,12 +80,23 @@ class _Pipeline:
     outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)
     alive: dict[str, bool | None] = field(default_factory=dict)
     loaded: bool = False
+    full: bool = True  # the next reconcile looks at every job
+    active: set[str] = field(default_factory=set)  # jobs running, retrying, waiting or queued
+    ready: set[str] = field(default_factory=set)  # jobs that could start but got no slot
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
+        focus = None if self.full else frozenset(self.active | self.ready | set(outcomes))
         return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests)
+                            outcomes, dict(self.alive), self.requests, focus)
+
+    def set_job(self, status: JobStatus) -> None:
+        self.jobs[status.job] = status
+        if status.state.terminal or status.state is JobState.PENDING:
+            self.active.discard(status.job)
+        else:
+            self.active.add(status.job)
 
     def finished(self) -> bool:
         return self.status.state.terminal and not any(j.state is JobState.RUNNING for j in self.jobs.values())
@@ -122,6 +134,7 @@ class Driver:
         self.stopping = threading.Event()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
+        self.writer: Writer | None = None
         self.on_tick: Callable[[Driver], None] | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -157,6 +170,7 @@ class Driver:
 
     def _serve_locked(self, until_done: bool, sweep: float) -> bool:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = Writer(self.root.tmp_dir)
         self.watcher = Watcher(self.root, self._notify, poll=self.poll)
         self.watcher.start()
         try:
@@ -176,6 +190,7 @@ class Driver:
         finally:
             self.watcher.stop()
             self.executor.shutdown()
+            self.writer.close()
         return self._selected_succeeded()
 
     def _wait(self, timeout: float) -> None:
@@ -198,9 +213,8 @@ class Driver:
             self._rescan()
         elif kind == "exit" and outcome is not None:
             cache = self.pipelines.get(pipeline)
-            if cache is not None:
+            if cache is not None:  # no re-read of the specs: only the job's state changed
                 cache.outcomes[job] = (attempt, outcome)
-                self.dirty.add(pipeline)
         elif kind in ("spec", "request") and self._selected(pipeline):
             if pipeline not in self.pipelines and is_name(pipeline) and (self.root.pipelines_dir / pipeline).is_dir():
                 self.pipelines[pipeline] = _Pipeline(self.root.pipeline(pipeline))
@@ -216,6 +230,11 @@ class Driver:
         self.dirty.clear()
         active = [c for c in self.pipelines.values() if not c.finished() or c.requests or c.outcomes]
         plan = reconcile([c.view() for c in active], now, self.limits)
+        for cache in active:
+            cache.full = False
+            cache.ready = set()
+        for pipeline, job in plan.ready:
+            self.pipelines[pipeline].ready.add(job)
         for action in plan.actions:
             self._apply(action, now)
         for cache in active:
@@ -249,6 +268,7 @@ class Driver:
         self._rescan()
         for name, cache in self.pipelines.items():
             self.dirty.add(name)
+            cache.full = True
             for job, status in cache.jobs.items():
                 if status.state is JobState.RUNNING and (name, job, status.attempt) not in self._own:
                     self._check_process(cache, job, status)
@@ -261,6 +281,7 @@ class Driver:
             self._load(cache)
         if self.watcher and paths.name not in self.watcher.watched():
             self.watcher.watch(paths.name)
+        cache.full = True
         stamp = _spec_stamp(paths)
         if stamp != cache.stamp:
             cache.stamp = stamp
@@ -289,9 +310,44 @@ class Driver:
                     cache.jobs[f.stem] = read_job_status(f, f.stem)
                 except ClowderError as e:
                     self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+        self._catch_up(cache)
+        for status in cache.jobs.values():
+            cache.set_job(status)
         for job, status in cache.jobs.items():
             if status.state is JobState.RUNNING:
                 self._check_process(cache, job, status)
+
+    def _catch_up(self, cache: _Pipeline) -> None:
+        """Attempts launched after the last status write that reached the disk (the daemon
+        died first) still left their log files: put them back into the job's status."""
+        logs = cache.paths.logs_dir
+        if not logs.is_dir():
+            return
+        for d in sorted(logs.iterdir()):
+            if not is_name(d.name):
+                continue
+            numbers = sorted(int(f.stem) for f in d.glob("*.log") if f.stem.isdigit())
+            status = cache.jobs.get(d.name, JobStatus(d.name))
+            missing = [n for n in numbers if n > status.attempt]
+            if not missing:
+                continue
+            attempts = list(status.attempts)
+            for n in missing:
+                log = d / f"{n}.log"
+                started = datetime.fromtimestamp(log.stat().st_mtime, UTC)
+                trigger = "start" if n == 1 else "retry"
+                if n == missing[-1]:
+                    attempts.append(Attempt(n, JobState.RUNNING, started, trigger=trigger))
+                    continue
+                record = read_exit(log.with_suffix(".exit"))
+                state = JobState.LOST if record is None else (
+                    JobState.SUCCEEDED if record.exit_code == 0 else JobState.FAILED)
+                attempts.append(Attempt(n, state, started, record.ended_at if record else started,
+                                        exit_code=record.exit_code if record else None, trigger=trigger))
+            cache.jobs[d.name] = replace(status, state=JobState.RUNNING, attempt=missing[-1],
+                                         attempts=tuple(attempts), retry_at=None)
+            self.log(f"{cache.paths.name}/{d.name}: found attempt {missing[-1]} launched before the last "
+                     "daemon stopped")
 
     def _check_process(self, cache: _Pipeline, job: str, status: JobStatus) -> None:
         launch = self._launch_paths(cache.paths, job, status.attempt)
@@ -328,15 +384,14 @@ class Driver:
     def _apply(self, action: object, now: datetime) -> None:
         if isinstance(action, SetJob):
             cache = self.pipelines[action.pipeline]
-            cache.jobs[action.status.job] = action.status
-            atomic_write(cache.paths.job_status_file(action.status.job), job_status_to_toml(action.status),
-                         self.root.tmp_dir)
+            cache.set_job(action.status)
+            self._write(cache.paths.job_status_file(action.status.job), job_status_to_toml(action.status))
             if action.event:
                 self.log(f"{action.pipeline}/{action.event}")
         elif isinstance(action, SetPipeline):
             cache = self.pipelines[action.pipeline]
             cache.status = action.status
-            atomic_write(cache.paths.status_file, pipeline_status_to_toml(action.status), self.root.tmp_dir)
+            self._write(cache.paths.status_file, pipeline_status_to_toml(action.status))
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
         elif isinstance(action, Start):
@@ -346,10 +401,24 @@ class Driver:
             self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal)
         elif isinstance(action, DoneRequest):
             cache = self.pipelines[action.pipeline]
-            req_mod.consume(cache.paths, action.request)
+            # Through the writer, after the status writes that record what the request did.
+            path = req_mod.request_file(cache.paths, action.request)
+            if self.writer is not None:
+                self.writer.delete(path)
+            else:
+                path.unlink(missing_ok=True)
             cache.requests = tuple(r for r in cache.requests if r.id != action.request)
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
+
+    def _write(self, path: Path, text: str) -> None:
+        # Status writes go through a background writer so the loop never waits on fsync. A
+        # crash may lose the newest ones; a restart re-derives them from the attempts' own
+        # records (log, pid and exit files), which the processes write themselves.
+        if self.writer is not None:
+            self.writer.write(path, text)
+        else:
+            atomic_write(path, text, self.root.tmp_dir)
 
     def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Launch:
         log = paths.log_file(job, attempt)

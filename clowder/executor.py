@@ -4,12 +4,13 @@ when no daemon is alive to see it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
+import selectors
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,9 +115,53 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
+class _Reaper:
+    """One thread that waits for every child at once through pidfds (a thread per child costs
+    more than the child itself on this path), reaps it, and hands its end to a small pool."""
+
+    def __init__(self, on_exit: OnExit) -> None:
+        self._on_exit = on_exit
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._incoming: list[tuple[int, subprocess.Popen[bytes], Launch]] = []
+        # Ending an attempt may mean git work: let a few run side by side.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clowder-end")
+        self._stopped = False
+        threading.Thread(target=self._run, daemon=True, name="clowder-reaper").start()
+
+    def add(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+        fd = os.pidfd_open(proc.pid)
+        with self._lock:
+            self._incoming.append((fd, proc, launch))
+        os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        while not self._stopped:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    with self._lock:
+                        incoming, self._incoming = self._incoming, []
+                    for fd, proc, launch in incoming:
+                        self._selector.register(fd, selectors.EVENT_READ, (proc, launch))
+                    continue
+                proc, launch = key.data
+                self._selector.unregister(key.fd)
+                os.close(key.fd)
+                proc.wait()  # reaps the wrapper: no zombies
+                self._pool.submit(self._on_exit, launch.pipeline, launch.job, launch.attempt)
+
+    def stop(self) -> None:
+        self._stopped = True
+        os.write(self._wake_w, b"x")
+        self._pool.shutdown(wait=True)
+
+
 class LocalExecutor:
     """Runs attempts as process groups on this machine. `on_exit(pipeline, job, attempt)` is
-    called from a waiter thread once an attempt has ended and its exit record is on disk."""
+    called from a worker thread once an attempt has ended and its exit record is on disk."""
 
     def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
         self._on_exit = on_exit
@@ -125,27 +170,28 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._reaper = _Reaper(on_exit)
+        self._made: set[Path] = set()
+
+    def _mkdir(self, d: Path) -> None:
+        if d not in self._made:
+            d.mkdir(parents=True, exist_ok=True)
+            self._made.add(d)
 
     def start(self, launch: Launch) -> int:
-        launch.log_file.parent.mkdir(parents=True, exist_ok=True)
-        launch.cwd.mkdir(parents=True, exist_ok=True)
-        for stale in (launch.pid_file, launch.exit_file):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        self._mkdir(launch.log_file.parent)
+        self._mkdir(launch.cwd)
         argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.pid_file), str(launch.exit_file),
                 *launch.argv]
+        # The log file is created before the process: a restarted daemon that finds it knows
+        # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:
             proc = subprocess.Popen(
                 argv, cwd=launch.cwd, env=dict(launch.env), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
-        threading.Thread(target=self._wait, args=(proc, launch), daemon=True,
-                         name=f"wait-{launch.pipeline}/{launch.job}").start()
+        self._reaper.add(proc, launch)
         return proc.pid
-
-    def _wait(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
-        proc.wait()  # reaps the wrapper: no zombies
-        self._on_exit(launch.pipeline, launch.job, launch.attempt)
 
     def adopt(self, launch: Launch, pid: int) -> None:
         """Watch an attempt started by an earlier daemon (not our child: poll its pid)."""
@@ -178,3 +224,4 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self._reaper.stop()

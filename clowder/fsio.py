@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,19 +21,97 @@ def atomic_write(path: Path, data: str | bytes, tmp_dir: Path | None = None) -> 
     """
     raw = data.encode() if isinstance(data, str) else data
     directory = tmp_dir if tmp_dir is not None else path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        # Directories are created on demand: a mkdir per write costs a syscall on the hot path.
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+class Writer:
+    """A background thread that applies writes and deletes in order, so the scheduler's loop
+    never waits on fsync. A file queued again before it was written is written once, with the
+    newest content, at its first place in the queue: later operations still see it done."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self._tmp_dir = tmp_dir
+        self._cond = threading.Condition()
+        self._queue: list[Path] = []
+        self._pending: dict[Path, str | None] = {}  # None: delete
+        self._busy = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="clowder-writer")
+        self._stopped = False
+        self._thread.start()
+
+    def write(self, path: Path, data: str) -> None:
+        self._put(path, data)
+
+    def delete(self, path: Path) -> None:
+        self._put(path, None)
+
+    def _put(self, path: Path, data: str | None) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            if path not in self._pending:
+                self._queue.append(path)
+            self._pending[path] = data
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if not self._queue and self._stopped:
+                    return
+                path = self._queue.pop(0)
+                data = self._pending.pop(path)
+                self._busy = True
+            try:
+                if data is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                else:
+                    atomic_write(path, data, self._tmp_dir)
+            except BaseException as e:  # surfaced to the next caller
+                with self._cond:
+                    self._error = e
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is on disk."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 def write_new(path: Path, data: str, tmp_dir: Path | None = None) -> None:

@@ -8,6 +8,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -68,6 +69,10 @@ def pending(paths: PipelinePaths) -> list[Request]:
             continue
         out.append(Request(f.stem, action, job, data))
     return out
+
+
+def request_file(paths: PipelinePaths, request_id: str) -> Path:
+    return paths.requests_dir / f"{request_id}.toml"
 
 
 def consume(paths: PipelinePaths, request_id: str) -> None:

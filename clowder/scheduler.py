@@ -7,13 +7,13 @@ process ends) and the time, decide what to start, kill, skip, retry and record.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from clowder.graph import topo_order
 from clowder.requests import Request
 from clowder.spec import JobSpec, Pipeline, When, format_duration
 from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus
@@ -53,6 +53,9 @@ class PipelineView:
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)  # job -> end of its running attempt
     alive: Mapping[str, bool | None] = field(default_factory=dict)  # job -> process alive (None: unknown)
     requests: tuple[Request, ...] = ()
+    # Jobs that may change now (active, ready, just ended). None: look at every job, as after
+    # a start, a spec change, a request or a sweep.
+    focus: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ Action = SetJob | SetPipeline | Start | Kill | DoneRequest
 class Plan:
     actions: list[Action] = field(default_factory=list)
     wake_at: datetime | None = None
+    ready: list[tuple[str, str]] = field(default_factory=list)  # (pipeline, job) ready but not started
 
     def wake(self, when: datetime) -> None:
         if self.wake_at is None or when < self.wake_at:
@@ -146,9 +150,11 @@ def _plan_pipeline(
     pipeline = view.pipeline
     specs: Mapping[str, JobSpec] = pipeline.jobs if pipeline else {}
     jobs: dict[str, JobStatus] = dict(view.jobs)
-    for name in specs:
-        jobs.setdefault(name, JobStatus(name))
-    before = dict(jobs)
+    full = view.focus is None
+    if full:
+        for name in specs:
+            jobs.setdefault(name, JobStatus(name))
+    before = dict(view.jobs)
 
     blocked = _blocked_reason(view)
     cancel_all, cancel_jobs = False, set()
@@ -161,29 +167,43 @@ def _plan_pipeline(
         event = _apply_request(req, jobs, specs, cancel_all)
         plan.actions.append(DoneRequest(view.name, req.id, event))
 
+    # Visit jobs in dependency order. A full pass visits all; otherwise only the focus (jobs
+    # that are active, ready, or just ended) and, as jobs change, their dependents: a chain
+    # of a thousand jobs then costs a few steps per event instead of a thousand.
+    position = pipeline.position if pipeline else {}
+    extra = len(position)
+    todo = list(jobs) if full else [n for n in (view.focus or ()) if n in jobs]
+    heap = [(position.get(n, extra), n) for n in todo]
+    heapq.heapify(heap)
+    seen: set[str] = set()
     candidates: list[Candidate] = []
     running: list[tuple[str, JobSpec | None]] = []
-    order = topo_order({n: [x.job for x in s.needs] for n, s in specs.items()})
-    order += sorted(set(jobs) - set(order))
-    events: dict[str, str] = {}
-    for name in order:
+    changed: dict[str, str] = {}
+    while heap:
+        _, name = heapq.heappop(heap)
+        if name in seen:
+            continue
+        seen.add(name)
         spec = specs.get(name)
         status = jobs[name]
         cancel = cancel_all or name in cancel_jobs
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
+        if new != before.get(name):
+            changed[name] = event
+            for dep in pipeline.dependents.get(name, ()) if pipeline else ():
+                if dep not in seen:
+                    heapq.heappush(heap, (position.get(dep, extra), dep))
         if new.state is JobState.RETRYING and new.retry_at is not None:
             plan.wake(new.retry_at)
-        if event:
-            events[name] = event
         if cand is not None:
             candidates.append(cand)
         if new.state in ACTIVE:
             running.append((view.name, spec))
-    for name in order:
-        if jobs[name] != before.get(name) or name not in view.jobs:
-            plan.actions.append(SetJob(view.name, jobs[name], events.get(name, "")))
-    _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
+    for name, event in changed.items():
+        plan.actions.append(SetJob(view.name, jobs[name], event))
+    if full or changed or view.requests:
+        _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
     return candidates, running
 
 
@@ -479,19 +499,20 @@ def _allocate(
             in_use[pool] = in_use.get(pool, 0) + units
     shares = {v.name: v.pipeline.spec.max_parallel for v in views if v.pipeline and v.pipeline.spec.max_parallel}
     total = len(running)
+    started: set[tuple[str, str]] = set()
     for cand in candidates:
-        reason = ""
+        # A job waiting only for a free slot stays as it is: writing `queued` for each of a
+        # thousand ready jobs would cost more than running them. Waiting for a resource pool
+        # is rarer and worth showing.
         if total >= limits.max_parallel:
-            reason = f"waiting for a free slot (max_parallel = {limits.max_parallel})"
-        elif cand.pipeline in shares and per_pipeline.get(cand.pipeline, 0) >= shares[cand.pipeline]:
-            reason = f"waiting for a free slot (pipeline max_parallel = {shares[cand.pipeline]})"
-        else:
-            short = [p for p, units in cand.job.resources.items()
-                     if in_use.get(p, 0) + units > limits.resources.get(p, 0)]
-            if short:
-                reason = "waiting for resources: " + ", ".join(
-                    f"{p} ({in_use.get(p, 0)} of {limits.resources.get(p, 0)} in use)" for p in short)
-        if reason:
+            break
+        share = shares.get(cand.pipeline)
+        if share is not None and per_pipeline.get(cand.pipeline, 0) >= share:
+            continue
+        short = [p for p, units in cand.job.resources.items() if in_use.get(p, 0) + units > limits.resources.get(p, 0)]
+        if short:
+            reason = "waiting for resources: " + ", ".join(
+                f"{p} ({in_use.get(p, 0)} of {limits.resources.get(p, 0)} in use)" for p in short)
             if cand.status.state is not JobState.QUEUED or cand.status.message != reason:
                 plan.actions.append(SetJob(cand.pipeline, replace(cand.status, state=JobState.QUEUED, message=reason)))
             continue
@@ -507,4 +528,6 @@ def _allocate(
                          attempts=(*cand.status.attempts, attempt), extra=extra)
         plan.actions.append(SetJob(cand.pipeline, status))
         plan.actions.append(Start(cand.pipeline, cand.job.name, number))
+        started.add((cand.pipeline, cand.job.name))
+    plan.ready = [(c.pipeline, c.job.name) for c in candidates if (c.pipeline, c.job.name) not in started]
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from clowder.errors import UsageError
@@ -203,6 +204,26 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def order(self) -> tuple[str, ...]:
+        """Job names, each after everything it needs; computed once per loaded spec."""
+        from clowder.graph import topo_order  # graph builds on this module
+
+        return tuple(topo_order({n: [x.job for x in j.needs] for n, j in self.jobs.items()}))
+
+    @cached_property
+    def position(self) -> Mapping[str, int]:
+        return {name: i for i, name in enumerate(self.order)}
+
+    @cached_property
+    def dependents(self) -> Mapping[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {n: [] for n in self.jobs}
+        for name in self.order:
+            for need in self.jobs[name].needs:
+                if need.job in out:
+                    out[need.job].append(name)
+        return {n: tuple(d) for n, d in out.items()}
 
 
 def spec_hash(data: Mapping[str, Any]) -> str:

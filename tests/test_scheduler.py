@@ -123,13 +123,20 @@ def test_stages_order_jobs_without_needs() -> None:
     assert starts(plan.actions) == ["test1", "test2"]
 
 
-def test_max_parallel_is_never_exceeded_and_the_rest_are_queued_with_a_reason() -> None:
+def test_max_parallel_is_never_exceeded_and_the_rest_wait_pending() -> None:
     p = pipeline({f"j{i}": {"command": ["x"]} for i in range(5)})
     plan = reconcile([view(p, {"j0": running("j0")})], T0, Limits(max_parallel=2))
     assert starts(plan.actions) == ["j1"]
-    queued = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.state is JobState.QUEUED]
-    assert sorted(s.job for s in queued) == ["j2", "j3", "j4"]
-    assert queued[0].message == "waiting for a free slot (max_parallel = 2)"
+    states = job_states(plan.actions)
+    assert [states[f"j{i}"] for i in (2, 3, 4)] == [JobState.PENDING] * 3
+
+
+def test_a_pipeline_share_below_max_parallel_is_respected() -> None:
+    p = build_pipeline("p", {"prompt": "x", "max_parallel": 1}, {f"j{i}": {"command": ["x"]} for i in range(3)},
+                       Config())
+    other = pipeline({"a": {"command": ["x"]}}, name="q")
+    plan = reconcile([view(p), view(other)], T0, Limits(max_parallel=4))
+    assert [(a.pipeline, a.job) for a in plan.actions if isinstance(a, Start)] == [("p", "j0"), ("q", "a")]
 
 
 def test_resource_pools_are_never_oversubscribed() -> None:

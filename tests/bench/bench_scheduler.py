@@ -1,0 +1,116 @@
+"""Scheduler benchmark: dispatch latency, and 1,000 trivial jobs next to `make -j2`.
+
+Run: python tests/bench/bench_scheduler.py [--repeat N]
+Prints medians over N runs (default 3) and the ratio to make -j2 measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from clowder.driver import Driver
+from clowder.template import init_root
+from clowder.tree import Root
+
+
+def write_pipeline(root: Root, name: str, jobs: dict[str, list[str]]) -> None:
+    d = root.pipelines_dir / name
+    (d / "jobs").mkdir(parents=True)
+    (d / "pipeline.toml").write_text('prompt = "benchmark"\n')
+    for job, needs in jobs.items():
+        text = 'command = ["true"]\n' + (f"needs = {needs!r}\n".replace("'", '"') if needs else "")
+        (d / "jobs" / f"{job}.toml").write_text(text)
+
+
+def chains(n_chains: int, length: int) -> dict[str, list[str]]:
+    return {f"c{c}-{i}": ([f"c{c}-{i - 1}"] if i else []) for c in range(n_chains) for i in range(length)}
+
+
+def fan(width: int) -> dict[str, list[str]]:
+    jobs: dict[str, list[str]] = {"start": []}
+    jobs.update({f"w{i}": ["start"] for i in range(width)})
+    jobs["join"] = [f"w{i}" for i in range(width)]
+    return jobs
+
+
+def run_clowder(dag: dict[str, list[str]], max_parallel: int) -> tuple[float, Root, Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="clowder-bench-"))
+    root = init_root(tmp / "root")
+    write_pipeline(root, "p", dag)
+    t = time.perf_counter()
+    ok = Driver(root, max_parallel=max_parallel, only=["p"], log=lambda s: None).serve(until_done=True)
+    elapsed = time.perf_counter() - t
+    assert ok, "benchmark pipeline failed"
+    return elapsed, root, tmp
+
+
+def run_make(dag: dict[str, list[str]], jobs: int) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="clowder-bench-make-"))
+    lines = [".PHONY: all " + " ".join(dag), "all: " + " ".join(dag)]
+    for job, needs in dag.items():
+        lines += [f"{job}: {' '.join(needs)}", "\t@true"]
+    (tmp / "Makefile").write_text("\n".join(lines) + "\n")
+    t = time.perf_counter()
+    subprocess.run(["make", "-s", f"-j{jobs}", "-C", str(tmp)], check=True, capture_output=True)
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(tmp)
+    return elapsed
+
+
+def dispatch_latencies(root: Root, dag: dict[str, list[str]]) -> list[float]:
+    """Upstream exit (exit record mtime) -> dependent start (pid record mtime), in ms."""
+    logs = root.pipelines_dir / "p" / "logs"
+    out = []
+    for job, needs in dag.items():
+        if len(needs) != 1:
+            continue
+        started = (logs / job / "1.pid").stat().st_mtime_ns
+        ended = (logs / needs[0] / "1.exit").stat().st_mtime_ns
+        out.append((started - ended) / 1e6)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    lat_med, lat_p99 = [], []
+    for _ in range(args.repeat):
+        dag = chains(2, 101)  # 200 edges, never waiting for a slot at max_parallel=2
+        _, root, tmp = run_clowder(dag, 2)
+        lat = dispatch_latencies(root, dag)
+        lat_med.append(statistics.median(lat))
+        lat_p99.append(pct(lat, 0.99))
+        shutil.rmtree(tmp)
+    print(f"dispatch latency over {len(lat)} edges: median {statistics.median(lat_med):.2f} ms, "
+          f"p99 {statistics.median(lat_p99):.2f} ms (medians of {args.repeat} runs)")
+
+    for label, dag in (("10 chains x 100", chains(10, 100)), ("fan-out 1000 + join", fan(1000))):
+        ours, makes = [], []
+        for _ in range(args.repeat):
+            elapsed, _, tmp = run_clowder(dag, 2)
+            ours.append(elapsed)
+            shutil.rmtree(tmp)
+            makes.append(run_make(dag, 2))
+        c, m = statistics.median(ours), statistics.median(makes)
+        print(f"{label:>20}: clowder {c:6.2f} s ({c / len(dag) * 1000:.2f} ms/job)   make -j2 {m:6.2f} s   "
+              f"ratio {c / m:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()
