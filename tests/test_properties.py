@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
@@ -212,6 +212,67 @@ def test_arbitrary_bytes_as_spec_files_give_problems(text: bytes) -> None:
         root.config_file.write_bytes(text)
         paths.spec_file.write_bytes(text)
         check_everything(root, paths)
+
+
+@st.composite
+def plausible_templates(draw: st.DrawFn) -> dict[str, Any]:
+    """Templates that are mostly right, so that many of them instantiate."""
+    stages = draw(st.lists(st.sampled_from(["build", "test", "deploy"]), max_size=3, unique=True))
+    names = draw(st.lists(st.sampled_from(["a", "b", "c", "d.r1", "e_2"]), min_size=1, max_size=4, unique=True))
+    text = st.sampled_from(["x", "{{ v }}", "{{w}} and {{ v }}", "{{ .Go }}", "{ {v} }", "a\r\nb"])
+    jobs = {}
+    for i, name in enumerate(names):
+        job: dict[str, Any] = draw(st.sampled_from([{"command": ["sh", "-c", draw(text)]}, {"command": draw(text)},
+                                                    {"agent": draw(text)}]))
+        earlier = names[:i]
+        if earlier and draw(st.booleans()):
+            job["needs"] = draw(st.lists(
+                st.sampled_from(earlier) | st.fixed_dictionaries(
+                    {"job": st.sampled_from(earlier), "when": st.sampled_from(["success", "failure", "always"])}),
+                max_size=2))
+        if stages and draw(st.booleans()):
+            job["stage"] = draw(st.sampled_from(stages))
+        needed = [n if isinstance(n, str) else n["job"] for n in job.get("needs", [])]
+        if needed and draw(st.booleans()):
+            job["from"] = draw(st.lists(st.sampled_from(needed), max_size=2))
+        optional = {
+            "retries": st.integers(min_value=0, max_value=3), "timeout": st.sampled_from(["1s", "2m", 5, "1h30m"]),
+            "env": st.dictionaries(st.sampled_from(["A", "B"]), text, max_size=2),
+            "backoff": st.fixed_dictionaries(
+                {}, optional={"initial": st.sampled_from(["1s", 2]), "factor": st.just(2.0)}),
+            "allow_failure": st.booleans(), "outputs": st.lists(text, max_size=2), "description": text,
+        }
+        for key, strategy in optional.items():
+            if draw(st.integers(0, 3)) == 0:
+                job[key] = draw(strategy)
+        jobs[name] = job
+    variables = {
+        name: {"default": draw(st.sampled_from(["1", 2, 2.5, True, "{{ v }}"]))} if draw(st.integers(0, 3)) else {}
+        for name in ("v", "w")
+    }
+    roles = {"dev": {"instructions": draw(text)}} if draw(st.booleans()) else {}
+    return {"stages": stages, "variables": variables, "roles": roles, "jobs": jobs}
+
+
+@SETTINGS
+@given(
+    template=plausible_templates(),
+    sets=st.dictionaries(st.sampled_from(["v", "w"]), st.text(max_size=5), max_size=2),
+)
+def test_a_clean_template_instantiates_into_a_clean_pipeline(template: dict[str, Any], sets: dict[str, str]) -> None:
+    with fresh_root() as root:
+        (root.templates_dir / "t.toml").write_text(dump(template))
+        template_ok = not check_template(root.templates_dir / "t.toml")[1]
+        try:
+            paths = new_pipeline(root, "t", "prompt", "p", sets)
+        except ClowderError:
+            event("refused")
+            return
+        event("instantiated")
+        assert template_ok
+        pipeline, problems = check_pipeline(paths)
+        assert problems == []
+        assert pipeline is not None and pipeline.spec.prompt == "prompt"
 
 
 STATES = ["pending", "queued", "running", "retrying", "waiting", "lost", "succeeded", "failed", "skipped",
