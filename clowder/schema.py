@@ -69,10 +69,19 @@ def _toml_message(e: tomllib.TOMLDecodeError, text: str) -> str:
     return str(e)
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def key_path(parts: Iterable[str | int]) -> str:
+    """A TOML-style path to a value: `jobs."dev.r1".needs[0]`. Keys that are not bare TOML
+    keys are quoted, so a job named `dev.r1` does not read as two tables."""
     out = ""
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        if isinstance(p, int):
+            out += f"[{p}]"
+            continue
+        key = p if _BARE_KEY.fullmatch(p) else json.dumps(p, ensure_ascii=False)
+        out += f".{key}" if out else key
     return out
 
 

@@ -162,7 +162,17 @@ def test_invalid_job_name(root: Root, make_pipeline: MakePipeline, cli: Invoke) 
 def test_invalid_job_name_in_a_template_is_reported_at_its_table(root: Root, cli: Invoke) -> None:
     write(root.templates_dir / "t.toml", '[jobs."Not OK"]\ncommand = "x"\n')
     assert problems(cli("validate")) == [
-        f"{root.path}/templates/t.toml: jobs.Not OK: invalid job name 'Not OK': {NAME_RULE}",
+        f"{root.path}/templates/t.toml: jobs.\"Not OK\": invalid job name 'Not OK': {NAME_RULE}",
+    ]
+
+
+def test_key_paths_quote_keys_that_are_not_bare(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    write(root.templates_dir / "t.toml", '[jobs."dev.r1"]\ncommand = "x"\nneeds = ["zz"]\n')
+    make_pipeline("p", {"a": 'command = "x"\nenv = { "A.B" = [], "ü" = {} }\n'})
+    assert problems(cli("validate")) == [
+        f"{root.path}/templates/t.toml: jobs.\"dev.r1\".needs[0]: unknown job 'zz'",
+        f"{job(root, 'a')}: env.\"A.B\": expected a string or an integer or a number or true or false, got an array",
+        f"{job(root, 'a')}: env.\"ü\": expected a string or an integer or a number or true or false, got a table",
     ]
 
 
