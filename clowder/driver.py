@@ -8,6 +8,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from glob import glob
@@ -135,6 +136,8 @@ class Driver:
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
         self.writer: Writer | None = None
+        self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
+        self._launching: dict[tuple[str, str, int], Future[None]] = {}
         self.on_tick: Callable[[Driver], None] | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -189,6 +192,7 @@ class Driver:
                 self._wait((deadline - now).total_seconds())
         finally:
             self.watcher.stop()
+            self._launcher.shutdown(wait=True)
             self.executor.shutdown()
             self.writer.close()
         return self._selected_succeeded()
@@ -397,6 +401,9 @@ class Driver:
         elif isinstance(action, Start):
             self._start(action, now)
         elif isinstance(action, Kill):
+            launching = self._launching.get((action.pipeline, action.job, action.attempt))
+            if launching is not None:
+                launching.result()  # kill what was started, not a process still being forked
             paths = self.root.pipeline(action.pipeline)
             self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal)
         elif isinstance(action, DoneRequest):
@@ -430,24 +437,31 @@ class Driver:
         assert cache.pipeline is not None
         spec = cache.pipeline.jobs[action.job]
         paths = cache.paths
+        key = (paths.name, action.job, action.attempt)
+        self._own.add(key)
+        cache.alive[action.job] = True
+        trigger = cache.jobs[action.job].attempts[-1].trigger
+        # Launching (directories, log file, fork, and later the workspace) is slow file-system
+        # work: a small pool does it so the loop goes on deciding while processes start.
+        self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger)
+
+    def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str) -> None:
         try:
             argv = _argv(spec)
             env = {**os.environ, **spec.env, "CLOWDER_ROOT": str(self.root.path), "CLOWDER_PIPELINE": paths.name,
-                   "CLOWDER_JOB": action.job, "CLOWDER_ATTEMPT": str(action.attempt)}
-            base = self._launch_paths(paths, action.job, action.attempt)
-            launch = Launch(paths.name, action.job, action.attempt, argv, base.cwd, env, base.log_file,
+                   "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
+            base = self._launch_paths(paths, spec.name, attempt)
+            launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file,
                             base.pid_file, base.exit_file)
             pid = self.executor.start(launch)
-            self._own.add((paths.name, action.job, action.attempt))
-            cache.alive[action.job] = True
-            trigger = cache.jobs[action.job].attempts[-1].trigger
             how = "" if trigger == "start" else f" ({trigger})"
-            self.log(f"{paths.name}/{action.job} started attempt {action.attempt}{how}, pid {pid}: {' '.join(argv)}")
+            self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {' '.join(argv)}")
         except (OSError, ClowderError) as e:
-            self.log(f"{paths.name}/{action.job}: could not start attempt {action.attempt}: {e}")
-            cache.outcomes[action.job] = (action.attempt, Outcome(None, utcnow(), problem=f"could not start: {e}"))
-            self.dirty.add(paths.name)
-            self.events.put(("noop", "", "", 0, None))
+            self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
+            self.events.put(("exit", paths.name, spec.name, attempt,
+                             Outcome(None, utcnow(), problem=f"could not start: {e}")))
+        finally:
+            self._launching.pop((paths.name, spec.name, attempt), None)
 
     # -- results --------------------------------------------------------------------------
 

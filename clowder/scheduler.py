@@ -455,17 +455,18 @@ def _plan_pipeline_status(
     now: datetime, plan: Plan,
 ) -> None:
     old = view.status
-    states = [j.state for n, j in jobs.items() if n in specs]
-    started = any(j.attempts or j.state.terminal for j in jobs.values())
-    running = any(s in ACTIVE for s in states)
+    names = list(reversed(view.pipeline.order)) if view.pipeline else list(specs)
+    # Most of a big pipeline is pending or done: look from the end, where unfinished jobs are.
+    all_done = bool(names) and all(jobs[n].state.terminal for n in names if n in jobs) and all(n in jobs for n in names)
+    running = any(j.state in ACTIVE for j in jobs.values()) if all_done or blocked else True
+    started = old.started_at is not None or any(j.attempts or j.state.terminal for j in jobs.values())
     if blocked:
         state, message = PipelineState.FAILED, blocked
-    elif states and all(s.terminal for s in states):
-        failed = [n for n, j in jobs.items() if n in specs and j.state is JobState.FAILED
-                  and not specs[n].allow_failure]
+    elif all_done:
+        failed = [n for n in names[::-1] if jobs[n].state is JobState.FAILED and not specs[n].allow_failure]
         if failed:
             state, message = PipelineState.FAILED, f"failed: {', '.join(failed)}"
-        elif any(s is JobState.CANCELLED for s in states):
+        elif any(jobs[n].state is JobState.CANCELLED for n in names):
             state, message = PipelineState.CANCELLED, "cancelled"
         else:
             state, message = PipelineState.SUCCEEDED, ""
