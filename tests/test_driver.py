@@ -266,3 +266,77 @@ def test_no_zombies_are_left(root: Root, make_pipeline: MakePipeline) -> None:
             if stat[0] == "Z" and int(stat[1]) == me:
                 zombies.append(proc.name)
     assert zombies == []
+
+
+def test_sigterm_stops_the_daemon_and_the_next_one_adopts_the_running_job(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    record = tmp_path / "record"
+    gate = tmp_path / "gate"
+    make_pipeline("p", {"a": f'command = "echo start >> {record}; while [ ! -f {gate} ]; do sleep 0.05; done"\n',
+                        "b": f'command = "echo b >> {record}"\nneeds = ["a"]\n'})
+    first = _clowder(root, "watch")
+    wait_for(lambda: record.exists(), what="a started")
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=20)
+    assert first.returncode == 0
+    assert "received SIGTERM: no new attempts" in err
+    assert jstatus(root, "p", "a").state is JobState.RUNNING
+    gate.touch()
+    second = _clowder(root, "run", "p")
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "p/a: adopted running attempt 1" in err or "p/a succeeded" in err
+    assert record.read_text().splitlines() == ["start", "b"]
+    assert jstatus(root, "p", "a").attempt == 1
+
+
+def test_an_attempt_that_vanished_while_no_daemon_ran_is_lost_and_retried(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    wrapper = tmp_path / "wrapper.pid"
+    make_pipeline("p", {"a": f'command = "if [ -f {wrapper} ]; then exit 0; fi; echo $PPID > {wrapper}; sleep 30"\n'
+                              'retries = 1\nbackoff = { initial = "100ms" }\n'})
+    first = _clowder(root, "watch")
+    wait_for(lambda: wrapper.exists() and wrapper.read_text().strip() != "", what="job running")
+    first.kill()
+    first.wait()
+    os.killpg(int(wrapper.read_text()), signal.SIGKILL)  # the wrapper and the job: no exit record
+    result = _clowder(root, "run", "p")
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 0, err
+    a = jstatus(root, "p", "a")
+    assert [x.state for x in a.attempts] == [JobState.LOST, JobState.SUCCEEDED]
+    assert a.attempts[0].message == "the process vanished without an exit record"
+
+
+def test_logs_follow_prints_until_the_attempt_ends(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "for i in 1 2 3; do echo line $i; sleep 0.2; done"\n'})
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
+        follow = _clowder(root, "logs", "p", "a", "-f")
+        out, _ = follow.communicate(timeout=30)
+    assert out == "line 1\nline 2\nline 3\n"
+    assert follow.returncode == 0
+
+
+def test_run_writes_the_decision_log_to_a_file(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                               tmp_path: Path) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["false"]\nneeds = ["a"]\n'})
+    log = tmp_path / "decisions.log"
+    assert cli("run", "p", "--log-file", str(log)).exit_code == 1
+    lines = log.read_text().splitlines()
+    assert any(line.endswith("p/a succeeded (attempt 1)") for line in lines)
+    assert any(line.endswith("p/b failed: exit code 1") for line in lines)
+    assert any(line.endswith("p: pipeline failed: failed: b") for line in lines)
+    assert all(line[:4].isdigit() and "T" in line.split()[0] for line in lines)
+
+
+def test_status_shows_states_attempts_and_durations(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "sleep 0.3"\n', "b": 'command = ["false"]\nneeds = ["a"]\nretries = 1\n'
+                        'backoff = { initial = "10ms" }\n'})
+    cli("run", "p")
+    rows = {line.split()[0]: line.split() for line in cli("status", "p").output.splitlines()[2:]}
+    assert rows["a"][2:4] == ["succeeded", "1"]
+    assert rows["a"][4].endswith("ms") and int(rows["a"][4][:-2]) >= 300
+    assert rows["b"][2:4] == ["failed", "2"]
