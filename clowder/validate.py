@@ -381,26 +381,46 @@ def validate_root(root: Root) -> list[Problem]:
 
 
 def validate_path(path: Path, root: Root | None) -> tuple[str, list[Problem]]:
-    """Validate whatever `path` is: a root, a pipeline directory, a template or any spec file.
+    """Validate whatever `path` is: a root, a pipeline directory or anything in one, the
+    templates or pipelines directory, a template or clowder.toml.
     Returns what was checked (for the summary line) and the problems."""
     path = path.resolve()
     config = None
     if root is not None and root.config_file.is_file():
         config, _ = check_config(root.config_file)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
-        r = Root(path)
-        return f"root {path}", validate_root(r)
-    if (path.is_dir() and (path / "pipeline.toml").is_file()) or path.parent.name == "pipelines":
-        paths = PipelinePaths(path)
-        return f"pipeline {path.name}", check_pipeline(paths, config)[1] + check_status_files(paths)
+        return f"root {path}", validate_root(Root(path))
     if path.is_file() and path.name == CONFIG_FILE:
         return f"settings {path}", check_config(path)[1]
-    if path.is_file() and path.name == "pipeline.toml":
-        return validate_path(path.parent, root)
-    if path.is_file() and path.parent.name in ("jobs", "status"):
-        return validate_path(path.parent.parent, root)
+    pipeline = _enclosing_pipeline(path)
+    if pipeline is not None:
+        paths = PipelinePaths(pipeline)
+        return f"pipeline {pipeline.name}", check_pipeline(paths, config)[1] + check_status_files(paths)
+    if path.is_dir() and path.name in ("templates", "pipelines") and (path.parent / CONFIG_FILE).is_file():
+        r = Root(path.parent)
+        problems: list[Problem] = []
+        if path.name == "templates":
+            for name in r.template_names():
+                problems += check_template(r.templates_dir / f"{name}.toml", config)[1]
+        for name in r.pipeline_names() if path.name == "pipelines" else []:
+            paths = PipelinePaths(r.pipelines_dir / name)
+            problems += check_pipeline(paths, config)[1] + check_status_files(paths)
+        return f"{path.name} {path}", problems
     if path.is_file() and path.suffix == ".toml":
         return f"template {path.stem}", check_template(path, config)[1]
     if not path.exists():
         return str(path), [Problem(path, "<file>", "no such file or directory")]
     return str(path), [Problem(path, "<file>", "not a Clowder root, pipeline, template or spec file")]
+
+
+def _enclosing_pipeline(path: Path) -> Path | None:
+    """The pipeline directory `path` is or lies in: a directory holding pipeline.toml, or any
+    directory right under a `pipelines/` directory (whose missing pipeline.toml is a problem)."""
+    if path.is_dir() and (path / "pipeline.toml").is_file():
+        return path
+    for candidate in (path, *path.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return None  # reached the root: a root may itself live in a directory named pipelines
+        if candidate.parent.name == "pipelines" and candidate.is_dir():
+            return candidate
+    return None

@@ -592,3 +592,41 @@ def test_template_variable_names_must_be_usable_as_placeholders(root: Root, cli:
         f"{t}: variables.1st: invalid variable name '1st': {rule}",
         f"{t}: variables.my-var: invalid variable name 'my-var': {rule}",
     ]
+
+
+def test_validate_anything_inside_a_pipeline_checks_that_pipeline(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    d = make_pipeline("p", {"a": 'command = "x"\nretries = -1\n'})
+    write(d / "status.toml", 'state = "pending"\n')
+    write(d / "workspaces" / "a" / "pyproject.toml", "[project]\n")
+    expected = [f"{job(root, 'a')}: retries: must be >= 0, got -1"]
+    for target in ("status.toml", "jobs", "status", "workspaces/a/pyproject.toml"):
+        result = cli("validate", target, cwd=d)
+        assert problems(result) == expected, target
+        assert result.stderr == "pipeline p: 1 problem(s)\n"
+
+
+def test_validate_the_templates_or_pipelines_directory(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    write(root.templates_dir / "t.toml", '[jobs.a]\ncommand = "x"\nretries = -1\n')
+    make_pipeline("p", {"a": 'command = "x"\nretries = -2\n'})
+    result = cli("validate", "templates")
+    assert problems(result) == [f"{root.path}/templates/t.toml: jobs.a.retries: must be >= 0, got -1"]
+    assert result.stderr == f"templates {root.templates_dir}: 1 problem(s)\n"
+    assert problems(cli("validate", "pipelines")) == [f"{job(root, 'a')}: retries: must be >= 0, got -2"]
+
+
+def test_a_root_inside_a_directory_named_pipelines_is_still_a_root(tmp_path: Path, cli: Invoke) -> None:
+    nested = tmp_path / "pipelines" / "myroot"
+    assert cli("init", str(nested)).exit_code == 0
+    t = write(nested / "templates" / "t.toml", '[jobs.a]\ncommand = "x"\n')
+    result = cli("validate", str(t), cwd=nested)
+    assert (result.exit_code, result.stdout) == (0, "template t: ok\n")
+    result = cli("validate", cwd=nested)
+    assert (result.exit_code, result.stdout) == (0, f"root {nested}: ok\n")
+
+
+def test_validate_a_missing_pipeline(root: Root, cli: Invoke) -> None:
+    assert problems(cli("validate", "pipelines/nope")) == [
+        f"{root.pipelines_dir}/nope: <file>: no such file or directory",
+    ]
