@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +57,9 @@ class PipelineView:
     # Jobs that may change now (active, ready, just ended). None: look at every job, as after
     # a start, a spec change, a request or a sweep.
     focus: frozenset[str] | None = None
+    # Jobs an earlier step found ready that got no slot, in order. Looked at only while there
+    # are free slots, so a thousand ready jobs cost nothing while two run.
+    ready: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,17 +140,40 @@ def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> P
     plan = Plan()
     candidates: list[Candidate] = []
     running: list[tuple[str, JobSpec | None]] = []
+    later: list[_Ready] = []
     for view in views:
-        cands, run = _plan_pipeline(view, now, limits, plan)
+        cands, run, ready = _plan_pipeline(view, now, limits, plan)
         candidates += cands
         running += run
-    _allocate(candidates, running, views, now, limits, plan)
+        later.append(ready)
+    _allocate(candidates, later, running, views, now, limits, plan)
     return plan
+
+
+@dataclass
+class _Ready:
+    """A pipeline's known-ready jobs, each checked again only when a slot could take it."""
+
+    pipeline: str
+    names: list[str]
+    check: Callable[[str], Candidate | None]
+    index: int = 0
+
+    def __iter__(self) -> Iterator[Candidate]:
+        while self.index < len(self.names):
+            name = self.names[self.index]
+            self.index += 1
+            cand = self.check(name)
+            if cand is not None:
+                yield cand
+
+    def unchecked(self) -> list[str]:
+        return self.names[self.index:]
 
 
 def _plan_pipeline(
     view: PipelineView, now: datetime, limits: Limits, plan: Plan
-) -> tuple[list[Candidate], list[tuple[str, JobSpec | None]]]:
+) -> tuple[list[Candidate], list[tuple[str, JobSpec | None]], _Ready]:
     pipeline = view.pipeline
     specs: Mapping[str, JobSpec] = pipeline.jobs if pipeline else {}
     jobs: dict[str, JobStatus] = dict(view.jobs)
@@ -204,7 +231,15 @@ def _plan_pipeline(
         plan.actions.append(SetJob(view.name, jobs[name], event))
     if full or changed or view.requests:
         _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
-    return candidates, running
+
+    def check(name: str) -> Candidate | None:
+        if name not in jobs:
+            return None
+        new, _, cand = _step_job(view, specs.get(name), jobs[name], jobs, specs, now, limits, False, blocked, plan)
+        return cand if new == jobs[name] else None
+
+    later = [] if full else [n for n in view.ready if n not in seen]
+    return candidates, running, _Ready(view.name, later, check)
 
 
 def _blocked_reason(view: PipelineView) -> str:
@@ -412,7 +447,8 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
         why = f"killed by signal {outcome.signal} ({_signal_name(outcome.signal)})"
     else:
         why = f"exit code {outcome.exit_code}"
-    state = JobState.LOST if outcome.exit_code is None else JobState.FAILED
+    # No exit record is `lost`, unless the attempt failed before its process ran (a merge conflict).
+    state = JobState.LOST if outcome.exit_code is None and not outcome.problem else JobState.FAILED
     return fail_or_retry(spec, status, replace(ended, state=state, message=why), now)
 
 
@@ -488,8 +524,8 @@ def _plan_pipeline_status(
 
 
 def _allocate(
-    candidates: list[Candidate], running: list[tuple[str, JobSpec | None]], views: Sequence[PipelineView],
-    now: datetime, limits: Limits, plan: Plan,
+    candidates: list[Candidate], later: list[_Ready], running: list[tuple[str, JobSpec | None]],
+    views: Sequence[PipelineView], now: datetime, limits: Limits, plan: Plan,
 ) -> None:
     """Start candidates while slots and resources last; mark the rest `queued` with why."""
     in_use: dict[str, int] = {}
@@ -501,7 +537,9 @@ def _allocate(
     shares = {v.name: v.pipeline.spec.max_parallel for v in views if v.pipeline and v.pipeline.spec.max_parallel}
     total = len(running)
     started: set[tuple[str, str]] = set()
-    for cand in candidates:
+    seen: list[Candidate] = []
+    for cand in itertools.chain(candidates, *later):
+        seen.append(cand)
         # A job waiting only for a free slot stays as it is: writing `queued` for each of a
         # thousand ready jobs would cost more than running them. Waiting for a resource pool
         # is rarer and worth showing.
@@ -530,5 +568,6 @@ def _allocate(
         plan.actions.append(SetJob(cand.pipeline, status))
         plan.actions.append(Start(cand.pipeline, cand.job.name, number))
         started.add((cand.pipeline, cand.job.name))
-    plan.ready = [(c.pipeline, c.job.name) for c in candidates if (c.pipeline, c.job.name) not in started]
+    plan.ready = [(c.pipeline, c.job.name) for c in seen if (c.pipeline, c.job.name) not in started]
+    plan.ready += [(r.pipeline, name) for r in later for name in r.unchecked()]
 
