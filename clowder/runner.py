@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -139,6 +140,29 @@ def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.
     r = req_mod.drop(root, paths, action, job)
     wake(root, pipeline)
     return r
+
+
+def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple[str, req_mod.Request]:
+    """Ask for a fix-up of JOB from inside a running job (found through CLOWDER_* variables)."""
+    pipeline, spawner, attempt = (os.environ.get(v) for v in ("CLOWDER_PIPELINE", "CLOWDER_JOB", "CLOWDER_ATTEMPT"))
+    if not pipeline or not spawner or not attempt or not attempt.isdigit():
+        raise UsageError("clowder spawn runs inside a job: CLOWDER_PIPELINE, CLOWDER_JOB and CLOWDER_ATTEMPT "
+                         "are not set (use `clowder retry` from outside)")
+    paths = _existing(root, pipeline)
+    if not paths.job_file(job).is_file():
+        raise UsageError(f"{paths.job_file(job)}: no such job to spawn a fix-up of")
+    if not reason.strip():
+        raise UsageError("--reason must not be empty")
+    context = ""
+    if context_file is not None:
+        try:
+            context = context_file.read_text(errors="replace")
+        except OSError as e:
+            raise UsageError(f"{context_file}: cannot read the context file: {e.strerror}") from e
+    r = req_mod.drop(root, paths, "spawn", job, spawner=spawner, attempt=int(attempt), reason=reason,
+                     context=context)
+    wake(root, pipeline)
+    return pipeline, r
 
 
 def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:

@@ -91,6 +91,7 @@ class Start:
     pipeline: str
     job: str
     attempt: int
+    sources: tuple[str, ...] = ()  # a regression attempt starts from these fix-ups
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,22 @@ class DoneRequest:
     event: str = ""
 
 
-Action = SetJob | SetPipeline | Start | Kill | DoneRequest
+@dataclass(frozen=True)
+class SpawnJob:
+    """Write jobs/<name>.toml: a copy of `target`'s spec that fixes what `spawner` found."""
+
+    pipeline: str
+    name: str
+    target: str
+    spawner: str
+    attempt: int
+    commit: str | None  # the spawner's attempt commit: the fix-up's workspace starts there
+    request: str
+    reason: str
+    context: str
+
+
+Action = SetJob | SetPipeline | Start | Kill | DoneRequest | SpawnJob
 
 
 @dataclass
@@ -131,6 +147,7 @@ class Candidate:
     status: JobStatus
     trigger: str
     request: str | None = None
+    sources: tuple[str, ...] = ()
 
 
 # -- the step -------------------------------------------------------------------------------
@@ -190,8 +207,16 @@ def _plan_pipeline(
             cancel_all = True
         elif req.action == "cancel" and req.job is not None:
             cancel_jobs.add(req.job)
+            waiting = jobs.get(req.job)
+            if waiting is not None and waiting.state is JobState.WAITING:
+                cancel_jobs.update(waiting.waiting_for)  # its fix-ups exist only for it
     for req in view.requests:
-        event = _apply_request(req, jobs, specs, cancel_all)
+        if req.action == "spawn":
+            event = _check_spawn(req, jobs)
+            if event is None:
+                continue  # handled when the spawner's attempt ends
+        else:
+            event = _apply_request(req, jobs, specs, cancel_all)
         plan.actions.append(DoneRequest(view.name, req.id, event))
 
     # Visit jobs in dependency order. A full pass visits all; otherwise only the focus (jobs
@@ -282,6 +307,18 @@ def _apply_request(req: Request, jobs: dict[str, JobStatus], specs: Mapping[str,
     return f"retry of {req.job} requested"
 
 
+def _check_spawn(req: Request, jobs: Mapping[str, JobStatus]) -> str | None:
+    """None while the spawn request waits for its spawner's attempt to end; else why it is
+    dropped unused."""
+    spawner, attempt = req.data.get("spawner"), req.data.get("attempt")
+    status = jobs.get(spawner) if isinstance(spawner, str) else None
+    if status is None:
+        return f"spawn request {req.id} ignored: unknown spawner {spawner!r}"
+    if status.state is JobState.RUNNING and status.attempt == attempt:
+        return None
+    return f"spawn request from {spawner} attempt {attempt} ignored: that attempt is not running"
+
+
 def _descendants(job: str, specs: Mapping[str, JobSpec]) -> list[str]:
     out: list[str] = []
     frontier = [job]
@@ -367,7 +404,7 @@ def _step_waiting(pipeline: str, spec: JobSpec, status: JobStatus,
     if failed:
         message = f"fix-up {', '.join(failed)} did not succeed"
         return replace(status, state=JobState.FAILED, message=message), f"{spec.name} failed: {message}", None
-    return status, "", Candidate(pipeline, spec, status, "regression")
+    return status, "", Candidate(pipeline, spec, status, "regression", sources=status.waiting_for)
 
 
 def _step_running(
@@ -380,6 +417,10 @@ def _step_running(
     killing: dict[str, Any] = dict(status.extra.get("killing") or {})
     outcome = view.outcomes.get(status.job)
     if outcome is not None:
+        spawns = [r for r in view.requests if r.action == "spawn" and r.data.get("spawner") == status.job
+                  and r.data.get("attempt") == last.number]
+        if spawns and outcome.exit_code is not None and killing.get("reason") != "cancel":
+            return _spawn(view, spec, status, last, outcome, spawns, now, plan)
         new, event = _finish(spec, status, last, outcome, killing.get("reason"), now)
         return new, event, None
     started = last.started_at or now
@@ -415,6 +456,63 @@ def _step_running(
                 f"{status.job} still running after {format_duration(limits.kill_grace)}: SIGKILL", None
         plan.wake(hard)
     return status, "", None
+
+
+def _spawn(
+    view: PipelineView, spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome,
+    requests: list[Request], now: datetime, plan: Plan,
+) -> tuple[JobStatus, str, Candidate | None]:
+    """The spawner's attempt ended with fix-ups asked for: write them and wait for them, or
+    refuse what its `max_regressions` does not allow (the attempt then ends as usual)."""
+    specs = view.pipeline.jobs if view.pipeline else {}
+    allowed = (spec.max_regressions if spec else 0) - len(status.spawned)
+    known = set(specs) | set(view.jobs)
+    names: list[str] = []
+    new_names: list[str] = []
+    refused: list[str] = []
+    for req in requests:
+        target = req.job or ""
+        done = next((n for n, j in specs.items() if j.regression_context
+                     and j.regression_context.get("request") == req.id), None)
+        if done is not None:  # written before a crash: reuse it
+            names.append(done)
+            plan.actions.append(DoneRequest(view.name, req.id))
+            continue
+        if target not in specs:
+            refused.append(f"unknown job {target!r}")
+        elif len(new_names) >= allowed:
+            refused.append(f"{status.job} has spawned {len(status.spawned)} fix-up(s), its max_regressions "
+                           f"({spec.max_regressions if spec else 0}) is reached")
+        else:
+            name = _fixup_name(target, known)
+            known.add(name)
+            names.append(name)
+            new_names.append(name)
+            plan.actions.append(SpawnJob(view.name, name, target, status.job, last.number, outcome.commit, req.id,
+                                         str(req.data.get("reason", "")), str(req.data.get("context", ""))))
+        plan.actions.append(DoneRequest(view.name, req.id))
+    refusal = "spawn refused: " + "; ".join(refused) if refused else ""
+    if not names:
+        new, event = _finish(spec, status, last, outcome, None, now)
+        new = replace(new, message=f"{new.message} ({refusal})" if new.message else refusal,
+                      extra={**new.extra, "spawn_refused": refusal})
+        return new, f"{event}; {refusal}", None
+    ok = outcome.exit_code == 0 and not outcome.problem
+    ended = replace(last, state=JobState.SUCCEEDED if ok else JobState.FAILED, ended_at=outcome.ended_at,
+                    exit_code=outcome.exit_code, signal=outcome.signal, commit=outcome.commit or last.commit,
+                    base_commit=outcome.base_commit or last.base_commit, artifacts=outcome.artifacts or last.artifacts,
+                    consumed=outcome.consumed or last.consumed, message=f"spawned {', '.join(names)}")
+    message = f"waiting for fix-up {', '.join(names)}" + (f" ({refusal})" if refusal else "")
+    new = replace(_without_killing(status), state=JobState.WAITING, attempts=(*status.attempts[:-1], ended),
+                  waiting_for=tuple(names), spawned=(*status.spawned, *new_names), message=message)
+    return new, f"{status.job} {message}", None
+
+
+def _fixup_name(target: str, known: set[str]) -> str:
+    k = 1
+    while f"{target}.r{k}" in known:
+        k += 1
+    return f"{target}.r{k}"
 
 
 def _without_killing(status: JobStatus) -> JobStatus:
@@ -564,9 +662,9 @@ def _allocate(
                           trigger=cand.trigger, request=cand.request)
         extra = {k: v for k, v in cand.status.extra.items() if k not in ("retry_request", "killing")}
         status = replace(cand.status, state=JobState.RUNNING, attempt=number, message="", retry_at=None,
-                         attempts=(*cand.status.attempts, attempt), extra=extra)
+                         attempts=(*cand.status.attempts, attempt), extra=extra, waiting_for=())
         plan.actions.append(SetJob(cand.pipeline, status))
-        plan.actions.append(Start(cand.pipeline, cand.job.name, number))
+        plan.actions.append(Start(cand.pipeline, cand.job.name, number, cand.sources))
         started.add((cand.pipeline, cand.job.name))
     plan.ready = [(c.pipeline, c.job.name) for c in seen if (c.pipeline, c.job.name) not in started]
     plan.ready += [(r.pipeline, name) for r in later for name in r.unchecked()]

@@ -229,6 +229,8 @@ def _read_toml(path: Path) -> dict[str, Any] | None:
         return None
     except tomllib.TOMLDecodeError as e:
         raise SpecError.one(path, "<toml>", str(e)) from e
+    except (UnicodeDecodeError, OSError) as e:
+        raise SpecError.one(path, "<file>", f"unreadable: {e}") from e
 
 
 def read_job_status(path: Path, job: str) -> JobStatus:
@@ -238,7 +240,7 @@ def read_job_status(path: Path, job: str) -> JobStatus:
         return JobStatus(job)
     try:
         return job_status_from_dict(job, data)
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise SpecError.one(path, "state", f"unreadable status file: {e}") from e
 
 
@@ -248,5 +250,5 @@ def read_pipeline_status(path: Path) -> PipelineStatus:
         return PipelineStatus()
     try:
         return pipeline_status_from_dict(data)
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise SpecError.one(path, "state", f"unreadable status file: {e}") from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from clowder.scheduler import (
     PipelineView,
     SetJob,
     SetPipeline,
+    SpawnJob,
     Start,
     prompt_hash,
     reconcile,
@@ -286,3 +288,89 @@ def test_unchanged_state_writes_nothing() -> None:
     p = pipeline({"a": {"command": ["x"]}})
     plan = reconcile([view(p, {"a": running("a")}, alive={"a": True})], T0, LIMITS)
     assert plan.actions == []
+
+
+def spawn_request(rid: str, target: str, spawner: str = "test", attempt: int = 1) -> Request:
+    return Request(rid, "spawn", target, {"spawner": spawner, "attempt": attempt, "reason": "bug in add()",
+                                          "context": "assert 1 + 1 == 3"})
+
+
+def regression_pipeline(**test: Any) -> Pipeline:
+    return pipeline({"dev": {"command": ["x"]}, "test": {"command": ["x"], "needs": ["dev"], **test},
+                     "ship": {"command": ["x"], "needs": ["test"]}})
+
+
+def test_a_spawn_request_waits_for_the_spawners_attempt_to_end() -> None:
+    p = regression_pipeline()
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": running("test")},
+                           alive={"test": True}, requests=(spawn_request("r1", "dev"),))], T0, LIMITS)
+    assert not [a for a in plan.actions if isinstance(a, DoneRequest | SpawnJob)]
+
+
+def test_a_spawner_whose_attempt_failed_writes_the_fixup_and_waits() -> None:
+    p = regression_pipeline()
+    out = Outcome(1, T0, commit="c" * 40)
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": running("test")},
+                           outcomes={"test": out}, requests=(spawn_request("r1", "dev"),))], T0, LIMITS)
+    spawned = [a for a in plan.actions if isinstance(a, SpawnJob)]
+    assert [(a.name, a.target, a.spawner, a.attempt, a.commit, a.reason) for a in spawned] == [
+        ("dev.r1", "dev", "test", 1, "c" * 40, "bug in add()")]
+    test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
+    assert test.state is JobState.WAITING
+    assert test.waiting_for == ("dev.r1",) and test.spawned == ("dev.r1",)
+    assert test.attempts[-1].state is JobState.FAILED and test.attempts[-1].message == "spawned dev.r1"
+    assert [a.request for a in plan.actions if isinstance(a, DoneRequest)] == ["r1"]
+    # The pipeline does not fail for the spawner's exit code.
+    assert all(a.status.state is not PipelineState.FAILED for a in plan.actions if isinstance(a, SetPipeline))
+
+
+def test_the_spawner_reruns_from_its_fixups_when_they_succeed() -> None:
+    p = pipeline({"dev": {"command": ["x"]}, "test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "test", "regression_of": "dev"}})
+    waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
+                        waiting_for=("dev.r1",), spawned=("dev.r1",))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": waiting,
+                               "dev.r1": ended("dev.r1", JobState.SUCCEEDED)})], T0, LIMITS)
+    start = [a for a in plan.actions if isinstance(a, Start)]
+    assert [(a.job, a.attempt, a.sources) for a in start] == [("test", 2, ("dev.r1",))]
+    test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
+    assert test.attempts[-1].trigger == "regression" and test.waiting_for == ()
+
+
+def test_max_regressions_refuses_a_spawn_and_says_so() -> None:
+    p = regression_pipeline(max_regressions=1)
+    test = replace_status(running("test", 2), spawned=("dev.r1",))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": test},
+                           outcomes={"test": Outcome(1, T0)}, requests=(spawn_request("r2", "dev", attempt=2),))],
+                     T0, LIMITS)
+    assert not [a for a in plan.actions if isinstance(a, SpawnJob)]
+    final = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
+    assert final.state is JobState.FAILED
+    assert "spawn refused: test has spawned 1 fix-up(s), its max_regressions (1) is reached" in final.message
+    assert job_states(plan.actions)["ship"] is JobState.SKIPPED
+
+
+def test_a_replayed_spawn_request_reuses_the_fixup_already_written() -> None:
+    p = pipeline({"dev": {"command": ["x"]}, "test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "test", "regression_of": "dev",
+                             "regression_context": {"request": "r1", "reason": "x"}}})
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": running("test")},
+                           outcomes={"test": Outcome(1, T0)}, requests=(spawn_request("r1", "dev"),))], T0, LIMITS)
+    assert not [a for a in plan.actions if isinstance(a, SpawnJob)]
+    test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
+    assert test.waiting_for == ("dev.r1",)
+
+
+def test_cancelling_a_waiting_spawner_cancels_its_fixups() -> None:
+    p = pipeline({"dev": {"command": ["x"]}, "test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "test", "regression_of": "dev"}})
+    waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
+                        waiting_for=("dev.r1",), spawned=("dev.r1",))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": waiting, "dev.r1": running("dev.r1")},
+                           requests=(Request("c1", "cancel", "test"),))], T0, LIMITS)
+    assert [(a.job, a.signal) for a in plan.actions if isinstance(a, Kill)] == [("dev.r1", signal.SIGTERM)]
+    assert job_states(plan.actions)["test"] is JobState.CANCELLED
+
+
+def replace_status(status: JobStatus, **changes: Any) -> JobStatus:
+    return replace(status, **changes)
