@@ -72,7 +72,7 @@ def cli(root: Root) -> Invoke:
         old = os.getcwd()
         os.chdir(cwd or root.path)
         try:
-            return runner.invoke(main, list(args), catch_exceptions=False)
+            return runner.invoke(main, list(args), catch_exceptions=False, prog_name="clowder")
         finally:
             os.chdir(old)
 
