@@ -10,14 +10,14 @@ import hashlib
 import heapq
 import itertools
 import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from clowder.requests import Request
 from clowder.spec import JobSpec, Pipeline, When, format_duration
-from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus
+from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Usage, total_usage
 
 ACTIVE = frozenset({JobState.RUNNING})
 # A job that is waiting to start (for its dependencies, a slot or its backoff).
@@ -40,6 +40,7 @@ class Outcome:
     base_commit: str | None = None
     artifacts: tuple[Artifact, ...] = ()
     consumed: Mapping[str, str] = field(default_factory=dict)
+    usage: Usage | None = None  # what an agent reported spending (its action log)
 
 
 @dataclass(frozen=True)
@@ -347,14 +348,15 @@ def _step_job(
     if spec is None:
         return status, "", None
     if state is JobState.WAITING:
-        return _step_waiting(pipeline, spec, status, jobs)
+        new, event, cand = _step_waiting(pipeline, spec, status, jobs)
+        return _within_budget(view, spec, status, jobs, cand) if cand is not None else (new, event, cand)
     if state is JobState.RETRYING:
         if status.retry_at is not None and status.retry_at > now:
             plan.wake(status.retry_at)
             return status, "", None
         if blocked:
             return status, "", None
-        return status, "", Candidate(pipeline, spec, status, "retry")
+        return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "retry"))
     # pending or queued
     verdict = _dependencies(spec, jobs, specs)
     if verdict is None:
@@ -367,8 +369,39 @@ def _step_job(
         return status, "", None
     request = status.extra.get("retry_request")
     if isinstance(request, str):
-        return status, "", Candidate(pipeline, spec, status, "manual", request)
-    return status, "", Candidate(pipeline, spec, status, "start")
+        return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "manual", request))
+    return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "start"))
+
+
+def _within_budget(view: PipelineView, spec: JobSpec, status: JobStatus, jobs: Mapping[str, JobStatus],
+                   cand: Candidate) -> tuple[JobStatus, str, Candidate | None]:
+    """The candidate, unless a budget is spent: then the job fails instead of starting."""
+    reason = over_budget(spec, view.pipeline.spec.max_cost_usd if view.pipeline else None, status, jobs)
+    if not reason:
+        return status, "", cand
+    return replace(status, state=JobState.FAILED, message=reason, retry_at=None), f"{spec.name} failed: {reason}", None
+
+
+def _spent(statuses: Iterable[JobStatus]) -> float:
+    return sum(u.cost_usd for s in statuses if (u := total_usage(s.attempts)) is not None)
+
+
+def over_budget(spec: JobSpec, pipeline_max: float | None, status: JobStatus, jobs: Mapping[str, JobStatus],
+                extra: float = 0.0) -> str:
+    """Why no further attempt or fix-up of this job may start, or '': the job's own
+    `max_cost_usd` or its pipeline's is spent (`extra`: cost not yet in the statuses). Summing a
+    pipeline is linear in its jobs, and done only for pipelines that set a budget."""
+    if spec.max_cost_usd is not None:
+        spent = _spent([status]) + extra
+        if spent > 0 and spent >= spec.max_cost_usd:
+            return (f"budget spent: {spec.name} has cost ${spent:.4f} of its max_cost_usd ${spec.max_cost_usd:.2f}; "
+                    "no further attempts or fix-ups (raise max_cost_usd to go on)")
+    if pipeline_max is not None:
+        spent = _spent(jobs.values()) + extra
+        if spent > 0 and spent >= pipeline_max:
+            return (f"budget spent: the pipeline has cost ${spent:.4f} of its max_cost_usd ${pipeline_max:.2f}; "
+                    "no further attempts or fix-ups (raise max_cost_usd in pipeline.toml to go on)")
+    return ""
 
 
 def _dependencies(spec: JobSpec, jobs: Mapping[str, JobStatus], specs: Mapping[str, JobSpec]) -> str | None:
@@ -470,6 +503,8 @@ def _spawn(
     names: list[str] = []
     new_names: list[str] = []
     refused: list[str] = []
+    budget = over_budget(spec, view.pipeline.spec.max_cost_usd if view.pipeline else None, status, view.jobs,
+                         outcome.usage.cost_usd if outcome.usage else 0.0) if spec else ""
     for req in requests:
         target = req.job or ""
         done = next((n for n, j in specs.items() if j.regression_context
@@ -480,6 +515,8 @@ def _spawn(
             continue
         if target not in specs:
             refused.append(f"unknown job {target!r}")
+        elif budget:
+            refused.append(budget)
         elif len(new_names) >= allowed:
             refused.append(f"{status.job} has spawned {len(status.spawned)} fix-up(s), its max_regressions "
                            f"({spec.max_regressions if spec else 0}) is reached")
@@ -501,7 +538,8 @@ def _spawn(
     ended = replace(last, state=JobState.SUCCEEDED if ok else JobState.FAILED, ended_at=outcome.ended_at,
                     exit_code=outcome.exit_code, signal=outcome.signal, commit=outcome.commit or last.commit,
                     base_commit=outcome.base_commit or last.base_commit, artifacts=outcome.artifacts or last.artifacts,
-                    consumed=outcome.consumed or last.consumed, message=f"spawned {', '.join(names)}")
+                    consumed=outcome.consumed or last.consumed, message=f"spawned {', '.join(names)}",
+                    usage=outcome.usage or last.usage)
     message = f"waiting for fix-up {', '.join(names)}" + (f" ({refusal})" if refusal else "")
     new = replace(_without_killing(status), state=JobState.WAITING, attempts=(*status.attempts[:-1], ended),
                   waiting_for=tuple(names), spawned=(*status.spawned, *new_names), message=message)
@@ -524,6 +562,7 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
     """Record how the running attempt ended."""
     status = _without_killing(status)
     ended = replace(last, ended_at=outcome.ended_at, exit_code=outcome.exit_code, signal=outcome.signal,
+                    usage=outcome.usage or last.usage,
                     commit=outcome.commit or last.commit, base_commit=outcome.base_commit or last.base_commit,
                     artifacts=outcome.artifacts or last.artifacts, consumed=outcome.consumed or last.consumed)
     ok = outcome.exit_code == 0 and not outcome.problem

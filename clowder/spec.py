@@ -162,6 +162,7 @@ class JobSpec:
     parent: str | None = None
     regression_of: str | None = None
     regression_context: Mapping[str, Any] | None = None
+    script: tuple[Mapping[str, Any], ...] = ()  # steps for the scripted agent (clowder.harness.scripted)
     description: str = ""
     spec_hash: str = ""
 
@@ -178,6 +179,7 @@ class Role:
     name: str
     instructions: str = ""
     harness: str | None = None
+    script: tuple[Mapping[str, Any], ...] = ()  # the scripted agent's steps for jobs of this role
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         parent=data.get("parent"),
         regression_of=data.get("regression_of"),
         regression_context=data.get("regression_context"),
+        script=tuple(data.get("script", ())),
         description=data.get("description", ""),
         spec_hash=spec_hash(data),
     )
@@ -314,7 +317,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
 def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
     source = data.get("source")
     roles = {
-        role: Role(role, r.get("instructions", ""), r.get("harness"))
+        role: Role(role, r.get("instructions", ""), r.get("harness"), tuple(r.get("script", ())))
         for role, r in data.get("roles", {}).items()
     }
     created = data.get("created_at")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -62,6 +62,25 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens and money an agent reported spending (summed from its action log)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
+                     self.cost_usd + other.cost_usd)
+
+
+def total_usage(attempts: Iterable[Attempt]) -> Usage | None:
+    """The summed usage of the attempts that reported any, or None if none did."""
+    reported = [a.usage for a in attempts if a.usage is not None]
+    return sum(reported[1:], reported[0]) if reported else None
+
+
+@dataclass(frozen=True)
 class Attempt:
     number: int
     state: JobState
@@ -78,6 +97,7 @@ class Attempt:
     artifacts: tuple[Artifact, ...] = ()
     trigger: str = "start"  # start | retry (automatic) | manual (clowder retry) | regression
     request: str | None = None  # id of the request that caused it, so a replayed request is a no-op
+    usage: Usage | None = None  # what an agent reported spending in this attempt
 
     @property
     def duration(self) -> float | None:
@@ -137,7 +157,20 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
         "artifacts": [
             {"path": x.path, "blob": x.blob, "size": x.size, "kind": x.kind} for x in a.artifacts
         ] or None,
+        "usage": _usage_to_dict(a.usage),
     })
+
+
+def _usage_to_dict(u: Usage | None) -> dict[str, Any] | None:
+    if u is None:
+        return None
+    return {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "cost_usd": u.cost_usd}
+
+
+def _usage_from_dict(d: Mapping[str, Any] | None) -> Usage | None:
+    if d is None:
+        return None
+    return Usage(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)), float(d.get("cost_usd", 0.0)))
 
 
 def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
@@ -160,6 +193,7 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
         ),
         trigger=d.get("trigger", "start"),
         request=d.get("request"),
+        usage=_usage_from_dict(d.get("usage")),
     )
 
 

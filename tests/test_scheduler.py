@@ -24,7 +24,7 @@ from clowder.scheduler import (
     reconcile,
 )
 from clowder.spec import Config, Pipeline
-from clowder.state import Attempt, JobState, JobStatus, PipelineState, PipelineStatus
+from clowder.state import Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Usage
 from clowder.validate import build_pipeline
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -374,3 +374,53 @@ def test_cancelling_a_waiting_spawner_cancels_its_fixups() -> None:
 
 def replace_status(status: JobStatus, **changes: Any) -> JobStatus:
     return replace(status, **changes)
+
+
+# -- budgets (max_cost_usd) ---------------------------------------------------------------------
+
+def spent(job: str, state: JobState, *costs: float) -> JobStatus:
+    attempts = tuple(Attempt(n, JobState.FAILED, T0, T0, exit_code=1, usage=Usage(100, 10, c))
+                     for n, c in enumerate(costs, 1))
+    attempts = (*attempts[:-1], replace(attempts[-1], state=state))
+    return JobStatus(job, state, len(costs), attempts=attempts, retry_at=T0 if state is JobState.RETRYING else None)
+
+
+def test_an_agents_reported_usage_is_recorded_on_its_attempt() -> None:
+    p = pipeline({"a": {"agent": "dev"}})
+    out = Outcome(0, T0, usage=Usage(1200, 300, 0.25))
+    plan = reconcile([view(p, {"a": running("a")}, outcomes={"a": out})], T0, LIMITS)
+    a = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert a.state is JobState.SUCCEEDED and a.attempts[-1].usage == Usage(1200, 300, 0.25)
+
+
+def test_a_spent_job_budget_stops_further_retries_with_a_message() -> None:
+    p = pipeline({"a": {"agent": "dev", "retries": 5, "max_cost_usd": 1.0}})
+    plan = reconcile([view(p, {"a": spent("a", JobState.RETRYING, 0.6, 0.5)})], T0, LIMITS)
+    assert starts(plan.actions) == []
+    a = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+    assert a.state is JobState.FAILED
+    assert a.message == ("budget spent: a has cost $1.1000 of its max_cost_usd $1.00; no further attempts or "
+                         "fix-ups (raise max_cost_usd to go on)")
+    # Under its budget, the same job retries.
+    assert starts(reconcile([view(p, {"a": spent("a", JobState.RETRYING, 0.6)})], T0, LIMITS).actions) == ["a"]
+
+
+def test_a_spent_pipeline_budget_starts_no_further_job() -> None:
+    p = build_pipeline("p", {"prompt": "do it", "max_cost_usd": 2.0},
+                       {"a": {"agent": "dev"}, "b": {"agent": "test", "needs": ["a"]}}, Config())
+    plan = reconcile([view(p, {"a": spent("a", JobState.SUCCEEDED, 2.5)})], T0, LIMITS)
+    assert starts(plan.actions) == []
+    b = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "b"][-1]
+    assert b.state is JobState.FAILED and b.message.startswith("budget spent: the pipeline has cost $2.5000 of its")
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.FAILED]
+
+
+def test_a_budget_spent_by_the_spawners_attempt_refuses_its_spawn() -> None:
+    p = regression_pipeline(max_cost_usd=1.0)
+    out = Outcome(1, T0, usage=Usage(10, 10, 1.5))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": running("test")},
+                           outcomes={"test": out}, requests=(spawn_request("r1", "dev"),))], T0, LIMITS)
+    assert not [a for a in plan.actions if isinstance(a, SpawnJob)]
+    test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
+    assert test.state is JobState.FAILED and test.attempts[-1].usage == Usage(10, 10, 1.5)
+    assert "spawn refused: budget spent: test has cost $1.5000 of its max_cost_usd $1.00" in test.message

@@ -483,7 +483,7 @@ def test_every_problem_is_reported_in_one_run(root: Root, make_pipeline: MakePip
         f"{job(root, 'a')}: needs: dependency cycle: a -> b -> a",
         f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, command, "
         "description, env, from, harness, max_cost_usd, max_regressions, needs, outputs, parent, "
-        "regression_context, regression_of, resources, retries, schema_version, stage, timeout",
+        "regression_context, regression_of, resources, retries, schema_version, script, stage, timeout",
     ])
     assert result.stderr == f"root {root.path}: 8 problem(s)\n"
 
