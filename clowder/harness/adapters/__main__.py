@@ -1,0 +1,78 @@
+"""The adapter runner: `python -m clowder.harness.adapters NAME -- COMMAND...`.
+
+Runs an agent CLI with the prompt file on its stdin, keeps its raw stdout in
+`.clowder/<job>/raw.*`, translates it line by line into the action log, and exits with the
+CLI's exit code. Its stderr goes to the attempt's log unchanged. A SIGTERM sent to the job's
+process group reaches the CLI as well; the runner itself waits for the CLI to end so the
+events it printed last are still logged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from clowder.harness.actions import ActionLog, describe
+from clowder.harness.adapters import NAMES, translator
+
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 127
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A handler, not SIG_IGN: an ignored signal would stay ignored in the CLI after exec."""
+
+
+def _relative(event: dict[str, Any]) -> dict[str, Any]:
+    """A changed file's path relative to the workspace (the CLIs report absolute paths)."""
+    path = event.get("path")
+    if event["type"] == "file_changed" and isinstance(path, str) and os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if not rel.startswith(".." + os.sep) and rel != "..":
+            return {**event, "path": rel}
+    return event
+
+
+def main(args: list[str]) -> int:
+    if len(args) < 3 or args[0] not in NAMES or args[1] != "--":
+        print(f"usage: python -m clowder.harness.adapters {{{','.join(NAMES)}}} -- COMMAND...", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        actions, prompt = os.environ["CLOWDER_ACTIONS_FILE"], os.environ["CLOWDER_PROMPT_FILE"]
+    except KeyError as e:
+        print(f"clowder adapter: {e} is not set (run agent jobs through clowder)", file=sys.stderr)
+        return EXIT_USAGE
+    tr = translator(args[0])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _ignore)
+    log = ActionLog(actions)
+    try:
+        with open(prompt, "rb") as stdin:
+            proc = subprocess.Popen(args[2:], stdin=stdin, stdout=subprocess.PIPE)
+    except OSError as e:
+        print(f"clowder adapter: cannot run {args[2]!r}: {e.strerror} (install it, or set the harness "
+              "command in clowder.toml [harnesses])", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    assert proc.stdout is not None
+    with (Path(actions).parent / tr.raw_name).open("ab") as raw:
+        for data in proc.stdout:
+            raw.write(data)
+            raw.flush()
+            line = data.decode(errors="replace").rstrip("\r\n")
+            if tr.echo_raw or not line.lstrip().startswith("{"):
+                print(line, flush=True)
+            for event in tr.feed(line):
+                print(describe(log.emit(_relative(event))), flush=True)
+    code = proc.wait()
+    for event in tr.finish(code):
+        print(describe(log.emit(_relative(event))), flush=True)
+    log.close()
+    return code if code >= 0 else 128 - code  # killed by signal N: report it as a shell would
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

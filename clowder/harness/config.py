@@ -1,0 +1,106 @@
+"""Harness configuration: the built-in harnesses, clowder.toml's `[harnesses.<name>]`, which
+one a job uses, and its command template expanded into the argv that runs."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+
+from clowder.errors import ClowderError
+from clowder.spec import Config, Harness, JobSpec, PipelineSpec
+
+DEFAULT = "scripted"
+ADAPTERS = ("actions", "claude", "codex", "aider")
+PLACEHOLDERS = ("prompt_file", "prompt", "actions_file", "output_file", "workspace", "root", "pipeline", "job",
+                "attempt", "role", "python")
+PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
+# The prompt goes into argv only through {prompt}; Linux caps one argument at 128 KiB.
+MAX_PROMPT_ARG = 100_000
+
+# Harnesses that work without any configuration. A `[harnesses.<name>]` table of the same
+# name replaces one. The CLIs get the prompt on stdin (the adapter runner feeds it):
+# - Claude Code: `claude -p` reads the prompt from stdin; `--output-format stream-json` prints one
+#   JSON message per line and in print mode needs `--verbose`; `--permission-mode acceptEdits` with
+#   `--allowedTools` lets it edit and run commands headless.
+#   https://docs.anthropic.com/en/docs/claude-code/headless,
+#   https://docs.anthropic.com/en/docs/claude-code/cli-reference
+# - Codex: `codex exec` is the non-interactive mode, `--json` streams JSONL events, `--full-auto`
+#   allows file edits, and `-` reads the prompt from stdin.
+#   https://github.com/openai/codex/blob/main/docs/exec.md
+# - aider: `--message-file` sends one message and exits, `--yes-always` answers every question,
+#   `--no-auto-commits` leaves commits to Clowder, `--no-stream --no-pretty` give plain text.
+#   https://aider.chat/docs/scripting.html, https://aider.chat/docs/config/options.html
+BUILTIN: Mapping[str, Harness] = {
+    "scripted": Harness("scripted", ("{python}", "-m", "clowder.harness.scripted"), {}, "actions"),
+    "claude": Harness("claude", ("claude", "-p", "--output-format", "stream-json", "--verbose",
+                                 "--permission-mode", "acceptEdits", "--allowedTools",
+                                 "Bash,Read,Edit,Write,Glob,Grep"), {}, "claude"),
+    "codex": Harness("codex", ("codex", "exec", "--json", "--full-auto", "-"), {}, "codex"),
+    "aider": Harness("aider", ("aider", "--message-file", "{prompt_file}", "--yes-always", "--no-auto-commits",
+                               "--no-stream", "--no-pretty"), {}, "aider"),
+}
+
+
+def available(config: Config) -> dict[str, Harness]:
+    """Every harness a job may name: the built-in ones and clowder.toml's."""
+    return {**BUILTIN, **config.harnesses}
+
+
+def harness_name(config: Config, pipeline: PipelineSpec, job: JobSpec) -> str:
+    """The job's harness, else its role's, else clowder.toml's default_harness, else scripted."""
+    role = pipeline.roles.get(job.agent or "")
+    return job.harness or (role.harness if role else None) or config.default_harness or DEFAULT
+
+
+def resolve(config: Config, pipeline: PipelineSpec, job: JobSpec) -> Harness:
+    name = harness_name(config, pipeline, job)
+    harnesses = available(config)
+    if name not in harnesses:
+        known = ", ".join(sorted(harnesses))
+        raise ClowderError(f"job {job.name}: unknown harness {name!r} (clowder.toml [harnesses] and the "
+                           f"built-in ones define: {known})")
+    return harnesses[name]
+
+
+def unknown_placeholders(command: tuple[str, ...] | str) -> list[str]:
+    parts = [command] if isinstance(command, str) else list(command)
+    return sorted({m for part in parts for m in PLACEHOLDER_RE.findall(part) if m not in PLACEHOLDERS})
+
+
+def expand(text: str, values: Mapping[str, str], quote: bool = False) -> str:
+    """`{placeholder}`s of `text` replaced by `values` (shell-quoted in a string command);
+    anything else in braces is left as it is."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            return m.group(0)
+        return shlex.quote(values[m.group(1)]) if quote else values[m.group(1)]
+
+    return PLACEHOLDER_RE.sub(sub, text)
+
+
+def argv(harness: Harness, values: Mapping[str, str]) -> tuple[str, ...]:
+    """The argv that runs `harness`: its command template expanded and, for an adapted CLI,
+    wrapped in the adapter runner that turns its output into the action log."""
+    if "prompt" in values and len(values["prompt"]) > MAX_PROMPT_ARG and _uses(harness.command, "prompt"):
+        raise ClowderError(f"harness {harness.name}: the prompt is too long to pass as {{prompt}} "
+                           f"({len(values['prompt'])} characters); use {{prompt_file}} or stdin")
+    if isinstance(harness.command, str):
+        command: tuple[str, ...] = ("/bin/sh", "-c", expand(harness.command, values, quote=True))
+    else:
+        command = tuple(expand(part, values) for part in harness.command)
+    if not command:
+        raise ClowderError(f"harness {harness.name}: empty command")
+    if harness.adapter == "actions":
+        return command
+    return (values.get("python", sys.executable), "-m", "clowder.harness.adapters", harness.adapter, "--", *command)
+
+
+def _uses(command: tuple[str, ...] | str, name: str) -> bool:
+    parts = [command] if isinstance(command, str) else list(command)
+    return any(name in PLACEHOLDER_RE.findall(part) for part in parts)
+
+
+def env(harness: Harness, values: Mapping[str, str]) -> dict[str, str]:
+    return {k: expand(v, values) for k, v in harness.env.items()}
