@@ -35,6 +35,19 @@ heartbeat_timeout = "30s"
 # Between SIGTERM and SIGKILL when a job is cancelled or times out.
 kill_grace = "10s"
 
+# Agent jobs (`agent = "<role>"`) run a harness: `scripted` (the deterministic agent of the
+# examples: no model, no network) unless a job, its role or default_harness names another.
+# Built in: scripted, claude (Claude Code), codex (OpenAI Codex CLI), aider. A table here adds
+# one or replaces a built-in one; its command may use {prompt_file} {prompt} {actions_file}
+# {output_file} {workspace} {root} {pipeline} {job} {attempt} {role} {python}. `adapter` says
+# how it reports: actions (it writes $CLOWDER_ACTIONS_FILE itself), claude, codex or aider.
+# default_harness = "claude"
+# [harnesses.claude]
+# command = ["claude", "-p", "--output-format", "stream-json", "--verbose", "--model", "sonnet",
+#            "--permission-mode", "acceptEdits", "--allowedTools", "Bash,Read,Edit,Write,Glob,Grep"]
+# adapter = "claude"
+# env = { DISABLE_AUTOUPDATER = "1" }
+
 [retry]  # defaults for jobs that do not set their own
 retries = 0
 max_regressions = 3

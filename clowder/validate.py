@@ -13,6 +13,7 @@ from typing import Any
 
 from clowder import graph, schema
 from clowder.errors import Problem, SpecError
+from clowder.harness import config as harness_config
 from clowder.spec import (
     NAME_RULE,
     Config,
@@ -226,13 +227,28 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
     ]
     problems += _check_durations(data, durations, _Where(path))
     harnesses = data.get("harnesses", {})
-    default = data.get("default_harness")
-    if isinstance(default, str) and isinstance(harnesses, dict) and default not in harnesses:
-        problems.append(Problem(path, "default_harness",
-                                f"unknown harness '{default}'{_did_you_mean(default, list(harnesses))}"))
+    if isinstance(harnesses, dict):
+        problems += _check_harnesses(path, harnesses, data.get("default_harness"))
     if problems:
         return None, problems
     return config_from_dict(data), []
+
+
+def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) -> list[Problem]:
+    """The default harness exists, and command templates use only known placeholders."""
+    problems = []
+    known = sorted({*harnesses, *harness_config.BUILTIN})
+    if isinstance(default, str) and default not in known:
+        hint = _did_you_mean(default, known) or f"; known: {', '.join(known)}"
+        problems.append(Problem(path, "default_harness", f"unknown harness '{default}'{hint}"))
+    for name, table in harnesses.items():
+        command = table.get("command") if isinstance(table, dict) else None
+        if isinstance(command, str) or (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+            for unknown in harness_config.unknown_placeholders(command if isinstance(command, str) else tuple(command)):
+                problems.append(Problem(path, schema.key_path(["harnesses", name, "command"]),
+                                        f"unknown placeholder {{{unknown}}}; known: "
+                                        + " ".join(f"{{{p}}}" for p in harness_config.PLACEHOLDERS)))
+    return problems
 
 
 def load_config(root: Root) -> Config:
@@ -270,6 +286,8 @@ def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, 
         roles = data.get("roles")
         if isinstance(roles, dict):
             problems += check_variables(roles, _Where(path, ("roles",)), declared)
+        problems += _check_harness_names(jobs, roles, config, lambda name: _Where(path, ("jobs", name)),
+                                         _Where(path, ("roles",)))
     # The template schema checks its job tables too (editors use it), and so does check_jobs.
     problems = list(dict.fromkeys(problems))
     return (None if problems else data), problems
@@ -317,7 +335,25 @@ def check_pipeline_data(
             {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
     problems += check_jobs(jobs, _check_stages(spec_data or {}), lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
                            config.resources if config else None, None, unreadable)
+    problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config,
+                                     lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
+                                     _Where(paths.spec_file, ("roles",)))
     return problems
+
+
+def _check_harness_names(jobs: Mapping[str, Any], roles: object, config: Config | None,
+                         where: Callable[[str], _Where], roles_where: _Where) -> list[Problem]:
+    """Every `harness` a job or role names is configured in clowder.toml or built in."""
+    if config is None:
+        return []
+    known = sorted(harness_config.available(config))
+    named = [(where(n), d.get("harness")) for n, d in jobs.items() if isinstance(d, dict)]
+    if isinstance(roles, dict):
+        named += [(_Where(roles_where.path, (*roles_where.prefix, r)), d.get("harness")) for r, d in roles.items()
+                  if isinstance(d, dict)]
+    return [Problem(w.path, w.key("harness"), f"unknown harness '{h}'" + (_did_you_mean(h, known) or
+                    f"; clowder.toml [harnesses] and the built-in ones define: {', '.join(known)}"))
+            for w, h in named if isinstance(h, str) and h not in known]
 
 
 def build_pipeline(name: str, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config) -> Pipeline:

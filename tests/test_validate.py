@@ -630,3 +630,29 @@ def test_validate_a_missing_pipeline(root: Root, cli: Invoke) -> None:
     assert problems(cli("validate", "pipelines/nope")) == [
         f"{root.pipelines_dir}/nope: <file>: no such file or directory",
     ]
+
+
+def test_builtin_harnesses_need_no_configuration(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    root.config_file.write_text('default_harness = "codex"\n')
+    make_pipeline("p", {"a": 'agent = "dev"\nharness = "claude"\n'},
+                  spec='prompt = "x"\n[roles.dev]\nharness = "aider"\n')
+    assert cli("validate").exit_code == 0
+
+
+def test_unknown_harness_of_a_job_or_role_and_unknown_placeholders(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    root.config_file.write_text('default_harness = "nope"\n[harnesses.mine]\ncommand = ["my-agent", "{prompt_fil}"]\n')
+    assert problems(cli("validate")) == [
+        f"{root.path}/clowder.toml: default_harness: unknown harness 'nope'; known: aider, claude, codex, mine, "
+        "scripted",
+        f"{root.path}/clowder.toml: harnesses.mine.command: unknown placeholder {{prompt_fil}}; known: {{prompt_file}} "
+        "{prompt} {actions_file} {output_file} {workspace} {root} {pipeline} {job} {attempt} {role} {python}",
+    ]
+    root.config_file.write_text('[harnesses.mine]\ncommand = ["my-agent"]\n')
+    make_pipeline("p", {"a": 'agent = "dev"\nharness = "min"\n'}, spec='prompt = "x"\n[roles.dev]\nharness = "zz"\n')
+    assert problems(cli("validate")) == [
+        f"{job(root, 'a')}: harness: unknown harness 'min' (did you mean 'mine'?)",
+        f"{spec(root)}: roles.dev.harness: unknown harness 'zz'; clowder.toml [harnesses] and the built-in ones "
+        "define: aider, claude, codex, mine, scripted",
+    ]
