@@ -135,7 +135,8 @@ class Agent:
             code, output = 127, f"{argv[0]}: {e.strerror}\n"
         sys.stdout.write(output)
         self.emit({"type": "command", "command": shown, "exit_code": code, "output": tail(output)})
-        self.last_failed = code != 0
+        if "run" in step:
+            self.last_failed = code != 0
         if code != 0 and step.get("check", True):
             self.emit({"type": "message", "role": "assistant", "text": f"step {number} failed (exit code {code})"})
             return code
