@@ -84,7 +84,7 @@ def test_a_spawner_that_used_all_its_fixups_is_told_so(tmp_path: Path) -> None:
 
 
 def test_a_fixups_prompt_carries_the_regression_context_and_the_same_pipeline_prompt(tmp_path: Path) -> None:
-    context = {"reason": "test_add fails: add(2, 2) is 0", "spawner": "test", "attempt": 1, "request": "r1",
+    context = {"reason": "test_add fails: add(2, 2) is 0", "spawner": "test", "spawner_attempt": 1, "request": "r1",
                "context": "E   assert 0 == 4\n```not a fence```", "log_tail": ["FAILED test_calc.py::test_add"]}
     p = agent_pipeline(**{"dev.r1": {"agent": "developer", "needs": [], "parent": "test", "regression_of": "dev",
                                      "regression_context": context}})
@@ -95,7 +95,7 @@ def test_a_fixups_prompt_carries_the_regression_context_and_the_same_pipeline_pr
     assert first.split("\n\n# Your role")[0].split("\n\n", 1)[1] == f"# Task\n\n{PROMPT}"
     assert "# Regression context\n\nThis job is a fix-up of `dev`: `test` (attempt 1) found a problem" in fixup
     assert "Reason: test_add fails: add(2, 2) is 0" in fixup
-    assert "- request: r1" in fixup
+    assert "request" not in fixup  # its id is bookkeeping
     assert "Context:\n\n````\nE   assert 0 == 4\n```not a fence```\n````" in fixup
     assert "Log tail:\n\n```\nFAILED test_calc.py::test_add\n```" in fixup
     assert '{"verdict": "fail"}' in fixup  # the spawner's findings

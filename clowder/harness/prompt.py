@@ -15,8 +15,9 @@ from clowder.spec import JobSpec, Pipeline
 
 UPSTREAM_LIMIT = 20_000  # characters of one upstream output shown in full; the file has the rest
 REGRESSION_HEADING = "# Regression context"
-_FIRST_KEYS = ("reason", "spawner", "attempt")
+_FIRST_KEYS = ("reason", "spawner", "attempt", "spawner_attempt")
 _BLOCK_KEYS = ("context", "log_tail")
+_HIDDEN_KEYS = ("request",)  # bookkeeping of the regression loop, nothing an agent can use
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,15 @@ def _regression(ctx: Context) -> str:
         return ""
     target = ctx.job.regression_of or ctx.job.name
     spawner = context.get("spawner") or ctx.job.parent or "a later job"
-    attempt = f" (attempt {context['attempt']})" if "attempt" in context else ""
+    number = context.get("spawner_attempt", context.get("attempt"))
+    attempt = f" (attempt {number})" if number is not None else ""
     parts = [f"{REGRESSION_HEADING}\n\nThis job is a fix-up of `{target}`: `{spawner}`{attempt} found a "
              "problem and asked for it. Your workspace starts from that job's work, so its code and "
              "findings are here. Fix the problem; when you succeed, the job that asked runs again on your result."]
     if "reason" in context:
         parts.append(f"Reason: {context['reason']}")
     rest = [f"- {k}: {v}" for k, v in context.items()
-            if k not in _FIRST_KEYS and k not in _BLOCK_KEYS and not isinstance(v, dict | list)]
+            if k not in (*_FIRST_KEYS, *_BLOCK_KEYS, *_HIDDEN_KEYS) and not isinstance(v, dict | list)]
     if rest:
         parts.append("\n".join(rest))
     for key in _BLOCK_KEYS:
