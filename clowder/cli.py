@@ -259,3 +259,28 @@ def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: P
     root = find_root(root_dir)
     for chunk in runner.log_chunks(root, pipeline, job, attempt, follow):
         click.echo(chunk, nl=False)
+
+
+# -- monitoring (clowder serve) -------------------------------------------------------------------
+# The web extra is optional: fastapi and uvicorn are imported only when `serve` runs.
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but a loopback address lets others read the logs.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@root_option
+def serve(host: str, port: int, root_dir: Path | None) -> None:
+    """Serve a web page and a JSON API of the root's pipelines, with live states and logs.
+
+    It only reads the tree; cancel and retry drop request files, as the CLI does, and need
+    the token it prints (kept in .clowder/serve.token). Stop it with Ctrl-C."""
+    try:
+        from clowder import server
+    except ImportError as e:
+        if e.name not in ("fastapi", "uvicorn", "starlette", "pydantic"):
+            raise
+        raise UsageError(f"clowder serve needs the web extra ({e.name} is missing): pip install 'clowder[web]'") from e
+    root = find_root(root_dir)
+    server.serve(root, host, port, echo=click.echo)
+

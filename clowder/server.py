@@ -1,0 +1,415 @@
+"""`clowder serve`: a JSON API, live streams (Server-Sent Events) and a web page over a root.
+It reads the tree and writes nothing but request files, through the function the CLI uses."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clowder import monitor, runner
+from clowder.errors import ClowderError
+from clowder.spec import NAME_PATTERN
+from clowder.tree import Root
+
+WEB_DIR = Path(__file__).parent / "web"
+TOKEN_FILE = "serve.token"
+POLL_SECONDS = 0.2  # how often streams look for new log bytes and state changes
+KEEPALIVE_SECONDS = 15.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64, description="A pipeline or job name.")]
+NameQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64, description="Only this pipeline.")]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class Info(BaseModel):
+    root: str
+    version: str
+
+
+class RequestView(BaseModel):
+    id: str
+    action: str
+    pipeline: str
+    job: str | None
+
+
+def _error(description: str) -> dict[str, Any]:
+    # Spelled out rather than given as a `model`: FastAPI would document a model under the route's
+    # own media type, which for the log route is text/plain, while errors are always JSON.
+    return {"description": description, "content": {"application/json": {"schema": ErrorBody.model_json_schema()}}}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Bad request"),
+    404: _error("No such pipeline, job, attempt or log"),
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 401: _error("Missing or wrong token")}
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+# -- the token ------------------------------------------------------------------------------------
+
+def token_file(root: Root) -> Path:
+    return root.state_dir / TOKEN_FILE
+
+
+def load_token(root: Root) -> str:
+    """The token POST actions need: kept in .clowder/serve.token (owner-only), so that a page
+    opened before a restart keeps working; delete the file to make a new one."""
+    path = token_file(root)
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        token = path.read_text().strip()
+        # A token others could have read is no secret: make a new one.
+        if st.st_uid == os.getuid() and not st.st_mode & 0o077 and len(token) >= 32 and token.isascii():
+            return token
+    token = secrets.token_urlsafe(32)
+    root.tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = root.tmp_dir / f".{TOKEN_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return token
+
+
+# -- streams --------------------------------------------------------------------------------------
+
+def sse(event: str, data: object, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+class Hub:
+    """One scanner for all subscribers of the events stream: it runs only while someone listens."""
+
+    def __init__(self, root: Root) -> None:
+        self.scanner = monitor.Scanner(root)
+        self.queues: set[asyncio.Queue[monitor.Change | None]] = set()
+
+    async def run(self) -> None:
+        while True:
+            if self.queues:
+                changes = await asyncio.to_thread(self.scanner.scan)
+                for q in list(self.queues):
+                    for change in changes:
+                        self._put(q, change)
+            await asyncio.sleep(POLL_SECONDS)
+
+    @staticmethod
+    def _put(q: asyncio.Queue[monitor.Change | None], change: monitor.Change) -> None:
+        try:
+            q.put_nowait(change)
+        except asyncio.QueueFull:  # a client that does not read: tell it to refetch everything
+            while not q.empty():
+                q.get_nowait()
+            q.put_nowait(None)
+
+    async def stream(self, pipeline: str | None) -> AsyncIterator[str]:
+        q: asyncio.Queue[monitor.Change | None] = asyncio.Queue(maxsize=1000)
+        self.queues.add(q)
+        if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
+            await asyncio.to_thread(self.scanner.scan)
+        try:
+            yield "retry: 1000\n\n" + sse("hello", {"pipeline": pipeline})
+            while True:
+                try:
+                    change = await asyncio.wait_for(q.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if change is None:
+                    yield sse("resync", {})
+                elif pipeline is None or change.pipeline == pipeline:
+                    yield sse("job" if change.job else "pipeline", asdict(change))
+        finally:
+            self.queues.discard(q)
+
+
+async def follow_log(ref: monitor.LogRef, offset: int) -> AsyncIterator[str]:
+    """The log from byte `offset` as `log` events (each with the offset it reaches, which is
+    also its event id, so a reconnecting EventSource resumes there), then one `end` event."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    yield "retry: 1000\n\n"
+    while not ref.file.exists():
+        if ref.over():
+            yield sse("end", {"attempt": ref.attempt, "offset": offset})
+            return
+        await asyncio.sleep(POLL_SECONDS)
+    with ref.file.open("rb") as f:
+        f.seek(offset)
+        pos = offset
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                pos += len(chunk)
+                yield sse("log", {"text": decoder.decode(chunk), "offset": pos}, str(pos))
+                continue
+            # Ended and read to the end: whatever it wrote before its exit record is in.
+            if ref.over():
+                rest = f.read()
+                if rest:
+                    pos += len(rest)
+                    yield sse("log", {"text": decoder.decode(rest, final=True), "offset": pos}, str(pos))
+                yield sse("end", {"attempt": ref.attempt, "offset": pos}, str(pos))
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+class Guard:
+    """Refuses requests whose Host is not the loopback name they were sent to (a web page
+    elsewhere could reach a loopback port through DNS rebinding), and sets headers that keep
+    the page from loading anything but its own files or leaking the token in a Referer."""
+
+    HEADERS: ClassVar[dict[str, str]] = {
+        "content-security-policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                   "form-action 'none'; frame-ancestors 'none'",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-store",
+    }
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.hosts is not None and _hostname(Headers(scope=scope).get("host", "")) not in self.hosts:
+            await JSONResponse({"detail": "unexpected Host header: use the address clowder serve printed"},
+                               status_code=400)(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in self.HEADERS.items():
+                    headers.setdefault(k, v)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+BEARER = HTTPBearer(auto_error=False, description="The token `clowder serve` printed (.clowder/serve.token).")
+
+
+def authorized(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+    token: str = request.app.state.token
+    if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong token: send `Authorization: Bearer <token>`",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The app over `root`. `hosts`: the Host names accepted (None: any, for a non-loopback bind)."""
+    hub = Hub(root)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(hub.run())
+        yield
+        task.cancel()
+
+    # No /docs or /redoc: FastAPI's would load their scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="Clowder", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Pipelines, jobs, attempts and logs of a Clowder root. GETs read the tree; "
+                              "POSTs drop request files, as `clowder cancel` and `clowder retry` do.")
+    app.state.token = token
+    app.add_middleware(Guard, hosts=hosts)
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    _errors(app)
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((WEB_DIR / "index.html").read_text())
+
+    @app.get("/api/info", response_model=Info)
+    def info() -> Info:
+        """The root this server reads."""
+        return Info(root=str(root.path), version=_version())
+
+    @app.get("/api/pipelines", response_model=list[monitor.PipelineSummary], responses=ERRORS)
+    def pipelines(state: monitor.ReportState | None = None) -> list[monitor.PipelineSummary]:
+        """Every pipeline with its state and job counts, as `clowder status` shows them."""
+        return monitor.pipelines(root, state)
+
+    @app.get("/api/pipelines/{pipeline}", response_model=monitor.PipelineDetail, responses=ERRORS)
+    def pipeline_detail(pipeline: Name) -> monitor.PipelineDetail:
+        """A pipeline's jobs (states, attempts, durations, graph levels) and the edges between them."""
+        return monitor.pipeline_detail(root, pipeline)
+
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}", response_model=monitor.JobDetail, responses=ERRORS)
+    def job_detail(pipeline: Name, job: Name) -> monitor.JobDetail:
+        """A job's spec, status, attempts with artifacts (git blob ids) and consumed upstream commits,
+        the jobs that consumed its commits, and its regression context."""
+        return monitor.job_detail(root, pipeline, job)
+
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}/logs", response_class=PlainTextResponse, response_model=None,
+             responses={**ERRORS, 200: {"content": SSE, "description": "The log, or with follow, its stream"}})
+    def logs(
+        request: Request, pipeline: Name, job: Name,
+        attempt: Annotated[int | None, Query(ge=1, le=1_000_000, description="Default: the latest.")] = None,
+        follow: Annotated[bool, Query(description="Stream as Server-Sent Events until the attempt ends.")] = False,
+        offset: Annotated[int, Query(ge=0, description="Start at this byte of the log.")] = 0,
+    ) -> PlainTextResponse | StreamingResponse:
+        """What an attempt wrote. With `follow`, `log` events carry new text as it is written (each
+        event's id is the byte offset reached, so a reconnecting EventSource resumes) and an `end`
+        event closes the stream once the attempt has ended."""
+        ref = monitor.log_ref(root, pipeline, job, attempt)
+        if follow:
+            last = request.headers.get("last-event-id", "")
+            start = int(last) if last.isdigit() and len(last) < 19 else offset
+            return StreamingResponse(follow_log(ref, start), media_type="text/event-stream")
+        try:
+            with ref.file.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        return PlainTextResponse(data.decode(errors="replace"))
+
+    @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
+    def events(pipeline: NameQuery = None) -> StreamingResponse:
+        """State changes as Server-Sent Events: `job` ({pipeline, job, state, attempt}) and `pipeline`
+        ({pipeline, state}; `removed` when it went); `resync` asks to refetch everything."""
+        return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
+
+    def drop(pipeline: str, action: str, job: str | None) -> RequestView:
+        paths = monitor.existing_pipeline(root, pipeline)
+        if job is not None and not paths.job_file(job).is_file():
+            raise monitor.NotFound(f"no job {job!r} in pipeline {pipeline!r}")
+        r = runner.request(root, pipeline, action, job)
+        return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
+
+    @app.post("/api/pipelines/{pipeline}/cancel", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def cancel_pipeline(pipeline: Name) -> RequestView:
+        """Cancel the whole pipeline (drops a request file, like `clowder cancel PIPELINE`)."""
+        return drop(pipeline, "cancel", None)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/cancel", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def cancel_job(pipeline: Name, job: Name) -> RequestView:
+        """Cancel a job: its running attempt gets SIGTERM, then SIGKILL after the grace period."""
+        return drop(pipeline, "cancel", job)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/retry", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def retry_job(pipeline: Name, job: Name) -> RequestView:
+        """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
+        return drop(pipeline, "retry", job)
+
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    async def bad_request(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    app.add_exception_handler(monitor.NotFound, not_found)
+    app.add_exception_handler(ClowderError, bad_request)
+
+
+def _version() -> str:
+    try:
+        return version("clowder")
+    except PackageNotFoundError:
+        return "0"
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    server: uvicorn.Server
+    socket: socket.socket
+    token: str
+    url: str  # the page, without the token
+    loopback: bool
+
+    def run(self) -> None:
+        self.server.run(sockets=[self.socket])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ClowderError(f"--host {host}: {e.strerror}") from e
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ClowderError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.listen(128)
+    return sock
+
+
+def prepare(root: Root, host: str = "127.0.0.1", port: int = 8765) -> Prepared:
+    """A server bound to host:port (0: any free port), ready to `run`; binding first tells the
+    port before the server runs."""
+    sock = bind(host, port)
+    address, bound_port = sock.getsockname()[:2]
+    loopback = ipaddress.ip_address(address).is_loopback
+    token = load_token(root)
+    hosts = LOOPBACK_HOSTS | {f"[{address}]" if ":" in address else address} if loopback else None
+    app = create_app(root, token, hosts)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
+                            access_log=False)
+    shown = f"[{address}]" if ":" in address else address
+    return Prepared(uvicorn.Server(config), sock, token, f"http://{shown}:{bound_port}/", loopback)
+
+
+def serve(root: Root, host: str, port: int, echo: Callable[[str], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    p = prepare(root, host, port)
+    echo(f"clowder serve: {root.path}")
+    echo(f"open {p.url}?token={p.token}")
+    echo(f"cancel and retry need the header `Authorization: Bearer <token>`; the token is in {token_file(root)}")
+    if not p.loopback:
+        echo(f"warning: listening on {host}, not a loopback address: anyone who can reach it can read the logs")
+    p.run()
