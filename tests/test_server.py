@@ -1,0 +1,429 @@
+"""`clowder serve`: the JSON API, its live streams and the page, against a real uvicorn server
+on a loopback port and a real daemon running real jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+import httpx
+
+from clowder import server
+from clowder.driver import Driver
+from clowder.state import Artifact, Attempt, JobState, JobStatus, job_status_to_toml, utcnow
+from clowder.tree import Root
+from tests.conftest import Invoke, MakePipeline, write
+from tests.test_driver import _alive, daemon, jstatus, pstate, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serving(root: Root) -> Iterator[server.Prepared]:
+    """`clowder serve` on a free loopback port, in a thread."""
+    p = server.prepare(root, "127.0.0.1", 0)
+    thread = threading.Thread(target=p.run, daemon=True)
+    thread.start()
+    wait_for(lambda: p.server.started, timeout=10, what="server start")
+    try:
+        yield p
+    finally:
+        p.server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def client(root: Root) -> Iterator[tuple[httpx.Client, server.Prepared]]:
+    with serving(root) as p, httpx.Client(base_url=p.url, timeout=10) as c:
+        yield c, p
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    event, data = "message", ""
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and data:
+            yield event, json.loads(data)
+            event, data = "message", ""
+
+
+def run_to_end(root: Root) -> None:
+    Driver(root, log=lambda s: None).serve(until_done=True)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+def test_pipelines_are_listed_with_their_states_and_filtered(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("done", {"a": 'command = ["true"]\n'})
+    run_to_end(root)
+    make_pipeline("fresh", {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    with client(root) as (c, _):
+        listed = c.get("/api/pipelines").json()
+        assert [(p["name"], p["state"], p["counts"]) for p in listed] == [
+            ("done", "succeeded", {"succeeded": 1}), ("fresh", "pending", {"pending": 2}),
+        ]
+        assert [p["name"] for p in c.get("/api/pipelines", params={"state": "succeeded"}).json()] == ["done"]
+        assert c.get("/api/pipelines", params={"state": "running"}).json() == []
+        bad = c.get("/api/pipelines", params={"state": "sideways"})
+        assert bad.status_code == 422 and bad.headers["content-type"] == "application/json"
+        assert c.get("/api/info").json()["root"] == str(root.path)
+
+
+def test_a_pipeline_shows_jobs_edges_levels_and_attempts(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "sleep 0.2"\n', "b": 'command = ["false"]\nneeds = ["a"]\n',
+                        "c": 'command = ["true"]\nneeds = [{ job = "b", when = "always" }, "a"]\n'},
+                  spec='prompt = "build it"\n')
+    run_to_end(root)
+    with client(root) as (c, _):
+        d = c.get("/api/pipelines/p").json()
+    assert (d["state"], d["prompt"]) == ("failed", "build it")
+    jobs = {j["name"]: j for j in d["jobs"]}
+    assert [j["name"] for j in d["jobs"]] == ["a", "b", "c"]
+    assert {n: (j["state"], j["level"]) for n, j in jobs.items()} == {
+        "a": ("succeeded", 0), "b": ("failed", 1), "c": ("succeeded", 2)}
+    assert jobs["a"]["duration"] >= 0.2
+    assert jobs["b"]["attempts"][0]["exit_code"] == 1
+    assert d["edges"] == [{"source": "a", "target": "b", "when": "success"},
+                          {"source": "a", "target": "c", "when": "success"},
+                          {"source": "b", "target": "c", "when": "always"}]
+
+
+def test_a_job_shows_its_spec_artifacts_consumers_and_regression_context(root: Root,
+                                                                          make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {
+        "dev": 'command = ["true"]\n',
+        "test": 'command = ["true"]\nneeds = ["dev"]\n',
+        "test.r1": 'command = ["true"]\nparent = "test"\nregression_of = "test"\n'
+                   '[regression_context]\nreason = "flaky assert"\nattempt = 1\ncontext = "AssertionError"\n',
+    })
+    paths = root.pipeline("p")
+    now = utcnow()
+    statuses = [
+        JobStatus("dev", JobState.SUCCEEDED, 1, attempts=(Attempt(
+            1, JobState.SUCCEEDED, now, now, 0, commit="c" * 40,
+            artifacts=(Artifact("app.py", "b" * 40, 12), Artifact(".clowder/dev/output.json", "d" * 40, 5,
+                                                                  "model_output"))),)),
+        JobStatus("test", JobState.WAITING, 1, waiting_for=("test.r1",), spawned=("test.r1",), attempts=(
+            Attempt(1, JobState.FAILED, now, now, 1, base_commit="c" * 40, commit="e" * 40,
+                    consumed={"dev": "c" * 40}),)),
+    ]
+    for s in statuses:
+        write(paths.job_status_file(s.job), job_status_to_toml(s))
+    with client(root) as (c, _):
+        dev = c.get("/api/pipelines/p/jobs/dev").json()
+        fix = c.get("/api/pipelines/p/jobs/test.r1").json()
+        test = c.get("/api/pipelines/p/jobs/test").json()
+    assert dev["spec"] == {"command": ["true"]}
+    assert dev["dependents"] == ["test"]
+    assert dev["attempts"][0]["artifacts"] == [
+        {"path": "app.py", "blob": "b" * 40, "size": 12, "kind": "file"},
+        {"path": ".clowder/dev/output.json", "blob": "d" * 40, "size": 5, "kind": "model_output"}]
+    assert dev["consumers"] == [{"job": "test", "attempt": 1, "commit": "c" * 40}]
+    assert test["attempts"][0]["consumed"] == {"dev": "c" * 40}
+    assert (test["state"], test["spawned"], test["waiting_for"]) == ("waiting", ["test.r1"], ["test.r1"])
+    assert fix["regression"] == {"of": "test", "parent": "test",
+                                 "context": {"reason": "flaky assert", "attempt": 1, "context": "AssertionError"}}
+    assert fix["state"] == "pending"
+
+
+# -- live -----------------------------------------------------------------------------------------
+
+def test_states_change_as_jobs_run_and_the_events_stream_reports_them(root: Root, make_pipeline: MakePipeline,
+                                                                      tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.02; done"\n',
+                        "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    seen: list[tuple[str, str | None, str]] = []
+    with client(root) as (c, _), daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
+        assert {j["name"]: j["state"] for j in c.get("/api/pipelines/p").json()["jobs"]} == {
+            "a": "running", "b": "pending"}
+        with c.stream("GET", "/api/events", params={"pipeline": "p"}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for event, data in sse_events(r.iter_lines()):
+                if event == "hello":
+                    gate.touch()
+                    continue
+                seen.append((event, data["job"], data["state"]))
+                if event == "pipeline" and data["state"] == "succeeded":
+                    break
+        assert c.get("/api/pipelines/p").json()["state"] == "succeeded"
+    assert ("job", "a", "succeeded") in seen
+    assert seen.index(("job", "a", "succeeded")) < seen.index(("job", "b", "succeeded"))
+
+
+def test_a_running_attempts_log_streams_lines_as_they_are_written(root: Root, make_pipeline: MakePipeline,
+                                                                  tmp_path: Path) -> None:
+    g1, g2 = tmp_path / "g1", tmp_path / "g2"
+    make_pipeline("p", {"a": f'command = "echo one; while [ ! -f {g1} ]; do sleep 0.02; done; echo two; '
+                             f'while [ ! -f {g2} ]; do sleep 0.02; done; echo three"\n'})
+    texts: list[str] = []
+    with client(root) as (c, _), daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
+        with c.stream("GET", "/api/pipelines/p/jobs/a/logs", params={"follow": "true"}) as r:
+            for event, data in sse_events(r.iter_lines()):
+                if event == "end":
+                    assert data["offset"] == len("one\ntwo\nthree\n")
+                    break
+                texts.append(data["text"])
+                # Each line arrives while the job still waits for its next gate: it is streamed.
+                joined = "".join(texts)
+                if joined == "one\n":
+                    g1.touch()
+                elif joined == "one\ntwo\n":
+                    g2.touch()
+        assert c.get("/api/pipelines/p/jobs/a/logs", params={"attempt": 1}).text == "one\ntwo\nthree\n"
+        resumed = c.get("/api/pipelines/p/jobs/a/logs", params={"follow": "true"}, headers={"Last-Event-ID": "4"})
+        assert [d["text"] for e, d in sse_events(iter(resumed.text.splitlines())) if e == "log"] == ["two\nthree\n"]
+    assert "".join(texts) == "one\ntwo\nthree\n"
+
+
+def test_cancel_through_the_api_needs_the_token_and_kills_the_job(root: Root, make_pipeline: MakePipeline,
+                                                                  tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    make_pipeline("p", {"a": f'command = "echo $$ > {pidfile}; exec sleep 100"\n',
+                        "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    with client(root) as (c, p), daemon(root):
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", what="job pid")
+        pid = int(pidfile.read_text())
+        assert c.post("/api/pipelines/p/jobs/a/cancel").status_code == 401
+        wrong = c.post("/api/pipelines/p/jobs/a/cancel", headers={"Authorization": "Bearer nope"})
+        assert (wrong.status_code, wrong.headers["www-authenticate"]) == (401, "Bearer")
+        assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
+        r = c.post("/api/pipelines/p/jobs/a/cancel", headers={"Authorization": f"Bearer {p.token}"})
+        assert r.status_code == 202
+        assert r.json()["action"] == "cancel" and r.json()["job"] == "a"
+        wait_for(lambda: pstate(root, "p").terminal, what="pipeline end")
+        wait_for(lambda: not _alive(pid), timeout=5, what="job to die")
+    assert jstatus(root, "p", "a").state is JobState.CANCELLED
+    assert jstatus(root, "p", "b").state is JobState.SKIPPED
+
+
+def test_retry_through_the_api_runs_a_new_attempt(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    marker = tmp_path / "fixed"
+    make_pipeline("p", {"a": f'command = "test -f {marker}"\n'})
+    run_to_end(root)
+    marker.touch()
+    with client(root) as (c, p):
+        auth = {"Authorization": f"Bearer {p.token}"}
+        assert c.post("/api/pipelines/p/jobs/a/retry", headers=auth).status_code == 202
+        assert c.post("/api/pipelines/p/jobs/nope/retry", headers=auth).status_code == 404
+    run_to_end(root)
+    assert [a.state for a in jstatus(root, "p", "a").attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+
+
+# -- safety ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/api/pipelines/nope", 404),
+    ("/api/pipelines/Upper", 422),
+    ("/api/pipelines/-dash", 422),
+    ("/api/pipelines/%2e%2e", 422),
+    ("/api/pipelines/p/jobs/%2e%2e%2fclowder.toml", 404),
+    ("/api/pipelines/p/jobs/nope", 404),
+    ("/api/pipelines/p/jobs/a/logs", 404),
+    ("/api/pipelines/p/jobs/a/logs?attempt=0", 422),
+    ("/api/pipelines/p/jobs/a/logs?attempt=7", 404),
+    ("/api/pipelines/p/jobs/a/logs?offset=-1", 422),
+    ("/api/events?pipeline=..", 422),
+    ("/api/nothing", 404),
+])
+def test_bad_requests_get_a_4xx_json_error(root: Root, make_pipeline: MakePipeline, path: str, status: int) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n'})
+    with client(root) as (c, _):
+        r = c.get(path)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert "detail" in r.json()
+
+
+def test_requests_for_another_host_name_are_refused(root: Root) -> None:
+    with client(root) as (c, _):
+        r = c.get("/api/pipelines", headers={"Host": "attacker.example:8765"})
+        assert (r.status_code, r.json()["detail"]) == (400, "unexpected Host header: use the address clowder serve "
+                                                            "printed")
+        assert c.get("/api/pipelines", headers={"Host": "localhost:1"}).status_code == 200
+
+
+def test_the_token_is_owner_only_and_kept_across_restarts(root: Root) -> None:
+    first = server.load_token(root)
+    path = root.state_dir / "serve.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert server.load_token(root) == first
+    path.chmod(0o644)
+    fresh = server.load_token(root)
+    assert fresh != first and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_page_loads_nothing_from_elsewhere(root: Root) -> None:
+    with client(root) as (c, _):
+        page = c.get("/")
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert c.get("/static/app.js").status_code == 200
+    for f in (REPO / "clowder" / "web").iterdir():
+        assert "http://" not in f.read_text().replace("http://www.w3.org/2000/svg", "")
+        assert "https://" not in f.read_text()
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def test_serve_prints_the_address_with_the_token_and_serves(root: Root) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "clowder", "serve", "--port", "0", "--root", str(root.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == f"clowder serve: {root.path}\n"
+        url = proc.stdout.readline().split()[1]
+        assert url.endswith("?token=" + (root.state_dir / "serve.token").read_text().strip())
+        assert httpx.get(url, timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 130
+
+
+def test_serve_without_the_web_extra_says_how_to_install_it(cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clowder
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "clowder.server")
+    monkeypatch.delattr(clowder, "server")
+    result = cli("serve")
+    assert result.exit_code == 2
+    assert result.stderr == ("error: clowder serve needs the web extra (fastapi is missing): "
+                             "pip install 'clowder[web]'\n")
+
+
+def test_serve_refuses_a_port_in_use(root: Root, cli: Invoke) -> None:
+    with serving(root) as p:
+        port = p.socket.getsockname()[1]
+        result = cli("serve", "--port", str(port))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+# -- the OpenAPI document, tested by schemathesis -------------------------------------------------
+
+def test_the_openapi_document_describes_every_api_route(root: Root) -> None:
+    with client(root) as (c, _):
+        doc = c.get("/openapi.json").json()
+    assert sorted(doc["paths"]) == [
+        "/api/events", "/api/info", "/api/pipelines", "/api/pipelines/{pipeline}",
+        "/api/pipelines/{pipeline}/cancel", "/api/pipelines/{pipeline}/jobs/{job}",
+        "/api/pipelines/{pipeline}/jobs/{job}/cancel", "/api/pipelines/{pipeline}/jobs/{job}/logs",
+        "/api/pipelines/{pipeline}/jobs/{job}/retry",
+    ]
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_generated_requests_never_get_a_server_error(root: Root, make_pipeline: MakePipeline) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    make_pipeline("p", {"a": 'command = "echo hi"\n', "b": 'command = ["false"]\nneeds = ["a"]\n',
+                        "c": 'command = ["true"]\nneeds = [{ job = "b", when = "always" }]\n'})
+    make_pipeline("q", {"a": 'command = ["true"]\n'})
+    run_to_end(root)
+    with serving(root) as p:
+        schema = schemathesis.openapi.from_url(p.url + "openapi.json")
+        # The events stream never ends by itself; its behaviour is tested above.
+        operations = schema.exclude(path="/api/events").get_all_operations()
+        auth = {"Authorization": f"Bearer {p.token}"}
+        checked = 0
+        for result in operations:
+            operation = result.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+                @settings(max_examples=10, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=list(HealthCheck))
+                @given(case=operation.as_strategy(generation_mode=mode))
+                def check(case: Any) -> None:
+                    case.call_and_validate(headers=auth, timeout=10)
+
+                try:
+                    check()
+                except Unsatisfiable:  # no parameters (GET /api/info): nothing to get wrong
+                    assert mode is GenerationMode.NEGATIVE
+            checked += 1
+    assert checked == 8
+
+
+# -- the page in a real browser -------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_the_page_follows_a_job_from_running_to_succeeded_without_reloading(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    build_gate, test_gate = tmp_path / "build-gate", tmp_path / "test-gate"
+    wait = "while [ ! -f {} ]; do sleep 0.02; done"
+    make_pipeline("web-app", {
+        "plan": 'command = "echo planning the work"\n',
+        "build": f'command = "echo compiling; {wait.format(build_gate)}; echo build ok"\nneeds = ["plan"]\n',
+        "lint": 'command = "echo 2 warnings; exit 1"\nneeds = ["plan"]\nallow_failure = true\n',
+        "test": f'command = "echo running tests; {wait.format(test_gate)}"\nneeds = ["build"]\n',
+        "docs": 'command = ["true"]\nneeds = ["plan"]\n',
+        "deploy": 'command = ["true"]\nneeds = ["test", "docs"]\n',
+        "notify": 'command = ["true"]\nneeds = [{ job = "test", when = "always" }]\n',
+    }, spec='prompt = "Add a dark mode to the settings page"\n')
+    make_pipeline("nightly", {"a": 'command = ["true"]\n'})
+    shot = tmp_path / "serve.png"
+    with serving(root) as p, daemon(root), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"{p.url}?token={p.token}#/p/web-app/build")
+            node = page.locator('g.node[data-job="build"]')
+            sync_api.expect(node).to_have_attribute("data-state", "running", timeout=15_000)
+            sync_api.expect(page.locator("#log")).to_have_text("compiling\n", timeout=10_000)
+            page.evaluate("window.notReloaded = true")
+            assert "token" not in page.url  # taken out of the address bar, kept in sessionStorage
+            build_gate.touch()
+            sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
+            sync_api.expect(page.locator("#log")).to_have_text("compiling\nbuild ok\n", timeout=10_000)
+            sync_api.expect(page.locator('g.node[data-job="test"]')).to_have_attribute("data-state", "running")
+            sync_api.expect(page.locator("#job-state")).to_have_text("succeeded")
+            sync_api.expect(page.locator('#pipeline-list li[data-pipeline="nightly"]')).to_have_attribute(
+                "data-state", "succeeded")
+            assert page.evaluate("window.notReloaded") is True
+            page.screenshot(path=str(shot), full_page=True)
+            if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+                page.screenshot(path=str(REPO / "docs" / "serve.png"), full_page=True)
+            page.locator('g.node[data-job="test"]').click()
+            sync_api.expect(page.locator("#job-name")).to_have_text("test")
+            page.locator("#cancel-job").click()  # with the token the address gave
+            sync_api.expect(page.locator("#toast")).to_have_text("cancel of test requested")
+            sync_api.expect(page.locator('g.node[data-job="test"]')).to_have_attribute(
+                "data-state", "cancelled", timeout=15_000)
+            assert page.evaluate("window.notReloaded") is True
+        finally:
+            browser.close()
+            test_gate.touch()
+        wait_for(lambda: pstate(root, "web-app").terminal, what="pipeline end")
+    assert shot.stat().st_size > 10_000
