@@ -115,11 +115,16 @@ class Hub:
     def __init__(self, root: Root) -> None:
         self.scanner = monitor.Scanner(root)
         self.queues: set[asyncio.Queue[monitor.Change | None]] = set()
+        self.lock = asyncio.Lock()  # one scan at a time: a scan updates what the next compares to
+
+    async def scan(self) -> list[monitor.Change]:
+        async with self.lock:
+            return await asyncio.to_thread(self.scanner.scan)
 
     async def run(self) -> None:
         while True:
             if self.queues:
-                changes = await asyncio.to_thread(self.scanner.scan)
+                changes = await self.scan()
                 for q in list(self.queues):
                     for change in changes:
                         self._put(q, change)
@@ -138,7 +143,7 @@ class Hub:
         q: asyncio.Queue[monitor.Change | None] = asyncio.Queue(maxsize=1000)
         self.queues.add(q)
         if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
-            await asyncio.to_thread(self.scanner.scan)
+            await self.scan()
         try:
             yield "retry: 1000\n\n" + sse("hello", {"pipeline": pipeline})
             while True:
@@ -297,7 +302,7 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         ref = monitor.log_ref(root, pipeline, job, attempt)
         if follow:
             last = request.headers.get("last-event-id", "")
-            start = int(last) if last.isdigit() and len(last) < 19 else offset
+            start = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else offset
             return StreamingResponse(follow_log(ref, start), media_type="text/event-stream")
         try:
             with ref.file.open("rb") as f:
