@@ -284,3 +284,69 @@ def serve(host: str, port: int, root_dir: Path | None) -> None:
     root = find_root(root_dir)
     server.serve(root, host, port, echo=click.echo)
 
+
+# -- the index (.clowder/index.sqlite) ------------------------------------------------------------
+# The imports are local so that these commands stay an append-only block of this file.
+
+@main.command()
+@root_option
+def reindex(root_dir: Path | None) -> None:
+    """Rebuild the index (.clowder/index.sqlite) from the tree alone, into a new file swapped in
+    atomically. Safe while `clowder watch` runs: the daemon notices and records its pipelines again."""
+    from clowder import index
+
+    root = find_root(root_dir)
+    counts = index.rebuild(root)
+    click.echo(f"indexed {counts}")
+
+
+@main.command()
+@root_option
+def fsck(root_dir: Path | None) -> None:
+    """Compare the index with a fresh reading of the tree, and every artifact and attempt commit
+    the status files record with the git objects in the workspaces.
+
+    Prints each difference (missing, extra, changed) and exits 1 if there is any, 0 if none.
+    `clowder reindex` repairs the index; a missing object is gone from its workspace."""
+    from clowder import fsck as fsck_mod
+
+    root = find_root(root_dir)
+    found = fsck_mod.fsck(root)
+    for difference in found:
+        click.echo(str(difference))
+    if found:
+        click.echo(f"{len(found)} difference(s)", err=True)
+        click.get_current_context().exit(EXIT_WORK_FAILED)
+    click.echo("the index and the workspaces match the tree")
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in SQL to VALUE (repeatable).")
+@click.option("--json", "fmt", flag_value="json", help="Print a JSON array of objects instead of a table.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV with a header row instead of a table.")
+@root_option
+def query(sql: str, params: tuple[str, ...], fmt: str | None, root_dir: Path | None) -> None:
+    """Run one read-only SQL statement (SELECT or WITH) against the index and print its rows.
+
+    The tables and ready-made queries are in the README, under "Querying the index". A
+    statement that would change anything is refused (exit 2)."""
+    import csv
+
+    from clowder import index
+
+    root = find_root(root_dir)
+    result = index.query(root, sql, dict(parse_assignment(p) for p in params))
+    rows = [[v.hex() if isinstance(v, bytes) else v for v in row] for row in result.rows]
+    if fmt == "json":
+        click.echo(json.dumps([dict(zip(result.columns, row, strict=True)) for row in rows], indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(rows)
+    else:
+        table = Table(*result.columns, box=None, pad_edge=False)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console().print(table)

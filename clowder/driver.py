@@ -19,6 +19,7 @@ from clowder import requests as req_mod
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
 from clowder.fsio import Writer, atomic_write, try_lock
+from clowder.recorder import Recorder
 from clowder.scheduler import (
     DoneRequest,
     Kill,
@@ -139,6 +140,7 @@ class Driver:
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
         self._launching: dict[tuple[str, str, int], Future[None]] = {}
         self.on_tick: Callable[[Driver], None] | None = None
+        self.recorder = Recorder(root, self.log)  # the index; inactive until serve()
 
     # -- events ---------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class Driver:
         self.writer = Writer(self.root.tmp_dir)
         self.watcher = Watcher(self.root, self._notify, poll=self.poll)
         self.watcher.start()
+        self.recorder.start()
         try:
             self._rescan()
             next_sweep = utcnow() + timedelta(seconds=sweep)
@@ -195,6 +198,7 @@ class Driver:
             self._launcher.shutdown(wait=True)
             self.executor.shutdown()
             self.writer.close()
+            self.recorder.close()  # after the writer: it stamps the status files as they are on disk
         return self._selected_succeeded()
 
     def _wait(self, timeout: float) -> None:
@@ -246,9 +250,18 @@ class Driver:
                               if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
             if cache.finished() and self.watcher and not cache.requests:
                 self.watcher.unwatch(cache.paths.name)
+        if self.recorder.flush():  # the index was swapped or recreated: hand everything over again
+            self._record_all()
         if self.on_tick:
             self.on_tick(self)
         return plan.wake_at
+
+    def _record_all(self) -> None:
+        for name, cache in self.pipelines.items():
+            if cache.loaded:
+                self.recorder.loaded(cache.paths, cache.jobs, cache.status)
+                cache.stamp = ()  # re-read the spec, which records it
+                self.dirty.add(name)
 
     # -- reading the tree -----------------------------------------------------------------
 
@@ -264,6 +277,7 @@ class Driver:
         for name in list(self.pipelines):
             if name not in names and not any(j.state is JobState.RUNNING for j in self.pipelines[name].jobs.values()):
                 del self.pipelines[name]
+                self.recorder.forget(name)
                 if self.watcher:
                     self.watcher.unwatch(name)
 
@@ -290,6 +304,7 @@ class Driver:
         if stamp != cache.stamp:
             cache.stamp = stamp
             pipeline, problems = check_pipeline(paths, self.config)
+            self.recorder.spec(paths, pipeline, problems, stamp)
             cache.problems = tuple(str(p) for p in problems)
             if pipeline is not None:
                 cache.pipeline = pipeline
@@ -314,6 +329,7 @@ class Driver:
                     cache.jobs[f.stem] = read_job_status(f, f.stem)
                 except ClowderError as e:
                     self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+        self.recorder.loaded(paths, cache.jobs)  # as read, before catching up with what is not on disk
         self._catch_up(cache)
         for status in cache.jobs.values():
             cache.set_job(status)
@@ -390,12 +406,14 @@ class Driver:
             cache = self.pipelines[action.pipeline]
             cache.set_job(action.status)
             self._write(cache.paths.job_status_file(action.status.job), job_status_to_toml(action.status))
+            self.recorder.job(action.pipeline, action.status)
             if action.event:
                 self.log(f"{action.pipeline}/{action.event}")
         elif isinstance(action, SetPipeline):
             cache = self.pipelines[action.pipeline]
             cache.status = action.status
             self._write(cache.paths.status_file, pipeline_status_to_toml(action.status))
+            self.recorder.pipeline_status(action.pipeline, action.status)
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
         elif isinstance(action, Start):

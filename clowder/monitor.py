@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from clowder import report
 from clowder.errors import ClowderError, UsageError
@@ -153,10 +153,52 @@ def _check_job(paths: PipelinePaths, job: str) -> None:
         raise NotFound(f"no job {job!r} in pipeline {paths.name!r}")
 
 
+# -- a cache of what files say --------------------------------------------------------------------
+
+# Directory and file mtimes tick coarsely (a few ms on ext4): a file rewritten in the same tick
+# as the last look keeps its mtime. What changed this recently is read again each time, until
+# it settles (git's "racy" index entries have the same cure).
+RACY_SECONDS = 1.0
+_CACHE_LIMIT = 20_000
+_cache: dict[tuple[str, str], tuple[tuple[tuple[int, int, int] | None, ...], Any]] = {}
+T = TypeVar("T")
+
+
+def _key(path: Path | str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _racy(keys: Iterable[tuple[int, int, int] | None], now_ns: int) -> bool:
+    return any(k is not None and now_ns - k[1] < RACY_SECONDS * 1e9 for k in keys)
+
+
+def _cached(kind: str, name: str, files: Iterable[Path], compute: Callable[[], T]) -> T:
+    """`compute()`, or its value from the last call while `files` are unchanged. Every page
+    refetches a pipeline on every state change; parsing and checking its files each time would
+    cost ~0.5 ms per job."""
+    keys = tuple(_key(f) for f in files)
+    hit = _cache.get((kind, name))
+    if hit is not None and hit[0] == keys and not _racy(keys, time.time_ns()):
+        return cast(T, hit[1])
+    value = compute()
+    if len(_cache) > _CACHE_LIMIT:
+        _cache.clear()
+    _cache[(kind, name)] = (keys, value)
+    return value
+
+
 def read_status(paths: PipelinePaths, job: str) -> JobStatus:
     """The job's status, or a `pending` one; a status file broken by hand is reported in the
     message rather than raised, as `clowder status` does."""
     path = paths.job_status_file(job)
+    return _cached("status", str(path), [path], lambda: _parse_status(path, job))
+
+
+def _parse_status(path: Path, job: str) -> JobStatus:
     data, problems = load_status_file(path)
     if problems:
         return JobStatus(job, message=f"unreadable status file: {problems[0]}")
@@ -203,18 +245,19 @@ def _levels(deps: Mapping[str, list[str]]) -> dict[str, int]:
 
 
 def _load(root: Root, paths: PipelinePaths) -> Pipeline | None:
-    config, _ = check_config(root.config_file)
-    pipeline, _ = check_pipeline(paths, config)
-    return pipeline
+    """The pipeline's specs as records, or None while they have problems."""
+    files = [root.config_file, paths.spec_file, *(paths.jobs_dir / f"{n}.toml" for n in paths.job_names())]
+    return _cached("spec", str(paths.dir), files, lambda: check_pipeline(paths, check_config(root.config_file)[0])[0])
 
 
 def pipeline_detail(root: Root, name: str) -> PipelineDetail:
     """A pipeline's jobs with their states and attempts, the edges between them and each
     job's level in the graph (for drawing it)."""
     paths = existing_pipeline(root, name)
-    # The report is what `clowder status` shows (states, `invalid`/`broken` files); the spec is
-    # loaded again for the edges' conditions. Both parse small files: ~1 ms for 20 jobs.
-    head = report.pipeline_report(root, paths)
+    # The report is what `clowder status` shows (states, `invalid`/`broken` files), from the
+    # index where it is fresh; the specs (for the edges' conditions) and statuses (for the
+    # attempts) come from the cache above.
+    head = report.collect(root, name)[0]
     pipeline = _load(root, paths)
     deps = {j.name: list(j.needs) for j in head.jobs}
     levels = _levels(deps)
@@ -306,26 +349,12 @@ def log_ref(root: Root, pipeline: str, job: str, attempt: int | None) -> LogRef:
 
 # -- changes --------------------------------------------------------------------------------------
 
-# Directory mtimes tick coarsely (a few ms on ext4): a write that lands in the same tick as the
-# last scan leaves the mtime unchanged. Directories changed this recently are rescanned file by
-# file until they settle (git's "racy" index entries have the same cure).
-RACY_SECONDS = 1.0
-
-
 @dataclass(frozen=True)
 class Change:
     pipeline: str
     job: str | None  # None: the pipeline's own state (or the pipeline appeared or went)
     state: str
     attempt: int = 0
-
-
-def _key(path: Path | str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class Scanner:
@@ -362,8 +391,7 @@ class Scanner:
         paths = self.root.pipeline(name)
         dirs = (_key(paths.dir), _key(paths.status_dir))
         old = self._dirs.get(name)
-        racy = any(k is not None and now_ns - k[1] < RACY_SECONDS * 1e9 for k in dirs)
-        if old == dirs and not racy:
+        if old == dirs and not _racy(dirs, now_ns):
             return []
         self._dirs[name] = dirs
         changes = []

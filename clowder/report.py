@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from clowder.state import (
     PipelineStatus,
     job_status_from_dict,
     pipeline_status_from_dict,
+    utcnow,
 )
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline, load_status_file
@@ -102,14 +104,59 @@ def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
                           tuple(jobs), tuple(str(p) for p in problems))
 
 
-def collect(root: Root, pipeline: str | None = None) -> list[PipelineReport]:
+def collect(root: Root, pipeline: str | None = None, use_index: bool = True) -> list[PipelineReport]:
+    """Reports of every pipeline (or of one): from the index where it is fresh, from the tree
+    where it is missing or stale (see clowder.index.fresh)."""
     if pipeline is not None:
         paths = root.pipeline(pipeline)
         if not paths.dir.is_dir():
             raise UsageError(f"{paths.dir}: no such pipeline")
-        return [pipeline_report(root, paths)]
-    # A directory with an invalid name cannot be addressed; `clowder validate` reports it.
-    return [pipeline_report(root, root.pipeline(name)) for name in root.pipeline_names() if is_name(name)]
+        names = [pipeline]
+    else:
+        # A directory with an invalid name cannot be addressed; `clowder validate` reports it.
+        names = [name for name in root.pipeline_names() if is_name(name)]
+    indexed = from_index(root, names) if use_index else {}
+    return [indexed.get(name) or pipeline_report(root, root.pipeline(name)) for name in names]
+
+
+def from_index(root: Root, names: list[str]) -> dict[str, PipelineReport]:
+    """Reports of those of `names` the index holds fresh; the same reports the tree gives."""
+    from clowder.index import status_rows
+    from clowder.snapshot import parse_ts, problem_text
+
+    rows = status_rows(root, names)
+    now = utcnow()
+    out = {}
+    for name, (state, message, started, ended, problem, problems) in rows.pipelines.items():
+        if problem is not None:
+            text = problem_text(problem, root.path)
+            out[name] = PipelineReport(name, "broken", text, None, None, problems=(text,))
+            continue
+        spec_problems = tuple(problem_text(p, root.path) for p in json.loads(problems)) if problems else ()
+        if spec_problems and state == PipelineState.PENDING.value:
+            state = "invalid"
+            message = f"{len(spec_problems)} problem(s); run `clowder validate {root.pipeline(name).dir}`"
+        jobs = tuple(_job_from_row(row, tuple(rows.needs.get((name, row[0]), ())), now, root)
+                     for row in rows.jobs.get(name, ()))
+        out[name] = PipelineReport(name, state, message, parse_ts(started), parse_ts(ended), jobs, spec_problems)
+    return out
+
+
+def _job_from_row(row: tuple[Any, ...], needs: tuple[str, ...], now: datetime, root: Root) -> JobReport:
+    from clowder.snapshot import parse_ts, problem_text
+
+    name, stage, state, attempt, message, problem, started, ended, duration, open_started = row
+    if state is None:  # a job file the scheduler has not seen yet
+        return JobReport(name, JobState.PENDING.value, 0, stage, needs, None, "")
+    if problem is not None:
+        return JobReport(name, JobState.PENDING.value, 0, stage, needs, None,
+                         f"unreadable status file: {problem_text(problem, root.path)}")
+    if open_started:  # attempts still running count until now, as JobStatus durations do
+        duration = (duration or 0.0) + sum((now - datetime.fromisoformat(s)).total_seconds()
+                                           for s in json.loads(open_started))
+    terminal = JobState(state).terminal
+    return JobReport(name, state, attempt, stage, needs, duration, message, parse_ts(started),
+                     parse_ts(ended) if terminal else None)
 
 
 def to_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:

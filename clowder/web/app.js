@@ -337,10 +337,21 @@ function followLog(target) {
 
 // -- live updates ---------------------------------------------------------------------------------
 
-const pending = new Map();
-function soon(fn) {  // coalesce a burst of events into one refetch
-  if (pending.has(fn)) return;
-  pending.set(fn, setTimeout(() => { pending.delete(fn); fn().catch((e) => toast(e.message, true)); }, 60));
+// A burst of events becomes one refetch: one fetch of each kind in flight, at most one queued
+// behind it, and at least MIN_GAP ms between fetches, so a busy pipeline does not flood the server.
+const MIN_GAP = 250;
+const fetches = new Map();  // fn -> { busy, again, last }
+function soon(fn) {
+  const f = fetches.get(fn) || { busy: false, again: false, last: 0 };
+  fetches.set(fn, f);
+  if (f.busy) { f.again = true; return; }
+  f.busy = true;
+  setTimeout(async () => {
+    f.last = Date.now();
+    try { await fn(); } catch (e) { toast(e.message, true); }
+    f.busy = false;
+    if (f.again) { f.again = false; soon(fn); }
+  }, Math.max(60, f.last + MIN_GAP - Date.now()));
 }
 
 function refreshAll() {

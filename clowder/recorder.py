@@ -1,0 +1,234 @@
+"""The daemon's side of the index: each change the scheduler makes, recorded as it makes it —
+collected during a tick and written in one transaction at its end — and never a reason for
+the scheduler to stop. The rows come from clowder.snapshot, as a rebuild's do."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from clowder import snapshot
+from clowder.errors import Problem
+from clowder.index import Index, IndexUnavailable
+from clowder.snapshot import JobRows, Row, Stamp
+from clowder.spec import Pipeline, is_name
+from clowder.state import JobStatus, PipelineStatus
+from clowder.tree import PipelinePaths, Root
+
+RETRY_AFTER = 30.0  # seconds between attempts to recreate an index that failed
+
+
+class Recorder:
+    """Keeps `.clowder/index.sqlite` in step with what one driver writes. Inactive (every call a
+    no-op) until `start()`. When the index fails, the failure is logged, the file removed (so
+    nobody reads it as current), and a fresh one made later; `flush()` then asks the driver to
+    hand over every pipeline again."""
+
+    def __init__(self, root: Root, log: Callable[[str], None]) -> None:
+        self.root = root
+        self.log = log
+        self.index: Index | None = None
+        self.active = False
+        self._retry_at = 0.0
+        self._recorded: dict[tuple[str, str], JobRows] = {}  # what the index holds for each job
+        self._live: dict[str, PipelinePaths] = {}  # pipelines this daemon keeps live
+        self._clear()
+
+    def _clear(self) -> None:
+        self._forgets: set[str] = set()
+        self._loads: dict[str, tuple[PipelinePaths, dict[str, JobStatus], PipelineStatus | None]] = {}
+        self._specs: dict[str, tuple[PipelinePaths, Pipeline | None, list[Problem], Stamp]] = {}
+        self._statuses: dict[str, PipelineStatus] = {}
+        self._jobs: dict[tuple[str, str], JobStatus] = {}
+
+    def start(self) -> None:
+        self.active = True
+        self._open()
+
+    def _open(self) -> bool:
+        try:
+            self.index = Index.open(self.root)
+            return True
+        except IndexUnavailable as e:  # a newer schema: leave it alone
+            self.log(f"index: {e}; not updating it")
+            self._retry_at = math.inf
+        except Exception as e:
+            self.log(f"index: cannot open {self.root.index_file}: {e}; retrying in {RETRY_AFTER:.0f} s")
+            self._retry_at = time.monotonic() + RETRY_AFTER
+        self.index = None
+        return False
+
+    # -- what the driver tells ------------------------------------------------------------------
+
+    def loaded(self, paths: PipelinePaths, jobs: Mapping[str, JobStatus], status: PipelineStatus | None = None) -> None:
+        """The driver read (or, after a resync, holds) these statuses of a pipeline; a status
+        file it could not read is read here again, and recorded as the rebuild would. `status`
+        None: read status.toml from the tree."""
+        if self.active:
+            self._forgets.discard(paths.name)
+            self._loads[paths.name] = (paths, dict(jobs), status)
+            self._statuses.pop(paths.name, None)
+            for key in [k for k in self._jobs if k[0] == paths.name]:
+                del self._jobs[key]
+
+    def spec(self, paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Problem], stamp: Stamp) -> None:
+        """The spec files, stamped `stamp` before they were read, gave this pipeline (or these problems)."""
+        if self.active:
+            self._specs[paths.name] = (paths, pipeline, problems, stamp)
+
+    def pipeline_status(self, pipeline: str, status: PipelineStatus) -> None:
+        if self.active:
+            self._statuses[pipeline] = status
+
+    def job(self, pipeline: str, status: JobStatus) -> None:
+        if self.active:
+            self._jobs[(pipeline, status.job)] = status
+
+    def forget(self, pipeline: str) -> None:
+        """The pipeline's directory is gone."""
+        if self.active:
+            self._loads.pop(pipeline, None)
+            self._specs.pop(pipeline, None)
+            self._statuses.pop(pipeline, None)
+            for key in [k for k in self._jobs if k[0] == pipeline]:
+                del self._jobs[key]
+            self._forgets.add(pipeline)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _pending(self) -> bool:
+        return bool(self._forgets or self._loads or self._specs or self._statuses or self._jobs)
+
+    def flush(self) -> bool:
+        """Write what was collected since the last flush, in one transaction. True means the
+        index was recreated or swapped (`clowder reindex`): hand over every pipeline again."""
+        if not self.active or not self._pending():
+            return False
+        try:
+            if self.index is None or self.index.replaced():
+                return self._reopen()
+            self._write(self.index)
+            return False
+        except Exception as e:  # the scheduler goes on whatever the index does
+            self._fail(e)
+            return False
+
+    def _reopen(self) -> bool:
+        if self.index is not None:
+            self.log("index: the file was replaced or removed; recording every pipeline again")
+            self._close_quietly()
+        elif time.monotonic() < self._retry_at:
+            self._clear()
+            return False
+        self._reset()
+        return self._open()
+
+    def _reset(self) -> None:
+        self._clear()
+        self._recorded.clear()
+        self._live.clear()
+
+    def _fail(self, e: Exception) -> None:
+        self.log(f"index: {type(e).__name__}: {e}; removing it (status reads the tree meanwhile), "
+                 f"recreating it in {RETRY_AFTER:.0f} s; `clowder reindex` repairs it at once")
+        self._close_quietly()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                Path(f"{self.root.index_file}{suffix}").unlink(missing_ok=True)
+            except OSError:
+                pass
+        self._reset()
+        self._retry_at = time.monotonic() + RETRY_AFTER
+
+    def _close_quietly(self) -> None:
+        if self.index is not None:
+            try:
+                self.index.close()
+            except Exception:
+                pass
+            self.index = None
+
+    def _write(self, index: Index) -> None:
+        outputs: dict[str, tuple[PipelinePaths, list[Row]]] = {}
+        dropped = False
+        with index.transaction():
+            for name in sorted(self._forgets):
+                index.forget(name)
+                self._live.pop(name, None)
+                for key in [k for k in self._recorded if k[0] == name]:
+                    del self._recorded[key]
+            for name, (paths, jobs, read) in self._loads.items():
+                outputs[name] = (paths, self._put_loaded(index, paths, jobs, read))
+                dropped = True
+            for name, (paths, pipeline, problems, stamp) in self._specs.items():
+                head, job_specs, edges = snapshot.spec_rows(paths, pipeline, problems, self.root.path)
+                index.put_spec(name, head, job_specs, edges)
+                index.set_spec_fresh(name, snapshot.signature(stamp))
+            for name, pstatus in self._statuses.items():
+                index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
+            for (name, job), jstatus in self._jobs.items():
+                new = snapshot.job_rows(name, jstatus)
+                old = self._recorded.get((name, job))
+                if index.put_job(new, old):
+                    index.derive(name, job)
+                    outputs.setdefault(name, (self.root.pipeline(name), []))[1].extend(new.artifacts)
+                    dropped = dropped or _has_output(old)
+                self._recorded[(name, job)] = new
+            self._put_outputs(index, outputs)
+            if dropped:
+                index.drop_unused_outputs()
+        self._clear()
+
+    def _put_loaded(self, index: Index, paths: PipelinePaths, jobs: Mapping[str, JobStatus],
+                    status: PipelineStatus | None) -> list[Row]:
+        name, root = paths.name, self.root.path
+        problem = None
+        if status is None:
+            status, problem = snapshot.read_status(paths.status_file, root)
+        on_disk = {Path(f).stem for f in snapshot._tomls(paths.status_dir)}
+        rows = []
+        for job in sorted(set(jobs) | {j for j in on_disk if is_name(j)}):
+            if job in jobs:
+                rows.append(snapshot.job_rows(name, jobs[job]))
+            else:
+                read, why = snapshot.read_job(paths.job_status_file(job), job, root)
+                rows.append(snapshot.job_rows(name, read, why))
+        for key in [k for k in self._recorded if k[0] == name]:
+            del self._recorded[key]
+        self._recorded.update({(name, r.job[1]): r for r in rows})
+        index.put_statuses(name, snapshot.pipeline_status_row(status, problem), rows)
+        index.set_fresh(name, None, pid=os.getpid(), spec=False)
+        self._live[name] = paths
+        return [a for r in rows for a in r.artifacts]
+
+    def _put_outputs(self, index: Index, outputs: Mapping[str, tuple[PipelinePaths, list[Row]]]) -> None:
+        blobs = [a[4] for _, arts in outputs.values() for a in arts if a[6] == snapshot.MODEL_OUTPUT]
+        if not blobs:
+            return
+        known = index.known_outputs(blobs)
+        for paths, arts in outputs.values():
+            index.put_outputs(snapshot.model_outputs(paths, arts, dict.fromkeys(known)))
+
+    def close(self) -> None:
+        """Write what is left and mark the pipelines this daemon kept live as read now: call it
+        after the last status file is on disk."""
+        if not self.active:
+            return
+        self.flush()
+        self.active = False
+        if self.index is None:
+            return
+        try:
+            with self.index.transaction():
+                for name, paths in sorted(self._live.items()):
+                    self.index.set_fresh(name, snapshot.signature(snapshot.status_stamp(paths)), spec=False)
+        except Exception as e:
+            self.log(f"index: {type(e).__name__}: {e}")
+        self._close_quietly()
+
+
+def _has_output(rows: JobRows | None) -> bool:
+    return rows is not None and any(a[6] == snapshot.MODEL_OUTPUT for a in rows.artifacts)

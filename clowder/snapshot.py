@@ -1,0 +1,342 @@
+"""A snapshot of the tree as the rows of the index (DESIGN §6): what the index must hold for
+one pipeline. Pure reading, no SQLite. `clowder reindex` and `clowder fsck` read the tree
+through `read_pipeline`; the daemon turns the records it already holds into the same rows
+through the same functions, which is why the kept index and a rebuilt one can be equal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from clowder.errors import ClowderError, Problem
+from clowder.graph import pipeline_deps, topo_order
+from clowder.spec import Config, Pipeline, is_name
+from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
+from clowder.tree import PipelinePaths, Root
+from clowder.validate import check_pipeline, load_status_file
+
+Row = tuple[Any, ...]
+Stamp = tuple[tuple[str, int, int], ...]  # (file name, mtime_ns, size) of each file of a group
+
+MODEL_OUTPUT = "model_output"
+MAX_OUTPUT_BYTES = 1 << 20  # model outputs are small JSON documents; a bigger one is noted, not stored
+
+
+@dataclass
+class PipelineRows:
+    """Everything the index holds for one pipeline, as rows of its tables (see clowder.index)."""
+
+    name: str
+    status: Row  # the pipeline's status columns
+    spec: Row  # the pipeline's spec columns
+    job_specs: list[Row] = field(default_factory=list)
+    edges: list[Row] = field(default_factory=list)
+    jobs: list[Row] = field(default_factory=list)
+    attempts: list[Row] = field(default_factory=list)
+    artifacts: list[Row] = field(default_factory=list)
+    consumed: list[Row] = field(default_factory=list)
+    outputs: list[Row] = field(default_factory=list)  # model_outputs: (blob, content, error)
+    status_sig: str = ""
+    spec_sig: str = ""
+
+
+@dataclass
+class JobRows:
+    job: Row
+    attempts: list[Row]
+    artifacts: list[Row]
+    consumed: list[Row]
+
+
+# -- values -------------------------------------------------------------------------------------
+
+def ts(value: object) -> str | None:
+    """A time as fixed-width UTC text (2026-01-01T10:00:03.000000Z): it sorts as it compares,
+    and SQLite's date functions read it. A time without an offset is taken as UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(value)
+
+
+def parse_ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _json(value: Any) -> str | None:
+    """JSON text for a list or table column; None for an empty one."""
+    if not value:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=ts)
+
+
+def problem_json(problem: Problem, root: Path) -> str:
+    """A problem with its path relative to the root, so a moved root still reads right."""
+    path = Path(problem.path)
+    rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) else str(path)
+    return json.dumps([rel, problem.key, problem.message])
+
+
+def problem_text(stored: str, root: Path) -> str:
+    rel, key, message = json.loads(stored)
+    return str(Problem(root / rel, key, message))
+
+
+def _span(started: object, ended: object) -> float | None:
+    if not isinstance(started, datetime) or not isinstance(ended, datetime):
+        return None
+    if (started.tzinfo is None) != (ended.tzinfo is None):
+        return None
+    return (ended - started).total_seconds()
+
+
+# -- signatures: has a group of files changed since it was read? ---------------------------------
+
+def _stamp(files: Iterable[str | Path]) -> Stamp:
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        out.append((os.path.basename(f), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _tomls(directory: Path) -> list[str]:
+    try:
+        with os.scandir(directory) as it:
+            return sorted(e.path for e in it if e.name.endswith(".toml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def spec_stamp(paths: PipelinePaths) -> Stamp:
+    """pipeline.toml and jobs/*.toml as the driver stamps them (clowder.driver._spec_stamp)."""
+    return _stamp([paths.spec_file, *_tomls(paths.jobs_dir)])
+
+
+def status_stamp(paths: PipelinePaths) -> Stamp:
+    return _stamp([paths.status_file, *_tomls(paths.status_dir)])
+
+
+def signature(stamp: Stamp) -> str:
+    return hashlib.blake2b(repr(stamp).encode(), digest_size=12).hexdigest()
+
+
+# -- status rows ---------------------------------------------------------------------------------
+
+def pipeline_status_row(status: PipelineStatus | None, problem: str | None) -> Row:
+    """(state, message, started_at, ended_at, prompt_hash, problem); `problem` says why
+    status.toml could not be read, and the state is then `broken`."""
+    if status is None:
+        return ("broken", "", None, None, None, problem)
+    return (status.state.value, status.message, ts(status.started_at), ts(status.ended_at),
+            status.prompt_hash or None, None)
+
+
+def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> JobRows:
+    closed = [d for d in (_span(a.started_at, a.ended_at) for a in status.attempts) if d is not None]
+    open_starts = [ts(a.started_at) for a in status.attempts if a.started_at is not None and a.ended_at is None]
+    first = status.attempts[0] if status.attempts else None
+    last = status.last
+    job = (pipeline, status.job, status.state.value, status.attempt, status.message, ts(status.retry_at),
+           _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
+           ts(first.started_at) if first else None, ts(last.ended_at) if last else None,
+           sum(closed) if closed else None, _json(open_starts))
+    attempts, artifacts, consumed = [], [], []
+    for a in status.attempts:
+        attempts.append((pipeline, status.job, a.number, a.state.value, ts(a.started_at), ts(a.ended_at),
+                         _span(a.started_at, a.ended_at), a.exit_code, a.signal, a.pid, a.spec_hash or None,
+                         a.base_commit, a.commit, a.message, a.trigger, a.request))
+        artifacts += [(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
+        consumed += [(pipeline, status.job, a.number, up, commit) for up, commit in sorted(a.consumed.items())]
+    return JobRows(job, attempts, artifacts, consumed)
+
+
+# -- spec rows -----------------------------------------------------------------------------------
+
+def spec_rows(paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Problem],
+              root: Path) -> tuple[Row, list[Row], list[Row]]:
+    """The pipeline's spec columns (template, stages, valid, problems), its jobs' spec rows and
+    its dependency edges. An invalid pipeline lists its job files' names and nothing more, as
+    `clowder status` does."""
+    name = paths.name
+    stored = [problem_json(p, root) for p in problems]
+    if pipeline is None:
+        head: Row = (None, None, 0, _json(stored))
+        return head, [(name, job, i, *([None] * 12)) for i, job in enumerate(paths.job_names())], []
+    head = (pipeline.spec.template, _json(list(pipeline.spec.stages)), 1, _json(stored))
+    jobs, edges = [], []
+    for i, job in enumerate(topo_order(pipeline_deps(pipeline))):
+        spec = pipeline.jobs[job]
+        command = list(spec.command) if isinstance(spec.command, tuple) else spec.command
+        jobs.append((name, job, i, spec.stage, "agent" if spec.agent else "command",
+                     json.dumps(command) if command is not None else None, spec.agent,
+                     _json(list(spec.sources)), _json(list(spec.outputs)), spec.retries, int(spec.allow_failure),
+                     spec.timeout, spec.parent, spec.regression_of, spec.spec_hash or None))
+        edges += [(name, job, n.job, n.when.value, k) for k, n in enumerate(spec.needs)]
+    return head, jobs, edges
+
+
+# -- reading a pipeline --------------------------------------------------------------------------
+
+def read_pipeline(root: Root, name: str, config: Config | None) -> PipelineRows:
+    """Everything the index holds for pipeline `name`, read from the tree alone."""
+    paths = root.pipeline(name)
+    # Signed before reading: a file that changes while it is read makes the index stale, never
+    # wrongly fresh.
+    spec_sig, status_sig = signature(spec_stamp(paths)), signature(status_stamp(paths))
+    pipeline, problems = check_pipeline(paths, config)
+    head, job_specs, edges = spec_rows(paths, pipeline, problems, root.path)
+    pstatus, pproblem = read_status(paths.status_file, root.path)
+    rows = PipelineRows(name, pipeline_status_row(pstatus, pproblem), head, job_specs, edges,
+                        status_sig=status_sig, spec_sig=spec_sig)
+    for f in _tomls(paths.status_dir):
+        job = Path(f).stem
+        if not is_name(job):
+            continue
+        status, problem = read_job(Path(f), job, root.path)
+        add_job(rows, status, problem)
+    rows.outputs = model_outputs(paths, rows.artifacts)
+    return rows
+
+
+def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -> None:
+    j = job_rows(rows.name, status, problem)
+    rows.jobs.append(j.job)
+    rows.attempts += j.attempts
+    rows.artifacts += j.artifacts
+    rows.consumed += j.consumed
+
+
+def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
+    """status.toml as the scheduler reads it, or None and why it cannot be read."""
+    try:
+        return read_pipeline_status(path), None
+    except (ClowderError, OSError, ValueError):
+        return None, _problem(path, root)
+
+
+def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
+    """A job's status file as the scheduler reads it; if it cannot, a fresh status and why."""
+    try:
+        return read_job_status(path, job), None
+    except (ClowderError, OSError, ValueError):
+        return JobStatus(job), _problem(path, root)
+
+
+def _problem(path: Path, root: Path) -> str:
+    # The unhappy path only: `clowder validate`'s wording, so the index says what `status` says.
+    problems = load_status_file(path)[1] or [Problem(path, "<file>", "unreadable status file")]
+    return problem_json(problems[0], root)
+
+
+# -- model outputs: the content of small JSON artifacts ------------------------------------------
+
+def model_outputs(paths: PipelinePaths, artifacts: Iterable[Row], known: Mapping[str, Any] | None = None) -> list[Row]:
+    """(blob, content, error) for each model_output artifact whose blob is not in `known`.
+    Content is JSON text, so SQLite's JSON functions can search it; when the blob cannot be
+    read or is not JSON, content is NULL and error says why."""
+    out: dict[str, Row] = {}
+    for row in artifacts:
+        _, job, _, path, blob, size, kind = row
+        if kind != MODEL_OUTPUT or blob in out or (known is not None and blob in known):
+            continue
+        out[blob] = _model_output(paths.workspace(job), path, blob, size)
+    return [out[b] for b in sorted(out)]
+
+
+def _model_output(ws: Path, path: str, blob: str, size: int) -> Row:
+    if size > MAX_OUTPUT_BYTES:
+        return (blob, None, f"larger than {MAX_OUTPUT_BYTES} bytes")
+    data = read_blob(ws, blob, path)
+    if data is None:
+        return (blob, None, "blob not found in the workspace")
+    try:
+        text = data.decode()
+        json.loads(text)
+    except ValueError as e:
+        return (blob, None, f"not JSON: {e}")
+    return (blob, text, None)
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def read_blob(ws: Path, blob: str, path: str | None = None) -> bytes | None:
+    """A blob's content from a workspace, cheapest way first: the working-tree file when it still
+    has that content, a loose object (of the repository or of a store it borrows from), then
+    `git cat-file` (packs). None if it is nowhere. Read-only; never raises for a missing repo."""
+    if path is not None:
+        try:
+            data = (ws / path).read_bytes()
+        except OSError:
+            data = None
+        if data is not None and blob_id(data) == blob:
+            return data
+    for objects in _object_dirs(ws):
+        try:
+            raw = zlib.decompress((objects / blob[:2] / blob[2:]).read_bytes())
+        except (OSError, zlib.error):
+            continue
+        header, _, content = raw.partition(b"\0")
+        if header.startswith(b"blob "):
+            return content
+    if not (ws / ".git").exists():
+        return None
+    proc = _git(ws, "cat-file", "blob", blob)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _object_dirs(ws: Path) -> list[Path]:
+    objects = ws / ".git" / "objects"
+    dirs = [objects]
+    try:
+        lines = (objects / "info" / "alternates").read_text().splitlines()
+    except OSError:
+        lines = []
+    dirs += [(objects / line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")]
+    return dirs
+
+
+# Object checks are read-only git plumbing. They run git directly rather than through
+# clowder.workspace so that the index works on any repository, with or without Clowder's object store.
+def _git(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.run(["git", "-c", "core.fsmonitor=false", *args], cwd=ws, input=stdin, env=env,
+                          capture_output=True, check=False)
+
+
+def check_objects(ws: Path, wanted: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
+    """Which of `wanted` (object id -> (type, size or None)) the repository at `ws` lacks or
+    holds differently, with why. One `git cat-file --batch-check` for the whole repository."""
+    if not (ws / ".git").exists():
+        return dict.fromkeys(wanted, "no workspace repository")
+    ids = sorted(wanted)
+    proc = _git(ws, "cat-file", "--batch-check", stdin="".join(f"{i}\n" for i in ids).encode())
+    if proc.returncode != 0:
+        return dict.fromkeys(wanted, f"git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
+    out = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "missing":
+            out[parts[0]] = "missing from the repository"
+        elif len(parts) == 3 and parts[0] in wanted:
+            kind, size = wanted[parts[0]]
+            if parts[1] != kind:
+                out[parts[0]] = f"is a {parts[1]}, recorded as a {kind}"
+            elif size is not None and int(parts[2]) != size:
+                out[parts[0]] = f"has {parts[2]} bytes, recorded as {size}"
+    return out

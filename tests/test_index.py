@@ -1,0 +1,352 @@
+"""The SQLite index: kept by the scheduler, equal to a rebuild, checked by fsck, queried read-only,
+and behind `clowder status` with the tree as fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clowder import index, report
+from clowder.driver import Driver
+from clowder.state import read_job_status
+from clowder.tree import Root
+from tests.conftest import REPO, Invoke, MakePipeline, write
+
+OUTPUT = '{"verdict": "pass", "findings": [{"file": "a.txt", "line": 3}]}'
+JOBS = {
+    "a": "command = " + json.dumps(f"mkdir -p .clowder/a && printf '%s' '{OUTPUT}' > .clowder/a/output.json && "
+                                   "echo A > a.txt") + "\n",
+    "b": 'command = "echo B > b.txt"\nneeds = ["a"]\n',
+    "c": 'command = "cat a.txt b.txt > c.txt"\nneeds = ["b"]\n',
+    "flaky": ('command = "test -f once && echo fixed > f.txt || { touch once; exit 3; }"\nneeds = ["a"]\n'
+              'retries = 1\nbackoff = { initial = "0s" }\n'),
+    "lint": 'command = "exit 1"\nneeds = ["a"]\nallow_failure = true\n',
+}
+
+
+def run(root: Root, name: str = "p") -> bool:
+    return Driver(root, only=[name], log=lambda s: None).serve(until_done=True)
+
+
+def rebuilt(root: Root) -> dict[str, list[tuple[Any, ...]]]:
+    index.rebuild(root)
+    return index.dump_index(root)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def clowder(root: Root, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "clowder", *args, "--root", str(root.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# -- the kept index equals a rebuild --------------------------------------------------------------
+
+def test_the_index_kept_by_the_scheduler_equals_a_rebuild(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", JOBS)
+    make_pipeline("q", {"x": 'command = "echo x > x.txt"\n', "y": 'command = "false"\nneeds = ["x"]\n'})
+    assert run(root, "p")
+    assert not run(root, "q")
+    kept = index.dump_index(root)
+    assert len(kept["jobs"]) == 7 and len(kept["attempts"]) == 8
+    assert kept == rebuilt(root)
+
+
+def test_the_index_records_consumption_and_model_outputs(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    a_txt = read_job_status(root.pipeline("p").job_status_file("a"), "a").attempts[0]
+    blob = next(x.blob for x in a_txt.artifacts if x.path == "a.txt")
+    rows = index.query(root, "SELECT job, attempt, upstream, upstream_attempt, path FROM consumption "
+                             "WHERE blob = :blob ORDER BY job, attempt", {"blob": blob}).rows
+    assert rows == [("b", 1, "a", 1, "a.txt"), ("flaky", 1, "a", 1, "a.txt"), ("flaky", 2, "a", 1, "a.txt"),
+                    ("lint", 1, "a", 1, "a.txt")]
+    found = index.query(root, "SELECT a.job, json_extract(m.content, '$.findings[0].line') FROM artifacts a "
+                              "JOIN model_outputs m ON m.blob = a.blob "
+                              "WHERE json_extract(m.content, '$.verdict') = 'pass'")
+    assert found.rows == [("a", 3)]
+
+
+@pytest.mark.parametrize("kill_after", ["a", "b"])
+def test_the_index_equals_a_rebuild_after_the_daemon_is_killed_and_a_run_finishes(
+    root: Root, make_pipeline: MakePipeline, kill_after: str
+) -> None:
+    jobs = {name: text.replace('command = "', 'command = "sleep 0.3; ', 1) for name, text in JOBS.items()}
+    make_pipeline("p", jobs)
+    daemon = clowder(root, "watch")
+    try:
+        wait_for(lambda: read_job_status(root.pipeline("p").job_status_file(kill_after), kill_after).state.value
+                 == "succeeded", what=f"{kill_after} to succeed")
+    finally:
+        daemon.kill()  # SIGKILL: nothing flushed, nothing closed
+        daemon.communicate(timeout=10)
+    finish = clowder(root, "run", "p")
+    _, err = finish.communicate(timeout=60)
+    assert finish.returncode == 0, err
+    kept = index.dump_index(root)
+    assert {r[1]: r[2] for r in kept["jobs"]} == {"a": "succeeded", "b": "succeeded", "c": "succeeded",
+                                                 "flaky": "succeeded", "lint": "failed"}
+    assert kept == rebuilt(root)
+
+
+def test_a_reindex_under_a_running_daemon_is_noticed(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    gate = root.path / "gate"
+    make_pipeline("q", {"a": f'command = "while [ ! -e {gate} ]; do sleep 0.05; done"\n',
+                        "b": 'command = "echo b > b.txt"\nneeds = ["a"]\n'})
+    driver = Driver(root, log=lambda s: None)
+    thread = threading.Thread(target=driver.serve, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("a"), "a").state.value == "running")
+        index.rebuild(root)  # swaps the file under the daemon
+        gate.touch()
+        wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("b"), "b").state.value == "succeeded")
+        wait_for(lambda: ("q", "b", "succeeded") in
+                 {r[:3] for r in index.dump_index(root)["jobs"]}, what="the daemon to record in the new file")
+    finally:
+        driver.stop()
+        thread.join(timeout=10)
+    assert index.dump_index(root) == rebuilt(root)
+
+
+def test_a_broken_index_never_stops_the_scheduler(root: Root, make_pipeline: MakePipeline) -> None:
+    root.index_file.parent.mkdir(parents=True, exist_ok=True)
+    root.index_file.write_text("this is not a database")
+    make_pipeline("p", JOBS)
+    lines: list[str] = []
+    assert Driver(root, only=["p"], log=lines.append).serve(until_done=True)
+    assert any(line.startswith("index: ") for line in lines)
+    assert [line for line in (REPO / "README.md").read_text().splitlines() if "clowder reindex" in line]
+    assert report.collect(root)[0].state == "succeeded"  # from the tree
+
+
+# -- fsck -----------------------------------------------------------------------------------------
+
+def test_fsck_finds_nothing_after_a_run(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    result = cli("fsck")
+    assert (result.exit_code, result.output) == (0, "the index and the workspaces match the tree\n")
+
+
+def test_fsck_finds_an_edited_status_file(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    f = root.pipeline("p").job_status_file("b")
+    f.write_text(f.read_text().replace('state = "succeeded"', 'state = "failed"', 1))
+    result = cli("fsck")
+    assert result.exit_code == 1
+    assert "changed jobs p/b: state is 'succeeded' in the index, 'failed' in the tree\n" in result.output
+
+
+def test_fsck_finds_a_missing_and_an_extra_row(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    paths = root.pipeline("p")
+    paths.job_status_file("c").unlink()
+    write(paths.job_status_file("new"), 'state = "pending"\nattempt = 0\nmessage = ""\n')
+    result = cli("fsck")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert "missing jobs p/new: in the tree, not in the index" in lines
+    assert "extra jobs p/c: in the index, not in the tree" in lines
+    assert "extra attempts p/c/1: in the index, not in the tree" in lines
+    assert cli("reindex").exit_code == 0
+    assert cli("fsck").exit_code == 0
+
+
+def test_fsck_finds_a_deleted_workspace_object(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "echo only-here > a.txt"\n'})
+    run(root)
+    blob = read_job_status(root.pipeline("p").job_status_file("a"), "a").attempts[0].artifacts[0].blob
+    objects = [p for p in root.pipeline("p").workspaces_dir.rglob(f"{blob[:2]}/{blob[2:]}")]
+    assert objects
+    for p in objects:
+        p.unlink()
+    result = cli("fsck")
+    assert result.exit_code == 1
+    assert f"missing object p/a@1 a.txt (blob {blob}): missing from the repository" in result.output.splitlines()
+
+
+def test_fsck_without_an_index(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    result = cli("fsck")
+    assert result.exit_code == 1
+    assert result.output.startswith("missing index: ")
+
+
+# -- query ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sql", [
+    "DELETE FROM jobs",
+    "UPDATE jobs SET state = 'failed'",
+    "INSERT INTO pipelines (pipeline) VALUES ('x')",
+    "DROP TABLE jobs",
+    "CREATE TABLE t (x)",
+    "ATTACH DATABASE 'other.sqlite' AS other",
+    "PRAGMA journal_mode = DELETE",
+    "PRAGMA user_version = 7",
+])
+def test_query_refuses_writes(root: Root, make_pipeline: MakePipeline, cli: Invoke, sql: str) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    run(root)
+    before = index.dump_index(root)
+    result = cli("query", sql)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: query refused: the index is read-only here (")
+    assert index.dump_index(root) == before
+    assert not (root.path / "other.sqlite").exists()
+
+
+def test_query_prints_a_table_json_or_csv(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n', "b": 'command = "false"\nneeds = ["a"]\n'})
+    run(root)
+    sql = "SELECT job, state, attempt FROM jobs WHERE pipeline = :p ORDER BY job"
+    table = cli("query", sql, "--param", "p=p")
+    assert [line.split() for line in table.output.splitlines()] == [
+        ["job", "state", "attempt"], ["a", "succeeded", "1"], ["b", "failed", "1"]]
+    assert json.loads(cli("query", sql, "-p", "p=p", "--json").output) == [
+        {"job": "a", "state": "succeeded", "attempt": 1}, {"job": "b", "state": "failed", "attempt": 1}]
+    assert cli("query", sql, "-p", "p=p", "--csv").output == "job,state,attempt\na,succeeded,1\nb,failed,1\n"
+
+
+def test_query_errors_are_bad_input(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    result = cli("query", "SELECT 1")
+    assert (result.exit_code, result.output.split(":")[0]) == (2, "error")
+    assert "no index yet; run `clowder reindex`" in result.output
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    cli("reindex")
+    result = cli("query", "SELEC 1")
+    assert (result.exit_code, result.output) == (2, 'error: query failed: near "SELEC": syntax error\n')
+    result = cli("query", "SELECT 1; SELECT 2")
+    assert result.exit_code == 2 and "give one SQL statement" in result.output
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+def test_status_from_the_index_equals_status_from_the_tree(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", JOBS)
+    make_pipeline("q", {"a": 'command = "true"\nstage = "build"\n', "b": 'command = "true"\nstage = "test"\n'},
+                  spec='prompt = "x"\nstages = ["build", "test"]\n')
+    make_pipeline("bad", {"a": 'comand = "true"\n'})
+    run(root, "p")
+    index.rebuild(root)
+    names = ["bad", "p", "q"]
+    assert sorted(report.from_index(root, names)) == names
+    assert report.collect(root) == report.collect(root, use_index=False)
+
+
+def test_status_falls_back_to_the_tree_without_an_index(root: Root, make_pipeline: MakePipeline,
+                                                       cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    from_index = cli("status", "p").output
+    root.index_file.unlink()
+    assert report.from_index(root, ["p"]) == {}
+    assert cli("status", "p").output == from_index
+    assert cli("status", "--json").exit_code == 0
+
+
+def test_status_reads_the_tree_where_the_index_is_stale(root: Root, make_pipeline: MakePipeline,
+                                                       cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    make_pipeline("q", {"a": 'command = "true"\n'})
+    run(root, "p")
+    run(root, "q")
+    assert sorted(report.from_index(root, ["p", "q"])) == ["p", "q"]
+    f = root.pipeline("p").job_status_file("c")
+    f.write_text(f.read_text().replace('message = ""', 'message = "edited by hand"', 1))
+    assert sorted(report.from_index(root, ["p", "q"])) == ["q"]
+    assert "edited by hand" in cli("status", "p").output
+    write(root.pipeline("q").job_file("a"), 'command = "true"\nstage = "x"\n')  # a spec edit is seen too
+    assert report.from_index(root, ["p", "q"]) == {}
+
+
+def test_status_trusts_a_live_daemon_and_not_a_dead_one(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    conn = sqlite3.connect(root.index_file)  # play a daemon that died with the pipeline live
+    conn.execute("UPDATE freshness SET status_sig = NULL, pid = 999999999")
+    conn.commit()
+    conn.close()
+    assert report.from_index(root, ["p"]) == {}
+    root.lock_file.write_text(f"{os.getpid()}\n")
+    conn = sqlite3.connect(root.index_file)
+    conn.execute("UPDATE freshness SET pid = ?", (os.getpid(),))
+    conn.commit()
+    conn.close()
+    assert list(report.from_index(root, ["p"])) == ["p"]
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+def test_each_migration_is_recorded_and_an_old_file_is_migrated(root: Root) -> None:
+    root.state_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(root.index_file, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                 "applied_at TEXT NOT NULL)")
+    for statement in index.MIGRATIONS[0].statements:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'x', 'then')")
+    conn.close()
+    opened = index.Index.open(root)
+    assert [r[0] for r in opened.conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [
+        m.version for m in index.MIGRATIONS]
+    assert opened.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    opened.close()
+
+
+def test_an_index_from_a_newer_clowder_is_not_used(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    cli("reindex")
+    conn = sqlite3.connect(root.index_file)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 'later')", (index.LATEST + 1,))
+    conn.commit()
+    conn.close()
+    assert report.from_index(root, ["p"]) == {}
+    result = cli("query", "SELECT 1")
+    assert result.exit_code == 2 and f"schema version {index.LATEST + 1}" in result.output
+    assert cli("reindex").exit_code == 0
+    assert list(report.from_index(root, ["p"])) == ["p"]
+
+
+# -- the README's queries -------------------------------------------------------------------------
+
+def readme_queries() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Querying the index", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def test_the_readme_documents_queries() -> None:
+    assert len(readme_queries()) >= 5
+
+
+@pytest.mark.parametrize("number", range(len(readme_queries())))
+def test_each_readme_query_runs(root: Root, make_pipeline: MakePipeline, number: int) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    a = read_job_status(root.pipeline("p").job_status_file("a"), "a").attempts[0]
+    values = {"since": "2020-01-01", "pipeline": "p", "job": "c", "blob": a.artifacts[-1].blob,
+              "verdict": "pass", "path": "$.verdict"}
+    sql = readme_queries()[number]
+    params = {name: values[name] for name in re.findall(r":(\w+)", sql)}
+    assert index.query(root, sql, params).rows
