@@ -39,7 +39,7 @@ JOBS = {
     "a": "command = " + json.dumps(f"mkdir -p .clowder/a && printf '%s' '{OUTPUT}' > .clowder/a/output.json && "
                                    "echo A > a.txt") + "\n",
     "b": 'command = "echo B > b.txt"\nneeds = ["a"]\n',
-    "c": 'command = "cat a.txt b.txt > c.txt"\nneeds = ["b"]\n',
+    "c": 'command = "echo C > c.txt"\nneeds = ["b"]\n',
     "flaky": ('command = "test -f once && echo fixed > f.txt || { touch once; exit 3; }"\nneeds = ["a"]\n'
               'retries = 1\nbackoff = { initial = "0s" }\n'),
     "lint": 'command = "exit 1"\nneeds = ["a"]\nallow_failure = true\n',
