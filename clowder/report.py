@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,10 @@ from clowder.state import (
     JobStatus,
     PipelineState,
     PipelineStatus,
+    Usage,
     job_status_from_dict,
     pipeline_status_from_dict,
+    total_usage,
     utcnow,
 )
 from clowder.tree import PipelinePaths, Root
@@ -36,6 +38,7 @@ class JobReport:
     message: str
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    usage: Usage | None = None  # what its agent reported spending, summed over its attempts
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class PipelineReport:
 
     def counts(self) -> Counter[str]:
         return Counter(j.state for j in self.jobs)
+
+    @property
+    def usage(self) -> Usage | None:
+        spent = [j.usage for j in self.jobs if j.usage is not None]
+        return sum(spent[1:], spent[0]) if spent else None
 
 
 def _duration(status: JobStatus) -> float | None:
@@ -116,7 +124,28 @@ def collect(root: Root, pipeline: str | None = None, use_index: bool = True) -> 
         # A directory with an invalid name cannot be addressed; `clowder validate` reports it.
         names = [name for name in root.pipeline_names() if is_name(name)]
     indexed = from_index(root, names) if use_index else {}
-    return [indexed.get(name) or pipeline_report(root, root.pipeline(name)) for name in names]
+    reports = [indexed.get(name) or pipeline_report(root, root.pipeline(name)) for name in names]
+    if pipeline is not None:  # one pipeline's view shows what its agents spent
+        reports = [with_spending(r, spending(root.pipeline(pipeline))) for r in reports]
+    return reports
+
+
+def spending(paths: PipelinePaths) -> dict[str, Usage]:
+    """What each job of the pipeline reported spending (agents' tokens and cost), summed over
+    its attempts. Read from the status files: one pipeline's are few."""
+    out = {}
+    for f in sorted(paths.status_dir.glob("*.toml")):
+        if is_name(f.stem) and (usage := total_usage(_job_status(f, f.stem).attempts)) is not None:
+            out[f.stem] = usage
+    return out
+
+
+def with_spending(report: PipelineReport, spent: dict[str, Usage]) -> PipelineReport:
+    return replace(report, jobs=tuple(replace(j, usage=spent.get(j.name)) for j in report.jobs))
+
+
+def format_usage(usage: Usage) -> str:
+    return f"${usage.cost_usd:.4f} ({usage.input_tokens:,} tokens in, {usage.output_tokens:,} out)"
 
 
 def from_index(root: Root, names: list[str]) -> dict[str, PipelineReport]:
@@ -163,6 +192,9 @@ def to_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
     def ts(t: datetime | None) -> str | None:
         return t.isoformat() if t else None
 
+    def usage(u: Usage | None) -> dict[str, Any]:  # present where an agent reported some
+        return {"usage": asdict(u)} if u is not None else {}
+
     return [
         {
             "name": r.name,
@@ -171,11 +203,12 @@ def to_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
             "started_at": ts(r.started_at),
             "ended_at": ts(r.ended_at),
             "problems": list(r.problems),
+            **usage(r.usage),
             "jobs": [
                 {
                     "name": j.name, "state": j.state, "attempt": j.attempt, "stage": j.stage,
                     "needs": list(j.needs), "duration": j.duration, "message": j.message,
-                    "started_at": ts(j.started_at), "ended_at": ts(j.ended_at),
+                    "started_at": ts(j.started_at), "ended_at": ts(j.ended_at), **usage(j.usage),
                 }
                 for j in r.jobs
             ],

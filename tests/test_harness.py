@@ -12,13 +12,16 @@ from typing import Any
 
 import pytest
 
+from clowder import report
 from clowder.errors import ClowderError
 from clowder.harness import agent, prompt
 from clowder.harness.actions import output_from_text, read_log
 from clowder.harness.config import BUILTIN, argv, harness_name, resolve
 from clowder.spec import Config, Harness, JobSpec, Pipeline
-from clowder.state import Attempt, JobState, JobStatus, Usage
+from clowder.state import Attempt, JobState, JobStatus, Usage, job_status_to_toml
+from clowder.tree import Root
 from clowder.validate import build_pipeline
+from tests.conftest import MakePipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "Write calc.py with add(a, b).\n\nKeep it *small* — and {braces} stay as they are."
@@ -429,3 +432,22 @@ def test_a_missing_cli_exits_127_with_a_hint(tmp_path: Path, monkeypatch: pytest
 def test_read_log_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     summary = read_log(tmp_path / "none.jsonl")
     assert summary.events == 0 and summary.problem == "" and not summary.has_result
+
+
+# -- clowder status -------------------------------------------------------------------------------
+
+def test_status_of_one_pipeline_reports_what_its_agents_spent(root: Root, make_pipeline: MakePipeline) -> None:
+    d = make_pipeline("p", {"a": 'agent = "dev"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
+    (d / "status").mkdir()
+    (d / "status" / "a.toml").write_text(job_status_to_toml(JobStatus("a", JobState.SUCCEEDED, 2, attempts=(
+        Attempt(1, JobState.FAILED, usage=Usage(1000, 100, 0.25)), Attempt(2, JobState.SUCCEEDED, usage=Usage(
+            500, 50, 0.5))))))
+    (d / "status" / "b.toml").write_text(job_status_to_toml(JobStatus("b", JobState.SUCCEEDED, 1, attempts=(
+        Attempt(1, JobState.SUCCEEDED),))))
+    [r] = report.collect(root, "p")
+    assert [(j.name, j.usage) for j in r.jobs] == [("a", Usage(1500, 150, 0.75)), ("b", None)]
+    assert r.usage == Usage(1500, 150, 0.75)
+    assert report.format_usage(r.usage) == "$0.7500 (1,500 tokens in, 150 out)"
+    [data] = report.to_json([r])
+    assert data["usage"] == {"input_tokens": 1500, "output_tokens": 150, "cost_usd": 0.75}
+    assert data["jobs"][0]["usage"] == data["usage"] and "usage" not in data["jobs"][1]
