@@ -250,6 +250,8 @@ class Driver:
                               if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
             if cache.finished() and self.watcher and not cache.requests:
                 self.watcher.unwatch(cache.paths.name)
+            elif self.watcher and not cache.finished() and cache.paths.name not in self.watcher.watched():
+                self.watcher.watch(cache.paths.name)
         if self.recorder.flush():  # the index was swapped or recreated: hand everything over again
             self._record_all()
         if self.on_tick:
@@ -297,7 +299,9 @@ class Driver:
             return
         if not cache.loaded:
             self._load(cache)
-        if self.watcher and paths.name not in self.watcher.watched():
+        # A finished pipeline is not watched (watchdog runs a thread per watch): a request wakes
+        # it through .clowder/wake, and `tick` watches it again if it runs again.
+        if self.watcher and paths.name not in self.watcher.watched() and not cache.finished():
             self.watcher.watch(paths.name)
         cache.full = True
         stamp = _spec_stamp(paths)
