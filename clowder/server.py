@@ -8,6 +8,7 @@ import codecs
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import socket
@@ -32,6 +33,7 @@ from clowder.errors import ClowderError
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
 
+logger = logging.getLogger("uvicorn.error")
 WEB_DIR = Path(__file__).parent / "web"
 TOKEN_FILE = "serve.token"
 POLL_SECONDS = 0.2  # how often streams look for new log bytes and state changes
@@ -124,7 +126,11 @@ class Hub:
     async def run(self) -> None:
         while True:
             if self.queues:
-                changes = await self.scan()
+                try:
+                    changes = await self.scan()
+                except OSError as e:  # e.g. pipelines/ moved away: say so and keep watching
+                    logger.warning("clowder serve: scanning %s failed: %s", self.scanner.root.path, e)
+                    changes = []
                 for q in list(self.queues):
                     for change in changes:
                         self._put(q, change)
