@@ -87,7 +87,8 @@ class JobSummary:
     message: str
     started_at: datetime | None
     ended_at: datetime | None
-    regression_of: str | None
+    regression_of: str | None  # a fix-up: the job it is a copy of
+    parent: str | None  # a fix-up: the job that spawned it, and runs again from its commit
     attempts: list[AttemptView]
 
 
@@ -268,6 +269,7 @@ def pipeline_detail(root: Root, name: str) -> PipelineDetail:
             name=j.name, state=j.state, attempt=j.attempt, stage=j.stage, needs=list(j.needs),
             level=levels.get(j.name, 0), duration=j.duration, message=j.message, started_at=j.started_at,
             ended_at=j.ended_at, regression_of=spec.regression_of if spec else None,
+            parent=spec.parent if spec else None,
             attempts=_attempts(read_status(paths, j.name)),
         ))
     edges = [Edge(n.job, job.name, n.when.value) for job in (pipeline.jobs.values() if pipeline else ())

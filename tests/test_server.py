@@ -130,6 +130,9 @@ def test_a_job_shows_its_spec_artifacts_consumers_and_regression_context(root: R
         dev = c.get("/api/pipelines/p/jobs/dev").json()
         fix = c.get("/api/pipelines/p/jobs/test.r1").json()
         test = c.get("/api/pipelines/p/jobs/test").json()
+        jobs = c.get("/api/pipelines/p").json()["jobs"]
+    assert {j["name"]: (j["regression_of"], j["parent"]) for j in jobs} == {
+        "dev": (None, None), "test": (None, None), "test.r1": ("test", "test")}
     assert dev["spec"] == {"command": ["true"]}
     assert dev["dependents"] == ["test"]
     assert dev["attempts"][0]["artifacts"] == [

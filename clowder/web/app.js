@@ -158,14 +158,20 @@ function drawGraph(d) {
   marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }));
   defs.append(marker);
   root.append(defs);
-  for (const e of d.edges) {
+  // A fix-up's spawner runs again from the fix-up's final commit: drawn as a dotted edge.
+  const fixups = d.jobs.filter((j) => j.parent).map((j) => ({ source: j.name, target: j.parent, when: "fixup" }));
+  for (const e of [...d.edges, ...fixups]) {
     const a = pos[e.source], b = pos[e.target];
     if (!a || !b) continue;
-    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2, mid = (x1 + x2) / 2;
+    // A fix-up sits left of or under its spawner: leave from whichever side faces it.
+    const back = b.x <= a.x;
+    const x1 = back ? a.x + NODE_W / 2 : a.x + NODE_W, y1 = back ? a.y : a.y + NODE_H / 2;
+    const x2 = b.x, y2 = b.y + NODE_H / 2, mid = back ? x2 - GAP_X / 2 : (x1 + x2) / 2;
     const path = svg("path", { d: `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`,
       class: `edge when-${e.when}`, "marker-end": "url(#arrow)" });
     const title = svg("title");
-    title.textContent = `${e.target} needs ${e.source} (${e.when})`;
+    title.textContent = e.when === "fixup" ? `${e.source} is a fix-up spawned by ${e.target}`
+      : `${e.target} needs ${e.source} (${e.when})`;
     path.append(title);
     root.append(path);
   }
@@ -262,11 +268,11 @@ function regressionDiffs(d) {
     out.push({ label: `attempt ${prev.number} → ${a.number}${a.trigger === "regression" ? " (after fix-up)" : ""}`,
       from: prev.commit, to: a.commit, command: `clowder diff ${d.pipeline} ${d.name}@${prev.number} ${d.name}@${a.number}` });
   }
-  if (d.regression && d.regression.of && d.attempts.length) {
+  if (d.regression && d.attempts.length) {
     const last = d.attempts[d.attempts.length - 1], first = d.attempts[0];
     if (first.base_commit && last.commit) {
-      out.push({ label: `fix-up ${d.name} vs ${d.regression.of}`, from: first.base_commit, to: last.commit,
-        command: `clowder diff ${d.pipeline} ${d.regression.of} ${d.name}` });
+      out.push({ label: `what fix-up ${d.name} changed in the code ${d.regression.parent || ""} tested`,
+        from: first.base_commit, to: last.commit, command: `clowder diff ${d.pipeline} ${d.name}` });
     }
   }
   return out;
