@@ -249,11 +249,15 @@ def model_outputs(paths: PipelinePaths, artifacts: Iterable[Row], known: Mapping
     Content is JSON text, so SQLite's JSON functions can search it; when the blob cannot be
     read or is not JSON, content is NULL and error says why."""
     out: dict[str, Row] = {}
+    repos: dict[str, bool] = {}
     for row in artifacts:
         _, job, _, path, blob, size, kind = row
         if kind != MODEL_OUTPUT or blob in out or (known is not None and blob in known):
             continue
-        out[blob] = _model_output(paths.workspace(job), path, blob, size)
+        ws = paths.workspace(job)
+        if job not in repos:
+            repos[job] = (ws / ".git").exists()
+        out[blob] = _model_output(ws, path, blob, size) if repos[job] else (blob, None, "no workspace repository")
     return [out[b] for b in sorted(out)]
 
 
