@@ -705,6 +705,11 @@ def _allocate(
         plan.actions.append(SetJob(cand.pipeline, status))
         plan.actions.append(Start(cand.pipeline, cand.job.name, number, cand.sources))
         started.add((cand.pipeline, cand.job.name))
-    plan.ready = [(c.pipeline, c.job.name) for c in seen if (c.pipeline, c.job.name) not in started]
+    # Every candidate not started stays ready: those looked at (eager ones included, even past
+    # the point where slots ran out) and those never looked at.
+    looked = {(c.pipeline, c.job.name) for c in seen}
+    plan.ready = [(c.pipeline, c.job.name) for c in (*seen, *(c for c in candidates if (c.pipeline, c.job.name)
+                                                             not in looked))
+                  if (c.pipeline, c.job.name) not in started]
     plan.ready += [(r.pipeline, name) for r in later for name in r.unchecked()]
 

@@ -424,3 +424,10 @@ def test_a_budget_spent_by_the_spawners_attempt_refuses_its_spawn() -> None:
     test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
     assert test.state is JobState.FAILED and test.attempts[-1].usage == Usage(10, 10, 1.5)
     assert "spawn refused: budget spent: test has cost $1.5000 of its max_cost_usd $1.00" in test.message
+
+
+def test_jobs_ready_beyond_the_free_slots_stay_ready_for_the_next_step() -> None:
+    p = pipeline({f"j{i}": {"command": ["x"]} for i in range(6)})
+    plan = reconcile([view(p)], T0, Limits(max_parallel=2))
+    assert starts(plan.actions) == ["j0", "j1"]
+    assert plan.ready == [("p", f"j{i}") for i in range(2, 6)]
