@@ -261,6 +261,66 @@ def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: P
         click.echo(chunk, nl=False)
 
 
+# -- inspecting workspaces (git) ------------------------------------------------------------------
+# The imports are local so that these commands stay an append-only block of this file.
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("pipeline")
+@click.argument("a")
+@click.argument("rest", nargs=-1, type=click.UNPROCESSED, metavar="[B] [GIT_DIFF_ARGS]...")
+@root_option
+def diff(pipeline: str, a: str, rest: tuple[str, ...], root_dir: Path | None) -> None:
+    """Show `git diff` from A to B, or what A changed when B is left out.
+
+    A and B are jobs (`dev`, `dev.r1`: the job's final commit) or attempts (`test@2`). Alone, a
+    job is diffed against what it started from, an attempt against its base (usually the
+    attempt before it). Options (`--stat`, `--name-only`, `-U5`, ...) and paths go to git
+    diff; write options as one word (`--diff-filter=M`)."""
+    from clowder import workspace
+
+    root = find_root(root_dir)
+    proc = workspace.diff(root.pipeline(pipeline), a, rest)
+    click.echo(proc.stdout, nl=False)
+    click.get_current_context().exit(proc.returncode)
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job", required=False)
+@click.option("--sha", help="Only artifacts whose git blob id starts with this.")
+@json_option
+@root_option
+def artifacts(pipeline: str, job: str | None, sha: str | None, as_json: bool, root_dir: Path | None) -> None:
+    """List the artifacts of PIPELINE's attempts (or JOB's): each file an attempt's commit
+    changed or declared as an output, with its git blob id, size and kind."""
+    from clowder import artifacts as artifacts_mod
+
+    root = find_root(root_dir)
+    rows = artifacts_mod.list_artifacts(root.pipeline(pipeline), job, sha)
+    if as_json:
+        click.echo(json.dumps(artifacts_mod.to_json(rows), indent=2))
+        return
+    if not rows:
+        click.echo("no artifacts" + (f" with blob {sha}" if sha else ""))
+        return
+    table = Table("JOB", "ATTEMPT", "KIND", "SIZE", "BLOB", "PATH", box=None, pad_edge=False)
+    for r in rows:
+        table.add_row(r.job, str(r.attempt), r.kind, str(r.size), r.blob[:12], r.path)
+    console().print(table)
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job")
+@root_option
+def path(pipeline: str, job: str, root_dir: Path | None) -> None:
+    """Print the path of JOB's workspace (a git repository): `cd "$(clowder path p dev)"`."""
+    from clowder import workspace
+
+    root = find_root(root_dir)
+    click.echo(str(workspace.workspace_path(root.pipeline(pipeline), job)))
+
+
 # -- monitoring (clowder serve) -------------------------------------------------------------------
 # The web extra is optional: fastapi and uvicorn are imported only when `serve` runs.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from clowder import requests as req_mod
+from clowder import workspace
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
 from clowder.fsio import Writer, atomic_write, try_lock
@@ -31,7 +33,7 @@ from clowder.scheduler import (
     Start,
     reconcile,
 )
-from clowder.spec import Config, JobSpec, Pipeline, is_name
+from clowder.spec import Config, JobSpec, Pipeline, Source, format_duration, is_name
 from clowder.state import (
     Attempt,
     JobState,
@@ -394,14 +396,33 @@ class Driver:
         """How an attempt ended, from its exit record and its workspace. Runs in a waiter thread."""
         paths = self.root.pipeline(pipeline)
         record = read_exit(self._launch_paths(paths, job, attempt).exit_file)
-        if record is None:
-            return Outcome(None, utcnow())
-        problem = ""
         cache = self.pipelines.get(pipeline)
         spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
-        if record.exit_code == 0 and spec is not None:
-            problem = _missing_outputs(paths.workspace(job), spec)
-        return Outcome(record.exit_code, record.ended_at, record.signal, problem)
+        if record is None:
+            outcome = Outcome(None, utcnow())
+        else:
+            problem = _missing_outputs(paths.workspace(job), spec) if record.exit_code == 0 and spec else ""
+            outcome = Outcome(record.exit_code, record.ended_at, record.signal, problem)
+        status = cache.jobs.get(job) if cache else None
+        killing = status.extra.get("killing") if status else None
+        killed_for = killing.get("reason") if isinstance(killing, dict) else None
+        state, reason = _attempt_end(outcome, killed_for, spec)
+        error = None if state == "succeeded" else workspace.ErrorContext(
+            reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
+        # The commit is made here, in the attempt's waiter thread: jobs commit in parallel.
+        return self._commit_attempt(paths, spec or JobSpec(job), attempt, outcome, state, error)
+
+    def _commit_attempt(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome, state: str,
+                        error: workspace.ErrorContext | None) -> Outcome:
+        """The outcome with the attempt's commit, base, artifacts and consumption added."""
+        try:
+            done = workspace.finish(paths.workspace(spec.name), paths.name, spec.name, attempt, state,
+                                    identity=self._identity(), outputs=spec.outputs, error=error)
+        except (OSError, ClowderError) as e:
+            self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
+            return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
+        return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
+                       consumed=done.consumed)
 
     # -- applying actions -----------------------------------------------------------------
 
@@ -463,15 +484,24 @@ class Driver:
         self._own.add(key)
         cache.alive[action.job] = True
         trigger = cache.jobs[action.job].attempts[-1].trigger
-        # Launching (directories, log file, fork, and later the workspace) is slow file-system
-        # work: a small pool does it so the loop goes on deciding while processes start.
-        self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger)
+        upstreams = self._upstreams(cache, spec)
+        # Launching (the workspace, directories, log file, fork) is slow file-system work: a
+        # small pool does it so the loop goes on deciding while processes start.
+        self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger, upstreams,
+                                                     cache.pipeline.spec.source)
 
-    def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str) -> None:
+    def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str,
+                upstreams: tuple[workspace.Upstream, ...], source: Source | None) -> None:
         try:
+            prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
+                                         identity=self._identity(), source=source, root=self.root.path)
+            if prepared.problem:  # a merge conflict: the attempt fails without running
+                self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
+                self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)
+                return
             argv = _argv(spec)
-            env = {**os.environ, **spec.env, "CLOWDER_ROOT": str(self.root.path), "CLOWDER_PIPELINE": paths.name,
-                   "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
+            env = {**os.environ, **self._identity().env(), **spec.env, "CLOWDER_ROOT": str(self.root.path),
+                   "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
             launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file,
                             base.pid_file, base.exit_file)
@@ -480,10 +510,30 @@ class Driver:
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {' '.join(argv)}")
         except (OSError, ClowderError) as e:
             self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
-            self.events.put(("exit", paths.name, spec.name, attempt,
-                             Outcome(None, utcnow(), problem=f"could not start: {e}")))
+            self._end_unstarted(spec, paths, attempt, f"could not start: {e}")
         finally:
             self._launching.pop((paths.name, spec.name, attempt), None)
+
+    def _identity(self) -> workspace.Identity:
+        return workspace.Identity(self.config.git_author_name, self.config.git_author_email)
+
+    def _upstreams(self, cache: _Pipeline, spec: JobSpec) -> tuple[workspace.Upstream, ...]:
+        """The jobs this one starts from that ran, each at its final commit."""
+        out = []
+        for name in spec.sources:
+            status = cache.jobs.get(name)
+            commit = next((a.commit for a in reversed(status.attempts) if a.commit), None) if status else None
+            if commit is not None:
+                out.append(workspace.Upstream(name, cache.paths.workspace(name), commit))
+        return tuple(out)
+
+    def _end_unstarted(self, spec: JobSpec, paths: PipelinePaths, attempt: int, problem: str,
+                       conflicts: tuple[str, ...] = ()) -> None:
+        """An attempt that failed before its process ran still ends with a commit (error.json)."""
+        error = workspace.ErrorContext(problem, conflicts=conflicts)
+        outcome = Outcome(None, utcnow(), problem=problem)
+        self.events.put(("exit", paths.name, spec.name, attempt,
+                         self._commit_attempt(paths, spec, attempt, outcome, "failed", error)))
 
     # -- results --------------------------------------------------------------------------
 
@@ -501,6 +551,25 @@ def _argv(spec: JobSpec) -> tuple[str, ...]:
     if spec.command:
         return spec.command
     raise ClowderError(f"job {spec.name}: agent jobs need a harness (agent = {spec.agent!r})")
+
+
+def _attempt_end(outcome: Outcome, killed_for: str | None, spec: JobSpec | None) -> tuple[str, str]:
+    """The attempt's state for its commit trailer, and why it ended so (as `_finish` records it)."""
+    if outcome.exit_code == 0 and not outcome.problem:
+        return "succeeded", ""
+    if killed_for == "cancel":
+        return "cancelled", "cancelled by request"
+    if outcome.exit_code is None and not outcome.problem:
+        return "lost", "the process vanished without an exit record"
+    if killed_for == "timeout" and spec is not None and spec.timeout is not None:
+        return "failed", f"timed out after {format_duration(spec.timeout)}"
+    if outcome.problem:
+        return "failed", outcome.problem
+    if outcome.signal is not None:
+        name = signal.Signals(outcome.signal).name if outcome.signal in signal.valid_signals() else "unknown"
+        return "failed", f"killed by signal {outcome.signal} ({name})"
+    return "failed", f"exit code {outcome.exit_code}"
+
 
 
 def _missing_outputs(workspace: Path, spec: JobSpec) -> str:

@@ -1,0 +1,69 @@
+"""Artifacts: the files an attempt's commit changed or declared as outputs, identified by git
+blob ids and recorded in status/<job>.toml (DESIGN §3); listing and finding them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from clowder.errors import UsageError
+from clowder.spec import check_name
+from clowder.state import read_job_status
+from clowder.tree import PipelinePaths
+
+FILE = "file"
+MODEL_OUTPUT = "model_output"
+ERROR_CONTEXT = "error_context"
+OUTPUT_FILE = "output.json"
+ERROR_FILE = "error.json"
+
+
+def metadata_dir(job: str) -> str:
+    """The job's run metadata inside its workspace: prompt, action log, output, error."""
+    return f".clowder/{job}"
+
+
+def kind_of(path: str, job: str) -> str:
+    if path == f"{metadata_dir(job)}/{OUTPUT_FILE}":
+        return MODEL_OUTPUT
+    if path == f"{metadata_dir(job)}/{ERROR_FILE}":
+        return ERROR_CONTEXT
+    return FILE
+
+
+@dataclass(frozen=True)
+class Row:
+    """One artifact of one attempt."""
+
+    job: str
+    attempt: int
+    state: str
+    commit: str
+    path: str
+    blob: str
+    size: int
+    kind: str
+
+
+def list_artifacts(paths: PipelinePaths, job: str | None = None, sha: str | None = None) -> list[Row]:
+    """Every recorded artifact of the pipeline (or of one job), oldest attempt first; with `sha`,
+    only those whose blob id starts with it."""
+    if not paths.spec_file.is_file():
+        raise UsageError(f"{paths.dir}: no such pipeline")
+    if sha is not None and (len(sha) < 4 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise UsageError(f"--sha {sha!r}: give at least 4 hex digits of a blob id")
+    if job is not None:
+        check_name(job, "job")
+        if not paths.job_file(job).is_file() and not paths.job_status_file(job).is_file():
+            raise UsageError(f"{paths.dir}: no job {job!r}")
+    jobs = [job] if job is not None else sorted(f.stem for f in paths.status_dir.glob("*.toml"))
+    rows = []
+    for name in jobs:
+        for a in read_job_status(paths.job_status_file(name), name).attempts:
+            rows += [Row(name, a.number, a.state.value, a.commit or "", x.path, x.blob, x.size, x.kind)
+                     for x in a.artifacts if sha is None or x.blob.startswith(sha.lower())]
+    return rows
+
+
+def to_json(rows: list[Row]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]

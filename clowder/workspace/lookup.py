@@ -1,0 +1,110 @@
+"""Naming commits on the command line (`dev`, `test@2`) and the commands that show them:
+`clowder path` and `clowder diff`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clowder.errors import UsageError
+from clowder.spec import is_name
+from clowder.state import read_job_status
+from clowder.tree import PipelinePaths
+from clowder.workspace.repo import EMPTY_TREE, TAG_PREFIX, Repo, WorkspaceError, git
+
+
+@dataclass(frozen=True)
+class Point:
+    """A commit named on the command line: `dev` (its final commit) or `dev@2` (an attempt)."""
+
+    job: str
+    attempt: int | None
+    commit: str
+    repo: Path
+
+
+_POINT = re.compile(r"^(?P<job>[^@]+)(?:@(?P<attempt>[0-9]+))?$")
+
+
+def _existing(paths: PipelinePaths) -> PipelinePaths:
+    if not paths.spec_file.is_file():
+        raise UsageError(f"{paths.dir}: no such pipeline")
+    return paths
+
+
+def _known_job(paths: PipelinePaths, job: str) -> bool:
+    return is_name(job) and (paths.job_file(job).is_file() or paths.job_status_file(job).is_file())
+
+
+def workspace_path(paths: PipelinePaths, job: str) -> Path:
+    """The job's workspace, for `cd "$(clowder path p dev)"`."""
+    _existing(paths)
+    if not _known_job(paths, job):
+        raise UsageError(f"{paths.dir}: no job {job!r}")
+    ws = paths.workspace(job)
+    if not Repo(ws).exists():
+        raise UsageError(f"{paths.name}/{job}: no workspace yet (the job has not started)")
+    return ws
+
+
+def resolve(paths: PipelinePaths, text: str) -> Point:
+    """`job` (its final commit) or `job@n` (attempt n's commit)."""
+    m = _POINT.match(text)
+    if m is None or not _known_job(paths, m["job"]):
+        raise UsageError(f"{text!r}: not a job of {paths.name} (use JOB or JOB@ATTEMPT, e.g. dev or test@2)")
+    job, ws = m["job"], paths.workspace(m["job"])
+    attempts = read_job_status(paths.job_status_file(job), job).attempts
+    if m["attempt"] is None:
+        commit = next((a.commit for a in reversed(attempts) if a.commit), None) or Repo(ws).head()
+        if commit is None:
+            raise UsageError(f"{job}: no commit yet (the job has not run)")
+        return Point(job, None, commit, ws)
+    number = int(m["attempt"])
+    recorded = {a.number: a.commit for a in attempts}
+    commit = Repo(ws).tag(f"{TAG_PREFIX}{number}") or recorded.get(number)
+    if commit is None:
+        have = ", ".join(str(n) for n, c in sorted(recorded.items()) if c) or "none"
+        raise UsageError(f"{job}@{number}: no such attempt (attempts with a commit: {have})")
+    return Point(job, number, commit, ws)
+
+
+def base_of(paths: PipelinePaths, point: Point) -> str:
+    """What `point` started from: an attempt's base commit, or a job's first base."""
+    attempts = read_job_status(paths.job_status_file(point.job), point.job).attempts
+    number = point.attempt or (attempts[0].number if attempts else 1)
+    attempt = next((a for a in attempts if a.number == number), None)
+    if attempt is not None and attempt.base_commit:
+        return attempt.base_commit
+    previous = Repo(point.repo).tag(f"{TAG_PREFIX}{number - 1}") if number > 1 else None
+    return previous or EMPTY_TREE
+
+
+def split_diff_args(paths: PipelinePaths, rest: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
+    """(B or None, git diff options, paths) from what follows A on the command line."""
+    items = list(rest)
+    second = None
+    if items and not items[0].startswith("-"):
+        m = _POINT.match(items[0])
+        if m is not None and _known_job(paths, m["job"]):
+            second = items.pop(0)
+    return second, [x for x in items if x.startswith("-")], [x for x in items if not x.startswith("-")]
+
+
+def diff(paths: PipelinePaths, a: str, rest: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """`git diff` from A to B, or from A's base to A. Commits of different jobs' repositories
+    are compared in B's repository with A's objects borrowed for the one command."""
+    _existing(paths)
+    second, options, files = split_diff_args(paths, rest)
+    new = resolve(paths, second or a)
+    old_commit = resolve(paths, a).commit if second else base_of(paths, new)
+    old_repo = paths.workspace(a.split("@", 1)[0])
+    env = {}
+    if old_repo != new.repo:
+        env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str((old_repo / ".git" / "objects").resolve())
+    proc = git(new.repo, "diff", *options, old_commit, new.commit, "--", *files, check=False, env=env)
+    if proc.returncode > 1:
+        raise WorkspaceError(f"git diff failed: {proc.stderr.strip()}")
+    return proc

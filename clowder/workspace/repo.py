@@ -1,0 +1,431 @@
+"""A git repository as Clowder's workspaces use it: the git CLI with hooks, templates and signing
+turned off; refs and objects read in-process; the pipeline's shared object store; skeleton
+repositories; and commits written without git when an attempt changed nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clowder.errors import EXIT_WORK_FAILED, ClowderError
+
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+STORE = ".objects"  # workspaces/.objects: the pipeline's shared object store
+STORE_FROM_OBJECTS = "../../../" + STORE  # the alternates entry, relative to workspaces/<job>/.git/objects
+MARKER = "CLOWDER_ATTEMPT"  # .git/CLOWDER_ATTEMPT: the attempt prepared last (json)
+TAG_PREFIX = "attempt-"
+GIT_OPTIONS = (
+    "-c", "core.hooksPath=/dev/null", "-c", "init.templateDir=", "-c", "commit.gpgsign=false",
+    "-c", "tag.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.fsmonitor=false",
+)
+# Variables that would point git at another repository than the one we pass in `cwd`.
+_REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
+
+
+class WorkspaceError(ClowderError):
+    """A git operation on a workspace failed."""
+
+    exit_code = EXIT_WORK_FAILED
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Author and committer of Clowder's commits (clowder.toml [git])."""
+
+    name: str = "Clowder"
+    email: str = "clowder@localhost"
+
+    def env(self) -> dict[str, str]:
+        return {"GIT_AUTHOR_NAME": self.name, "GIT_AUTHOR_EMAIL": self.email,
+                "GIT_COMMITTER_NAME": self.name, "GIT_COMMITTER_EMAIL": self.email}
+
+
+# -- running git ------------------------------------------------------------------------------
+
+def _env(identity: Identity | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    if identity is not None:
+        env.update(identity.env())
+    env.update(extra or {})
+    return env
+
+
+def git(cwd: Path, *args: str, identity: Identity | None = None, stdin: str | None = None,
+        check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one git command in `cwd`; raise WorkspaceError with git's message if it fails."""
+    proc = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=cwd, env=_env(identity, env), input=stdin,
+                          capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        raise WorkspaceError(f"{cwd}: git {args[0]} failed: {message[-1] if message else proc.returncode}")
+    return proc
+
+
+# -- refs and objects, read in-process --------------------------------------------------------
+
+class Repo:
+    """A workspace repository: refs read from files, objects through gitdb."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.git_dir = path / ".git"
+
+    def exists(self) -> bool:
+        return (self.git_dir / "HEAD").is_file()
+
+    def _packed(self) -> dict[str, str]:
+        refs: dict[str, str] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in (self.git_dir / "packed-refs").read_text().splitlines():
+                if line and line[0] not in "#^":
+                    sha, _, name = line.partition(" ")
+                    refs[name] = sha
+        return refs
+
+    def ref(self, name: str, depth: int = 0) -> str | None:
+        """The commit a ref (HEAD, refs/tags/attempt-1, ...) points to, or None."""
+        try:
+            text = (self.git_dir / name).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return self._packed().get(name)
+        if text.startswith("ref: ") and depth < 5:
+            return self.ref(text[5:], depth + 1)
+        return text or None
+
+    def head(self) -> str | None:
+        return self.ref("HEAD")
+
+    def branch(self) -> str:
+        text = (self.git_dir / "HEAD").read_text().strip()
+        return text[5:] if text.startswith("ref: ") else "HEAD"
+
+    def tags(self) -> dict[str, str]:
+        tags = {n[len("refs/tags/"):]: s for n, s in self._packed().items() if n.startswith("refs/tags/")}
+        base = self.git_dir / "refs" / "tags"
+        for dirpath, _, files in os.walk(base):
+            for f in files:
+                name = Path(dirpath, f).relative_to(base).as_posix()
+                if not name.endswith(".lock"):
+                    tags[name] = Path(dirpath, f).read_text().strip()
+        return tags
+
+    def tag(self, name: str) -> str | None:
+        return self.ref(f"refs/tags/{name}")
+
+    def write_ref(self, name: str, sha: str) -> None:
+        path = self.git_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(path.name + ".lock")  # git's own convention: ref.lock, then rename
+        lock.write_text(sha + "\n")
+        os.replace(lock, path)
+
+    def objects(self) -> Objects:
+        return Objects(self.git_dir / "objects", self.path.parent / STORE)
+
+    def marker(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.git_dir / MARKER).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_marker(self, data: Mapping[str, Any]) -> None:
+        tmp = self.git_dir / (MARKER + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.git_dir / MARKER)
+
+
+class Objects:
+    """Read-only access to a repository's objects and the pipeline's store."""
+
+    def __init__(self, *dirs: Path) -> None:
+        from gitdb.db.loose import LooseObjectDB  # type: ignore[import-untyped]  # ~10 ms: import on use
+        from gitdb.db.pack import PackedDB  # type: ignore[import-untyped]
+
+        self._dbs = [LooseObjectDB(str(d)) for d in dirs if d.is_dir()]
+        self._dbs += [PackedDB(str(d / "pack")) for d in dirs if (d / "pack").is_dir()]
+
+    def _find(self, sha: str) -> Any:
+        binsha = bytes.fromhex(sha)
+        for db in self._dbs:
+            if db.has_object(binsha):
+                return db, binsha
+        raise WorkspaceError(f"git object {sha} not found")
+
+    def store(self, kind: bytes, data: bytes) -> str:
+        """Write an object into the first directory (the repository's own) and return its id."""
+        from io import BytesIO
+
+        from gitdb import IStream  # type: ignore[import-untyped]
+
+        return str(self._dbs[0].store(IStream(kind, len(data), BytesIO(data))).hexsha.decode())
+
+    def has(self, sha: str) -> bool:
+        binsha = bytes.fromhex(sha)
+        return any(db.has_object(binsha) for db in self._dbs)
+
+    def size(self, sha: str) -> int:
+        db, binsha = self._find(sha)
+        return int(db.info(binsha).size)
+
+    def read(self, sha: str) -> bytes:
+        db, binsha = self._find(sha)
+        return bytes(db.stream(binsha).read())
+
+    def tree_of(self, commit: str | None) -> str:
+        if commit is None:
+            return EMPTY_TREE
+        header = self.read(commit).split(b"\n", 1)[0]
+        return header[len(b"tree "):].decode()
+
+    def message(self, commit: str) -> str:
+        return self.read(commit).split(b"\n\n", 1)[-1].decode(errors="replace")
+
+    def entries(self, tree: str) -> dict[str, tuple[int, str]]:
+        """name -> (mode, sha) of one tree object."""
+        if tree == EMPTY_TREE:
+            return {}
+        data, out, pos = self.read(tree), {}, 0
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            nul = data.index(b"\0", space)
+            out[data[space + 1:nul].decode(errors="surrogateescape")] = (int(data[pos:space], 8),
+                                                                          data[nul + 1:nul + 21].hex())
+            pos = nul + 21
+        return out
+
+
+def is_tree(mode: int) -> bool:
+    return mode == 0o40000
+
+
+def is_blob(mode: int) -> bool:
+    return mode in (0o100644, 0o100755, 0o120000)
+
+
+Entry = tuple[int, str]  # (mode, object id) in a tree
+
+
+def tree_changes(objs: Objects, old_tree: str, new_tree: str, prefix: str = "") -> Iterator[tuple[str, Entry | None]]:
+    """(path, new entry or None if deleted) for every file, symlink or submodule that differs from
+    `old_tree` to `new_tree`. Subtrees with the same id are skipped unread, so the cost follows
+    the change, not the size of the tree."""
+    if old_tree == new_tree:
+        return
+    old, new = objs.entries(old_tree), objs.entries(new_tree)
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        old_is_tree = before is not None and is_tree(before[0])
+        new_is_tree = after is not None and is_tree(after[0])
+        if old_is_tree or new_is_tree:
+            yield from tree_changes(objs, before[1] if before and old_is_tree else EMPTY_TREE,
+                                    after[1] if after and new_is_tree else EMPTY_TREE, f"{prefix}{name}/")
+        if after is not None and not new_is_tree:
+            yield f"{prefix}{name}", after
+        elif before is not None and not old_is_tree:
+            yield f"{prefix}{name}", None
+
+
+def blob_at(objs: Objects, tree: str, path: str) -> str | None:
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        entry = objs.entries(tree).get(part)
+        if entry is None:
+            return None
+        mode, sha = entry
+        if i == len(parts) - 1:
+            return sha if is_blob(mode) else None
+        if not is_tree(mode):
+            return None
+        tree = sha
+    return None
+
+
+# -- the shared object store ------------------------------------------------------------------
+
+def store_dir(workspaces: Path) -> Path:
+    store = workspaces / STORE
+    store.mkdir(parents=True, exist_ok=True)
+    return store
+
+
+def publish(repo: Repo, since_ns: int = 0) -> None:
+    """Hard-link the repository's objects into the pipeline's store, so downstream repositories
+    (which borrow from the store) see them. Only fan-out directories modified since `since_ns`
+    are scanned: the objects of one attempt, not the whole history."""
+    objects, store = repo.git_dir / "objects", store_dir(repo.path.parent)
+    # File timestamps come from a coarse kernel clock that may lag time.time_ns(): keep a margin.
+    since = since_ns - 2_000_000_000
+    for entry in os.scandir(objects):
+        is_objects = entry.name == "pack" or (len(entry.name) == 2 and entry.is_dir())
+        if is_objects and entry.stat().st_mtime_ns >= since:
+            _link_dir(Path(entry.path), store / entry.name)
+
+
+def _link_dir(src: Path, dst: Path) -> None:
+    dst.mkdir(exist_ok=True)
+    # A pack is found through its .idx: link the .pack (and .rev, ...) before the .idx.
+    for name in sorted(os.listdir(src), key=lambda n: (n.endswith(".idx"), n)):
+        if name.endswith((".lock", ".tmp")) or name.startswith("tmp_"):
+            continue
+        with contextlib.suppress(FileExistsError):
+            os.link(src / name, dst / name)
+
+
+# -- creating repositories --------------------------------------------------------------------
+
+_probe_lock = threading.Lock()
+_probed: dict[Path, tuple[str, str]] = {}
+
+
+def _probe(workspaces: Path) -> tuple[str, str]:
+    """config and HEAD of a fresh `git init` on this file system, made once per process."""
+    with _probe_lock:
+        if workspaces not in _probed:
+            workspaces.mkdir(parents=True, exist_ok=True)
+            tmp = workspaces / f".probe-{os.getpid()}-{threading.get_ident()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                git(workspaces, "init", "-q", "--template=", str(tmp))
+                _probed[workspaces] = ((tmp / ".git" / "config").read_text(), (tmp / ".git" / "HEAD").read_text())
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return _probed[workspaces]
+
+
+def skeleton(path: Path, head: str | None) -> Repo:
+    """A new repository at `path` borrowing from the store, its branch at `head` (None: unborn)."""
+    config, head_text = _probe(path.parent)
+    store_dir(path.parent)
+    git_dir = path / ".git"
+    (git_dir / "objects" / "info").mkdir(parents=True)
+    (git_dir / "refs" / "tags").mkdir(parents=True)
+    (git_dir / "config").write_text(config)
+    (git_dir / "HEAD").write_text(head_text)
+    (git_dir / "objects" / "info" / "alternates").write_text(STORE_FROM_OBJECTS + "\n")
+    repo = Repo(path)
+    if head is not None:
+        (git_dir / "packed-refs").write_text(f"# pack-refs with: peeled\n{head} {repo.branch()}\n")
+    return repo
+
+
+def checkout(repo: Repo) -> None:
+    head = repo.head()
+    if head is not None and repo.objects().tree_of(head) != EMPTY_TREE:  # an empty tree needs no index
+        git(repo.path, "read-tree", "-u", "--reset", "HEAD")
+
+
+# -- a commit without git processes, when the attempt changed nothing ---------------------------
+# `git add -A` + `git commit` cost 7-9 ms (two processes and a dozen small file writes). When
+# the worktree provably equals the index and the index equals HEAD, the commit's tree is HEAD's
+# and the commit object is written in-process with gitdb (no reflog entry): ~0.5 ms.
+
+_INDEX_ENTRY = struct.Struct(">10I20sH")  # ctime s/ns, mtime s/ns, dev, ino, mode, uid, gid, size, id, flags
+_MAX_CHECKED = 2000  # beyond this many files, git's own index refresh is the faster check
+_IndexEntry = tuple[int, int, int, str]  # mtime ns, size, mode, blob id
+
+
+def untouched(repo: Repo, head: str | None) -> bool:
+    """True only if nothing in the worktree or index differs from HEAD, judged as git does: by
+    stat data, re-hashing the racily clean files; False whenever unsure (an unknown index
+    format, a merge in progress, too many files)."""
+    index = _read_index(repo.git_dir / "index")
+    if index is None:
+        return False
+    entries, tree, index_mtime = index
+    if tree != (repo.objects().tree_of(head) if head else EMPTY_TREE):
+        return False
+    seen = 0
+    for dirpath, dirs, files in os.walk(repo.path):
+        if dirpath == str(repo.path):
+            dirs[:] = [d for d in dirs if d != ".git"]
+        for name in files:
+            seen += 1
+            path = os.path.join(dirpath, name)
+            entry = entries.get(os.path.relpath(path, repo.path))
+            if entry is None or seen > _MAX_CHECKED or not _same_file(path, entry, index_mtime):
+                return False
+    return seen == len(entries)
+
+
+def _same_file(path: str, entry: _IndexEntry, index_mtime: int) -> bool:
+    mtime, size, mode, blob = entry
+    st = os.lstat(path)
+    if mode != (0o120000 if stat.S_ISLNK(st.st_mode) else 0o100755 if st.st_mode & 0o100 else 0o100644):
+        return False
+    if (st.st_mtime_ns, st.st_size) == (mtime, size) and mtime < index_mtime:
+        return True
+    # Written in the same clock tick as the index (timestamps are coarse): same stat data may
+    # hide other content, and git may have zeroed the size to say so. Compare the content.
+    if st.st_mtime_ns != mtime or size not in (0, st.st_size) or st.st_size > 1 << 20:
+        return False
+    data = os.readlink(path).encode() if stat.S_ISLNK(st.st_mode) else Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob
+
+
+def _read_index(path: Path) -> tuple[dict[str, _IndexEntry], str, int] | None:
+    """path -> (mtime ns, size, mode, blob) of a version 2 or 3 index, its cached root tree id, and the
+    index's own mtime; an absent index is empty. None: a format or state not handled here."""
+    try:
+        data, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}, EMPTY_TREE, 0
+    if data[:4] != b"DIRC" or int.from_bytes(data[4:8], "big") not in (2, 3):
+        return None
+    count, pos = int.from_bytes(data[8:12], "big"), 12
+    entries: dict[str, _IndexEntry] = {}
+    for _ in range(count):
+        fields = _INDEX_ENTRY.unpack_from(data, pos)
+        flags = fields[11]
+        start = pos + 62 + (2 if flags & 0x4000 else 0)
+        end = data.index(b"\0", start)
+        if flags & 0x3000 or len(entries) > _MAX_CHECKED:  # a merge stage, or too many to check
+            return None
+        entries[data[start:end].decode(errors="surrogateescape")] = (fields[2] * 10**9 + fields[3], fields[9],
+                                                                     fields[6], fields[10].hex())
+        pos += (end - pos + 8) & ~7  # entries are NUL-padded to a multiple of 8 bytes
+    tree = EMPTY_TREE
+    if data[pos:pos + 4] == b"TREE":  # the cache-tree extension: root line "\0<count> <subtrees>\n<id>"
+        header_end = data.index(b"\n", pos + 8)
+        if data[pos + 9:header_end].split(b" ")[0] == b"-1":
+            return None
+        tree = data[header_end + 1:header_end + 21].hex()
+    elif entries:
+        return None
+    return entries, tree, mtime
+
+
+def write_commit(repo: Repo, parent: str | None, message: str, identity: Identity) -> str:
+    objects = repo.objects()
+    tree = objects.tree_of(parent) if parent else EMPTY_TREE
+    if not objects.has(tree):
+        objects.store(b"tree", b"")
+    now = time.time()
+    offset = time.localtime(now).tm_gmtoff
+    zone = f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+    name, email = (re.sub(r"[<>\n]", "", x) for x in (identity.name, identity.email))
+    who = f"{name} <{email}> {int(now)} {zone}"
+    parents = f"parent {parent}\n" if parent else ""
+    data = f"tree {tree}\n{parents}author {who}\ncommitter {who}\n\n{message}".encode()
+    sha = objects.store(b"commit", data)
+    repo.write_ref(repo.branch(), sha)
+    return sha
+
+

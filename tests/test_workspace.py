@@ -1,0 +1,408 @@
+"""Workspaces as git repositories: a commit per attempt, lineage, artifacts, `clowder diff`,
+`clowder artifacts` and `clowder path` — all with real repositories and real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clowder import workspace
+from clowder.driver import Driver
+from clowder.state import JobState, JobStatus, read_job_status
+from clowder.tree import Root
+from tests.conftest import Invoke, MakePipeline, write
+from tests.test_driver import daemon, wait_for
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def run(root: Root, pipeline: str = "p") -> bool:
+    return Driver(root, only=[pipeline], log=lambda s: None).serve(until_done=True)
+
+
+def status(root: Root, job: str, pipeline: str = "p") -> JobStatus:
+    return read_job_status(root.pipeline(pipeline).job_status_file(job), job)
+
+
+def ws(root: Root, job: str, pipeline: str = "p") -> Path:
+    return root.pipeline(pipeline).workspace(job)
+
+
+def trailers(repo: Path, rev: str = "HEAD") -> list[dict[str, str]]:
+    """The Clowder trailers of every commit reachable from `rev`, newest first."""
+    out = git(repo, "log", "--format=%(trailers:only,unfold)%x1e", rev)
+    return [dict(line.split(": ", 1) for line in block.strip().splitlines())
+            for block in out.split("\x1e") if block.strip()]
+
+
+CHAIN = {
+    "plan": 'command = "echo step one > plan.md"\n',
+    "dev": ('command = "cat plan.md > code.txt; mkdir -p .clowder/dev; '
+            'echo \'{\\"ok\\": true}\' > .clowder/dev/output.json"\nneeds = ["plan"]\n'),
+    "test": 'command = "echo passed > report.txt"\nneeds = ["dev"]\n',
+}
+
+
+# -- lineage ----------------------------------------------------------------------------------
+
+def test_a_chain_shows_every_jobs_commit_with_trailers_and_tags(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke) -> None:
+    make_pipeline("p", CHAIN)
+    assert cli("run", "p").exit_code == 0
+    test_ws = ws(root, "test")
+    assert trailers(test_ws) == [
+        {"Clowder-Pipeline": "p", "Clowder-Job": job, "Clowder-Attempt": "1", "Clowder-State": "succeeded"}
+        for job in ("test", "dev", "plan")
+    ]
+    commits = {job: status(root, job).attempts[0].commit for job in CHAIN}
+    assert git(test_ws, "rev-parse", "attempt-1", "dev/attempt-1", "plan/attempt-1").split() == [
+        commits["test"], commits["dev"], commits["plan"]]
+    assert git(test_ws, "log", "--format=%H").split() == [commits["test"], commits["dev"], commits["plan"]]
+    for job in CHAIN:  # each job's own repository has its own tag
+        assert git(ws(root, job), "rev-parse", "attempt-1").strip() == commits[job]
+        assert git(ws(root, job), "status", "--porcelain") == ""
+    test = status(root, "test").attempts[0]
+    assert test.consumed == {"dev": commits["dev"]} and test.base_commit == commits["dev"]
+    dev = status(root, "dev").attempts[0]
+    assert dev.consumed == {"plan": commits["plan"]} and dev.base_commit == commits["plan"]
+    assert status(root, "plan").attempts[0].base_commit is None  # an empty repository
+    assert (test_ws / "code.txt").read_text() == "step one\n"
+    assert json.loads((test_ws / ".clowder" / "dev" / "output.json").read_text()) == {"ok": True}
+
+
+def test_every_recorded_blob_is_the_git_object_at_its_path(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {
+        **CHAIN,
+        "test": ('command = "echo passed > report.txt; echo x > build.log; false"\nneeds = ["dev"]\n'
+                 'outputs = ["code.txt", "build.log"]\nallow_failure = true\n'),
+        "ignored": 'command = "echo build.log > .gitignore; echo data > build.log"\noutputs = ["build.log"]\n',
+    })
+    run(root)
+    kinds = {}
+    for job in (*CHAIN, "ignored"):
+        for attempt in status(root, job).attempts:
+            assert attempt.commit and attempt.artifacts
+            for a in attempt.artifacts:
+                assert git(ws(root, job), "rev-parse", f"{attempt.commit}:{a.path}").strip() == a.blob
+                assert int(git(ws(root, job), "cat-file", "-s", a.blob)) == a.size
+                kinds[(job, a.path)] = a.kind
+    assert kinds == {
+        ("plan", "plan.md"): "file",
+        ("dev", "code.txt"): "file",
+        ("dev", ".clowder/dev/output.json"): "model_output",
+        ("test", "report.txt"): "file",
+        ("test", "build.log"): "file",
+        ("test", "code.txt"): "file",  # unchanged, but a declared output
+        ("test", ".clowder/test/error.json"): "error_context",
+        ("ignored", ".gitignore"): "file",
+        ("ignored", "build.log"): "file",  # a declared output is committed even if ignored
+    }
+
+
+def test_an_attempt_commits_with_the_configured_identity_and_no_global_config(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    config = root.config_file.read_text().replace('author_name = "Clowder"', 'author_name = "Build Bot"')
+    root.config_file.write_text(config.replace('author_email = "clowder@localhost"', 'author_email = "bot@x.org"'))
+    home = Path.home()
+    hooks = write(tmp_path / "hooks" / "pre-commit", "#!/bin/sh\nexit 1\n")
+    hooks.chmod(0o755)
+    # A hostile global config: hooks that refuse every commit, signing without a key.
+    write(home / "gitconfig", f"[core]\n\thooksPath = {hooks.parent}\n[commit]\n\tgpgsign = true\n")
+    before = (home / "gitconfig").read_text()
+    make_pipeline("p", {"a": 'command = "git commit -q --allow-empty --no-verify --no-gpg-sign -m mine; touch f"\n'})
+    assert run(root)
+    a = ws(root, "a")
+    assert git(a, "log", "-1", "--format=%an <%ae> | %cn <%ce>").strip() == \
+        "Build Bot <bot@x.org> | Build Bot <bot@x.org>"
+    # The job's own commit got the same identity, from its environment.
+    assert git(a, "log", "-1", "--format=%an", "HEAD^").strip() == "Build Bot"
+    assert (home / "gitconfig").read_text() == before
+    assert not (a / ".git" / "hooks").exists()
+
+
+def test_a_job_that_commits_itself_still_gets_its_artifacts(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo x > mine.txt && git add . && git commit -qm mine && echo y > late"\n'})
+    assert run(root)
+    attempt = status(root, "a").attempts[0]
+    assert [x.path for x in attempt.artifacts] == ["late", "mine.txt"]
+    assert git(ws(root, "a"), "log", "--format=%s").splitlines() == ["a: attempt 1 succeeded", "mine"]
+
+
+# -- fan-in -----------------------------------------------------------------------------------
+
+def test_a_fan_in_merges_both_upstreams(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {
+        "split": 'command = "echo base > base.txt"\n',
+        "left": 'command = "echo l > left.txt"\nneeds = ["split"]\n',
+        "right": 'command = "echo r > right.txt"\nneeds = ["split"]\n',
+        "join": 'command = "cat base.txt left.txt right.txt > all.txt"\nneeds = ["left", "right"]\n',
+    })
+    assert run(root)
+    join = ws(root, "join")
+    assert (join / "all.txt").read_text() == "base\nl\nr\n"
+    left, right = (status(root, j).attempts[0].commit for j in ("left", "right"))
+    attempt = status(root, "join").attempts[0]
+    assert attempt.consumed == {"left": left, "right": right}
+    assert git(join, "rev-parse", f"{attempt.base_commit}^1", f"{attempt.base_commit}^2").split() == [left, right]
+    assert [x.path for x in attempt.artifacts] == ["all.txt"]  # what the merge brought is not join's
+    assert {t["Clowder-Job"] for t in trailers(join)} == {"split", "left", "right", "join"}
+
+
+def test_a_fan_in_of_three_unrelated_upstreams(root: Root, make_pipeline: MakePipeline) -> None:
+    jobs = {name: f'command = "echo {name} > {name}.txt"\n' for name in ("a", "b", "c")}
+    make_pipeline("p", {**jobs, "join": 'command = "cat a.txt b.txt c.txt"\nneeds = ["a", "b", "c"]\n'})
+    assert run(root)
+    assert status(root, "join").attempts[0].consumed.keys() == {"a", "b", "c"}
+    assert sorted(p.name for p in ws(root, "join").glob("*.txt")) == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_a_conflicting_fan_in_fails_naming_the_paths_and_runs_nothing(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    make_pipeline("p", {
+        "a": 'command = "echo a > shared.txt; echo a > other.txt; echo a > a.txt"\n',
+        "b": 'command = "echo b > shared.txt; echo b > other.txt"\n',
+        "join": f'command = "touch {ran}"\nneeds = ["a", "b"]\nretries = 1\nbackoff = {{ initial = 0 }}\n',
+    })
+    assert not run(root)
+    join = status(root, "join")
+    message = "merge conflict with upstream b in: other.txt, shared.txt"
+    assert join.state is JobState.FAILED
+    assert [(x.state, x.message) for x in join.attempts] == [(JobState.FAILED, message)] * 2
+    assert not ran.exists()
+    assert not root.pipeline("p").log_file("join", 1).exists()
+    repo = ws(root, "join")
+    error = json.loads((repo / ".clowder" / "join" / "error.json").read_text())
+    assert (error["reason"], error["conflicts"]) == (message, ["other.txt", "shared.txt"])
+    assert git(repo, "status", "--porcelain") == ""
+    assert [t["Clowder-State"] for t in trailers(repo)[:2]] == ["failed", "failed"]
+    first = join.attempts[0]
+    assert first.consumed == {"a": status(root, "a").attempts[0].commit}
+    assert [(x.path, x.kind) for x in first.artifacts] == [(".clowder/join/error.json", "error_context")]
+
+
+# -- source -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def source_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "upstream-project"
+    env_git = ["-c", "user.name=Dev", "-c", "user.email=dev@x.org"]
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    write(repo / "app.py", "VERSION = 1\n")
+    git(repo, "add", "-A")
+    git(repo, *env_git, "commit", "-qm", "v1")
+    git(repo, "tag", "v1")
+    git(repo, "checkout", "-qb", "feature")
+    write(repo / "app.py", "VERSION = 2\n")
+    git(repo, *env_git, "commit", "-qam", "v2")
+    git(repo, "checkout", "-q", "main")
+    return repo
+
+
+@pytest.mark.parametrize(("ref", "version"), [("feature", "2"), ("v1", "1"), (None, "1")])
+def test_a_pipeline_with_a_source_repository_starts_from_its_ref(
+        root: Root, make_pipeline: MakePipeline, source_repo: Path, ref: str | None, version: str) -> None:
+    source = f'source = {{ repo = "{source_repo}"' + (f', ref = "{ref}"' if ref else "") + " }\n"
+    make_pipeline("p", {"build": 'command = "cat app.py > built.txt"\n',
+                        "check": 'command = "grep VERSION built.txt"\nneeds = ["build"]\n'},
+                  spec='prompt = "x"\n' + source)
+    assert run(root)
+    expected = git(source_repo, "rev-parse", ref or "HEAD").strip()
+    build = status(root, "build").attempts[0]
+    assert build.base_commit == expected
+    assert (ws(root, "check") / "built.txt").read_text() == f"VERSION = {version}\n"
+    assert git(ws(root, "check"), "log", "--format=%H").split()[-1] == git(source_repo, "rev-list", "--max-parents=0",
+                                                                           "HEAD").strip()
+    assert [x.path for x in build.artifacts] == ["built.txt"]
+
+
+def test_a_source_path_is_relative_to_the_root_and_a_bad_ref_fails_clearly(
+        root: Root, make_pipeline: MakePipeline, source_repo: Path) -> None:
+    link = root.path / "project"
+    link.symlink_to(source_repo)
+    make_pipeline("p", {"build": 'command = "true"\n'},
+                  spec='prompt = "x"\nsource = { repo = "project", ref = "nope" }\n')
+    assert not run(root)
+    assert status(root, "build").message == (
+        "attempt 1 failed: could not start: pipeline.toml: source.ref: 'nope' is not a branch, tag or commit "
+        "of project")
+
+
+# -- retries and diffs ------------------------------------------------------------------------
+
+FLAKY = ('command = "if [ -f seen ]; then echo fixed > result.txt; else echo broken > result.txt; touch seen; '
+         'exit 3; fi"\nretries = 1\nbackoff = { initial = 0 }\n')
+
+
+def test_a_retried_job_keeps_both_attempts_in_history_and_diffs_them(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"flaky": FLAKY})
+    assert cli("run", "p").exit_code == 0
+    flaky = status(root, "flaky")
+    first, second = flaky.attempts
+    assert (first.state, second.state) == (JobState.FAILED, JobState.SUCCEEDED)
+    assert second.base_commit == first.commit
+    repo = ws(root, "flaky")
+    assert git(repo, "rev-parse", "attempt-1", "attempt-2").split() == [first.commit, second.commit]
+    assert [t["Clowder-State"] for t in trailers(repo)] == ["succeeded", "failed"]
+    error = json.loads(git(repo, "show", "attempt-1:.clowder/flaky/error.json"))
+    assert (error["exit_code"], error["reason"]) == (3, "exit code 3")
+    assert not (repo / ".clowder" / "flaky" / "error.json").exists()  # gone with the attempt that failed
+
+    result = cli("diff", "p", "flaky@1", "flaky@2", "--", "result.txt")
+    assert result.exit_code == 0, result.output
+    assert "-broken\n+fixed\n" in result.output
+    assert "error.json" not in result.output
+    assert cli("diff", "p", "flaky@2", "--name-only").output == ".clowder/flaky/error.json\nresult.txt\n"
+    stat = cli("diff", "p", "flaky@1", "flaky@2", "--stat").output.splitlines()
+    assert [line.split("|")[0].strip() for line in stat[:-1]] == [".clowder/flaky/error.json", "result.txt"]
+    assert cli("diff", "p", "flaky", "--name-only").output == "result.txt\nseen\n"  # the job as a whole
+
+
+def test_diff_between_two_jobs_repositories(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"dev": 'command = "echo v1 > code.txt"\n',
+                        "fix": 'command = "echo v2 > code.txt; echo new > extra.txt"\nneeds = ["dev"]\n'})
+    assert run(root)
+    result = cli("diff", "p", "dev", "fix", "--name-status")
+    assert (result.exit_code, result.output) == (0, "M\tcode.txt\nA\textra.txt\n")
+    assert cli("diff", "p", "fix", "dev", "code.txt").output.endswith("-v2\n+v1\n")
+
+
+def test_diff_names_what_it_cannot_find(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"flaky": FLAKY})
+    assert run(root)
+    cases = {
+        ("flaky@3",): "error: flaky@3: no such attempt (attempts with a commit: 1, 2)\n",
+        ("ghost",): "error: 'ghost': not a job of p (use JOB or JOB@ATTEMPT, e.g. dev or test@2)\n",
+    }
+    for args, message in cases.items():
+        result = cli("diff", "p", *args)
+        assert (result.exit_code, result.stderr) == (2, message)
+    result = cli("diff", "nope", "flaky")
+    assert (result.exit_code, result.stderr) == (2, f"error: {root.pipelines_dir / 'nope'}: no such pipeline\n")
+
+
+# -- missing outputs, lost attempts -----------------------------------------------------------
+
+def test_a_missing_declared_output_fails_the_attempt_and_is_committed(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi > other.txt"\noutputs = ["report.xml", "*.txt"]\n'})
+    assert not run(root)
+    a = status(root, "a")
+    assert (a.state, a.message) == (JobState.FAILED, "attempt 1 failed: missing declared output(s): report.xml")
+    error = json.loads((ws(root, "a") / ".clowder" / "a" / "error.json").read_text())
+    assert (error["reason"], error["exit_code"]) == ("missing declared output(s): report.xml", 0)
+    assert trailers(ws(root, "a"))[0]["Clowder-State"] == "failed"
+    assert [x.path for x in a.attempts[0].artifacts] == [".clowder/a/error.json", "other.txt"]
+
+
+def test_leftovers_of_a_lost_attempt_are_committed_when_the_next_attempt_prepares(root: Root) -> None:
+    repo = root.pipeline("p").workspace("a")
+    me = workspace.Identity()
+    first = workspace.prepare(repo, "p", "a", 1, (), identity=me)
+    (repo / "half-done.txt").write_text("partial\n")  # ...and the attempt vanished without a waiter
+    second = workspace.prepare(repo, "p", "a", 2, (), identity=me)
+    lost = git(repo, "rev-parse", "attempt-1").strip()
+    assert (first.base_commit, second.base_commit, second.recovered) == (None, lost, (1, lost))
+    assert trailers(repo)[0] == {"Clowder-Pipeline": "p", "Clowder-Job": "a", "Clowder-Attempt": "1",
+                                 "Clowder-State": "lost"}
+    assert git(repo, "show", "attempt-1:half-done.txt") == "partial\n"
+    done = workspace.finish(repo, "p", "a", 2, "succeeded", identity=me)
+    again = workspace.finish(repo, "p", "a", 2, "succeeded", identity=me)  # a restarted daemon looks again
+    assert again == done and git(repo, "rev-list", "--count", "HEAD").strip() == "2"
+    assert done.base_commit == lost and done.artifacts == ()
+
+
+def test_a_cancelled_attempt_is_committed_as_cancelled(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"slow": 'command = "echo started > s.txt; sleep 30"\n'})
+    with daemon(root):
+        wait_for(lambda: (ws(root, "slow") / "s.txt").exists(), what="the job to start")
+        cli("cancel", "p", "slow")
+        wait_for(lambda: status(root, "slow").state is JobState.CANCELLED, what="the cancel")
+    assert trailers(ws(root, "slow"))[0]["Clowder-State"] == "cancelled"
+    assert git(ws(root, "slow"), "show", "attempt-1:s.txt") == "started\n"
+
+
+# -- clowder path / artifacts -----------------------------------------------------------------
+
+def test_path_prints_the_workspace_or_says_why_not(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
+    assert cli("path", "p", "b").stderr == "error: p/b: no workspace yet (the job has not started)\n"
+    assert run(root)
+    result = cli("path", "p", "a")
+    assert (result.exit_code, result.stdout) == (0, f"{ws(root, 'a')}\n")
+    result = cli("path", "p", "zz")
+    assert (result.exit_code, result.stderr) == (2, f"error: {root.pipeline('p').dir}: no job 'zz'\n")
+
+
+def test_artifacts_lists_finds_by_blob_and_prints_json(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", CHAIN)
+    assert run(root)
+    code = status(root, "dev").attempts[0].artifacts[1]
+    result = cli("artifacts", "p")
+    assert result.exit_code == 0
+    assert [line.split() for line in result.output.splitlines()] == [
+        ["JOB", "ATTEMPT", "KIND", "SIZE", "BLOB", "PATH"],
+        ["dev", "1", "model_output", "13", status(root, "dev").attempts[0].artifacts[0].blob[:12],
+         ".clowder/dev/output.json"],
+        ["dev", "1", "file", "9", code.blob[:12], "code.txt"],
+        ["plan", "1", "file", "9", code.blob[:12], "plan.md"],
+        ["test", "1", "file", "7", status(root, "test").attempts[0].artifacts[0].blob[:12], "report.txt"],
+    ]
+    found = json.loads(cli("artifacts", "p", "--sha", code.blob[:7], "--json").output)
+    assert [(x["job"], x["path"], x["blob"], x["commit"]) for x in found] == [
+        ("dev", "code.txt", code.blob, status(root, "dev").attempts[0].commit),
+        ("plan", "plan.md", code.blob, status(root, "plan").attempts[0].commit),
+    ]
+    assert cli("artifacts", "p", "test", "--sha", "0000").output == "no artifacts with blob 0000\n"
+    result = cli("artifacts", "p", "--sha", "xyz")
+    assert (result.exit_code, result.stderr) == (2, "error: --sha 'xyz': give at least 4 hex digits of a blob id\n")
+
+
+# -- commits written in-process ---------------------------------------------------------------
+
+def test_an_attempt_that_changes_nothing_is_committed_in_process_and_fsck_agrees(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n', "b": 'command = "echo x > x.txt"\nneeds = ["a"]\n',
+                        "c": 'command = "cat x.txt"\nneeds = ["b"]\n', "d": 'command = "true"\nneeds = ["c"]\n'})
+    assert run(root)
+    d = ws(root, "d")
+    git(d, "fsck", "--strict", "--no-dangling")
+    assert [t["Clowder-Job"] for t in trailers(d)] == ["d", "c", "b", "a"]
+    assert git(d, "log", "-1", "--format=%an <%ae> %cn", "attempt-1").strip() == "Clowder <clowder@localhost> Clowder"
+    trees = git(d, "rev-parse", "HEAD^{tree}", "HEAD~1^{tree}", "b/attempt-1^{tree}").split()
+    assert trees[0] == trees[1] == trees[2]
+    assert git(ws(root, "a"), "rev-parse", "HEAD^{tree}").strip() == workspace.EMPTY_TREE
+    assert status(root, "d").attempts[0].artifacts == ()
+
+
+@pytest.mark.parametrize("pause", ["", "sleep 0.05; "])
+def test_a_change_that_keeps_the_size_is_still_committed(root: Root, make_pipeline: MakePipeline, pause: str) -> None:
+    make_pipeline("p", {"a": 'command = "printf aaaa > f.txt"\n',
+                        "b": f'command = "{pause}printf bbbb > f.txt"\nneeds = ["a"]\n'})
+    assert run(root)
+    assert git(ws(root, "b"), "show", "attempt-1:f.txt") == "bbbb"
+    assert [x.path for x in status(root, "b").attempts[0].artifacts] == ["f.txt"]
+
+
+def test_a_rewrite_hidden_by_a_coarse_clock_is_still_committed(root: Root) -> None:
+    me, paths = workspace.Identity(), root.pipeline("p")
+    up = paths.workspace("a")
+    workspace.prepare(up, "p", "a", 1, (), identity=me)
+    (up / "f.txt").write_text("aaaa")
+    a = workspace.finish(up, "p", "a", 1, "succeeded", identity=me)
+    down = paths.workspace("b")
+    workspace.prepare(down, "p", "b", 1, (workspace.Upstream("a", up, a.commit),), identity=me)
+    f, index = down / "f.txt", down / ".git" / "index"
+    before = f.stat()
+    os.utime(index, ns=(before.st_atime_ns, before.st_mtime_ns))  # checkout and index in one clock tick
+    f.write_text("bbbb")  # same size and, with a coarse clock, the same timestamp
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    b = workspace.finish(down, "p", "b", 1, "succeeded", identity=me)
+    assert git(down, "show", f"{b.commit}:f.txt") == "bbbb"
+    assert [x.path for x in b.artifacts] == ["f.txt"]
