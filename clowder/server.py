@@ -148,9 +148,9 @@ class Hub:
     async def stream(self, pipeline: str | None) -> AsyncIterator[str]:
         q: asyncio.Queue[monitor.Change | None] = asyncio.Queue(maxsize=1000)
         self.queues.add(q)
-        if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
-            await self.scan()
         try:
+            if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
+                await self.scan()
             yield "retry: 1000\n\n" + sse("hello", {"pipeline": pipeline})
             while True:
                 try:
