@@ -12,12 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from clowder import report
+from clowder import report, workspace
 from clowder.errors import ClowderError, UsageError
 from clowder.executor import read_exit
 from clowder.graph import topo_order
 from clowder.schema import load_toml
-from clowder.spec import NAME_RULE, Pipeline, is_name
+from clowder.spec import NAME_PATTERN, NAME_RULE, Pipeline, is_name
 from clowder.state import JobState, JobStatus, job_status_from_dict, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline, load_status_file
@@ -315,6 +315,32 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
         attempts=_attempts(status), consumers=_consumers(paths, job, commits, names), regression=regression,
         spawned=list(status.spawned), waiting_for=list(status.waiting_for), retry_at=status.retry_at,
     )
+
+
+# -- diffs ----------------------------------------------------------------------------------------
+
+POINT_PATTERN = NAME_PATTERN[:-1] + r"(@[0-9]{1,6})?$"  # `dev` (its final commit) or `test@2`
+DIFF_LIMIT = 2_000_000  # characters: a page cannot show more anyway
+
+
+def diff_text(root: Root, pipeline: str, a: str, b: str | None) -> str:
+    """`clowder diff PIPELINE A [B]`: git diff from A to B, or what A changed from its base."""
+    paths = existing_pipeline(root, pipeline)
+    for point in (a, b):
+        if point is not None:
+            _check_job(paths, point.split("@", 1)[0])
+    # Resolved first: workspace.diff would take an unknown B for a path to limit the diff to.
+    try:
+        for point in (a, b):
+            if point is not None:
+                workspace.resolve(paths, point)
+    except UsageError as e:
+        raise NotFound(str(e)) from e
+    text = workspace.diff(paths, a, [b] if b else []).stdout
+    if len(text) > DIFF_LIMIT:
+        rerun = " ".join(["clowder diff", pipeline, a, *([b] if b else [])])
+        return text[:DIFF_LIMIT] + f"\n… cut at {DIFF_LIMIT:,} characters: run `{rerun}`\n"
+    return text
 
 
 # -- logs -----------------------------------------------------------------------------------------

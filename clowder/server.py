@@ -41,6 +41,8 @@ KEEPALIVE_SECONDS = 15.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64, description="A pipeline or job name.")]
+Point = Annotated[str, Query(pattern=monitor.POINT_PATTERN, max_length=71,
+                              description="A job (its final commit) or JOB@ATTEMPT, e.g. dev or test@2.")]
 NameQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64, description="Only this pipeline.")]
 
 
@@ -317,6 +319,12 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         except FileNotFoundError:
             data = b""
         return PlainTextResponse(data.decode(errors="replace"))
+
+    @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
+    def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
+        """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
+        `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
+        return monitor.diff_text(root, pipeline, a, b)
 
     @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
     def events(pipeline: NameQuery = None) -> StreamingResponse:

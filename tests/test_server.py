@@ -146,6 +146,20 @@ def test_a_job_shows_its_spec_artifacts_consumers_and_regression_context(root: R
     assert fix["state"] == "pending"
 
 
+def test_the_diff_between_attempts_is_what_clowder_diff_shows(root: Root, make_pipeline: MakePipeline,
+                                                               cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "echo $CLOWDER_ATTEMPT > n.txt; test $CLOWDER_ATTEMPT = 2"\nretries = 1\n'
+                             'backoff = { initial = "10ms" }\n'})
+    run_to_end(root)
+    with client(root) as (c, _):
+        between = c.get("/api/pipelines/p/diff", params={"a": "a@1", "b": "a@2"})
+        first = c.get("/api/pipelines/p/diff", params={"a": "a@1"}).text
+    assert between.headers["content-type"].startswith("text/plain")
+    assert between.text == cli("diff", "p", "a@1", "a@2").output
+    assert "-1\n+2\n" in between.text
+    assert "+++ b/n.txt\n@@ -0,0 +1 @@\n+1\n" in first
+
+
 # -- live -----------------------------------------------------------------------------------------
 
 def test_states_change_as_jobs_run_and_the_events_stream_reports_them(root: Root, make_pipeline: MakePipeline,
@@ -246,6 +260,12 @@ def test_retry_through_the_api_runs_a_new_attempt(root: Root, make_pipeline: Mak
     ("/api/pipelines/p/jobs/a/logs?attempt=7", 404),
     ("/api/pipelines/p/jobs/a/logs?offset=-1", 422),
     ("/api/events?pipeline=..", 422),
+    ("/api/pipelines/p/diff", 422),
+    ("/api/pipelines/p/diff?a=-x", 422),
+    ("/api/pipelines/p/diff?a=a%20--output=x", 422),
+    ("/api/pipelines/p/diff?a=nope", 404),
+    ("/api/pipelines/p/diff?a=a", 404),
+    ("/api/pipelines/p/diff?a=a&b=a@3", 404),
     ("/api/nothing", 404),
 ])
 def test_bad_requests_get_a_4xx_json_error(root: Root, make_pipeline: MakePipeline, path: str, status: int) -> None:
@@ -330,7 +350,7 @@ def test_the_openapi_document_describes_every_api_route(root: Root) -> None:
         doc = c.get("/openapi.json").json()
     assert sorted(doc["paths"]) == [
         "/api/events", "/api/info", "/api/pipelines", "/api/pipelines/{pipeline}",
-        "/api/pipelines/{pipeline}/cancel", "/api/pipelines/{pipeline}/jobs/{job}",
+        "/api/pipelines/{pipeline}/cancel", "/api/pipelines/{pipeline}/diff", "/api/pipelines/{pipeline}/jobs/{job}",
         "/api/pipelines/{pipeline}/jobs/{job}/cancel", "/api/pipelines/{pipeline}/jobs/{job}/logs",
         "/api/pipelines/{pipeline}/jobs/{job}/retry",
     ]
@@ -368,7 +388,7 @@ def test_generated_requests_never_get_a_server_error(root: Root, make_pipeline: 
                 except Unsatisfiable:  # no parameters (GET /api/info): nothing to get wrong
                     assert mode is GenerationMode.NEGATIVE
             checked += 1
-    assert checked == 8
+    assert checked == 9
 
 
 # -- the page in a real browser -------------------------------------------------------------------

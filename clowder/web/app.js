@@ -250,12 +250,40 @@ function drawLineage(d) {
   if (diffs.length) {
     const ul = el("ul", { class: "diffs" });
     for (const x of diffs) {
+      const command = ["clowder diff", d.pipeline, x.a, x.b].filter(Boolean).join(" ");
+      const out = el("pre", { class: "diff", hidden: "" });
+      const button = el("button", { type: "button", class: "show-diff", "data-a": x.a, "data-b": x.b || "",
+        text: "show diff" });
+      button.addEventListener("click", () => toggleDiff(d.pipeline, x, button, out));
       ul.append(el("li", {}, el("span", { text: x.label }), " ", el("code", { text: `${short(x.from)}..${short(x.to)}` }),
-        " ", el("code", { class: "muted", text: x.command })));
+        " ", button, " ", el("code", { class: "muted", text: command }), out));
     }
     parts.push(el("h4", { text: "Changes between attempts" }), ul);
   }
   box.replaceChildren(...parts);
+}
+
+async function toggleDiff(pipeline, x, button, out) {
+  if (!out.hidden) {
+    out.hidden = true;
+    button.textContent = "show diff";
+    return;
+  }
+  const query = new URLSearchParams({ a: x.a, ...(x.b ? { b: x.b } : {}) });
+  const r = await fetch(`/api/pipelines/${encodeURIComponent(pipeline)}/diff?${query}`);
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    toast(`no diff: ${body.detail || r.status}`, true);
+    return;
+  }
+  const text = await r.text();
+  out.replaceChildren(...(text ? text.split("\n") : ["(no changes)"]).map((line) => {
+    const kind = /^(diff|index|new|deleted|similarity|rename|---|\+\+\+) /.test(line) ? "meta"
+      : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk" : "";
+    return el("span", { class: kind, text: line + "\n" });
+  }));
+  out.hidden = false;
+  button.textContent = "hide diff";
 }
 
 // The attempt that ran after a fix-up started from the fix-up's commit: each pair of attempts
@@ -266,13 +294,13 @@ function regressionDiffs(d) {
     const prev = d.attempts[i - 1], a = d.attempts[i];
     if (!prev.commit || !a.commit) continue;
     out.push({ label: `attempt ${prev.number} → ${a.number}${a.trigger === "regression" ? " (after fix-up)" : ""}`,
-      from: prev.commit, to: a.commit, command: `clowder diff ${d.pipeline} ${d.name}@${prev.number} ${d.name}@${a.number}` });
+      from: prev.commit, to: a.commit, a: `${d.name}@${prev.number}`, b: `${d.name}@${a.number}` });
   }
   if (d.regression && d.attempts.length) {
     const last = d.attempts[d.attempts.length - 1], first = d.attempts[0];
     if (first.base_commit && last.commit) {
       out.push({ label: `what fix-up ${d.name} changed in the code ${d.regression.parent || ""} tested`,
-        from: first.base_commit, to: last.commit, command: `clowder diff ${d.pipeline} ${d.name}` });
+        from: first.base_commit, to: last.commit, a: d.name, b: null });
     }
   }
   return out;
