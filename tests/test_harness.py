@@ -111,9 +111,11 @@ def test_regression_json_in_the_workspace_is_read_under_the_specs_context(tmp_pa
     ws = workspace_with(tmp_path, {})
     (ws / ".clowder" / "dev.r1").mkdir(parents=True)
     (ws / ".clowder" / "dev.r1" / "regression.json").write_text(json.dumps(
-        {"reason": "from the file", "spawner": "test", "context": "details from the file"}))
+        {"parent": "test", "regression_of": "dev", "reason": "from the file", "spawner": "test",
+         "context": "details from the file"}))
     text = prompt.compose(prompt.Context(p, p.jobs["dev.r1"], 1, ws))
     assert "Reason: from the spec" in text and "details from the file" in text and "`test`" in text
+    assert "- parent:" not in text and "- regression_of:" not in text
 
 
 def test_the_prompt_states_the_budget_when_one_is_set(tmp_path: Path) -> None:

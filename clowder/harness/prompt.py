@@ -17,7 +17,8 @@ UPSTREAM_LIMIT = 20_000  # characters of one upstream output shown in full; the 
 REGRESSION_HEADING = "# Regression context"
 _FIRST_KEYS = ("reason", "spawner", "attempt", "spawner_attempt")
 _BLOCK_KEYS = ("context", "log_tail")
-_HIDDEN_KEYS = ("request",)  # bookkeeping of the regression loop, nothing an agent can use
+# Bookkeeping of the regression loop, or said in the section's first sentence already.
+_HIDDEN_KEYS = ("request", "parent", "regression_of")
 
 
 @dataclass(frozen=True)
