@@ -134,8 +134,7 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
             break
         consumed[u.job] = u.commit
     base = repo.head()
-    repo.write_marker({"attempt": attempt, "base": base, "consumed": consumed, "started_ns": started,
-                       "finished": False})
+    repo.write_marker({"attempt": attempt, "base": base, "consumed": consumed, "started_ns": started})
     return Prepared(base, consumed, merged.problem, merged.conflicts, recovered)
 
 
@@ -165,13 +164,11 @@ def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root
 
 def _recover_lost(repo: Repo, pipeline: str, job: str, identity: Identity) -> tuple[int, str] | None:
     """Commit what an attempt that ended without a waiter (lost) left in the workspace."""
-    marker = repo.marker()
-    number = marker.get("attempt")
-    if not isinstance(number, int) or marker.get("finished") or repo.tag(f"{TAG_PREFIX}{number}"):
+    number = repo.marker().get("attempt")
+    if not isinstance(number, int) or repo.tag(f"{TAG_PREFIX}{number}"):  # its tag: it was committed
         return None
     commit = _commit(repo, pipeline, job, number, "lost", "the process vanished without an exit record",
                      identity, ())
-    repo.write_marker({**marker, "finished": True})
     return number, commit
 
 
@@ -194,7 +191,6 @@ def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, ident
     commit = _commit(repo, pipeline, job, attempt, state, error.reason if error else "", identity, force)
     publish(repo, marker.get("started_ns", 0) if ours else 0)
     artifacts = _artifacts(repo, base, commit, job, outputs)
-    repo.write_marker({**marker, "attempt": attempt, "finished": True})
     consumed = marker.get("consumed", {}) if ours else {}
     return Finished(commit, base, artifacts, consumed)
 
