@@ -249,6 +249,20 @@ def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
 
 
 @main.command()
+@click.argument("job")
+@click.option("--reason", "-r", required=True, help="What is wrong: the fix-up job gets it as context.")
+@click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file (test output, a report) whose text the fix-up job gets as context.")
+@root_option
+def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | None) -> None:
+    """From inside a running job, ask for a fix-up job: a copy of JOB that starts from this
+    attempt's commit. When this attempt ends, this job waits for the fix-up, then runs again."""
+    root = find_root(root_dir)
+    pipeline, _ = runner.spawn(root, job, reason, context_file)
+    click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
+
+
+@main.command()
 @click.argument("pipeline")
 @click.argument("job")
 @click.option("--attempt", "-a", type=click.IntRange(min=1), help="Which attempt (default: the latest).")

@@ -3,11 +3,13 @@ process starts and kills), and sleeps until a file event, a process exit or a de
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -18,6 +20,7 @@ from typing import TextIO
 
 from clowder import requests as req_mod
 from clowder import workspace
+from clowder.artifacts import metadata_dir
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
 from clowder.fsio import Writer, atomic_write, try_lock
@@ -30,6 +33,7 @@ from clowder.scheduler import (
     PipelineView,
     SetJob,
     SetPipeline,
+    SpawnJob,
     Start,
     reconcile,
 )
@@ -46,6 +50,7 @@ from clowder.state import (
     read_pipeline_status,
     utcnow,
 )
+from clowder.template import write_job_spec
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
@@ -86,14 +91,14 @@ class _Pipeline:
     loaded: bool = False
     full: bool = True  # the next reconcile looks at every job
     active: set[str] = field(default_factory=set)  # jobs running, retrying, waiting or queued
-    ready: set[str] = field(default_factory=set)  # jobs that could start but got no slot
+    ready: list[str] = field(default_factory=list)  # jobs that could start but got no slot, in order
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
-        focus = None if self.full else frozenset(self.active | self.ready | set(outcomes))
+        focus = None if self.full else frozenset(self.active | set(outcomes))
         return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests, focus)
+                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready))
 
     def set_job(self, status: JobStatus) -> None:
         self.jobs[status.job] = status
@@ -242,9 +247,9 @@ class Driver:
         plan = reconcile([c.view() for c in active], now, self.limits)
         for cache in active:
             cache.full = False
-            cache.ready = set()
+            cache.ready = []
         for pipeline, job in plan.ready:
-            self.pipelines[pipeline].ready.add(job)
+            self.pipelines[pipeline].ready.append(job)
         for action in plan.actions:
             self._apply(action, now)
         for cache in active:
@@ -449,6 +454,8 @@ class Driver:
                 launching.result()  # kill what was started, not a process still being forked
             paths = self.root.pipeline(action.pipeline)
             self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal)
+        elif isinstance(action, SpawnJob):
+            self._spawn(action)
         elif isinstance(action, DoneRequest):
             cache = self.pipelines[action.pipeline]
             # Through the writer, after the status writes that record what the request did.
@@ -460,6 +467,33 @@ class Driver:
             cache.requests = tuple(r for r in cache.requests if r.id != action.request)
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
+
+    def _spawn(self, action: SpawnJob) -> None:
+        """Write the fix-up's spec: the target's own file, unhooked from the graph (no stage, no
+        needs: it starts at once, from the spawner's commit) and carrying why it exists."""
+        paths = self.pipelines[action.pipeline].paths
+        source = paths.job_file(action.target)
+        try:
+            with source.open("rb") as f:
+                table = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            self.log(f"{action.pipeline}/{action.spawner}: cannot spawn {action.name}: {source}: {e}")
+            return
+        for key in ("stage", "from", "parent", "regression_of", "regression_context"):
+            table.pop(key, None)
+        table["needs"] = []
+        table["parent"] = action.spawner
+        table["regression_of"] = action.target
+        context = {"reason": action.reason, "spawner": action.spawner, "spawner_attempt": action.attempt,
+                   "request": action.request, "context": action.context,
+                   "log_tail": _tail(paths.log_file(action.spawner, action.attempt))}
+        if action.commit:
+            context["commit"] = action.commit
+        table["regression_context"] = context
+        write_job_spec(self.root, paths, action.name, table)
+        self.log(f"{action.pipeline}/{action.spawner} spawned {action.name} (a fix-up of {action.target}): "
+                 f"{action.reason}")
+        self.dirty.add(action.pipeline)
 
     def _write(self, path: Path, text: str) -> None:
         # Status writes go through a background writer so the loop never waits on fsync. A
@@ -484,7 +518,7 @@ class Driver:
         self._own.add(key)
         cache.alive[action.job] = True
         trigger = cache.jobs[action.job].attempts[-1].trigger
-        upstreams = self._upstreams(cache, spec)
+        upstreams = self._upstreams(cache, spec, action.sources)
         # Launching (the workspace, directories, log file, fork) is slow file-system work: a
         # small pool does it so the loop goes on deciding while processes start.
         self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger, upstreams,
@@ -499,6 +533,12 @@ class Driver:
                 self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)
                 return
+            if spec.regression_context:  # a fix-up reads why it exists here (and in its prompt)
+                meta = paths.workspace(spec.name) / metadata_dir(spec.name)
+                meta.mkdir(parents=True, exist_ok=True)
+                (meta / "regression.json").write_text(json.dumps(
+                    {"parent": spec.parent, "regression_of": spec.regression_of, **spec.regression_context},
+                    indent=2, default=str) + "\n")
             argv = _argv(spec)
             env = {**os.environ, **self._identity().env(), **spec.env, "CLOWDER_ROOT": str(self.root.path),
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
@@ -507,7 +547,7 @@ class Driver:
                             base.pid_file, base.exit_file)
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
-            self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {' '.join(argv)}")
+            self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
         except (OSError, ClowderError) as e:
             self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
             self._end_unstarted(spec, paths, attempt, f"could not start: {e}")
@@ -517,10 +557,16 @@ class Driver:
     def _identity(self) -> workspace.Identity:
         return workspace.Identity(self.config.git_author_name, self.config.git_author_email)
 
-    def _upstreams(self, cache: _Pipeline, spec: JobSpec) -> tuple[workspace.Upstream, ...]:
-        """The jobs this one starts from that ran, each at its final commit."""
+    def _upstreams(self, cache: _Pipeline, spec: JobSpec, sources: tuple[str, ...] = ()) -> tuple[
+            workspace.Upstream, ...]:
+        """The jobs this one starts from that ran, each at its final commit: its upstreams; for a
+        regression attempt, the fix-ups it waited for; for a fix-up, its spawner's attempt."""
+        context = spec.regression_context or {}
+        commit = context.get("commit")
+        if not sources and spec.parent and isinstance(commit, str):
+            return (workspace.Upstream(spec.parent, cache.paths.workspace(spec.parent), commit),)
         out = []
-        for name in spec.sources:
+        for name in sources or spec.sources:
             status = cache.jobs.get(name)
             commit = next((a.commit for a in reversed(status.attempts) if a.commit), None) if status else None
             if commit is not None:
@@ -570,6 +616,23 @@ def _attempt_end(outcome: Outcome, killed_for: str | None, spec: JobSpec | None)
         return "failed", f"killed by signal {outcome.signal} ({name})"
     return "failed", f"exit code {outcome.exit_code}"
 
+
+def _show(argv: tuple[str, ...]) -> str:
+    """A command for a log line: one line, a long shell script cut to its first line."""
+    text = " ".join(argv).strip()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first if first == text else f"{first.strip()} …"
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _missing_outputs(workspace: Path, spec: JobSpec) -> str:
