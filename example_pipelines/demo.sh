@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's demo: copy the example root somewhere scratch, create a pipeline from a
-# template, and show it. Usage: bash example_pipelines/demo.sh [DIR]
+# The README's demo: copy the example root to a scratch directory and run two pipelines to
+# the end: fan-out (plain commands in parallel) and regression-loop (a failing test spawns a
+# fix-up, then passes), and show what the regression changed with git.
+# Usage: bash example_pipelines/demo.sh [DIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${1:-$(mktemp -d -t clowder-demo.XXXXXX)}"
@@ -10,6 +12,20 @@ mkdir -p "$dir/pipelines"
 cd "$dir"
 echo "== demo root: $dir"
 clowder validate
-name=$(clowder new fan-out --prompt "Square and cube the numbers 1 to 3, then join the results")
-clowder graph "$name" --format mermaid
-clowder status "$name"
+
+echo "== fan-out: a split, three parallel workers, a join"
+clowder new fan-out --name numbers --prompt "Square and cube the numbers 1 to 3, then join the results"
+clowder graph numbers --format mermaid
+clowder run numbers
+clowder logs numbers join
+
+echo "== regression-loop: test fails, spawns a fix-up of dev, passes on its second attempt"
+clowder new regression-loop --name calc --prompt "Write add(a, b) with a test"
+clowder run calc
+clowder status calc
+echo "== what the fix-up changed: clowder diff calc dev dev.r1 -- calc.py"
+clowder diff calc dev dev.r1 -- calc.py
+echo "== the two test attempts: clowder diff calc test@1 test@2 --stat"
+clowder diff calc test@1 test@2 --stat
+echo "== the test's history: git log in its workspace"
+git -C "$(clowder path calc test)" log --format='%h %s%n%(trailers:only,unfold)' | grep -v '^$'
