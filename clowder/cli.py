@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clowder import graph as graph_mod
-from clowder import report, runner
+from clowder import report
 from clowder.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -205,6 +205,7 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
 
     Exits 0 if all succeeded, 1 if not. Logs each decision to stderr. If `clowder watch` is
     already serving the root, follows the pipelines it runs instead of scheduling them."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
                     out=console())
@@ -221,6 +222,7 @@ def watch(max_parallel: int | None, poll: bool, log_file: Path | None, sweep: st
 
     One daemon per root. On a signal it stops launching and exits; running jobs go on and the
     next daemon adopts them."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     runner.watch(root, max_parallel=max_parallel, poll=poll, log_file=log_file, sweep=parse_duration_option(sweep))
 
@@ -232,6 +234,7 @@ def watch(max_parallel: int | None, poll: bool, log_file: Path | None, sweep: st
 def cancel(pipeline: str, job: str | None, root_dir: Path | None) -> None:
     """Cancel JOB of PIPELINE, or the whole pipeline: running attempts get SIGTERM (SIGKILL
     after clowder.toml's kill_grace), and what can no longer run is skipped or cancelled."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     runner.request(root, pipeline, "cancel", job)
     click.echo(f"cancel requested for {pipeline}" + (f"/{job}" if job else ""))
@@ -243,6 +246,7 @@ def cancel(pipeline: str, job: str | None, root_dir: Path | None) -> None:
 @root_option
 def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
     """Run a failed or cancelled JOB again (a new attempt), and re-run what it gated."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     runner.request(root, pipeline, "retry", job)
     click.echo(f"retry requested for {pipeline}/{job}")
@@ -257,6 +261,7 @@ def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
 def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | None) -> None:
     """From inside a running job, ask for a fix-up job: a copy of JOB that starts from this
     attempt's commit. When this attempt ends, this job waits for the fix-up, then runs again."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     pipeline, _ = runner.spawn(root, job, reason, context_file)
     click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
@@ -270,6 +275,7 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
 @root_option
 def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: Path | None) -> None:
     """Print what an attempt of JOB wrote to stdout and stderr."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     for chunk in runner.log_chunks(root, pipeline, job, attempt, follow):
         click.echo(chunk, nl=False)

@@ -78,3 +78,11 @@ def request_file(paths: PipelinePaths, request_id: str) -> Path:
 def consume(paths: PipelinePaths, request_id: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         (paths.requests_dir / f"{request_id}.toml").unlink()
+
+
+def wake(root: Root, pipeline: str) -> None:
+    """Nudge a daemon that stopped watching a finished pipeline (a request just arrived): it
+    watches .clowder/wake/ always."""
+    d = root.state_dir / "wake"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / pipeline).touch()

@@ -8,20 +8,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from clowder import requests as req_mod
-from clowder.driver import Driver, stderr_log
 from clowder.errors import UsageError
 from clowder.executor import read_exit
 from clowder.fsio import try_lock
 from clowder.spec import check_name, format_duration
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
-from clowder.watcher import wake
+
+if TYPE_CHECKING:
+    from clowder.driver import Driver
 
 
 def _existing(root: Root, pipeline: str) -> PipelinePaths:
@@ -61,6 +63,8 @@ def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None
     if not names:
         (out or Console(stderr=True)).print("nothing to run: every pipeline has ended", style=None)
         return True
+    from clowder.driver import Driver, stderr_log  # watchdog, git: only for what schedules
+
     log = stderr_log(log_file=log_file)
     if _daemon_running(root):
         log("a clowder daemon is serving this root; following its progress")
@@ -125,6 +129,8 @@ class _signals_stop:
 
 def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_file: Path | None = None,
           sweep: float | None = None) -> None:
+    from clowder.driver import Driver, stderr_log
+
     log = stderr_log(log_file=log_file)
     driver = Driver(root, max_parallel=max_parallel, log=log, poll=poll)
     log(f"clowder watch serving {root.path} (max_parallel {driver.limits.max_parallel})")
@@ -138,7 +144,7 @@ def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.
     if job is not None and not paths.job_file(job).is_file():
         raise UsageError(f"{paths.job_file(job)}: no such job in pipeline {pipeline}")
     r = req_mod.drop(root, paths, action, job)
-    wake(root, pipeline)
+    req_mod.wake(root, pipeline)
     return r
 
 
@@ -161,7 +167,7 @@ def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple
             raise UsageError(f"{context_file}: cannot read the context file: {e.strerror}") from e
     r = req_mod.drop(root, paths, "spawn", job, spawner=spawner, attempt=int(attempt), reason=reason,
                      context=context)
-    wake(root, pipeline)
+    req_mod.wake(root, pipeline)
     return pipeline, r
 
 

@@ -92,10 +92,3 @@ class Watcher:
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(timeout=5)
-
-
-def wake(root: Root, pipeline: str) -> None:
-    """Nudge a daemon that stopped watching a finished pipeline (a request just arrived)."""
-    d = root.state_dir / "wake"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / pipeline).touch()
