@@ -340,3 +340,30 @@ def test_status_shows_states_attempts_and_durations(root: Root, make_pipeline: M
     assert rows["a"][2:4] == ["succeeded", "1"]
     assert rows["a"][4].endswith("ms") and int(rows["a"][4][:-2]) >= 300
     assert rows["b"][2:4] == ["failed", "2"]
+
+
+def test_a_changed_prompt_stops_the_pipeline_with_a_message(root: Root, make_pipeline: MakePipeline,
+                                                            tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
+                        "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
+        spec = root.pipeline("p").spec_file
+        spec.write_text(spec.read_text().replace("do it", "do something else"))
+        gate.touch()
+        wait_for(lambda: jstatus(root, "p", "a").state.terminal, what="a recorded")
+        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="pipeline stopped")
+        time.sleep(0.3)
+    status = read_pipeline_status(root.pipeline("p").status_file)
+    assert "prompt: changed after the pipeline was created" in status.message
+    assert jstatus(root, "p", "b").state is JobState.PENDING
+
+
+def test_the_polling_observer_sees_a_new_pipeline(root: Root, make_pipeline: MakePipeline) -> None:
+    with daemon(root, poll=True):
+        time.sleep(0.2)
+        make_pipeline("late", {"a": 'command = ["true"]\n'})
+        wait_for(lambda: root.pipeline("late").status_file.exists() and pstate(root, "late").terminal,
+                 timeout=20, what="late pipeline ran")
+    assert pstate(root, "late") is PipelineState.SUCCEEDED
