@@ -147,7 +147,8 @@ class Driver:
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
         self._launching: dict[tuple[str, str, int], Future[None]] = {}
         self.on_tick: Callable[[Driver], None] | None = None
-        self.recorder = Recorder(root, self.log)  # the index; inactive until serve()
+        # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
+        self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(("wake", "", "", 0, None)))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -271,6 +272,8 @@ class Driver:
                 self.recorder.loaded(cache.paths, cache.jobs, cache.status)
                 cache.stamp = ()  # re-read the spec, which records it
                 self.dirty.add(name)
+        self.recorder.flush()
+        self.events.put(("wake", "", "", 0, None))  # tick again soon: the specs are read there
 
     # -- reading the tree -----------------------------------------------------------------
 

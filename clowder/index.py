@@ -623,18 +623,23 @@ def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
         ok = fresh(conn, root, names)
         if not ok:
             return empty
+        # A few pipelines are looked up by key; many are read whole and picked from.
+        few = sorted(ok) if len(ok) <= 100 else None
+        where = f" WHERE pipeline IN ({_placeholders(len(few))})" if few else ""
+        args = few or []
         pipelines = {r[0]: r[1:] for r in conn.execute(
-            "SELECT pipeline, state, message, started_at, ended_at, problem, problems FROM pipelines")
+            "SELECT pipeline, state, message, started_at, ended_at, problem, problems FROM pipelines" + where, args)
             if r[0] in ok}
         jobs: dict[str, list[Row]] = {name: [] for name in pipelines}
         for r in conn.execute(
                 "SELECT s.pipeline, s.job, s.stage, j.state, j.attempt, j.message, j.problem, j.started_at, "
-                "j.ended_at, j.duration, j.open_started FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) "
-                "ORDER BY s.pipeline, s.position"):
+                "j.ended_at, j.duration, j.open_started FROM job_specs s LEFT JOIN jobs j USING (pipeline, job)"
+                + where.replace("pipeline IN", "s.pipeline IN") + " ORDER BY s.pipeline, s.position", args):
             if r[0] in jobs:
                 jobs[r[0]].append(r[1:])
         needs: dict[tuple[str, str], list[str]] = {}
-        for p, job, upstream in conn.execute("SELECT pipeline, job, upstream FROM edges ORDER BY pipeline, job, ord"):
+        for p, job, upstream in conn.execute(
+                "SELECT pipeline, job, upstream FROM edges" + where + " ORDER BY pipeline, job, ord", args):
             if p in jobs:
                 needs.setdefault((p, job), []).append(upstream)
         return StatusRows(pipelines, jobs, needs)

@@ -1,13 +1,17 @@
 """The daemon's side of the index: each change the scheduler makes, recorded as it makes it —
-collected during a tick and written in one transaction at its end — and never a reason for
-the scheduler to stop. The rows come from clowder.snapshot, as a rebuild's do."""
+collected during a tick, handed over at its end, and written in one transaction by a thread
+of its own — and never a reason for the scheduler to stop. The rows come from
+clowder.snapshot, as a rebuild's do."""
 
 from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from clowder import snapshot
@@ -19,23 +23,46 @@ from clowder.state import JobStatus, PipelineStatus
 from clowder.tree import PipelinePaths, Root
 
 RETRY_AFTER = 30.0  # seconds between attempts to recreate an index that failed
+CHECK_EVERY = 1.0  # seconds between looks at whether the file was swapped (a stat per tick adds up)
+
+
+@dataclass
+class _Batch:
+    """What one tick changed."""
+
+    forgets: set[str]
+    loads: dict[str, tuple[PipelinePaths, dict[str, JobStatus], PipelineStatus | None]]
+    specs: dict[str, tuple[PipelinePaths, Pipeline | None, list[Problem], Stamp]]
+    statuses: dict[str, PipelineStatus]
+    jobs: dict[tuple[str, str], JobStatus]
+    handover: bool  # carries every pipeline again, after the index was recreated
 
 
 class Recorder:
     """Keeps `.clowder/index.sqlite` in step with what one driver writes. Inactive (every call a
-    no-op) until `start()`. When the index fails, the failure is logged, the file removed (so
-    nobody reads it as current), and a fresh one made later; `flush()` then asks the driver to
-    hand over every pipeline again."""
+    no-op) until `start()`. The driver's loop only collects and hands over; SQLite work (and
+    the GIL waits of its system calls) happens on the recorder's thread, as status files are
+    written by fsio.Writer's. When the index fails, the failure is logged, the file removed
+    (so nobody reads it as current), and a fresh one made later; `flush()` then asks the
+    driver to hand over every pipeline again."""
 
-    def __init__(self, root: Root, log: Callable[[str], None]) -> None:
+    def __init__(self, root: Root, log: Callable[[str], None], wake: Callable[[], None] | None = None) -> None:
         self.root = root
         self.log = log
-        self.index: Index | None = None
+        self._wake = wake  # makes the driver tick, so that it sees a hand-over request soon
         self.active = False
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._handover = threading.Event()  # set by the thread: the driver must hand over everything
+        self._handing_over = False
+        self._clear()
+        # The thread's own state.
+        self.index: Index | None = None
         self._retry_at = 0.0
+        self._checked = 0.0
+        self._awaiting = False  # batches are dropped until a hand-over arrives
         self._recorded: dict[tuple[str, str], JobRows] = {}  # what the index holds for each job
         self._live: dict[str, PipelinePaths] = {}  # pipelines this daemon keeps live
-        self._clear()
 
     def _clear(self) -> None:
         self._forgets: set[str] = set()
@@ -46,7 +73,8 @@ class Recorder:
 
     def start(self) -> None:
         self.active = True
-        self._open()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="clowder-index")
+        self._thread.start()
 
     def _open(self) -> bool:
         try:
@@ -103,31 +131,81 @@ class Recorder:
         return bool(self._forgets or self._loads or self._specs or self._statuses or self._jobs)
 
     def flush(self) -> bool:
-        """Write what was collected since the last flush, in one transaction. True means the
-        index was recreated or swapped (`clowder reindex`): hand over every pipeline again."""
-        if not self.active or not self._pending():
+        """Hand what was collected since the last flush to the recorder's thread, which writes it
+        in one transaction. True means the index was recreated or swapped (`clowder reindex`):
+        hand over every pipeline again (`loaded`, and `spec` as the specs are read again)."""
+        if not self.active:
             return False
-        try:
-            if self.index is None or self.index.replaced():
-                return self._reopen()
-            self._write(self.index)
+        if self._handover.is_set():
+            self._handover.clear()
+            self._clear()  # superseded by the hand-over
+            self._handing_over = True
+            return True
+        if not self._pending():
             return False
-        except Exception as e:  # the scheduler goes on whatever the index does
-            self._fail(e)
-            return False
+        self._queue.put(_Batch(self._forgets, self._loads, self._specs, self._statuses, self._jobs,
+                               self._handing_over))
+        self._handing_over = False
+        self._clear()
+        return False
 
-    def _reopen(self) -> bool:
+    # -- the recorder's thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._open()
+        while True:
+            try:
+                batch = self._queue.get(timeout=CHECK_EVERY)
+            except queue.Empty:
+                self._usable()  # notice a swapped or removed file while nothing happens
+                continue
+            stop = batch is None
+            batches = [] if batch is None else [batch]
+            while not stop:  # what queued up meanwhile goes in the same transaction
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stop = more is None
+                batches += [] if more is None else [more]
+            try:
+                if batches and self._usable():
+                    if self._awaiting:  # only a hand-over, and what follows it, is written
+                        first = next((i for i, b in enumerate(batches) if b.handover), len(batches))
+                        batches = batches[first:]
+                    if batches:
+                        self._write(self.index, batches)  # type: ignore[arg-type]
+                        self._awaiting = False
+            except Exception as e:  # the scheduler goes on whatever the index does
+                self._fail(e)
+            if stop:
+                break
+        self._finish()
+
+    def _usable(self) -> bool:
+        """Whether the open index is still the file at its path; if not (a reindex swapped it, it
+        was removed, or it failed and its retry time has come), open the file there now and ask
+        the driver for a hand-over, dropping batches until it comes."""
+        now = time.monotonic()
         if self.index is not None:
+            if now - self._checked < CHECK_EVERY:
+                return True
+            self._checked = now
+            if not self.index.replaced():
+                return True
             self.log("index: the file was replaced or removed; recording every pipeline again")
             self._close_quietly()
-        elif time.monotonic() < self._retry_at:
-            self._clear()
+        elif now < self._retry_at:
             return False
         self._reset()
-        return self._open()
+        if self._open():
+            self._awaiting = True
+            self._handover.set()
+            if self._wake is not None:
+                self._wake()
+        return False
 
     def _reset(self) -> None:
-        self._clear()
         self._recorded.clear()
         self._live.clear()
 
@@ -141,6 +219,7 @@ class Recorder:
             except OSError:
                 pass
         self._reset()
+        self._awaiting = True
         self._retry_at = time.monotonic() + RETRY_AFTER
 
     def _close_quietly(self) -> None:
@@ -151,36 +230,42 @@ class Recorder:
                 pass
             self.index = None
 
-    def _write(self, index: Index) -> None:
+    def _write(self, index: Index, batches: list[_Batch]) -> None:
         outputs: dict[str, tuple[PipelinePaths, list[Row]]] = {}
         dropped = False
         with index.transaction():
-            for name in sorted(self._forgets):
-                index.forget(name)
-                self._live.pop(name, None)
-                for key in [k for k in self._recorded if k[0] == name]:
-                    del self._recorded[key]
-            for name, (paths, jobs, read) in self._loads.items():
-                outputs[name] = (paths, self._put_loaded(index, paths, jobs, read))
-                dropped = True
-            for name, (paths, pipeline, problems, stamp) in self._specs.items():
-                head, job_specs, edges = snapshot.spec_rows(paths, pipeline, problems, self.root.path)
-                index.put_spec(name, head, job_specs, edges)
-                index.set_spec_fresh(name, snapshot.signature(stamp))
-            for name, pstatus in self._statuses.items():
-                index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
-            for (name, job), jstatus in self._jobs.items():
-                new = snapshot.job_rows(name, jstatus)
-                old = self._recorded.get((name, job))
-                if index.put_job(new, old):
-                    index.derive(name, job)
-                    outputs.setdefault(name, (self.root.pipeline(name), []))[1].extend(new.artifacts)
-                    dropped = dropped or _has_output(old)
-                self._recorded[(name, job)] = new
+            for batch in batches:
+                dropped = self._apply(index, batch, outputs) or dropped
             self._put_outputs(index, outputs)
             if dropped:
                 index.drop_unused_outputs()
-        self._clear()
+
+    def _apply(self, index: Index, batch: _Batch, outputs: dict[str, tuple[PipelinePaths, list[Row]]]) -> bool:
+        """Write one batch; True if a model output may no longer be used."""
+        dropped = False
+        for name in sorted(batch.forgets):
+            index.forget(name)
+            self._live.pop(name, None)
+            for key in [k for k in self._recorded if k[0] == name]:
+                del self._recorded[key]
+        for name, (paths, jobs, read) in batch.loads.items():
+            outputs.setdefault(name, (paths, []))[1].extend(self._put_loaded(index, paths, jobs, read))
+            dropped = True
+        for name, (paths, pipeline, problems, stamp) in batch.specs.items():
+            head, job_specs, edges = snapshot.spec_rows(paths, pipeline, problems, self.root.path)
+            index.put_spec(name, head, job_specs, edges)
+            index.set_spec_fresh(name, snapshot.signature(stamp))
+        for name, pstatus in batch.statuses.items():
+            index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
+        for (name, job), jstatus in batch.jobs.items():
+            new = snapshot.job_rows(name, jstatus)
+            old = self._recorded.get((name, job))
+            if index.put_job(new, old):
+                index.derive(name, job)
+                outputs.setdefault(name, (self.root.pipeline(name), []))[1].extend(new.artifacts)
+                dropped = dropped or _has_output(old)
+            self._recorded[(name, job)] = new
+        return dropped
 
     def _put_loaded(self, index: Index, paths: PipelinePaths, jobs: Mapping[str, JobStatus],
                     status: PipelineStatus | None) -> list[Row]:
@@ -219,6 +304,11 @@ class Recorder:
             return
         self.flush()
         self.active = False
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+
+    def _finish(self) -> None:
         if self.index is None:
             return
         try:
