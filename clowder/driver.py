@@ -24,6 +24,7 @@ from clowder.artifacts import metadata_dir
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
 from clowder.fsio import Writer, atomic_write, try_lock
+from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
 from clowder.scheduler import (
     DoneRequest,
@@ -406,11 +407,17 @@ class Driver:
         record = read_exit(self._launch_paths(paths, job, attempt).exit_file)
         cache = self.pipelines.get(pipeline)
         spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
+        # An agent's output.json is extracted from its action log first: it may be a declared output.
+        collected = _collect(paths.workspace(job), job) if spec is not None and spec.agent else None
         if record is None:
             outcome = Outcome(None, utcnow())
         else:
             problem = _missing_outputs(paths.workspace(job), spec) if record.exit_code == 0 and spec else ""
+            if collected is not None and record.exit_code == 0 and collected.problem:
+                problem = collected.problem  # a malformed action log fails the attempt
             outcome = Outcome(record.exit_code, record.ended_at, record.signal, problem)
+        if collected is not None:
+            outcome = replace(outcome, usage=collected.usage)
         status = cache.jobs.get(job) if cache else None
         killing = status.extra.get("killing") if status else None
         killed_for = killing.get("reason") if isinstance(killing, dict) else None
@@ -522,13 +529,17 @@ class Driver:
         cache.alive[action.job] = True
         trigger = cache.jobs[action.job].attempts[-1].trigger
         upstreams = self._upstreams(cache, spec, action.sources)
+        # An agent's prompt context is taken here, in the loop thread, which owns the statuses.
+        agent = harness_agent.context(cache.pipeline, spec, action.attempt, paths.workspace(spec.name),
+                                      dict(cache.jobs)) if spec.agent else None
         # Launching (the workspace, directories, log file, fork) is slow file-system work: a
         # small pool does it so the loop goes on deciding while processes start.
         self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger, upstreams,
-                                                     cache.pipeline.spec.source)
+                                                     cache.pipeline.spec.source, agent)
 
     def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str,
-                upstreams: tuple[workspace.Upstream, ...], source: Source | None) -> None:
+                upstreams: tuple[workspace.Upstream, ...], source: Source | None,
+                agent: harness_agent.Context | None = None) -> None:
         try:
             prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
                                          identity=self._identity(), source=source, root=self.root.path)
@@ -542,8 +553,11 @@ class Driver:
                 (meta / "regression.json").write_text(json.dumps(
                     {"parent": spec.parent, "regression_of": spec.regression_of, **spec.regression_context},
                     indent=2, default=str) + "\n")
-            argv = _argv(spec)
-            env = {**os.environ, **self._identity().env(), **spec.env, "CLOWDER_ROOT": str(self.root.path),
+            # An agent job's prompt is composed now that its workspace holds its upstreams' outputs.
+            harness = harness_agent.start(self.config, agent, self.root.path) if agent else None
+            argv = harness.argv if harness else _argv(spec)
+            env = {**os.environ, **self._identity().env(), **(harness.env if harness else {}), **spec.env,
+                   "CLOWDER_ROOT": str(self.root.path),
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
             launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file,
@@ -592,6 +606,13 @@ class Driver:
 
     def _selected_succeeded(self) -> bool:
         return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
+
+
+def _collect(ws: Path, job: str) -> harness_agent.Collected:
+    try:
+        return harness_agent.collect(ws, job)
+    except OSError as e:
+        return harness_agent.Collected(problem=f"cannot read the action log: {e}")
 
 
 def _argv(spec: JobSpec) -> tuple[str, ...]:

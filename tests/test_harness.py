@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,10 @@ from clowder.harness import agent, prompt
 from clowder.harness.actions import output_from_text, read_log
 from clowder.harness.config import BUILTIN, argv, harness_name, resolve
 from clowder.spec import Config, Harness, JobSpec, Pipeline
-from clowder.state import Attempt, JobState, JobStatus, Usage, job_status_to_toml
+from clowder.state import Attempt, JobState, JobStatus, Usage, job_status_to_toml, read_job_status
 from clowder.tree import Root
 from clowder.validate import build_pipeline
-from tests.conftest import MakePipeline
+from tests.conftest import EXAMPLES, Invoke, MakePipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "Write calc.py with add(a, b).\n\nKeep it *small* — and {braces} stay as they are."
@@ -434,6 +435,78 @@ def test_a_missing_cli_exits_127_with_a_hint(tmp_path: Path, monkeypatch: pytest
 def test_read_log_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     summary = read_log(tmp_path / "none.jsonl")
     assert summary.events == 0 and summary.problem == "" and not summary.has_result
+
+
+# -- agent jobs run by the scheduler ------------------------------------------------------------
+
+def attempts_of(root: Root, pipeline: str, job: str) -> list[Attempt]:
+    return list(read_job_status(root.pipeline(pipeline).job_status_file(job), job).attempts)
+
+
+def test_a_malformed_action_log_fails_the_attempt_with_an_error_context(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    root.config_file.write_text('[harnesses.broken]\ncommand = ["sh", "-c", '
+                                '"echo \'{\\"type\\": \\"usage\\", \\"cost_usd\\": 0.5}\' > $CLOWDER_ACTIONS_FILE; '
+                                'echo \'{oops\' >> $CLOWDER_ACTIONS_FILE"]\n')
+    make_pipeline("p", {"a": 'agent = "dev"\nharness = "broken"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
+    result = cli("run", "p")
+    assert result.exit_code == 1
+    status = read_job_status(root.pipeline("p").job_status_file("a"), "a")
+    reason = ("actions.jsonl line 2: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+              "(char 1))")
+    assert status.state is JobState.FAILED and status.message == f"attempt 1 failed: {reason}"
+    assert status.attempts[0].exit_code == 0 and status.attempts[0].usage == Usage(0, 0, 0.5)
+    error = json.loads((root.pipeline("p").workspace("a") / ".clowder" / "a" / "error.json").read_text())
+    assert error["reason"] == reason
+    assert [x.path for x in status.attempts[0].artifacts if x.kind == "error_context"] == [".clowder/a/error.json"]
+    assert read_job_status(root.pipeline("p").job_status_file("b"), "b").state is JobState.SKIPPED
+
+
+def test_a_budget_stops_a_retry_loop(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": (
+        'agent = "dev"\nretries = 10\nbackoff = { initial = 0, factor = 1 }\nmax_cost_usd = 1.0\n'
+        '[[script]]\nusage = { input_tokens = 1000, output_tokens = 100, cost_usd = 0.4 }\n'
+        '[[script]]\nexit = 1\n')})
+    assert cli("run", "p").exit_code == 1
+    status = read_job_status(root.pipeline("p").job_status_file("a"), "a")
+    assert [a.usage for a in status.attempts] == [Usage(1000, 100, 0.4)] * 3
+    assert status.state is JobState.FAILED
+    assert status.message == ("budget spent: a has cost $1.2000 of its max_cost_usd $1.00; no further attempts or "
+                              "fix-ups (raise max_cost_usd to go on)")
+
+
+def test_the_agent_dev_example_runs_end_to_end_with_the_scripted_agent(root: Root, cli: Invoke) -> None:
+    shutil.copy(EXAMPLES / "templates" / "agent-dev.toml", root.templates_dir)
+    prompt_text = "Write calc.py with add(a, b), and a test that proves it."
+    assert cli("new", "agent-dev", "--prompt", prompt_text, "--name", "calc").exit_code == 0
+    spec_before = root.pipeline("calc").spec_file.read_bytes()
+    result = cli("run", "calc")
+    assert result.exit_code == 0, result.output
+    paths = root.pipeline("calc")
+    states = {j: read_job_status(paths.job_status_file(j), j) for j in ("plan", "dev", "test", "dev.r1", "verify")}
+    assert {j: s.state for j, s in states.items()} == dict.fromkeys(states, JobState.SUCCEEDED)
+    assert [(a.number, a.state, a.trigger) for a in states["test"].attempts] == [
+        (1, JobState.FAILED, "start"), (2, JobState.SUCCEEDED, "regression")]
+    assert states["test"].spawned == ("dev.r1",)
+
+    def prompt_of(job: str) -> str:
+        return (paths.workspace(job) / ".clowder" / job / "prompt.md").read_text()
+
+    task = f"# Task\n\n{prompt_text}\n\n# Your role:"
+    assert all(task in prompt_of(j) for j in states)
+    assert '"write calc.py with add(a, b)"' in prompt_of("dev")
+    assert '"summary": "calc.py with add(a, b), and test_calc.py"' in prompt_of("test")
+    fixup = prompt_of("dev.r1")
+    assert "# Regression context" in fixup and "Reason: test_add fails: add(2, 2) does not return 4" in fixup
+    assert "AssertionError: 0 != 4" in fixup
+    assert '"summary": "fixed add(): it subtracted instead of adding"' in prompt_of("test")  # attempt 2
+    assert paths.spec_file.read_bytes() == spec_before
+    output = json.loads((paths.workspace("verify") / ".clowder" / "verify" / "output.json").read_text())
+    assert output == {"verdict": "pass", "notes": "calc.add adds, and its test passes"}
+    kinds = {(x.path, x.kind) for x in states["plan"].attempts[0].artifacts}
+    assert (".clowder/plan/output.json", "model_output") in kinds
+    assert states["dev.r1"].attempts[0].usage == Usage(2400, 610, 0.0087)
 
 
 # -- clowder status -------------------------------------------------------------------------------
