@@ -56,6 +56,9 @@ def list_artifacts(paths: PipelinePaths, job: str | None = None, sha: str | None
         check_name(job, "job")
         if not paths.job_file(job).is_file() and not paths.job_status_file(job).is_file():
             raise UsageError(f"{paths.dir}: no job {job!r}")
+    indexed = _from_index(paths, job, sha)
+    if indexed is not None:
+        return indexed
     jobs = [job] if job is not None else sorted(f.stem for f in paths.status_dir.glob("*.toml"))
     rows = []
     for name in jobs:
@@ -63,6 +66,15 @@ def list_artifacts(paths: PipelinePaths, job: str | None = None, sha: str | None
             rows += [Row(name, a.number, a.state.value, a.commit or "", x.path, x.blob, x.size, x.kind)
                      for x in a.artifacts if sha is None or x.blob.startswith(sha.lower())]
     return rows
+
+
+def _from_index(paths: PipelinePaths, job: str | None, sha: str | None) -> list[Row] | None:
+    """The same rows from the index, when it holds the pipeline fresh (clowder.index.fresh)."""
+    from clowder.index import artifact_rows
+    from clowder.tree import Root
+
+    found = artifact_rows(Root(paths.dir.parent.parent), paths.name, job, sha)
+    return None if found is None else [Row(*r) for r in found]
 
 
 def to_json(rows: list[Row]) -> list[dict[str, Any]]:

@@ -763,3 +763,31 @@ def recorded_objects(fresh_file: Path) -> tuple[list[Row], list[Row]]:
         return artifacts, commits
     finally:
         conn.close()
+
+
+def artifact_rows(root: Root, pipeline: str, job: str | None = None, sha: str | None = None) -> list[Row] | None:
+    """(job, attempt, state, commit, path, blob, size, kind) of the pipeline's artifacts (of one
+    job; whose blob id starts with `sha`), by job, attempt and path; None if the index does
+    not hold the pipeline fresh."""
+    try:
+        conn = connect_readonly(root)
+    except IndexUnavailable:
+        return None
+    try:
+        if pipeline not in fresh(conn, root, [pipeline]):
+            return None
+        sql = ('SELECT a.job, a.attempt, t.state, coalesce(t."commit", \'\'), a.path, a.blob, a.size, a.kind '
+               "FROM artifacts a JOIN attempts t ON t.pipeline = a.pipeline AND t.job = a.job AND t.number = a.attempt "
+               "WHERE a.pipeline = ?")
+        args: list[Any] = [pipeline]
+        if job is not None:
+            sql += " AND a.job = ?"
+            args.append(job)
+        if sha is not None:  # hex ids: every id starting with `sha` sorts in [sha, sha + "g")
+            sql += " AND a.blob >= ? AND a.blob < ?"
+            args += [sha.lower(), sha.lower() + "g"]
+        return conn.execute(sql + " ORDER BY a.job, a.attempt, a.path", args).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()

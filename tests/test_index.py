@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from clowder import artifacts as artifacts_mod
 from clowder import index, report
 from clowder.driver import Driver
 from clowder.state import (
@@ -138,6 +139,7 @@ def test_the_index_kept_by_the_scheduler_equals_a_rebuild(root: Root, make_pipel
     assert not run(root, "q")
     kept = index.dump_index(root)
     assert len(kept["jobs"]) == 7 and len(kept["attempts"]) == 8
+    assert kept["artifacts"] and kept["consumption"] and kept["model_outputs"]
     assert kept == rebuilt(root)
 
 
@@ -370,6 +372,25 @@ def test_status_trusts_a_live_daemon_and_not_a_dead_one(root: Root, make_pipelin
     conn.commit()
     conn.close()
     assert list(report.from_index(root, ["p"])) == ["p"]
+
+
+def test_artifacts_read_the_index_and_fall_back_to_the_tree(root: Root, make_pipeline: MakePipeline,
+                                                            cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    run(root)
+    paths = root.pipeline("p")
+    blob = blob_of_job(root, "a", "a.txt")
+    assert artifacts_mod._from_index(paths, None, None) is not None
+    indexed = [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))]
+    assert blob[:12] in indexed[2]
+    root.index_file.unlink()
+    assert artifacts_mod._from_index(paths, None, None) is None
+    assert [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))] == indexed
+
+
+def blob_of_job(root: Root, job: str, path: str) -> str:
+    status = read_job_status(root.pipeline("p").job_status_file(job), job)
+    return next(x.blob for a in status.attempts for x in a.artifacts if x.path == path)
 
 
 # -- schema ---------------------------------------------------------------------------------------
