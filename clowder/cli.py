@@ -157,7 +157,8 @@ def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
 @json_option
 @root_option
 def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
-    """Show every pipeline's state, or PIPELINE's jobs with their states, attempts and durations."""
+    """Show every pipeline's state, or PIPELINE's jobs with their states, attempts, durations and
+    what their agents spent."""
     root = find_root(root_dir)
     reports = report.collect(root, pipeline)
     if as_json:
@@ -177,11 +178,16 @@ def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
     out.print(f"pipeline {r.name}: {r.state}" + (f" — {r.message}" if r.message else ""))
     for problem in r.problems:
         out.print(f"  {problem}")
-    table = Table("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", "MESSAGE", box=None, pad_edge=False)
+    spent = r.usage  # a COST column only where agents reported any
+    table = Table("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", *(["COST"] if spent else []), "MESSAGE",
+                  box=None, pad_edge=False)
     for j in r.jobs:
         duration = format_duration(j.duration) if j.duration is not None else "-"
-        table.add_row(j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, j.message)
+        cost = [f"${j.usage.cost_usd:.4f}" if j.usage else "-"] if spent else []
+        table.add_row(j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, *cost, j.message)
     out.print(table)
+    if spent:
+        out.print(f"spent: {report.format_usage(spent)}")
 
 
 

@@ -507,6 +507,12 @@ def test_the_agent_dev_example_runs_end_to_end_with_the_scripted_agent(root: Roo
     kinds = {(x.path, x.kind) for x in states["plan"].attempts[0].artifacts}
     assert (".clowder/plan/output.json", "model_output") in kinds
     assert states["dev.r1"].attempts[0].usage == Usage(2400, 610, 0.0087)
+    shown = cli("status", "calc").output.splitlines()
+    assert shown[1].split() == ["JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", "COST", "MESSAGE"]
+    costs = {line.split()[0]: line.split()[5] for line in shown[2:-1]}
+    assert costs == {"plan": "$0.0021", "dev": "$0.0087", "test": "$0.0084", "verify": "$0.0019",
+                     "dev.r1": "$0.0087"}
+    assert shown[-1] == "spent: $0.0298 (9,520 tokens in, 1,850 out)"
 
 
 # -- clowder status -------------------------------------------------------------------------------
