@@ -173,6 +173,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX consumption_by_upstream ON consumption (pipeline, upstream)",
         "CREATE INDEX edges_by_upstream ON edges (pipeline, upstream)",
     )),
+    Migration(3, "what agents reported spending in each attempt", (
+        "ALTER TABLE attempts ADD COLUMN input_tokens INTEGER",
+        "ALTER TABLE attempts ADD COLUMN output_tokens INTEGER",
+        "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 # The tables that hold data, with their keys: what fsck compares and tests dump.

@@ -158,7 +158,9 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
     for a in status.attempts:
         attempts.append((pipeline, status.job, a.number, a.state.value, ts(a.started_at), ts(a.ended_at),
                          _span(a.started_at, a.ended_at), a.exit_code, a.signal, a.pid, a.spec_hash or None,
-                         a.base_commit, a.commit, a.message, a.trigger, a.request))
+                         a.base_commit, a.commit, a.message, a.trigger, a.request,
+                         *((a.usage.input_tokens, a.usage.output_tokens, a.usage.cost_usd) if a.usage else
+                           (None, None, None))))
         artifacts += [(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
         consumed += [(pipeline, status.job, a.number, up, commit) for up, commit in sorted(a.consumed.items())]
     return JobRows(job, attempts, artifacts, consumed)

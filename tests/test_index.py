@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from clowder.state import (
     JobStatus,
     PipelineState,
     PipelineStatus,
+    Usage,
     job_status_to_toml,
     pipeline_status_to_toml,
     read_job_status,
@@ -108,8 +110,9 @@ def recorded(root: Root) -> Root:
     for job, needs in (("plan", []), ("dev", ["plan"]), ("test", ["dev"]), ("lint", ["dev"])):
         write(paths.job_file(job), f'command = "true"\nneeds = {json.dumps(needs)}\n')
     ws = paths.workspaces_dir
-    plan = attempt(ws / "plan", 1, JobState.SUCCEEDED, {"plan.md": "the plan\n",
-                                                       ".clowder/plan/output.json": OUTPUT})
+    plan = replace(attempt(ws / "plan", 1, JobState.SUCCEEDED, {"plan.md": "the plan\n",
+                                                               ".clowder/plan/output.json": OUTPUT}),
+                   usage=Usage(1200, 300, 0.0125))
     dev = attempt(ws / "dev", 1, JobState.SUCCEEDED, {"app.py": "print('hi')\n"}, ws / "plan",
                   {"plan": plan.commit or ""})
     test1 = attempt(ws / "test", 1, JobState.FAILED, {".clowder/test/output.json": '{"verdict": "fail"}'},
@@ -155,6 +158,9 @@ def test_the_index_records_consumption_and_model_outputs(root: Root) -> None:
     assert found.rows == [("plan", 1, 3), ("test", 2, None)]
     consumers = index.query(root, readme_queries()[2], {"blob": blob_of(root, "plan", "plan.md")}).rows
     assert consumers == [("s", "dev"), ("s", "lint"), ("s", "test")]  # lint and test saw plan.md through dev
+    spent = index.query(root, "SELECT job, input_tokens, output_tokens, cost_usd FROM attempts "
+                              "WHERE cost_usd IS NOT NULL").rows
+    assert spent == [("plan", 1200, 300, 0.0125)]
 
 
 @pytest.mark.parametrize("kill_after", ["a", "b"])
