@@ -476,6 +476,22 @@ def test_a_budget_stops_a_retry_loop(root: Root, make_pipeline: MakePipeline, cl
                               "fix-ups (raise max_cost_usd to go on)")
 
 
+def test_success_is_the_exit_code_and_the_declared_outputs_never_the_agents_claim(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    claims = '[[script]]\noutput = { verdict = "pass", all_tests = "green" }\n'
+    make_pipeline("p", {
+        "exits_1": f'agent = "dev"\n{claims}[[script]]\nexit = 1\n',
+        "no_output": f'agent = "dev"\noutputs = ["report.txt"]\n{claims}',
+        "humble": 'agent = "dev"\n[[script]]\noutput = { verdict = "fail" }\n',
+    })
+    assert cli("run", "p").exit_code == 1
+    states = {j: read_job_status(root.pipeline("p").job_status_file(j), j) for j in ("exits_1", "no_output", "humble")}
+    assert states["exits_1"].message == "attempt 1 failed: exit code 1"
+    assert states["no_output"].message == "attempt 1 failed: missing declared output(s): report.txt"
+    assert states["humble"].state is JobState.SUCCEEDED  # its verdict is data for the jobs after it
+
+
 def test_the_agent_dev_example_runs_end_to_end_with_the_scripted_agent(root: Root, cli: Invoke) -> None:
     shutil.copy(EXAMPLES / "templates" / "agent-dev.toml", root.templates_dir)
     prompt_text = "Write calc.py with add(a, b), and a test that proves it."
