@@ -21,9 +21,9 @@ TOKENS = re.compile(r"^Tokens: (?P<sent>[0-9.]+k?) sent(?:, (?P<write>[0-9.]+k?)
                     r"(?:, (?P<hit>[0-9.]+k?) cache (?:hit|read))?, (?P<received>[0-9.]+k?) received\.")
 COST = re.compile(r"Cost: \$(?P<message>[0-9.]+) message")
 # aider's start-up and bookkeeping lines: not part of the reply.
-NOTICES = ("Aider v", "Main model:", "Weak model:", "Editor model:", "Model:", "Git repo:", "Repo-map:",
-           "Added ", "Use /help", "Warning", "Commit ", "Can't initialize prompt toolkit", "Did not apply edit",
-           "Failed to apply edit", "Cost:", "https://aider.chat")
+NOTICES = re.compile(r"^(Aider v\d|(Main|Weak|Editor) model: |Model: |Git repo: |Repo-map: |Added .+ to the chat"
+                     r"|Use /help|Warning: |Commit [0-9a-f]{7,} |Can't initialize prompt toolkit|Did not apply edit"
+                     r"|Failed to apply edit|https://aider\.chat/)")
 
 
 class Translator:
@@ -47,7 +47,7 @@ class Translator:
             if cost:
                 usage["cost_usd"] = float(cost["message"])
             return [*self._flush(), {"type": "usage", **usage}]
-        if line.startswith(NOTICES):
+        if NOTICES.match(line):
             return self._flush()
         self.lines.append(line)
         return []
