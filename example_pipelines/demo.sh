@@ -29,3 +29,10 @@ echo "== the two test attempts: clowder diff calc test@1 test@2 --stat"
 clowder diff calc test@1 test@2 --stat
 echo "== the test's history: git log in its workspace"
 git -C "$(clowder path calc test)" log --format='%h %s%n%(trailers:only,unfold)' | grep -v '^$'
+
+echo "== agent-dev: plan -> dev -> test -> verify with the built-in scripted agent (no model, no network)"
+clowder new agent-dev --name agents --prompt "Write calc.py with add(a, b), and a test that proves it"
+clowder run agents
+clowder status agents
+echo "== what the fix-up agent was told: the regression context in its prompt"
+sed -n '/^# Regression context/,/^Context:/p' "$(clowder path agents dev.r1)/.clowder/dev.r1/prompt.md"
