@@ -390,7 +390,17 @@ class Driver:
             cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
             return
         pid = read_pid(launch.pid_file)
-        if pid is None:
+        key = (cache.paths.name, job, status.attempt)
+        if pid is None and not launch.log_file.exists() and key not in self._launching and key not in self._own:
+            # The log file is made before the process: without it, the last daemon died between
+            # recording the start and launching. The attempt never ran; start it afresh.
+            previous = status.attempts[:-1]
+            cache.jobs[job] = replace(status, state=JobState.PENDING, attempt=status.attempt - 1, attempts=previous,
+                                      message="")
+            cache.set_job(cache.jobs[job])
+            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never launched; "
+                     "starting it again")
+        elif pid is None:
             cache.alive[job] = None
         elif self.executor.alive(launch):
             cache.alive[job] = True

@@ -367,3 +367,20 @@ def test_the_polling_observer_sees_a_new_pipeline(root: Root, make_pipeline: Mak
         wait_for(lambda: root.pipeline("late").status_file.exists() and pstate(root, "late").terminal,
                  timeout=20, what="late pipeline ran")
     assert pstate(root, "late") is PipelineState.SUCCEEDED
+
+
+def test_an_attempt_recorded_but_never_launched_is_started_afresh(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke, tmp_path: Path) -> None:
+    from clowder.state import Attempt, JobStatus, job_status_to_toml, utcnow
+
+    record = tmp_path / "record"
+    make_pipeline("p", {"a": f'command = "echo ran >> {record}"\n'})
+    # What a daemon killed between writing `running` and forking leaves behind: no log file.
+    status = JobStatus("a", JobState.RUNNING, 1, attempts=(Attempt(1, JobState.RUNNING, utcnow()),))
+    write(root.pipeline("p").job_status_file("a"), job_status_to_toml(status))
+    t = time.monotonic()
+    assert cli("run", "p").exit_code == 0
+    assert time.monotonic() - t < 10  # not after the 30 s heartbeat timeout
+    a = jstatus(root, "p", "a")
+    assert [(x.number, x.state) for x in a.attempts] == [(1, JobState.SUCCEEDED)]
+    assert record.read_text() == "ran\n"
