@@ -216,8 +216,12 @@ def edit_latency(root: Root, repeat: int) -> list[float]:
     out = []
     for i in range(repeat):
         word = f"edit-{i}-{time.time_ns()}"
-        job_file.write_text(f'command = ["echo", "{word}"]\nneeds = ["join"]\n')
+        # As a careful editor saves: a reader (the daemon) never sees half a file, which would
+        # be an invalid spec and fail the pipeline.
+        tmp = root.tmp_dir / "edit.toml"
+        tmp.write_text(f'command = ["echo", "{word}"]\nneeds = ["join"]\n')
         t = time.perf_counter()
+        os.replace(tmp, job_file)
         while time.perf_counter() - t < 5:
             row = conn.execute("SELECT command FROM job_specs WHERE pipeline = ? AND job = 'report'",
                                (name,)).fetchone()
