@@ -102,14 +102,25 @@ def _span(started: object, ended: object) -> float | None:
 
 # -- signatures: has a group of files changed since it was read? ---------------------------------
 
-def _stamp(files: Iterable[str | Path]) -> Stamp:
+def _stamp(first: Path, directory: Path) -> Stamp:
+    """(name, mtime_ns, size) of `first` and of each *.toml in `directory`, by name."""
     out = []
-    for f in files:
+    try:
+        st = os.stat(first)
+        out.append((first.name, st.st_mtime_ns, st.st_size))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted((e.name, e) for e in it if e.name.endswith(".toml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return tuple(out)
+    for name, entry in entries:
         try:
-            st = os.stat(f)
-        except (FileNotFoundError, NotADirectoryError):
+            st = entry.stat()
+        except FileNotFoundError:
             continue
-        out.append((os.path.basename(f), st.st_mtime_ns, st.st_size))
+        out.append((name, st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
@@ -123,11 +134,11 @@ def _tomls(directory: Path) -> list[str]:
 
 def spec_stamp(paths: PipelinePaths) -> Stamp:
     """pipeline.toml and jobs/*.toml as the driver stamps them (clowder.driver._spec_stamp)."""
-    return _stamp([paths.spec_file, *_tomls(paths.jobs_dir)])
+    return _stamp(paths.spec_file, paths.jobs_dir)
 
 
 def status_stamp(paths: PipelinePaths) -> Stamp:
-    return _stamp([paths.status_file, *_tomls(paths.status_dir)])
+    return _stamp(paths.status_file, paths.status_dir)
 
 
 def signature(stamp: Stamp) -> str:

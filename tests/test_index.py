@@ -209,6 +209,29 @@ def test_a_reindex_under_a_running_daemon_is_noticed(root: Root, make_pipeline: 
     assert index.dump_index(root) == rebuilt(root)
 
 
+def test_an_index_deleted_under_a_running_daemon_is_made_again(root: Root, make_pipeline: MakePipeline) -> None:
+    gate = root.path / "gate"
+    make_pipeline("q", {"a": f'command = "while [ ! -e {gate} ]; do sleep 0.05; done"\n',
+                        "b": 'command = "echo b > b.txt"\nneeds = ["a"]\n'})
+    lines: list[str] = []
+    driver = Driver(root, log=lines.append)
+    thread = threading.Thread(target=driver.serve, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("a"), "a").state.value == "running")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{root.index_file}{suffix}").unlink(missing_ok=True)
+        wait_for(root.index_file.exists, what="the daemon to make the index again")
+        gate.touch()
+        wait_for(lambda: ("q", "b", "succeeded") in {r[:3] for r in index.dump_index(root)["jobs"]},
+                 what="the daemon to record in the new file")
+    finally:
+        driver.stop()
+        thread.join(timeout=10)
+    assert any("replaced or removed" in line for line in lines)
+    assert index.dump_index(root) == rebuilt(root)
+
+
 def test_a_broken_index_never_stops_the_scheduler(root: Root, make_pipeline: MakePipeline) -> None:
     root.index_file.parent.mkdir(parents=True, exist_ok=True)
     root.index_file.write_text("this is not a database")
