@@ -157,7 +157,10 @@ class Recorder:
             try:
                 batch = self._queue.get(timeout=CHECK_EVERY)
             except queue.Empty:
-                self._usable()  # notice a swapped or removed file while nothing happens
+                try:
+                    self._usable()  # notice a swapped or removed file while nothing happens
+                except Exception as e:
+                    self._fail(e)
                 continue
             stop = batch is None
             batches = [] if batch is None else [batch]
