@@ -36,6 +36,7 @@ from clowder.scheduler import (
     SetPipeline,
     SpawnJob,
     Start,
+    prompt_hash,
     reconcile,
 )
 from clowder.spec import Config, JobSpec, Pipeline, Source, format_duration, is_name
@@ -110,6 +111,13 @@ class _Pipeline:
 
     def finished(self) -> bool:
         return self.status.state.terminal and not any(j.state is JobState.RUNNING for j in self.jobs.values())
+
+    def settled(self) -> bool:
+        """Finished for good: not stopped by a spec problem or a changed prompt, which an edit
+        can mend (the pipeline then resumes), so such a pipeline stays watched."""
+        changed_prompt = (self.pipeline is not None and bool(self.status.prompt_hash)
+                          and self.status.prompt_hash != prompt_hash(self.pipeline.spec.prompt))
+        return self.finished() and not self.problems and not changed_prompt
 
 
 class Driver:
@@ -245,7 +253,9 @@ class Driver:
             if name in self.pipelines:
                 self._refresh(self.pipelines[name])
         self.dirty.clear()
-        active = [c for c in self.pipelines.values() if not c.finished() or c.requests or c.outcomes]
+        # A settled pipeline is looked at again only when something was re-read (a spec edit may
+        # mend it, a request may retry it).
+        active = [c for c in self.pipelines.values() if not c.settled() or c.requests or c.outcomes or c.full]
         plan = reconcile([c.view() for c in active], now, self.limits)
         for cache in active:
             cache.full = False
@@ -257,9 +267,9 @@ class Driver:
         for cache in active:
             cache.outcomes = {j: o for j, o in cache.outcomes.items()
                               if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
-            if cache.finished() and self.watcher and not cache.requests:
+            if cache.settled() and self.watcher and not cache.requests:
                 self.watcher.unwatch(cache.paths.name)
-            elif self.watcher and not cache.finished() and cache.paths.name not in self.watcher.watched():
+            elif self.watcher and not cache.settled() and cache.paths.name not in self.watcher.watched():
                 self.watcher.watch(cache.paths.name)
         if self.recorder.flush():  # the index was swapped or recreated: hand everything over again
             self._record_all()
@@ -312,7 +322,7 @@ class Driver:
             self._load(cache)
         # A finished pipeline is not watched (watchdog runs a thread per watch): a request wakes
         # it through .clowder/wake, and `tick` watches it again if it runs again.
-        if self.watcher and paths.name not in self.watcher.watched() and not cache.finished():
+        if self.watcher and paths.name not in self.watcher.watched() and not cache.settled():
             self.watcher.watch(paths.name)
         cache.full = True
         stamp = _spec_stamp(paths)

@@ -202,6 +202,20 @@ def test_a_broken_job_file_fails_its_pipeline_while_another_completes(root: Root
     assert jstatus(root, "bad", "b").state is JobState.PENDING
 
 
+def test_a_pipeline_stopped_by_a_broken_file_resumes_when_it_is_fixed(root: Root, make_pipeline: MakePipeline,
+                                                                       tmp_path: Path) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    job_b = root.pipeline("p").jobs_dir / "b.toml"
+    job_b.write_text("command = [oops\n")
+    with daemon(root):
+        wait_for(lambda: root.pipeline("p").status_file.exists() and pstate(root, "p") is PipelineState.FAILED,
+                 what="pipeline stopped")
+        time.sleep(0.2)
+        job_b.write_text('command = ["true"]\nneeds = ["a"]\n')
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=10, what="pipeline resumed")
+    assert jstatus(root, "p", "b").state is JobState.SUCCEEDED
+
+
 def test_a_job_added_while_running_takes_effect(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n'})
