@@ -9,7 +9,6 @@ import queue
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -18,8 +17,8 @@ from glob import glob
 from pathlib import Path
 from typing import TextIO
 
+from clowder import regression, workspace
 from clowder import requests as req_mod
-from clowder import workspace
 from clowder.artifacts import metadata_dir
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
@@ -52,7 +51,6 @@ from clowder.state import (
     read_pipeline_status,
     utcnow,
 )
-from clowder.template import write_job_spec
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
@@ -499,28 +497,17 @@ class Driver:
                 self.log(f"{action.pipeline}: {action.event}")
 
     def _spawn(self, action: SpawnJob) -> None:
-        """Write the fix-up's spec: the target's own file, unhooked from the graph (no stage, no
-        needs: it starts at once, from the spawner's commit) and carrying why it exists."""
         paths = self.pipelines[action.pipeline].paths
-        source = paths.job_file(action.target)
-        try:
-            with source.open("rb") as f:
-                table = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            self.log(f"{action.pipeline}/{action.spawner}: cannot spawn {action.name}: {source}: {e}")
-            return
-        for key in ("stage", "from", "parent", "regression_of", "regression_context"):
-            table.pop(key, None)
-        table["needs"] = []
-        table["parent"] = action.spawner
-        table["regression_of"] = action.target
         context = {"reason": action.reason, "spawner": action.spawner, "spawner_attempt": action.attempt,
                    "request": action.request, "context": action.context,
-                   "log_tail": _tail(paths.log_file(action.spawner, action.attempt))}
+                   "log_tail": "\n".join(workspace.log_tail(paths.log_file(action.spawner, action.attempt)))}
         if action.commit:
             context["commit"] = action.commit
-        table["regression_context"] = context
-        write_job_spec(self.root, paths, action.name, table)
+        try:
+            regression.write_fixup(self.root, paths, action.name, action.target, action.spawner, context)
+        except ClowderError as e:
+            self.log(f"{action.pipeline}/{action.spawner}: cannot spawn {action.name}: {e}")
+            return
         self.log(f"{action.pipeline}/{action.spawner} spawned {action.name} (a fix-up of {action.target}): "
                  f"{action.reason}")
         self.dirty.add(action.pipeline)
@@ -666,17 +653,6 @@ def _show(argv: tuple[str, ...]) -> str:
     text = " ".join(argv).strip()
     first = next((line for line in text.splitlines() if line.strip()), "")
     return first if first == text else f"{first.strip()} …"
-
-
-def _tail(log: Path, lines: int = 40) -> str:
-    try:
-        with log.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _missing_outputs(workspace: Path, spec: JobSpec) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from clowder.regression import fixup_name
 from clowder.requests import Request
 from clowder.spec import JobSpec, Pipeline, When, format_duration
 from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Usage, total_usage
@@ -521,7 +522,7 @@ def _spawn(
             refused.append(f"{status.job} has spawned {len(status.spawned)} fix-up(s), its max_regressions "
                            f"({spec.max_regressions if spec else 0}) is reached")
         else:
-            name = _fixup_name(target, known)
+            name = fixup_name(target, known)
             known.add(name)
             names.append(name)
             new_names.append(name)
@@ -544,13 +545,6 @@ def _spawn(
     new = replace(_without_killing(status), state=JobState.WAITING, attempts=(*status.attempts[:-1], ended),
                   waiting_for=tuple(names), spawned=(*status.spawned, *new_names), message=message)
     return new, f"{status.job} {message}", None
-
-
-def _fixup_name(target: str, known: set[str]) -> str:
-    k = 1
-    while f"{target}.r{k}" in known:
-        k += 1
-    return f"{target}.r{k}"
 
 
 def _without_killing(status: JobStatus) -> JobStatus:

@@ -169,3 +169,14 @@ def test_daemon_killed_while_the_fixup_runs(root: Root, make_pipeline: MakePipel
     assert sorted(record.read_text().splitlines()) == ["dev", "dev.r1", "test 1", "test 2"]
     assert read_job_status(root.pipeline("p").job_status_file("test"), "test").state is JobState.SUCCEEDED
     assert read_pipeline_status(root.pipeline("p").status_file).state is PipelineState.SUCCEEDED
+
+
+def test_fixup_names_and_specs() -> None:
+    from clowder.regression import fixup_name, fixup_spec
+
+    assert fixup_name("dev", {"dev", "dev.r1"}) == "dev.r2"
+    assert fixup_name("dev.r1", {"dev.r1"}) == "dev.r1.r1"
+    spec = fixup_spec({"stage": "dev", "needs": ["plan"], "from": ["plan"], "command": ["make"], "retries": 2},
+                      "test", "dev", {"reason": "broken"})
+    assert spec == {"command": ["make"], "retries": 2, "needs": [], "parent": "test", "regression_of": "dev",
+                    "regression_context": {"reason": "broken"}}

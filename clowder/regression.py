@@ -1,0 +1,47 @@
+"""Regression loops: a running job asks for a fix-up of another job. The scheduler decides
+when (clowder.scheduler); this module names fix-ups and writes their specs."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from clowder.errors import SpecError
+from clowder.template import write_job_spec
+from clowder.tree import PipelinePaths, Root
+
+# Keys of the target's spec a fix-up does not inherit: it is unhooked from the graph (it
+# starts at once, from the spawner's commit) and gets its own lineage.
+_NOT_INHERITED = ("stage", "from", "parent", "regression_of", "regression_context")
+
+
+def fixup_name(target: str, known: set[str]) -> str:
+    """`dev.r1`, `dev.r2`, ...: the first name of that shape not taken."""
+    k = 1
+    while f"{target}.r{k}" in known:
+        k += 1
+    return f"{target}.r{k}"
+
+
+def fixup_spec(target_spec: Mapping[str, Any], spawner: str, target: str, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The fix-up's job table: the target's own spec, with `needs = []`, its parent and why."""
+    table = {k: v for k, v in target_spec.items() if k not in _NOT_INHERITED}
+    table["needs"] = []
+    table["parent"] = spawner
+    table["regression_of"] = target
+    table["regression_context"] = dict(context)
+    return table
+
+
+def write_fixup(root: Root, paths: PipelinePaths, name: str, target: str, spawner: str,
+                context: Mapping[str, Any]) -> Path:
+    """Write jobs/<name>.toml from the target's file as it is on disk now."""
+    source = paths.job_file(target)
+    try:
+        with source.open("rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SpecError.one(source, "<file>", f"cannot copy it for fix-up {name}: {e}") from e
+    return write_job_spec(root, paths, name, fixup_spec(table, spawner, target, context))
