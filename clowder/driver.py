@@ -411,9 +411,10 @@ class Driver:
         elif pid is None:
             cache.alive[job] = None
         elif self.executor.alive(launch):
+            if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
+                self.executor.adopt(launch, pid)
+                self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt} (pid {pid})")
             cache.alive[job] = True
-            self.executor.adopt(launch, pid)
-            self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt} (pid {pid})")
         elif read_exit(launch.exit_file) is not None:  # it ended between the two looks
             cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
         else:
