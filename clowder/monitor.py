@@ -18,9 +18,9 @@ from clowder.executor import read_exit
 from clowder.graph import topo_order
 from clowder.schema import load_toml
 from clowder.spec import NAME_PATTERN, NAME_RULE, Pipeline, is_name
-from clowder.state import JobState, JobStatus, job_status_from_dict, read_pipeline_status
+from clowder.state import JobState, JobStatus, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_config, check_pipeline, load_status_file
+from clowder.validate import check_config, check_pipeline
 
 # What `clowder status` can say of a pipeline: its states, or `invalid` / `broken` files.
 ReportState = Literal["pending", "running", "succeeded", "failed", "cancelled", "invalid", "broken"]
@@ -196,17 +196,7 @@ def read_status(paths: PipelinePaths, job: str) -> JobStatus:
     """The job's status, or a `pending` one; a status file broken by hand is reported in the
     message rather than raised, as `clowder status` does."""
     path = paths.job_status_file(job)
-    return _cached("status", str(path), [path], lambda: _parse_status(path, job))
-
-
-def _parse_status(path: Path, job: str) -> JobStatus:
-    data, problems = load_status_file(path)
-    if problems:
-        return JobStatus(job, message=f"unreadable status file: {problems[0]}")
-    try:
-        return job_status_from_dict(job, data) if data is not None else JobStatus(job)
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return JobStatus(job, message="unreadable status file")
+    return _cached("status", str(path), [path], lambda: report.job_status(path, job))
 
 
 def _attempts(status: JobStatus) -> list[AttemptView]:

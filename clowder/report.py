@@ -65,14 +65,15 @@ def _duration(status: JobStatus) -> float | None:
     return sum(spans) if spans else None
 
 
-def _job_status(path: Path, name: str) -> JobStatus:
+def job_status(path: Path, name: str) -> JobStatus:
+    """The job's status, or a `pending` one; a status file broken by hand shows as a message."""
     # Parsed and checked once: `status` reads every status file of the tree when there is no index.
     data, problems = load_status_file(path)
     if problems:
         return JobStatus(name, message=f"unreadable status file: {problems[0]}")
     try:
         return job_status_from_dict(name, data) if data is not None else JobStatus(name)
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, AttributeError):
         return JobStatus(name, message="unreadable status file")
 
 
@@ -89,7 +90,7 @@ def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
     names = topo_order(pipeline_deps(pipeline)) if pipeline else paths.job_names()
     jobs = []
     for name in names:
-        status = _job_status(paths.status_dir / f"{name}.toml", name)
+        status = job_status(paths.status_dir / f"{name}.toml", name)
         spec = pipeline.jobs.get(name) if pipeline else None
         first = status.attempts[0] if status.attempts else None
         last = status.last
@@ -135,7 +136,7 @@ def spending(paths: PipelinePaths) -> dict[str, Usage]:
     its attempts. Read from the status files: one pipeline's are few."""
     out = {}
     for f in sorted(paths.status_dir.glob("*.toml")):
-        if is_name(f.stem) and (usage := total_usage(_job_status(f, f.stem).attempts)) is not None:
+        if is_name(f.stem) and (usage := total_usage(job_status(f, f.stem).attempts)) is not None:
             out[f.stem] = usage
     return out
 

@@ -10,8 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +34,7 @@ from clowder.state import (
 )
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, write
+from tests.test_driver import wait_for
 
 OUTPUT = '{"verdict": "pass", "findings": [{"file": "a.txt", "line": 3}]}'
 JOBS = {
@@ -56,15 +55,6 @@ def run(root: Root, name: str = "p") -> bool:
 def rebuilt(root: Root) -> dict[str, list[tuple[Any, ...]]]:
     index.rebuild(root)
     return index.dump_index(root)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def clowder(root: Root, *args: str) -> subprocess.Popen[str]:
