@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from clowder import graph as graph_mod
-from clowder import report
 from clowder.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -23,10 +19,13 @@ from clowder.errors import (
     SpecError,
     UsageError,
 )
-from clowder.spec import format_duration, parse_assignment, parse_duration
-from clowder.template import init_root, new_pipeline
 from clowder.tree import ROOT_ENV, Root, find_root
-from clowder.validate import load_config, load_pipeline, validate_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Commands import what they use: `clowder status` over a thousand pipelines must not pay for
+# jsonschema, rich or git it does not need (see README, "The index at scale").
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +60,8 @@ def json_option(f: F) -> F:
 
 
 def parse_duration_option(text: str) -> float:
+    from clowder.spec import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as e:
@@ -68,8 +69,27 @@ def parse_duration_option(text: str) -> float:
 
 
 def console() -> Console:
+    from rich.console import Console
+
     # Off a terminal rich would wrap at 80 columns; scripts and logs want whole lines.
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table without borders: rich's on a terminal; off one, plain columns two spaces apart,
+    one line per row and nothing else, for scripts (and quick: no rich to import)."""
+    if sys.stdout.isatty():
+        from rich.table import Table
+
+        table = Table(*headers, box=None, pad_edge=False)
+        for row in rows:
+            table.add_row(*row)
+        console().print(table)
+        return
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in (headers, *rows))
+    click.echo("\n".join(lines))
 
 
 @click.group(cls=ClowderGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +104,8 @@ def main() -> None:
 def init(directory: Path) -> None:
     """Create a Clowder root in DIRECTORY (default: here): clowder.toml with defaults,
     templates/ and pipelines/. Refuses to overwrite an existing root."""
+    from clowder.template import init_root
+
     root = init_root(directory)
     click.echo(f"created Clowder root at {root.path}")
     click.echo("next: add a template under templates/, then `clowder new TEMPLATE --prompt TEXT`")
@@ -102,6 +124,9 @@ def new(template: str, prompt: str, name: str | None, sets: tuple[str, ...], sou
     """Create a pipeline from TEMPLATE (templates/TEMPLATE.toml) under pipelines/.
 
     Prints the new pipeline's name. Never overwrites an existing pipeline."""
+    from clowder.spec import parse_assignment
+    from clowder.template import new_pipeline
+
     root = find_root(root_dir)
     values = dict(parse_assignment(s) for s in sets)
     src = {"repo": source, **({"ref": ref} if ref else {})} if source else None
@@ -117,6 +142,8 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
     """Check a root, pipeline directory, template or spec file (default: the whole root).
 
     Prints every problem as `FILE: key.path: message`; exits 2 if there is any."""
+    from clowder.validate import validate_path
+
     root: Root | None
     if path is None:
         root = find_root(root_dir)
@@ -142,6 +169,10 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
 @root_option
 def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
+    from clowder import graph as graph_mod
+    from clowder import report
+    from clowder.validate import load_config, load_pipeline
+
     root = find_root(root_dir)
     paths = root.pipeline(pipeline)
     if not paths.dir.is_dir():
@@ -159,36 +190,35 @@ def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
 def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
     """Show every pipeline's state, or PIPELINE's jobs with their states, attempts, durations and
     what their agents spent."""
+    from clowder import report
+
     root = find_root(root_dir)
+    if pipeline is None and not as_json:
+        overview = report.overview(root)
+        if not overview:
+            click.echo("no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`")
+            return
+        print_table(("PIPELINE", "STATE", "JOBS", "MESSAGE"), overview)
+        return
     reports = report.collect(root, pipeline)
     if as_json:
         click.echo(json.dumps(report.to_json(reports), indent=2))
         return
-    out = console()
-    if pipeline is None:
-        if not reports:
-            out.print("no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`")
-            return
-        table = Table("PIPELINE", "STATE", "JOBS", "MESSAGE", box=None, pad_edge=False)
-        for r in reports:
-            table.add_row(r.name, r.state, report.summary(r), r.message)
-        out.print(table)
-        return
+    from clowder.spec import format_duration
+
     r = reports[0]
-    out.print(f"pipeline {r.name}: {r.state}" + (f" — {r.message}" if r.message else ""))
+    click.echo(f"pipeline {r.name}: {r.state}" + (f" — {r.message}" if r.message else ""))
     for problem in r.problems:
-        out.print(f"  {problem}")
+        click.echo(f"  {problem}")
     spent = r.usage  # a COST column only where agents reported any
-    table = Table("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", *(["COST"] if spent else []), "MESSAGE",
-                  box=None, pad_edge=False)
+    rows = []
     for j in r.jobs:
         duration = format_duration(j.duration) if j.duration is not None else "-"
         cost = [f"${j.usage.cost_usd:.4f}" if j.usage else "-"] if spent else []
-        table.add_row(j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, *cost, j.message)
-    out.print(table)
+        rows.append((j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, *cost, j.message))
+    print_table(("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", *(["COST"] if spent else []), "MESSAGE"), rows)
     if spent:
-        out.print(f"spent: {report.format_usage(spent)}")
-
+        click.echo(f"spent: {report.format_usage(spent)}")
 
 
 def _driver_options(f: F) -> F:
@@ -329,10 +359,8 @@ def artifacts(pipeline: str, job: str | None, sha: str | None, as_json: bool, ro
     if not rows:
         click.echo("no artifacts" + (f" with blob {sha}" if sha else ""))
         return
-    table = Table("JOB", "ATTEMPT", "KIND", "SIZE", "BLOB", "PATH", box=None, pad_edge=False)
-    for r in rows:
-        table.add_row(r.job, str(r.attempt), r.kind, str(r.size), r.blob[:12], r.path)
-    console().print(table)
+    print_table(("JOB", "ATTEMPT", "KIND", "SIZE", "BLOB", "PATH"),
+                [(r.job, str(r.attempt), r.kind, str(r.size), r.blob[:12], r.path) for r in rows])
 
 
 @main.command()
@@ -423,6 +451,8 @@ def query(sql: str, params: tuple[str, ...], fmt: str | None, root_dir: Path | N
     from clowder import index
 
     root = find_root(root_dir)
+    from clowder.spec import parse_assignment
+
     result = index.query(root, sql, dict(parse_assignment(p) for p in params))
     rows = [[v.hex() if isinstance(v, bytes) else v for v in row] for row in result.rows]
     if fmt == "json":
@@ -432,7 +462,4 @@ def query(sql: str, params: tuple[str, ...], fmt: str | None, root_dir: Path | N
         writer.writerow(result.columns)
         writer.writerows(rows)
     else:
-        table = Table(*result.columns, box=None, pad_edge=False)
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
-        console().print(table)
+        print_table(result.columns, [["" if v is None else str(v) for v in row] for row in rows])

@@ -39,6 +39,7 @@ from clowder.scheduler import (
     reconcile,
 )
 from clowder.spec import Config, JobSpec, Pipeline, Source, format_duration, is_name
+from clowder.stamp import Stamp, spec_stamp
 from clowder.state import (
     Attempt,
     JobState,
@@ -80,7 +81,7 @@ class _Pipeline:
     what this driver writes: it is their only writer."""
 
     paths: PipelinePaths
-    stamp: tuple[tuple[str, int, int], ...] = ()
+    stamp: Stamp = ()
     pipeline: Pipeline | None = None
     problems: tuple[str, ...] = ()
     status: PipelineStatus = field(default_factory=PipelineStatus)
@@ -323,7 +324,7 @@ class Driver:
         if self.watcher and paths.name not in self.watcher.watched() and not cache.settled():
             self.watcher.watch(paths.name)
         cache.full = True
-        stamp = _spec_stamp(paths)
+        stamp = spec_stamp(str(paths.dir))
         if stamp != cache.stamp:
             cache.stamp = stamp
             pipeline, problems = check_pipeline(paths, self.config)
@@ -659,16 +660,3 @@ def _show(argv: tuple[str, ...]) -> str:
 def _missing_outputs(workspace: Path, spec: JobSpec) -> str:
     missing = [g for g in spec.outputs if not glob(g, root_dir=workspace, recursive=True, include_hidden=True)]
     return f"missing declared output(s): {', '.join(missing)}" if missing else ""
-
-
-def _spec_stamp(paths: PipelinePaths) -> tuple[tuple[str, int, int], ...]:
-    """(name, mtime_ns, size) of pipeline.toml and every job file: a spec changed iff this did."""
-    out = []
-    for f in (paths.spec_file, *sorted(paths.jobs_dir.glob("*.toml"))):
-        try:
-            st = f.stat()
-        except FileNotFoundError:
-            continue
-        out.append((f.name, st.st_mtime_ns, st.st_size))
-    return tuple(out)
-

@@ -9,18 +9,22 @@ import multiprocessing
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from clowder import snapshot
+from clowder import stamp
 from clowder.errors import EXIT_BAD_INPUT, ClowderError
-from clowder.snapshot import JobRows, PipelineRows, Row
-from clowder.spec import is_name
-from clowder.tree import Root
+from clowder.tree import Root, is_name
+
+if TYPE_CHECKING:  # snapshot reads and validates specs: only reindex and fsck need it at run time
+    from clowder.snapshot import JobRows, PipelineRows
+
+Row = tuple[Any, ...]
 
 BUSY_TIMEOUT_MS = 5000
+ENDED = ("succeeded", "failed", "cancelled")  # pipeline states that no longer change by themselves
 PARALLEL_MIN = 64  # pipelines below which reading the tree in one process is faster than forking
 
 
@@ -466,6 +470,8 @@ _reader: tuple[Root, Any] | None = None  # what forked readers inherit
 
 
 def _read_chunk(names: list[str]) -> list[PipelineRows]:
+    from clowder import snapshot
+
     assert _reader is not None
     root, config = _reader
     return [snapshot.read_pipeline(root, name, config) for name in names]
@@ -474,6 +480,7 @@ def _read_chunk(names: list[str]) -> list[PipelineRows]:
 def read_tree(root: Root) -> Iterator[PipelineRows]:
     """Every pipeline of the tree as rows. Parsing TOML dominates (DESIGN §5: ~0.5 s per 10,000
     small files), so a large root is read by one forked process per core."""
+    from clowder import snapshot
     from clowder.validate import check_config
 
     global _reader
@@ -576,32 +583,35 @@ def live_daemon(root: Root) -> int | None:
     return pid
 
 
-def fresh(conn: sqlite3.Connection, root: Root, names: Iterable[str]) -> set[str]:
+def fresh(conn: sqlite3.Connection, root: Root, names: Iterable[str], ended: Container[str] = ()) -> set[str]:
     """The pipelines among `names` whose rows match their files.
 
     A pipeline's rows are stale when its spec files (pipeline.toml, jobs/*.toml) changed since
     they were read (any file's mtime or size, a file added or removed), or when its status
-    files (status.toml, status/*.toml) did — unless a daemon keeps them live: it writes the
-    rows as it decides each change, before the status file lands, so its rows are never older
-    than the files. Rows a daemon kept live that died (kill -9) are stale until a daemon or
-    `clowder reindex` reads the pipeline again. Cost: a stat per spec and status file."""
+    files did (see clowder.stamp) — unless a daemon keeps them live: it writes the rows as it
+    decides each change, before the status file lands, so its rows are never older than the
+    files. Rows a daemon kept live that died (kill -9) are stale until a daemon or `clowder
+    reindex` reads the pipeline again. Pipelines in `ended` are fresh if their status files
+    are: the caller needs nothing of them that the content of spec files could change.
+    Cost: three stats per pipeline, and one per spec file of those not in `ended`."""
     known = {p: (status, spec, pid) for p, status, spec, pid in
              conn.execute("SELECT pipeline, status_sig, spec_sig, pid FROM freshness")}
     daemon = -1
+    pipelines = str(root.pipelines_dir)
     out = set()
     for name in names:
         status_sig, spec_sig, pid = known.get(name, (None, None, None))
-        if spec_sig is None:
+        if not spec_sig:
             continue
-        paths = root.pipeline(name)
+        where = f"{pipelines}/{name}"
         if status_sig is None:
             if daemon == -1:
                 daemon = live_daemon(root) or 0
             if pid is None or pid != daemon:
                 continue
-        elif status_sig != snapshot.signature(snapshot.status_stamp(paths)):
+        elif not stamp.is_current(status_sig, stamp.status_signature(where)):
             continue
-        if spec_sig == snapshot.signature(snapshot.spec_stamp(paths)):
+        if name in ended or stamp.is_current(spec_sig, stamp.spec_signature(where)):
             out.add(name)
     return out
 
@@ -650,6 +660,31 @@ def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
         return StatusRows(pipelines, jobs, needs)
     except sqlite3.Error:
         return empty
+    finally:
+        conn.close()
+
+
+def overview_rows(root: Root, names: Sequence[str]) -> dict[str, tuple[Row, dict[str, int]]]:
+    """For `clowder status` over every pipeline: the status columns (state, message, problem,
+    problems) and the count of jobs in each state of those of `names` the index holds fresh.
+    A job the scheduler has not seen, or whose status file is unreadable, counts as pending."""
+    try:
+        conn = connect_readonly(root)
+    except IndexUnavailable:
+        return {}
+    try:
+        heads = {r[0]: r[1:] for r in conn.execute("SELECT pipeline, state, message, problem, problems FROM pipelines")}
+        ok = fresh(conn, root, names, ended={name for name, h in heads.items() if h[0] in ENDED})
+        heads = {name: h for name, h in heads.items() if name in ok}
+        counts: dict[str, dict[str, int]] = {name: {} for name in heads}
+        for pipeline, state, n in conn.execute(
+                "SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' "
+                "ELSE j.state END, count(*) FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2"):
+            if pipeline in counts:
+                counts[pipeline][state] = n
+        return {name: (head, counts[name]) for name, head in heads.items()}
+    except sqlite3.Error:
+        return {}
     finally:
         conn.close()
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from clowder import snapshot
 from clowder.errors import Problem
 from clowder.index import Index, IndexUnavailable
-from clowder.snapshot import JobRows, Row, Stamp
+from clowder.snapshot import JobRows, Row
 from clowder.spec import Pipeline, is_name
+from clowder.stamp import RACY_NS, Stamp, signature, status_signature
 from clowder.state import JobStatus, PipelineStatus
 from clowder.tree import PipelinePaths, Root
 
@@ -257,7 +258,7 @@ class Recorder:
         for name, (paths, pipeline, problems, stamp) in batch.specs.items():
             head, job_specs, edges = snapshot.spec_rows(paths, pipeline, problems, self.root.path)
             index.put_spec(name, head, job_specs, edges)
-            index.set_spec_fresh(name, snapshot.signature(stamp))
+            index.set_spec_fresh(name, signature(stamp))
         for name, pstatus in batch.statuses.items():
             index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
         for (name, job), jstatus in batch.jobs.items():
@@ -315,9 +316,16 @@ class Recorder:
         if self.index is None:
             return
         try:
+            signed = {name: status_signature(str(paths.dir)) for name, paths in self._live.items()}
+            if not all(signed.values()):
+                # Written too recently to sign (clowder.stamp): this daemon wrote the last of
+                # them and writes no more, so what the files hold then is what they hold now.
+                time.sleep(RACY_NS / 1e9)
+                signed.update((name, status_signature(str(self._live[name].dir)))
+                              for name, sig in signed.items() if not sig)
             with self.index.transaction():
-                for name, paths in sorted(self._live.items()):
-                    self.index.set_fresh(name, snapshot.signature(snapshot.status_stamp(paths)), spec=False)
+                for name, sig in sorted(signed.items()):
+                    self.index.set_fresh(name, sig, spec=False)
         except Exception as e:
             self.log(f"index: {type(e).__name__}: {e}")
         self._close_quietly()

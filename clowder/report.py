@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from clowder.errors import Problem, UsageError
-from clowder.graph import pipeline_deps, topo_order
-from clowder.spec import is_name
 from clowder.state import (
     JobState,
     JobStatus,
@@ -23,8 +22,9 @@ from clowder.state import (
     total_usage,
     utcnow,
 )
-from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_config, check_pipeline, load_status_file
+from clowder.tree import PipelinePaths, Root, is_name
+
+JOB_STATES = tuple(s.value for s in JobState)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ def _duration(status: JobStatus) -> float | None:
 
 def job_status(path: Path, name: str) -> JobStatus:
     """The job's status, or a `pending` one; a status file broken by hand shows as a message."""
+    from clowder.validate import load_status_file
+
     # Parsed and checked once: `status` reads every status file of the tree when there is no index.
     data, problems = load_status_file(path)
     if problems:
@@ -78,6 +80,9 @@ def job_status(path: Path, name: str) -> JobStatus:
 
 
 def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
+    from clowder.graph import pipeline_deps, topo_order
+    from clowder.validate import check_config, check_pipeline, load_status_file
+
     config, _ = check_config(root.config_file)
     pipeline, problems = check_pipeline(paths, config)
     data, broken = load_status_file(paths.status_file)
@@ -152,23 +157,52 @@ def format_usage(usage: Usage) -> str:
 def from_index(root: Root, names: list[str]) -> dict[str, PipelineReport]:
     """Reports of those of `names` the index holds fresh; the same reports the tree gives."""
     from clowder.index import status_rows
-    from clowder.snapshot import parse_ts, problem_text
+    from clowder.snapshot import parse_ts
 
     rows = status_rows(root, names)
     now = utcnow()
     out = {}
     for name, (state, message, started, ended, problem, problems) in rows.pipelines.items():
-        if problem is not None:
-            text = problem_text(problem, root.path)
-            out[name] = PipelineReport(name, "broken", text, None, None, problems=(text,))
+        state, message, shown = _head(root, name, state, message, problem, problems)
+        if state == "broken":
+            out[name] = PipelineReport(name, state, message, None, None, problems=shown)
             continue
-        spec_problems = tuple(problem_text(p, root.path) for p in json.loads(problems)) if problems else ()
-        if spec_problems and state == PipelineState.PENDING.value:
-            state = "invalid"
-            message = f"{len(spec_problems)} problem(s); run `clowder validate {root.pipeline(name).dir}`"
         jobs = tuple(_job_from_row(row, tuple(rows.needs.get((name, row[0]), ())), now, root)
                      for row in rows.jobs.get(name, ()))
-        out[name] = PipelineReport(name, state, message, parse_ts(started), parse_ts(ended), jobs, spec_problems)
+        out[name] = PipelineReport(name, state, message, parse_ts(started), parse_ts(ended), jobs, shown)
+    return out
+
+
+def _head(root: Root, name: str, state: str, message: str, problem: str | None,
+          problems: str | None) -> tuple[str, str, tuple[str, ...]]:
+    """A pipeline's state, message and problems from its index columns, as the tree gives them."""
+    from clowder.snapshot import problem_text
+
+    if problem is not None:  # its status file is unreadable
+        text = problem_text(problem, root.path)
+        return "broken", text, (text,)
+    shown = tuple(problem_text(p, root.path) for p in json.loads(problems)) if problems else ()
+    if shown and state == PipelineState.PENDING.value:
+        return "invalid", f"{len(shown)} problem(s); run `clowder validate {root.pipeline(name).dir}`", shown
+    return state, message, shown
+
+
+def overview(root: Root) -> list[tuple[str, str, str, str]]:
+    """`clowder status` over every pipeline: (name, state, job counts, message) of each, from
+    the index where it is fresh (one grouped query, no per-job rows), else from the tree."""
+    from clowder.index import overview_rows
+
+    names = [name for name in root.pipeline_names() if is_name(name)]
+    indexed = overview_rows(root, names)
+    out = []
+    for name in names:
+        if name in indexed:
+            (state, message, problem, problems), counts = indexed[name]
+            state, message, _ = _head(root, name, state, message, problem, problems)
+            out.append((name, state, "no jobs" if state == "broken" else summarize(counts), message))
+        else:
+            r = pipeline_report(root, root.pipeline(name))
+            out.append((name, r.state, summary(r), r.message))
     return out
 
 
@@ -219,6 +253,9 @@ def to_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
 
 
 def summary(report: PipelineReport) -> str:
-    counts = report.counts()
-    order = [s.value for s in JobState]
-    return ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no jobs"
+    return summarize(report.counts())
+
+
+def summarize(counts: Mapping[str, int]) -> str:
+    """Job counts in the order of the states' life: "2 running, 3 succeeded"."""
+    return ", ".join(f"{counts[s]} {s}" for s in JOB_STATES if counts.get(s)) or "no jobs"

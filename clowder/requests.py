@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 import tomli_w
 
 from clowder.errors import UsageError

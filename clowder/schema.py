@@ -5,13 +5,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 from jsonschema.exceptions import ValidationError
 
 from clowder.errors import Problem
@@ -40,6 +40,16 @@ def load_schema(kind: str) -> dict[str, Any]:
 @cache
 def _validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(load_schema(kind))
+
+
+@cache
+def _fast(kind: str) -> Any:
+    """jsonschema-rs's validator: it says whether data is valid a hundred times faster than
+    jsonschema, which `clowder reindex` needs (a check per spec and status file of the
+    root); jsonschema explains what is wrong, in the words `_translate` knows."""
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(load_schema(kind))
 
 
 def load_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -87,6 +97,11 @@ def key_path(parts: Iterable[str | int]) -> str:
 
 def check(kind: str, data: Any, path: Path | str, prefix: Sequence[str | int] = ()) -> list[Problem]:
     """Every schema problem in `data`, as one-line problems sorted by key."""
+    try:
+        if _fast(kind).is_valid(data):
+            return []
+    except ValueError:  # a value JSON has no type for: let jsonschema judge it
+        pass
     problems: list[Problem] = []
     for error in _validator(kind).iter_errors(data):
         problems.extend(_translate(error, path, prefix))

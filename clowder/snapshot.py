@@ -14,17 +14,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clowder.errors import ClowderError, Problem
-from clowder.graph import pipeline_deps, topo_order
-from clowder.spec import Config, Pipeline, is_name
-from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
-from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_pipeline, load_status_file
+from clowder import stamp
+from clowder.errors import Problem
+from clowder.state import JobStatus, PipelineStatus, job_status_from_dict, pipeline_status_from_dict
+from clowder.tree import PipelinePaths, Root, is_name
+
+if TYPE_CHECKING:
+    from clowder.spec import Config, Pipeline
 
 Row = tuple[Any, ...]
-Stamp = tuple[tuple[str, int, int], ...]  # (file name, mtime_ns, size) of each file of a group
 
 MODEL_OUTPUT = "model_output"
 MAX_OUTPUT_BYTES = 1 << 20  # model outputs are small JSON documents; a bigger one is noted, not stored
@@ -100,49 +100,12 @@ def _span(started: object, ended: object) -> float | None:
     return (ended - started).total_seconds()
 
 
-# -- signatures: has a group of files changed since it was read? ---------------------------------
-
-def _stamp(first: Path, directory: Path) -> Stamp:
-    """(name, mtime_ns, size) of `first` and of each *.toml in `directory`, by name."""
-    out = []
-    try:
-        st = os.stat(first)
-        out.append((first.name, st.st_mtime_ns, st.st_size))
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    try:
-        with os.scandir(directory) as it:
-            entries = sorted((e.name, e) for e in it if e.name.endswith(".toml"))
-    except (FileNotFoundError, NotADirectoryError):
-        return tuple(out)
-    for name, entry in entries:
-        try:
-            st = entry.stat()
-        except FileNotFoundError:
-            continue
-        out.append((name, st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
 def _tomls(directory: Path) -> list[str]:
     try:
         with os.scandir(directory) as it:
             return sorted(e.path for e in it if e.name.endswith(".toml"))
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def spec_stamp(paths: PipelinePaths) -> Stamp:
-    """pipeline.toml and jobs/*.toml as the driver stamps them (clowder.driver._spec_stamp)."""
-    return _stamp(paths.spec_file, paths.jobs_dir)
-
-
-def status_stamp(paths: PipelinePaths) -> Stamp:
-    return _stamp(paths.status_file, paths.status_dir)
-
-
-def signature(stamp: Stamp) -> str:
-    return hashlib.blake2b(repr(stamp).encode(), digest_size=12).hexdigest()
 
 
 # -- status rows ---------------------------------------------------------------------------------
@@ -184,6 +147,8 @@ def spec_rows(paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Pr
     """The pipeline's spec columns (template, stages, valid, problems), its jobs' spec rows and
     its dependency edges. An invalid pipeline lists its job files' names and nothing more, as
     `clowder status` does."""
+    from clowder.graph import pipeline_deps, topo_order
+
     name = paths.name
     stored = [problem_json(p, root) for p in problems]
     if pipeline is None:
@@ -209,7 +174,9 @@ def read_pipeline(root: Root, name: str, config: Config | None) -> PipelineRows:
     paths = root.pipeline(name)
     # Signed before reading: a file that changes while it is read makes the index stale, never
     # wrongly fresh.
-    spec_sig, status_sig = signature(spec_stamp(paths)), signature(status_stamp(paths))
+    spec_sig, status_sig = stamp.spec_signature(str(paths.dir)), stamp.status_signature(str(paths.dir))
+    from clowder.validate import check_pipeline
+
     pipeline, problems = check_pipeline(paths, config)
     head, job_specs, edges = spec_rows(paths, pipeline, problems, root.path)
     pstatus, pproblem = read_status(paths.status_file, root.path)
@@ -234,25 +201,33 @@ def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -
 
 
 def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
-    """status.toml as the scheduler reads it, or None and why it cannot be read."""
-    try:
-        return read_pipeline_status(path), None
-    except (ClowderError, OSError, ValueError):
-        return None, _problem(path, root)
+    """status.toml as `clowder status` reads it from the tree, or None and why it cannot be read."""
+    data, problem = _load(path, root)
+    if problem is None:
+        try:
+            return (pipeline_status_from_dict(data) if data is not None else PipelineStatus()), None
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            problem = problem_json(Problem(path, "state", f"unreadable status file: {e}"), root)
+    return None, problem
 
 
 def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
-    """A job's status file as the scheduler reads it; if it cannot, a fresh status and why."""
-    try:
-        return read_job_status(path, job), None
-    except (ClowderError, OSError, ValueError):
-        return JobStatus(job), _problem(path, root)
+    """A job's status file as `clowder status` reads it from the tree (clowder.report.job_status);
+    if it cannot be read, a fresh status and why."""
+    data, problem = _load(path, root)
+    if problem is None:
+        try:
+            return (job_status_from_dict(job, data) if data is not None else JobStatus(job)), None
+        except (KeyError, ValueError, TypeError, AttributeError):
+            problem = problem_json(Problem(path, "<file>", "unreadable status file"), root)
+    return JobStatus(job), problem
 
 
-def _problem(path: Path, root: Path) -> str:
-    # The unhappy path only: `clowder validate`'s wording, so the index says what `status` says.
-    problems = load_status_file(path)[1] or [Problem(path, "<file>", "unreadable status file")]
-    return problem_json(problems[0], root)
+def _load(path: Path, root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    from clowder.validate import load_status_file
+
+    data, problems = load_status_file(path)
+    return data, (problem_json(problems[0], root) if problems else None)
 
 
 # -- model outputs: the content of small JSON artifacts ------------------------------------------

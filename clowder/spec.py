@@ -18,25 +18,15 @@ from functools import cached_property
 from typing import Any
 
 from clowder.errors import UsageError
-
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
-NAME_RULE = "names are 1-64 characters of a-z, 0-9, '.', '_', '-' and start with a letter or digit"
+from clowder.tree import NAME_PATTERN as NAME_PATTERN
+from clowder.tree import NAME_RE as NAME_RE
+from clowder.tree import NAME_RULE as NAME_RULE
+from clowder.tree import check_name as check_name
+from clowder.tree import is_name as is_name
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_RULE = "use a number of seconds or e.g. 500ms, 2s, 5m, 1h30m"
-
-
-def is_name(name: object) -> bool:
-    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
-
-
-def check_name(name: str, what: str) -> str:
-    """Return `name` if it is a valid pipeline/job name, else raise UsageError."""
-    if not is_name(name):
-        raise UsageError(f"invalid {what} name {name!r}: {NAME_RULE}")
-    return name
 
 
 def parse_duration(value: object) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,6 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 import tomli_w
 
 from clowder.errors import SpecError

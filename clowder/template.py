@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 import tomli_w
 
 from clowder import schema

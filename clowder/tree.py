@@ -4,14 +4,29 @@ before they become paths, so nothing can point outside the root."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from clowder.errors import RootNotFound
-from clowder.spec import check_name
+from clowder.errors import RootNotFound, UsageError
 
 CONFIG_FILE = "clowder.toml"
 ROOT_ENV = "CLOWDER_ROOT"
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "names are 1-64 characters of a-z, 0-9, '.', '_', '-' and start with a letter or digit"
+
+
+def is_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def check_name(name: str, what: str) -> str:
+    """Return `name` if it is a valid pipeline/job name, else raise UsageError."""
+    if not is_name(name):
+        raise UsageError(f"invalid {what} name {name!r}: {NAME_RULE}")
+    return name
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +33,11 @@ from clowder.state import (
     pipeline_status_to_toml,
     read_job_status,
 )
+from clowder.fsio import atomic_write
+from clowder.stamp import RACY_NS
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, write
+from tests.test_cli import rows
 from tests.test_driver import wait_for
 
 OUTPUT = '{"verdict": "pass", "findings": [{"file": "a.txt", "line": 3}]}'
@@ -345,10 +349,51 @@ def test_status_from_the_index_equals_status_from_the_tree(root: Root, make_pipe
                   spec='prompt = "x"\nstages = ["build", "test"]\n')
     make_pipeline("bad", {"a": 'comand = "true"\n'})
     run(root, "p")
+    settle()  # a pipeline written within the last moment is read from the tree (clowder.stamp)
     index.rebuild(root)
     names = ["bad", "p", "q"]
     assert sorted(report.from_index(root, names)) == names
     assert report.collect(root) == report.collect(root, use_index=False)
+
+
+def overview_from_tree(root: Root) -> list[tuple[str, str, str, str]]:
+    return [(r.name, r.state, report.summary(r), r.message) for r in report.collect(root, use_index=False)]
+
+
+def test_status_of_every_pipeline_reads_counts_from_the_index(root: Root, make_pipeline: MakePipeline,
+                                                              cli: Invoke) -> None:
+    make_pipeline("p", JOBS)
+    make_pipeline("bad", {"a": 'comand = "true"\n'})
+    make_pipeline("broken", {"a": 'command = "true"\n'})
+    write(root.pipeline("broken").status_file, 'state = "running"\nstarted_at = 5\n')
+    make_pipeline("waiting", {"a": 'command = "true"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
+    run(root, "p")
+    settle()
+    index.rebuild(root)
+    expected = overview_from_tree(root)
+    assert [row[:3] for row in expected] == [
+        ("bad", "invalid", "1 pending"), ("broken", "broken", "no jobs"),
+        ("p", "succeeded", "4 succeeded, 1 failed"), ("waiting", "pending", "2 pending")]
+    assert index.overview_rows(root, [r[0] for r in expected]).keys() == {"bad", "broken", "p", "waiting"}
+    assert report.overview(root) == expected
+    assert rows(cli("status").stdout)[3] == ["p", "succeeded", "4", "succeeded,", "1", "failed"]
+
+
+def test_status_of_an_ended_pipeline_ignores_spec_edits_in_place_but_not_new_jobs(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", JOBS)
+    make_pipeline("q", {"a": 'command = "true"\n'})
+    run(root, "p")
+    settle()
+    index.rebuild(root)
+    write(root.pipeline("p").job_file("c"), 'command = "echo C > c.txt"\nneeds = ["b"]\nretries = 2\n')
+    write(root.pipeline("q").job_file("a"), 'comand = "true"\n')  # q has not ended: now invalid
+    assert index.overview_rows(root, ["p", "q"]).keys() == {"p"}  # p's row cannot have changed
+    assert report.overview(root) == overview_from_tree(root)
+    assert report.overview(root)[1][1] == "invalid"
+    write(root.pipeline("p").job_file("d"), 'command = "true"\n')  # a new job changes p's counts
+    assert index.overview_rows(root, ["p", "q"]) == {}
+    assert report.overview(root)[0][2] == "1 pending, 4 succeeded, 1 failed"
 
 
 def test_status_falls_back_to_the_tree_without_an_index(root: Root, make_pipeline: MakePipeline,
@@ -370,11 +415,28 @@ def test_status_reads_the_tree_where_the_index_is_stale(root: Root, make_pipelin
     run(root, "q")
     assert sorted(report.from_index(root, ["p", "q"])) == ["p", "q"]
     f = root.pipeline("p").job_status_file("c")
-    f.write_text(f.read_text().replace('message = ""', 'message = "edited by hand"', 1))
+    text = f.read_text()
+    atomic_write(f, text.replace('message = ""', 'message = "edited by hand"', 1))  # as vim or sed -i save
     assert sorted(report.from_index(root, ["p", "q"])) == ["q"]
     assert "edited by hand" in cli("status", "p").output
-    write(root.pipeline("q").job_file("a"), 'command = "true"\nstage = "x"\n')  # a spec edit is seen too
+    write(root.pipeline("q").job_file("a"), 'command = "true"\nstage = "x"\n')  # a spec edit in place is seen too
     assert report.from_index(root, ["p", "q"]) == {}
+
+
+def test_a_status_file_written_in_place_is_not_seen_by_status_but_by_fsck(root: Root, make_pipeline: MakePipeline,
+                                                                          cli: Invoke) -> None:
+    """Status files have one writer, which renames: `status` checks their directories, not
+    each file (clowder.stamp); an in-place edit by hand is a difference fsck reports."""
+    make_pipeline("p", JOBS)
+    run(root, "p")
+    f = root.pipeline("p").job_status_file("c")
+    with f.open("r+") as out:  # in place: the directory does not change
+        text = out.read()
+        out.seek(0)
+        out.write(text.replace('message = ""', 'message = "edited by hand"', 1))
+    assert "edited by hand" not in cli("status", "p").output
+    result = cli("fsck")
+    assert result.exit_code == 1 and "edited by hand" in result.output, result.output
 
 
 def test_status_trusts_a_live_daemon_and_not_a_dead_one(root: Root, make_pipeline: MakePipeline) -> None:
@@ -407,6 +469,11 @@ def test_artifacts_read_the_index_and_fall_back_to_the_tree(root: Root, make_pip
     assert [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))] == indexed
 
 
+def settle() -> None:
+    """Let the files written so far age past the window in which a stamp is racy."""
+    time.sleep(RACY_NS / 1e9 + 0.01)
+
+
 def blob_of_job(root: Root, job: str, path: str) -> str:
     status = read_job_status(root.pipeline("p").job_status_file(job), job)
     return next(x.blob for a in status.attempts for x in a.artifacts if x.path == path)
@@ -432,6 +499,7 @@ def test_each_migration_is_recorded_and_an_old_file_is_migrated(root: Root) -> N
 
 def test_an_index_from_a_newer_clowder_is_not_used(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", {"a": 'command = "true"\n'})
+    settle()
     cli("reindex")
     conn = sqlite3.connect(root.index_file)
     conn.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 'later')", (index.LATEST + 1,))

@@ -369,3 +369,19 @@ def test_non_durations_raise_value_error(value: Any) -> None:
     except ValueError:
         return
     raise AssertionError(f"parse_duration({value!r}) did not raise")
+
+
+@SETTINGS
+@given(doc=documents | job_tables | status_tables, kind=st.sampled_from(["job", "pipeline", "clowder", "template", "status"]))
+def test_the_fast_validator_agrees_with_jsonschema(doc: dict[str, Any], kind: str) -> None:
+    """schema.check trusts jsonschema-rs when it says a file is valid: it must never accept
+    what jsonschema, whose errors Clowder shows, would refuse (nor the other way round)."""
+    from clowder import schema
+
+    slow = not any(True for _ in schema._validator(kind).iter_errors(doc))
+    try:
+        fast = schema._fast(kind).is_valid(doc)
+    except ValueError:  # a value JSON has no type for: check() asks jsonschema instead
+        return
+    event(f"{kind}: {'valid' if slow else 'invalid'}")
+    assert fast == slow, doc

@@ -1,0 +1,94 @@
+"""Stamps: has a pipeline's group of files changed since it was read? (DESIGN §6)
+
+The index records, per pipeline, a signature of its spec files and one of its status files
+as they were when their rows were read; `clowder status` trusts rows whose signatures still
+match. Checking must cost little more than a `stat` per pipeline, so:
+
+- **spec files** (pipeline.toml, jobs/*.toml) are edited by hand, often in place, which
+  changes the file but not its directory: their stamp is each file's name, mtime and size;
+- **status files** (status.toml, status/*.toml) have one writer, the scheduler, which always
+  writes by rename, and a rename changes the directory's mtime: their stamp is the mtimes of
+  the two directories that hold them, and of jobs/, whose mtime changes when a job file is
+  added, removed or renamed.
+
+What a pipeline's row in `clowder status` shows (its state, message and how many jobs are in
+each state) depends on its spec files' content only while it has not ended: once it has, the
+status stamp alone says whether that row is current, which costs three `stat`s per pipeline.
+
+A directory's mtime has the file system clock's granularity, so a rename within the same
+tick as the mtime read leaves it unchanged. A stamp taken while its newest mtime is that
+recent is "racy" (as git calls its index entries): its signature is empty, which never
+counts as fresh, and the pipeline is read from the tree until it is stamped again later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+Stamp = tuple[tuple[str, int, int], ...]  # (file name, mtime_ns, size) of each file of a group
+
+RACY_NS = 50_000_000  # newer than this and a later change might carry the same mtime
+COARSE_RACY_NS = 2_500_000_000  # for file systems with (at best) millisecond timestamps
+
+
+def spec_stamp(pipeline_dir: str) -> Stamp:
+    """(name, mtime_ns, size) of pipeline.toml and of each jobs/*.toml, in that order: the
+    driver re-reads a pipeline's spec exactly when this changes. Plain strings, no pathlib:
+    `clowder status` stamps every pipeline of the root."""
+    out = []
+    try:
+        st = os.stat(pipeline_dir + "/pipeline.toml")
+        out.append(("pipeline.toml", st.st_mtime_ns, st.st_size))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    try:
+        with os.scandir(pipeline_dir + "/jobs") as it:
+            entries = [e for e in it if e.name.endswith(".toml")]
+    except (FileNotFoundError, NotADirectoryError):
+        return tuple(out)
+    entries.sort(key=_name)
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        out.append((entry.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def signature(stamp: Stamp) -> str:
+    return hashlib.blake2b(repr(stamp).encode(), digest_size=12).hexdigest()
+
+
+def spec_signature(pipeline_dir: str) -> str:
+    return signature(spec_stamp(pipeline_dir))
+
+
+def status_signature(pipeline_dir: str) -> str:
+    """The signature of the status files and of the set of job files: the mtimes of the
+    pipeline directory (status.toml, pipeline.toml replaced), of status/ and of jobs/ (a job
+    file added, removed or renamed); empty when racy (see the module's docstring)."""
+    mtimes = []
+    for where in (pipeline_dir, pipeline_dir + "/status", pipeline_dir + "/jobs"):
+        try:
+            mtimes.append(os.stat(where).st_mtime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            mtimes.append(0)
+        except OSError:
+            return ""
+    newest = max(mtimes)
+    window = COARSE_RACY_NS if newest % 1_000_000 == 0 else RACY_NS
+    if time.time_ns() - newest < window:
+        return ""
+    return ".".join(f"{m:x}" for m in mtimes)
+
+
+def is_current(recorded: str | None, current: str) -> bool:
+    """Whether a recorded signature still holds; an empty one (racy) never does."""
+    return bool(recorded) and recorded == current
