@@ -515,24 +515,39 @@ def build(root: Root, target: Path) -> Counts:
         index = Index(target, conn)
         counts = [0, 0, 0, 0]
         with index.transaction():
-            for rows in read_tree(root):
-                conn.execute(f"INSERT INTO pipelines VALUES ({_placeholders(11)})",
-                             (rows.name, *rows.status, *rows.spec))
-                for table, items in (("job_specs", rows.job_specs), ("edges", rows.edges), ("jobs", rows.jobs),
-                                     ("attempts", rows.attempts), ("artifacts", rows.artifacts),
-                                     ("consumed", rows.consumed)):
-                    index._insert(table, items)
-                index._insert("model_outputs", rows.outputs, "INSERT OR IGNORE")
-                index.set_fresh(rows.name, rows.status_sig, rows.spec_sig)
+            batch: dict[str, list[Row]] = {table: [] for table in _BUILD_TABLES}
+            for i, rows in enumerate(read_tree(root), 1):
+                batch["pipelines"].append((rows.name, *rows.status, *rows.spec))
+                for table in _BUILD_TABLES[1:-2]:
+                    batch[table] += getattr(rows, table)
+                batch["model_outputs"] += rows.outputs
+                batch["freshness"].append((rows.name, rows.status_sig, rows.spec_sig, None))
                 counts = [counts[0] + 1, counts[1] + len(rows.jobs), counts[2] + len(rows.attempts),
                           counts[3] + len(rows.artifacts)]
-            conn.execute(_CONSUMPTION)
+                if i % 64 == 0:  # one executemany per table for many pipelines
+                    _insert_batch(index, batch)
+            _insert_batch(index, batch)
         conn.execute("PRAGMA optimize")
     finally:
         conn.close()
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
     return Counts(counts[0], counts[1], counts[2], counts[3], time.perf_counter() - started)
+
+
+_BUILD_TABLES = ("pipelines", "job_specs", "edges", "jobs", "attempts", "artifacts", "consumed", "model_outputs",
+                 "freshness")
+
+
+def _insert_batch(index: Index, batch: dict[str, list[Row]]) -> None:
+    """Insert the rows of a batch of pipelines and derive their consumption rows (while the
+    readers go on reading the next ones)."""
+    names = [row[0] for row in batch["pipelines"]]
+    for table, rows in batch.items():
+        index._insert(table, rows, "INSERT OR IGNORE" if table == "model_outputs" else "INSERT")
+        rows.clear()
+    if names:
+        index.conn.execute(f"{_CONSUMPTION} AND c.pipeline IN ({_placeholders(len(names))})", names)
 
 
 def rebuild(root: Root) -> Counts:

@@ -277,7 +277,7 @@ class Recorder:
         problem = None
         if status is None:
             status, problem = snapshot.read_status(paths.status_file, root)
-        on_disk = {Path(f).stem for f in snapshot._tomls(paths.status_dir)}
+        on_disk = set(snapshot.stems(paths.status_dir))
         rows = []
         for job in sorted(set(jobs) | {j for j in on_disk if is_name(j)}):
             if job in jobs:

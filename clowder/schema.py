@@ -55,7 +55,8 @@ def _fast(kind: str) -> Any:
 def load_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Parse a TOML file; a syntax error becomes a problem with its line and column."""
     try:
-        text = path.read_bytes().decode()
+        with open(path, "rb") as f:
+            text = f.read().decode()
     except UnicodeDecodeError as e:
         return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
     except OSError as e:

@@ -65,7 +65,7 @@ def ts(value: object) -> str | None:
         return None
     if isinstance(value, datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return aware.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return str(value)
 
 
@@ -100,10 +100,11 @@ def _span(started: object, ended: object) -> float | None:
     return (ended - started).total_seconds()
 
 
-def _tomls(directory: Path) -> list[str]:
+def stems(directory: Path) -> list[str]:
+    """The names of the *.toml files in `directory`, without the suffix, sorted."""
     try:
         with os.scandir(directory) as it:
-            return sorted(e.path for e in it if e.name.endswith(".toml"))
+            return sorted(e.name[:-5] for e in it if e.name.endswith(".toml"))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -182,12 +183,11 @@ def read_pipeline(root: Root, name: str, config: Config | None) -> PipelineRows:
     pstatus, pproblem = read_status(paths.status_file, root.path)
     rows = PipelineRows(name, pipeline_status_row(pstatus, pproblem), head, job_specs, edges,
                         status_sig=status_sig, spec_sig=spec_sig)
-    for f in _tomls(paths.status_dir):
-        job = Path(f).stem
-        if not is_name(job):
-            continue
-        status, problem = read_job(Path(f), job, root.path)
-        add_job(rows, status, problem)
+    status_dir = paths.status_dir
+    for job in stems(status_dir):
+        if is_name(job):
+            status, problem = read_job(status_dir / f"{job}.toml", job, root.path)
+            add_job(rows, status, problem)
     rows.outputs = model_outputs(paths, rows.artifacts)
     return rows
 

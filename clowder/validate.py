@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -307,14 +308,16 @@ def check_pipeline(paths: PipelinePaths, config: Config | None = None) -> tuple[
     problems += toml_problems
     jobs: dict[str, Any] = {}
     unreadable: set[str] = set()
-    for name in paths.job_names():
-        data, job_problems = schema.load_toml(paths.jobs_dir / f"{name}.toml")
+    names = paths.job_names()
+    jobs_dir = paths.jobs_dir
+    for name in names:
+        data, job_problems = schema.load_toml(jobs_dir / f"{name}.toml")
         problems += job_problems
         if data is None:
             unreadable.add(name)
         else:
             jobs[name] = data
-    if not paths.job_names():
+    if not names:
         problems.append(Problem(paths.jobs_dir, "<dir>", "no jobs: add at least one jobs/<job>.toml"))
     problems += check_pipeline_data(paths, spec_data, jobs, config, frozenset(unreadable))
     if problems or spec_data is None:
@@ -333,10 +336,15 @@ def check_pipeline_data(
         problems += schema.check("pipeline", spec_data, paths.spec_file)
         problems += check_variables(
             {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
-    problems += check_jobs(jobs, _check_stages(spec_data or {}), lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
+    jobs_dir = paths.jobs_dir
+
+    @cache
+    def where(name: str) -> _Where:
+        return _Where(jobs_dir / f"{name}.toml")
+
+    problems += check_jobs(jobs, _check_stages(spec_data or {}), where,
                            config.resources if config else None, None, unreadable)
-    problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config,
-                                     lambda n: _Where(paths.jobs_dir / f"{n}.toml"),
+    problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config, where,
                                      _Where(paths.spec_file, ("roles",)))
     return problems
 
