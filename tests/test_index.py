@@ -21,6 +21,8 @@ import pytest
 from clowder import artifacts as artifacts_mod
 from clowder import index, report
 from clowder.driver import Driver
+from clowder.fsio import atomic_write
+from clowder.stamp import RACY_NS
 from clowder.state import (
     Artifact,
     Attempt,
@@ -33,8 +35,6 @@ from clowder.state import (
     pipeline_status_to_toml,
     read_job_status,
 )
-from clowder.fsio import atomic_write
-from clowder.stamp import RACY_NS
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, write
 from tests.test_cli import rows

@@ -372,7 +372,8 @@ def test_non_durations_raise_value_error(value: Any) -> None:
 
 
 @SETTINGS
-@given(doc=documents | job_tables | status_tables, kind=st.sampled_from(["job", "pipeline", "clowder", "template", "status"]))
+@given(doc=documents | job_tables | status_tables,
+       kind=st.sampled_from(["job", "pipeline", "clowder", "template", "status"]))
 def test_the_fast_validator_agrees_with_jsonschema(doc: dict[str, Any], kind: str) -> None:
     """schema.check trusts jsonschema-rs when it says a file is valid: it must never accept
     what jsonschema, whose errors Clowder shows, would refuse (nor the other way round)."""
