@@ -239,7 +239,7 @@ def _plan_pipeline(
             continue
         seen.add(name)
         spec = specs.get(name)
-        status = jobs[name]
+        status = jobs.setdefault(name, JobStatus(name))  # a job without a status file is pending
         cancel = cancel_all or name in cancel_jobs
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
@@ -255,13 +255,17 @@ def _plan_pipeline(
         if new.state in ACTIVE:
             running.append((view.name, spec))
     for name, event in changed.items():
-        plan.actions.append(SetJob(view.name, jobs[name], event))
+        if name in before or jobs[name] != JobStatus(name):
+            plan.actions.append(SetJob(view.name, jobs[name], event))
+        # else first sight of a job that has done nothing yet: no status file says so (a
+        # missing one reads as pending), which saves a file write per job.
     if full or changed or view.requests:
         _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
 
     def check(name: str) -> Candidate | None:
-        if name not in jobs:
+        if name not in specs:
             return None
+        jobs.setdefault(name, JobStatus(name))
         new, _, cand = _step_job(view, specs.get(name), jobs[name], jobs, specs, now, limits, False, blocked, plan)
         return cand if new == jobs[name] else None
 

@@ -7,6 +7,7 @@ Prints medians over N runs (default 3) and the ratio to make -j2 measured in the
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -21,13 +22,16 @@ from clowder.driver import Driver
 from clowder.template import init_root
 from clowder.tree import Root
 
+TRUE = ["true"]
+CLOCK = ["date", "+%s%N"]  # as trivial as `true`, and prints when it ran, to the nanosecond
 
-def write_pipeline(root: Root, name: str, jobs: dict[str, list[str]]) -> None:
+
+def write_pipeline(root: Root, name: str, jobs: dict[str, list[str]], command: list[str]) -> None:
     d = root.pipelines_dir / name
     (d / "jobs").mkdir(parents=True)
     (d / "pipeline.toml").write_text('prompt = "benchmark"\n')
     for job, needs in jobs.items():
-        text = 'command = ["true"]\n' + (f"needs = {needs!r}\n".replace("'", '"') if needs else "")
+        text = f"command = {json.dumps(command)}\n" + (f"needs = {json.dumps(needs)}\n" if needs else "")
         (d / "jobs" / f"{job}.toml").write_text(text)
 
 
@@ -42,10 +46,10 @@ def fan(width: int) -> dict[str, list[str]]:
     return jobs
 
 
-def run_clowder(dag: dict[str, list[str]], max_parallel: int) -> tuple[float, Root, Path]:
+def run_clowder(dag: dict[str, list[str]], max_parallel: int, command: list[str] = TRUE) -> tuple[float, Root, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="clowder-bench-"))
     root = init_root(tmp / "root")
-    write_pipeline(root, "p", dag)
+    write_pipeline(root, "p", dag, command)
     t = time.perf_counter()
     ok = Driver(root, max_parallel=max_parallel, only=["p"], log=lambda s: None).serve(until_done=True)
     elapsed = time.perf_counter() - t
@@ -67,14 +71,16 @@ def run_make(dag: dict[str, list[str]], jobs: int) -> float:
 
 
 def dispatch_latencies(root: Root, dag: dict[str, list[str]]) -> list[float]:
-    """Upstream exit (exit record mtime) -> dependent start (pid record mtime), in ms."""
+    """Upstream's end -> dependent's start, in ms, from the nanosecond clocks the jobs printed
+    (`date +%s%N` as each job's command: it prints as it starts and exits at once). File
+    mtimes would not do: the kernel stamps them from a clock that ticks every few ms."""
     logs = root.pipelines_dir / "p" / "logs"
     out = []
     for job, needs in dag.items():
         if len(needs) != 1:
             continue
-        started = (logs / job / "1.pid").stat().st_mtime_ns
-        ended = (logs / needs[0] / "1.exit").stat().st_mtime_ns
+        started = int((logs / job / "1.log").read_text().split()[0])
+        ended = int((logs / needs[0] / "1.log").read_text().split()[0])
         out.append((started - ended) / 1e6)
     return out
 
@@ -92,7 +98,7 @@ def main() -> None:
     lat_med, lat_p99 = [], []
     for _ in range(args.repeat):
         dag = chains(2, 101)  # 200 edges, never waiting for a slot at max_parallel=2
-        _, root, tmp = run_clowder(dag, 2)
+        _, root, tmp = run_clowder(dag, 2, CLOCK)
         lat = dispatch_latencies(root, dag)
         lat_med.append(statistics.median(lat))
         lat_p99.append(pct(lat, 0.99))
