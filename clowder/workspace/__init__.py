@@ -41,14 +41,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
+from typing import Any
 
 from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
-from clowder.workspace.merge import Upstream, ensure_published, inherit_tags, merge
+from clowder.workspace.merge import Upstream, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
     EMPTY_TREE,
+    MARKER,
     STORE_FROM_OBJECTS,
     TAG_PREFIX,
     Identity,
@@ -126,8 +128,13 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
         consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
         todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
     else:
-        repo, todo = _create(ws, upstreams, source, root or ws.parent), list(upstreams[1:])
+        todo = list(upstreams[1:])
         consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
+        if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
+            marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
+            repo = _create(ws, upstreams, source, root or ws.parent, marker)
+            return Prepared(repo.head(), consumed, "", (), None)
+        repo = _create(ws, upstreams, source, root or ws.parent)
     merged = merge(repo, job, todo, identity)
     for u in todo:
         if u.job == merged.failed:
@@ -138,9 +145,11 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
     return Prepared(base, consumed, merged.problem, merged.conflicts, recovered)
 
 
-def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root: Path) -> Repo:
+def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root: Path,
+            marker: Mapping[str, Any] | None = None) -> Repo:
     """Build the repository next to its final place and move it there in one rename, so a crash
-    never leaves a half-made workspace."""
+    never leaves a half-made workspace; with `marker` (the attempt's, less its base: the new
+    HEAD), already prepared for an attempt."""
     if ws.exists() and any(ws.iterdir()):
         raise WorkspaceError(f"{ws}: exists but is not a git repository; move it away to let the job start")
     tmp = ws.with_name(f".{ws.name}.tmp")
@@ -148,14 +157,15 @@ def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root
     ws.parent.mkdir(parents=True, exist_ok=True)
     if upstreams:
         first = upstreams[0]
-        repo = skeleton(tmp, first.commit)
+        repo = skeleton(tmp, first.commit, upstream_tags(upstreams))
         ensure_published(repo, first)
-        inherit_tags(repo, upstreams)
         checkout(repo)
     elif source is not None:
-        _clone_source(tmp, source, root)
+        repo = _clone_source(tmp, source, root)
     else:
-        skeleton(tmp, None)
+        repo = skeleton(tmp, None)
+    if marker is not None:  # no rename of its own: the directory's is enough
+        (repo.git_dir / MARKER).write_text(json.dumps({**marker, "base": repo.head()}))
     with contextlib.suppress(FileNotFoundError):
         ws.rmdir()
     os.rename(tmp, ws)
@@ -218,6 +228,8 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
             (repo.git_dir / "index.lock").unlink()
         if not force and untouched(repo, head):
             head = write_commit(repo, head, message, identity)
+            repo.write_refs({repo.branch(): head, f"refs/tags/{tag}": head})
+            return head
         else:
             git(repo.path, "add", "-A")
             if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise

@@ -29,13 +29,19 @@ class Upstream:
 
 
 
-def inherit_tags(repo: Repo, upstreams: Sequence[Upstream]) -> None:
-    """Copy the upstreams' tags, their own `attempt-<n>` renamed `<job>/attempt-<n>`, so `git log
+def upstream_tags(upstreams: Sequence[Upstream]) -> dict[str, str]:
+    """The upstreams' tags, their own `attempt-<n>` renamed `<job>/attempt-<n>`, so `git log
     --decorate` downstream names every attempt of every job in the lineage."""
     tags: dict[str, str] = {}
     for u in upstreams:
         for name, sha in Repo(u.path).tags().items():
             tags.setdefault(f"{u.job}/{name}" if name.startswith(TAG_PREFIX) else name, sha)
+    return tags
+
+
+def inherit_tags(repo: Repo, upstreams: Sequence[Upstream]) -> None:
+    """Add the upstreams' tags (see upstream_tags) that the repository does not have yet."""
+    tags = upstream_tags(upstreams)
     if not tags:
         return
     packed = repo.git_dir / "packed-refs"

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ STORE = ".objects"  # workspaces/.objects: the pipeline's shared object store
 STORE_FROM_OBJECTS = "../../../" + STORE  # the alternates entry, relative to workspaces/<job>/.git/objects
 MARKER = "CLOWDER_ATTEMPT"  # .git/CLOWDER_ATTEMPT: the attempt prepared last (json)
 TAG_PREFIX = "attempt-"
+PACKED_HEADER = "# pack-refs with: peeled"
 GIT_OPTIONS = (
     "-c", "core.hooksPath=/dev/null", "-c", "init.templateDir=", "-c", "commit.gpgsign=false",
     "-c", "tag.gpgsign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.fsmonitor=false",
@@ -134,6 +136,39 @@ class Repo:
         lock.write_text(sha + "\n")
         os.replace(lock, path)
 
+    def write_refs(self, refs: Mapping[str, str]) -> None:
+        """Set several refs at once: one rewrite of packed-refs (through packed-refs.lock, as git
+        does) instead of a file per ref; a ref that exists as a loose file is written there,
+        since a loose ref hides its packed entry."""
+        packed: dict[str, str] = {}
+        for name, sha in refs.items():
+            if (self.git_dir / name).exists():
+                self.write_ref(name, sha)
+            else:
+                packed[name] = sha
+        if not packed:
+            return
+        path = self.git_dir / "packed-refs"
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        out, peeled_of = [PACKED_HEADER], None
+        for line in lines:
+            if line.startswith("#") or not line:
+                continue
+            if line.startswith("^"):  # a peeled tag: keep it with its tag unless that is replaced
+                if peeled_of is not None and peeled_of not in packed:
+                    out.append(line)
+                continue
+            peeled_of = line.partition(" ")[2]
+            if peeled_of not in packed:
+                out.append(line)
+        out += [f"{sha} {name}" for name, sha in packed.items()]
+        lock = self.git_dir / "packed-refs.lock"
+        lock.write_text("\n".join(out) + "\n")
+        os.replace(lock, path)
+
     def objects(self) -> Objects:
         return Objects(self.git_dir / "objects", self.path.parent / STORE)
 
@@ -166,14 +201,6 @@ class Objects:
             if db.has_object(binsha):
                 return db, binsha
         raise WorkspaceError(f"git object {sha} not found")
-
-    def store(self, kind: bytes, data: bytes) -> str:
-        """Write an object into the first directory (the repository's own) and return its id."""
-        from io import BytesIO
-
-        from gitdb import IStream  # type: ignore[import-untyped]
-
-        return str(self._dbs[0].store(IStream(kind, len(data), BytesIO(data))).hexsha.decode())
 
     def has(self, sha: str) -> bool:
         binsha = bytes.fromhex(sha)
@@ -208,6 +235,25 @@ class Objects:
                                                                           data[nul + 1:nul + 21].hex())
             pos = nul + 21
         return out
+
+
+def store_object(objects_dir: Path, kind: bytes, data: bytes) -> str:
+    """Write a loose object into `objects_dir` (a repository's, or the pipeline's store) as git
+    does, atomically, and return its id. No-op if it is there already."""
+    raw = b"%s %d\0%s" % (kind, len(data), data)
+    sha = hashlib.sha1(raw).hexdigest()
+    final = objects_dir / sha[:2] / sha[2:]
+    if final.exists():
+        return sha
+    final.parent.mkdir(exist_ok=True)
+    tmp = final.with_name(f"tmp_obj_{os.getpid()}_{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    try:
+        os.write(fd, zlib.compress(raw, 1))
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    return sha
 
 
 def is_tree(mode: int) -> bool:
@@ -310,20 +356,28 @@ def _probe(workspaces: Path) -> tuple[str, str]:
         return _probed[workspaces]
 
 
-def skeleton(path: Path, head: str | None) -> Repo:
-    """A new repository at `path` borrowing from the store, its branch at `head` (None: unborn)."""
+def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None) -> Repo:
+    """A new repository at `path` borrowing from the store, its branch at `head` (None: unborn)
+    and these tags (name -> commit). Few files: each one created costs here."""
     config, head_text = _probe(path.parent)
     store_dir(path.parent)
     git_dir = path / ".git"
-    (git_dir / "objects" / "info").mkdir(parents=True)
-    (git_dir / "refs" / "tags").mkdir(parents=True)
+    for d in (path, git_dir, git_dir / "objects", git_dir / "objects" / "info", git_dir / "refs"):
+        d.mkdir(exist_ok=d == path)
     (git_dir / "config").write_text(config)
     (git_dir / "HEAD").write_text(head_text)
     (git_dir / "objects" / "info" / "alternates").write_text(STORE_FROM_OBJECTS + "\n")
     repo = Repo(path)
+    refs = [f"{sha} refs/tags/{name}" for name, sha in sorted((tags or {}).items())]
     if head is not None:
-        (git_dir / "packed-refs").write_text(f"# pack-refs with: peeled\n{head} {repo.branch()}\n")
+        refs.append(f"{head} {repo.branch()}")
+    if refs:
+        (git_dir / "packed-refs").write_text("\n".join([PACKED_HEADER, *sorted(refs, key=_ref_name)]) + "\n")
     return repo
+
+
+def _ref_name(line: str) -> str:
+    return line.partition(" ")[2]
 
 
 def checkout(repo: Repo) -> None:
@@ -413,10 +467,15 @@ def _read_index(path: Path) -> tuple[dict[str, _IndexEntry], str, int] | None:
 
 
 def write_commit(repo: Repo, parent: str | None, message: str, identity: Identity) -> str:
+    """The commit object of an attempt that changed nothing, written straight into the
+    pipeline's store (the repository borrows from it: nothing to publish). The caller moves
+    the branch."""
     objects = repo.objects()
+    store = repo.path.parent / STORE
+    target = store if store.is_dir() else repo.git_dir / "objects"
     tree = objects.tree_of(parent) if parent else EMPTY_TREE
     if not objects.has(tree):
-        objects.store(b"tree", b"")
+        store_object(target, b"tree", b"")
     now = time.time()
     offset = time.localtime(now).tm_gmtoff
     zone = f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
@@ -424,8 +483,6 @@ def write_commit(repo: Repo, parent: str | None, message: str, identity: Identit
     who = f"{name} <{email}> {int(now)} {zone}"
     parents = f"parent {parent}\n" if parent else ""
     data = f"tree {tree}\n{parents}author {who}\ncommitter {who}\n\n{message}".encode()
-    sha = objects.store(b"commit", data)
-    repo.write_ref(repo.branch(), sha)
-    return sha
+    return store_object(target, b"commit", data)
 
 
