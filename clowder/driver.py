@@ -21,7 +21,7 @@ from clowder import regression, workspace
 from clowder import requests as req_mod
 from clowder.artifacts import metadata_dir
 from clowder.errors import ClowderError, LockHeld
-from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid
+from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
@@ -383,7 +383,7 @@ class Driver:
                 if n == missing[-1]:
                     attempts.append(Attempt(n, JobState.RUNNING, started, trigger=trigger))
                     continue
-                record = read_exit(log.with_suffix(".exit"))
+                record = read_exit(run_file(log))
                 state = JobState.LOST if record is None else (
                     JobState.SUCCEEDED if record.exit_code == 0 else JobState.FAILED)
                 attempts.append(Attempt(n, state, started, record.ended_at if record else started,
@@ -395,10 +395,10 @@ class Driver:
 
     def _check_process(self, cache: _Pipeline, job: str, status: JobStatus) -> None:
         launch = self._launch_paths(cache.paths, job, status.attempt)
-        if read_exit(launch.exit_file) is not None:
+        if read_exit(launch.run_file) is not None:
             cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
             return
-        pid = read_pid(launch.pid_file)
+        pid = read_pid(launch.run_file)
         key = (cache.paths.name, job, status.attempt)
         if pid is None and not launch.log_file.exists() and key not in self._launching and key not in self._own:
             # The log file is made before the process: without it, the last daemon died between
@@ -416,7 +416,7 @@ class Driver:
                 self.executor.adopt(launch, pid)
                 self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt} (pid {pid})")
             cache.alive[job] = True
-        elif read_exit(launch.exit_file) is not None:  # it ended between the two looks
+        elif read_exit(launch.run_file) is not None:  # it ended between the two looks
             cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
         else:
             cache.alive[job] = False
@@ -424,7 +424,7 @@ class Driver:
     def _observe_end(self, pipeline: str, job: str, attempt: int) -> Outcome:
         """How an attempt ended, from its exit record and its workspace. Runs in a waiter thread."""
         paths = self.root.pipeline(pipeline)
-        record = read_exit(self._launch_paths(paths, job, attempt).exit_file)
+        record = read_exit(self._launch_paths(paths, job, attempt).run_file)
         cache = self.pipelines.get(pipeline)
         spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
         # An agent's output.json is extracted from its action log first: it may be a declared output.
@@ -525,8 +525,7 @@ class Driver:
 
     def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Launch:
         log = paths.log_file(job, attempt)
-        return Launch(paths.name, job, attempt, (), paths.workspace(job), {}, log,
-                      log.with_suffix(".pid"), log.with_suffix(".exit"))
+        return Launch(paths.name, job, attempt, (), paths.workspace(job), {}, log, run_file(log))
 
     def _start(self, action: Start, now: datetime) -> None:
         cache = self.pipelines[action.pipeline]
@@ -569,8 +568,7 @@ class Driver:
                    "CLOWDER_ROOT": str(self.root.path),
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
-            launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file,
-                            base.pid_file, base.exit_file)
+            launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")

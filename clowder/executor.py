@@ -16,13 +16,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-# argv: sh -c WRAPPER clowder-attempt PIDFILE EXITFILE COMMAND...
-# The trap keeps the wrapper alive through a SIGTERM sent to the group, so it can still
-# record how the command ended (POSIX sh runs the trap only after the foreground command
-# finishes). Both records are builtin `echo`s: no extra process on the per-job path. They are
-# read only after the wrapper has exited, so a reader never sees them half written; an empty
-# file left by a crash reads as "no record".
-WRAPPER = 'echo $$ > "$1"; exitfile=$2; shift 2; trap : TERM INT HUP; "$@"; echo $? > "$exitfile"'
+# argv: sh -c WRAPPER clowder-attempt RUNFILE COMMAND...
+# The run file is the attempt's own record: the wrapper's pid on its first line, then, once the
+# command has ended, "exit <status>" (one file: each file created costs on the per-job path).
+# The trap keeps the wrapper alive through a SIGTERM sent to the group, so it can still record
+# how the command ended (POSIX sh runs the trap only after the foreground command finishes).
+# Both writes are builtin `echo`s, so no extra process; the exit line is read only after the
+# wrapper has exited, so a reader never sees it half written. A run file without an exit line
+# means the attempt has not ended, or ended without a record (lost).
+WRAPPER = 'echo $$ > "$1"; run=$1; shift; trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"'
+RUN_SUFFIX = ".run"
+
+
+def run_file(log_file: Path) -> Path:
+    """logs/<job>/<n>.run, beside the attempt's log."""
+    return log_file.with_suffix(RUN_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,7 @@ class Launch:
     cwd: Path
     env: Mapping[str, str]
     log_file: Path
-    pid_file: Path
-    exit_file: Path
+    run_file: Path
 
 
 @dataclass(frozen=True)
@@ -53,33 +60,43 @@ class ExitRecord:
         return None
 
 
-def read_exit(exit_file: Path) -> ExitRecord | None:
+def _read_run(path: Path) -> tuple[list[str], float] | None:
+    try:
+        text = path.read_text()
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return text.splitlines(), mtime
+
+
+def read_exit(run: Path) -> ExitRecord | None:
     """The recorded end of an attempt, or None if it has not ended (or not recorded it)."""
-    try:
-        text = exit_file.read_text().strip()
-        mtime = exit_file.stat().st_mtime
-    except FileNotFoundError:
+    found = _read_run(run)
+    if found is None:
         return None
-    if not text.lstrip("-").isdigit():
-        return None
-    return ExitRecord(int(text), datetime.fromtimestamp(mtime, UTC))
+    lines, mtime = found
+    for line in lines[1:]:
+        code = line.removeprefix("exit ").strip()
+        if line.startswith("exit ") and code.lstrip("-").isdigit():
+            return ExitRecord(int(code), datetime.fromtimestamp(mtime, UTC))
+    return None
 
 
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        text = pid_file.read_text().strip()
-    except FileNotFoundError:
+def read_pid(run: Path) -> int | None:
+    found = _read_run(run)
+    if found is None or not found[0]:
         return None
+    text = found[0][0].strip()
     return int(text) if text.isdigit() else None
 
 
-def pid_runs(pid: int, exit_file: Path) -> bool:
+def pid_runs(pid: int, run: Path) -> bool:
     """Whether `pid` is alive and still our wrapper for this attempt (not a reused pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
-    if str(exit_file).encode() not in cmdline:
+    if str(run).encode() not in cmdline:
         return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -181,7 +198,7 @@ class LocalExecutor:
     def start(self, launch: Launch) -> int:
         self._mkdir(launch.log_file.parent)
         self._mkdir(launch.cwd)
-        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.pid_file), str(launch.exit_file),
+        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.run_file),
                 *launch.argv]
         # The log file is created before the process: a restarted daemon that finds it knows
         # the attempt was launched, even if the status file does not say so yet.
@@ -204,23 +221,23 @@ class LocalExecutor:
     def _poll_adopted(self) -> None:
         while not self._stop.wait(self._poll):
             with self._lock:
-                ended = [k for k, (pid, launch) in self._adopted.items() if not pid_runs(pid, launch.exit_file)]
+                ended = [k for k, (pid, launch) in self._adopted.items() if not pid_runs(pid, launch.run_file)]
                 for key in ended:
                     del self._adopted[key]
             for pipeline, job, attempt in ended:
                 self._on_exit(pipeline, job, attempt)
 
     def kill(self, launch: Launch, sig: int) -> None:
-        pid = read_pid(launch.pid_file)
-        if pid is not None and pid_runs(pid, launch.exit_file):
+        pid = read_pid(launch.run_file)
+        if pid is not None and pid_runs(pid, launch.run_file):
             signal_group(pid, sig)
         elif pid is not None and sig == signal.SIGKILL:
             # The wrapper is gone but its group may not be (a child that ignored SIGTERM).
             signal_group(pid, sig)
 
     def alive(self, launch: Launch) -> bool:
-        pid = read_pid(launch.pid_file)
-        return pid is not None and pid_runs(pid, launch.exit_file)
+        pid = read_pid(launch.run_file)
+        return pid is not None and pid_runs(pid, launch.run_file)
 
     def shutdown(self) -> None:
         self._stop.set()

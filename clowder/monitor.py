@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from clowder import report, workspace
 from clowder.errors import ClowderError, UsageError
-from clowder.executor import read_exit
+from clowder.executor import read_exit, run_file
 from clowder.graph import topo_order
 from clowder.schema import load_toml
 from clowder.spec import NAME_PATTERN, NAME_RULE, Pipeline, is_name
@@ -344,7 +344,7 @@ class LogRef:
 
     def over(self) -> bool:
         """Whether the attempt has ended, so the log will not grow any more."""
-        if read_exit(self.file.with_suffix(".exit")) is not None:
+        if read_exit(run_file(self.file)) is not None:
             return True
         status = read_status(self.paths, self.job)
         return not (status.attempt == self.attempt and status.state is JobState.RUNNING)

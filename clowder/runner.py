@@ -16,7 +16,7 @@ from rich.table import Table
 
 from clowder import requests as req_mod
 from clowder.errors import UsageError
-from clowder.executor import read_exit
+from clowder.executor import read_exit, run_file
 from clowder.fsio import try_lock
 from clowder.spec import check_name, format_duration
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
@@ -179,7 +179,7 @@ def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow:
     if not number:
         raise UsageError(f"{pipeline}/{job} has not run yet (it is {status.state.value})")
     log_file = paths.log_file(job, number)
-    exit_file = log_file.with_suffix(".exit")
+    record = run_file(log_file)
     while follow and not log_file.exists():
         time.sleep(0.1)
     if not log_file.exists():
@@ -189,7 +189,7 @@ def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow:
             chunk = f.read()
             if chunk:
                 yield chunk
-            elif not follow or _attempt_over(paths, job, number, exit_file):
+            elif not follow or _attempt_over(paths, job, number, record):
                 rest = f.read()
                 if rest:
                     yield rest
@@ -198,8 +198,8 @@ def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow:
                 time.sleep(0.1)
 
 
-def _attempt_over(paths: PipelinePaths, job: str, number: int, exit_file: Path) -> bool:
-    if read_exit(exit_file) is not None:
+def _attempt_over(paths: PipelinePaths, job: str, number: int, record: Path) -> bool:
+    if read_exit(record) is not None:
         return True
     status = read_job_status(paths.job_status_file(job), job)
     return not (status.attempt == number and status.state is JobState.RUNNING)
