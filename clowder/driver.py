@@ -3,7 +3,6 @@ process starts and kills), and sleeps until a file event, a process exit or a de
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -155,9 +154,6 @@ class Driver:
         self.writer: Writer | None = None
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
         self._launching: dict[tuple[str, str, int], Future[None]] = {}
-        # Workspaces made ahead for jobs whose only upstream has started (workspace.pre_create).
-        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clowder-ahead")
-        self._made_ahead: dict[tuple[str, str], Future[None]] = {}
         self.on_tick: Callable[[Driver], None] | None = None
         # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
         self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(("wake", "", "", 0, None)))
@@ -216,7 +212,6 @@ class Driver:
         finally:
             self.watcher.stop()
             self._launcher.shutdown(wait=True)
-            self._ahead.shutdown(wait=True)
             self.executor.shutdown()
             self.writer.close()
             self.recorder.close()  # after the writer: it stamps the status files as they are on disk
@@ -547,19 +542,13 @@ class Driver:
                                       dict(cache.jobs)) if spec.agent else None
         # Launching (the workspace, directories, log file, fork) is slow file-system work: a
         # small pool does it so the loop goes on deciding while processes start.
-        ahead = tuple(d for d in cache.pipeline.dependents.get(spec.name, ())
-                      if cache.pipeline.jobs[d].sources == (spec.name,) and d not in cache.jobs)
         self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger, upstreams,
-                                                     cache.pipeline.spec.source, agent, ahead)
+                                                     cache.pipeline.spec.source, agent)
 
     def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str,
                 upstreams: tuple[workspace.Upstream, ...], source: Source | None,
-                agent: harness_agent.Context | None = None, ahead: tuple[str, ...] = ()) -> None:
+                agent: harness_agent.Context | None = None) -> None:
         try:
-            made = self._made_ahead.pop((paths.name, spec.name), None)
-            if made is not None:
-                with contextlib.suppress(Exception):  # if it failed, prepare makes the workspace itself
-                    made.result()
             prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
                                          identity=self._identity(), source=source, root=self.root.path)
             if prepared.problem:  # a merge conflict: the attempt fails without running
@@ -583,8 +572,6 @@ class Driver:
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
-            for job in ahead:
-                self._made_ahead[(paths.name, job)] = self._ahead.submit(workspace.pre_create, paths.workspace(job))
         except (OSError, ClowderError) as e:
             self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
             self._end_unstarted(spec, paths, attempt, f"could not start: {e}")

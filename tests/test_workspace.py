@@ -406,27 +406,3 @@ def test_a_rewrite_hidden_by_a_coarse_clock_is_still_committed(root: Root) -> No
     b = workspace.finish(down, "p", "b", 1, "succeeded", identity=me)
     assert git(down, "show", f"{b.commit}:f.txt") == "bbbb"
     assert [x.path for x in b.artifacts] == ["f.txt"]
-
-
-def test_a_workspace_made_ahead_is_used_and_matches_one_made_at_once(root: Root) -> None:
-    me, paths = workspace.Identity(), root.pipeline("p")
-    up = paths.workspace("a")
-    workspace.prepare(up, "p", "a", 1, (), identity=me)
-    (up / "f.txt").write_text("from a\n")
-    a = workspace.finish(up, "p", "a", 1, "succeeded", identity=me)
-    ahead, at_once = paths.workspace("b"), paths.workspace("c")
-    workspace.pre_create(ahead)
-    ready = ahead.with_name(".b.ready")
-    assert ready.is_dir() and not ahead.exists()
-    for path, job in ((ahead, "b"), (at_once, "c")):
-        prepared = workspace.prepare(path, "p", job, 1, (workspace.Upstream("a", up, a.commit),), identity=me)
-        assert prepared.base_commit == a.commit
-    assert not ready.exists()
-    refs = [git(path, "for-each-ref", "--format=%(objectname) %(refname)") for path in (ahead, at_once)]
-    assert refs[0] == refs[1] and f"{a.commit} refs/tags/a/attempt-1" in refs[0]
-    for path in (ahead, at_once):
-        assert (path / "f.txt").read_text() == "from a\n"
-        assert git(path, "status", "--porcelain") == ""
-        assert subprocess.run(["git", "fsck", "--no-progress"], cwd=path, capture_output=True).returncode == 0
-    workspace.pre_create(ahead)  # the workspace exists: nothing to make
-    assert not ready.exists()

@@ -61,7 +61,6 @@ from clowder.workspace.repo import (
     git,
     is_blob,
     publish,
-    set_start,
     skeleton,
     store_dir,
     tree_changes,
@@ -70,8 +69,7 @@ from clowder.workspace.repo import (
 )
 
 __all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "Upstream", "WorkspaceError",
-           "base_of", "diff", "finish", "log_tail", "pre_create", "prepare", "resolve", "split_diff_args",
-           "workspace_path"]
+           "base_of", "diff", "finish", "log_tail", "prepare", "resolve", "split_diff_args", "workspace_path"]
 
 TAIL_LINES = 50
 
@@ -157,13 +155,7 @@ def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root
     tmp = ws.with_name(f".{ws.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ws.parent.mkdir(parents=True, exist_ok=True)
-    ready = _ready(ws)
-    if upstreams and ready.is_dir():  # made ahead by pre_create: only the start is left to set
-        tmp, repo = ready, Repo(ready)
-        set_start(repo, upstreams[0].commit, upstream_tags(upstreams))
-        ensure_published(repo, upstreams[0])
-        checkout(repo)
-    elif upstreams:
+    if upstreams:
         first = upstreams[0]
         repo = skeleton(tmp, first.commit, upstream_tags(upstreams))
         ensure_published(repo, first)
@@ -178,26 +170,6 @@ def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root
         ws.rmdir()
     os.rename(tmp, ws)
     return Repo(ws)
-
-
-def pre_create(ws: Path) -> None:
-    """Make ahead the skeleton of a workspace that does not exist yet, for a job whose only
-    upstream has just started: when that upstream ends, preparing the job then only sets its
-    branch and tags (see _create), which takes most of the file creations off the path from an
-    upstream's end to its dependent's start. Built aside and renamed into place, so that a
-    crash leaves either nothing or a whole skeleton; a leftover is reused or is harmless."""
-    ready = _ready(ws)
-    if ws.exists() or ready.exists():
-        return
-    building = ws.with_name(f".{ws.name}.pre")
-    shutil.rmtree(building, ignore_errors=True)
-    ws.parent.mkdir(parents=True, exist_ok=True)
-    skeleton(building, None)
-    os.rename(building, ready)
-
-
-def _ready(ws: Path) -> Path:
-    return ws.with_name(f".{ws.name}.ready")
 
 
 def _recover_lost(repo: Repo, pipeline: str, job: str, identity: Identity) -> tuple[int, str] | None:

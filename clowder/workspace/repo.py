@@ -368,17 +368,12 @@ def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None
     (git_dir / "HEAD").write_text(head_text)
     (git_dir / "objects" / "info" / "alternates").write_text(STORE_FROM_OBJECTS + "\n")
     repo = Repo(path)
-    set_start(repo, head, tags)
-    return repo
-
-
-def set_start(repo: Repo, head: str | None, tags: Mapping[str, str] | None = None) -> None:
-    """Point a skeleton's branch at `head` and give it these tags, in its one packed-refs file."""
     refs = [f"{sha} refs/tags/{name}" for name, sha in sorted((tags or {}).items())]
     if head is not None:
         refs.append(f"{head} {repo.branch()}")
     if refs:
-        (repo.git_dir / "packed-refs").write_text("\n".join([PACKED_HEADER, *sorted(refs, key=_ref_name)]) + "\n")
+        (git_dir / "packed-refs").write_text("\n".join([PACKED_HEADER, *sorted(refs, key=_ref_name)]) + "\n")
+    return repo
 
 
 def _ref_name(line: str) -> str:
