@@ -199,7 +199,8 @@ def _plan_pipeline(
     full = view.focus is None
     if full:
         for name in specs:
-            jobs.setdefault(name, JobStatus(name))
+            if name not in jobs:
+                jobs[name] = JobStatus(name)
     before = dict(view.jobs)
 
     blocked = _blocked_reason(view)
@@ -239,11 +240,14 @@ def _plan_pipeline(
             continue
         seen.add(name)
         spec = specs.get(name)
-        status = jobs.setdefault(name, JobStatus(name))  # a job without a status file is pending
+        status = jobs.get(name)
+        if status is None:  # a job without a status file is pending
+            status = jobs[name] = JobStatus(name)
+        was = before.get(name)
         cancel = cancel_all or name in cancel_jobs
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
-        if new != before.get(name):
+        if new != (was if was is not None else JobStatus(name)):
             changed[name] = event
             for dep in pipeline.dependents.get(name, ()) if pipeline else ():
                 if dep not in seen:
@@ -254,18 +258,18 @@ def _plan_pipeline(
             candidates.append(cand)
         if new.state in ACTIVE:
             running.append((view.name, spec))
+    # A job seen for the first time that has done nothing has not changed: no status file
+    # says it is pending (a missing one reads so), which saves a file write per job.
     for name, event in changed.items():
-        if name in before or jobs[name] != JobStatus(name):
-            plan.actions.append(SetJob(view.name, jobs[name], event))
-        # else first sight of a job that has done nothing yet: no status file says so (a
-        # missing one reads as pending), which saves a file write per job.
+        plan.actions.append(SetJob(view.name, jobs[name], event))
     if full or changed or view.requests:
         _plan_pipeline_status(view, jobs, specs, blocked, now, plan)
 
     def check(name: str) -> Candidate | None:
         if name not in specs:
             return None
-        jobs.setdefault(name, JobStatus(name))
+        if name not in jobs:
+            jobs[name] = JobStatus(name)
         new, _, cand = _step_job(view, specs.get(name), jobs[name], jobs, specs, now, limits, False, blocked, plan)
         return cand if new == jobs[name] else None
 
