@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from glob import glob
 from pathlib import Path
 from typing import TextIO
@@ -465,7 +466,7 @@ class Driver:
         if isinstance(action, SetJob):
             cache = self.pipelines[action.pipeline]
             cache.set_job(action.status)
-            self._write(cache.paths.job_status_file(action.status.job), job_status_to_toml(action.status))
+            self._write(cache.paths.job_status_file(action.status.job), partial(job_status_to_toml, action.status))
             self.recorder.job(action.pipeline, action.status)
             if action.event:
                 self.log(f"{action.pipeline}/{action.event}")
@@ -514,14 +515,14 @@ class Driver:
                  f"{action.reason}")
         self.dirty.add(action.pipeline)
 
-    def _write(self, path: Path, text: str) -> None:
+    def _write(self, path: Path, text: str | Callable[[], str]) -> None:
         # Status writes go through a background writer so the loop never waits on fsync. A
         # crash may lose the newest ones; a restart re-derives them from the attempts' own
         # records (log, pid and exit files), which the processes write themselves.
         if self.writer is not None:
             self.writer.write(path, text)
         else:
-            atomic_write(path, text, self.root.tmp_dir)
+            atomic_write(path, text if isinstance(text, str) else text(), self.root.tmp_dir)
 
     def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Launch:
         log = paths.log_file(job, attempt)

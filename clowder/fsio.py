@@ -9,7 +9,7 @@ import itertools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _counter = itertools.count()
@@ -55,26 +55,28 @@ def atomic_write(path: Path, data: str | bytes, tmp_dir: Path | None = None) -> 
 class Writer:
     """A background thread that applies writes and deletes in order, so the scheduler's loop
     never waits on fsync. A file queued again before it was written is written once, with the
-    newest content, at its first place in the queue: later operations still see it done."""
+    newest content, at its first place in the queue: later operations still see it done.
+    Content may be given as a function, called in the writer's thread (serializing is work
+    the loop need not do either)."""
 
     def __init__(self, tmp_dir: Path) -> None:
         self._tmp_dir = tmp_dir
         self._cond = threading.Condition()
         self._queue: list[Path] = []
-        self._pending: dict[Path, str | None] = {}  # None: delete
+        self._pending: dict[Path, str | Callable[[], str] | None] = {}  # None: delete
         self._busy = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="clowder-writer")
         self._stopped = False
         self._thread.start()
 
-    def write(self, path: Path, data: str) -> None:
+    def write(self, path: Path, data: str | Callable[[], str]) -> None:
         self._put(path, data)
 
     def delete(self, path: Path) -> None:
         self._put(path, None)
 
-    def _put(self, path: Path, data: str | None) -> None:
+    def _put(self, path: Path, data: str | Callable[[], str] | None) -> None:
         with self._cond:
             if self._error is not None:
                 raise self._error
@@ -98,7 +100,7 @@ class Writer:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                 else:
-                    atomic_write(path, data, self._tmp_dir)
+                    atomic_write(path, data if isinstance(data, str) else data(), self._tmp_dir)
             except BaseException as e:  # surfaced to the next caller
                 with self._cond:
                     self._error = e

@@ -185,15 +185,38 @@ class Repo:
         os.replace(tmp, self.git_dir / MARKER)
 
 
+_READ: dict[str, bytes] = {}  # sha -> content of small objects this process read or wrote
+_READ_MAX = 4096  # entries; commits and trees of the jobs at hand
+_READ_SMALL = 1 << 16  # bytes
+
+
+def _remember(sha: str, data: bytes) -> None:
+    """Objects never change (their id is their content's hash), so what was read once can be
+    read from memory: the same commits and trees are read again and again while attempts end
+    and dependents start."""
+    if len(data) <= _READ_SMALL:
+        if len(_READ) >= _READ_MAX:
+            _READ.clear()
+        _READ[sha] = data
+
+
 class Objects:
     """Read-only access to a repository's objects and the pipeline's store."""
 
     def __init__(self, *dirs: Path) -> None:
-        from gitdb.db.loose import LooseObjectDB  # type: ignore[import-untyped]  # ~10 ms: import on use
-        from gitdb.db.pack import PackedDB  # type: ignore[import-untyped]
+        self._dirs = dirs
+        self._opened: list[Any] | None = None
 
-        self._dbs = [LooseObjectDB(str(d)) for d in dirs if d.is_dir()]
-        self._dbs += [PackedDB(str(d / "pack")) for d in dirs if (d / "pack").is_dir()]
+    @property
+    def _dbs(self) -> list[Any]:
+        if self._opened is None:
+            from gitdb.db.loose import LooseObjectDB  # type: ignore[import-untyped]  # ~10 ms: import on use
+            from gitdb.db.pack import PackedDB  # type: ignore[import-untyped]
+
+            dirs = self._dirs
+            self._opened = [LooseObjectDB(str(d)) for d in dirs if d.is_dir()]
+            self._opened += [PackedDB(str(d / "pack")) for d in dirs if (d / "pack").is_dir()]
+        return self._opened
 
     def _find(self, sha: str) -> Any:
         binsha = bytes.fromhex(sha)
@@ -203,16 +226,24 @@ class Objects:
         raise WorkspaceError(f"git object {sha} not found")
 
     def has(self, sha: str) -> bool:
+        """Whether this repository (with the store) holds the object: asked of the files, never
+        of memory, since another repository's object is not this one's."""
         binsha = bytes.fromhex(sha)
         return any(db.has_object(binsha) for db in self._dbs)
 
     def size(self, sha: str) -> int:
+        if sha in _READ:
+            return len(_READ[sha])
         db, binsha = self._find(sha)
         return int(db.info(binsha).size)
 
     def read(self, sha: str) -> bytes:
-        db, binsha = self._find(sha)
-        return bytes(db.stream(binsha).read())
+        data = _READ.get(sha)
+        if data is None:
+            db, binsha = self._find(sha)
+            data = bytes(db.stream(binsha).read())
+            _remember(sha, data)
+        return data
 
     def tree_of(self, commit: str | None) -> str:
         if commit is None:
@@ -253,6 +284,7 @@ def store_object(objects_dir: Path, kind: bytes, data: bytes) -> str:
     finally:
         os.close(fd)
     os.replace(tmp, final)
+    _remember(sha, data)
     return sha
 
 
