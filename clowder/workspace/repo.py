@@ -80,6 +80,9 @@ def git(cwd: Path, *args: str, identity: Identity | None = None, stdin: str | No
 
 # -- refs and objects, read in-process --------------------------------------------------------
 
+_PACKED: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # packed-refs path -> (version, refs)
+
+
 class Repo:
     """A workspace repository: refs read from files, objects through gitdb."""
 
@@ -90,13 +93,32 @@ class Repo:
     def exists(self) -> bool:
         return (self.git_dir / "HEAD").is_file()
 
-    def _packed(self) -> dict[str, str]:
+    def _packed(self) -> Mapping[str, str]:
+        """packed-refs as name -> id. Parsed once per version of the file (inode, mtime, size:
+        git and Clowder replace it by rename): a chain's tags make it long, and a job's start
+        and end read it several times."""
+        path = str(self.git_dir / "packed-refs")
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = _PACKED.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         refs: dict[str, str] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for line in (self.git_dir / "packed-refs").read_text().splitlines():
-                if line and line[0] not in "#^":
-                    sha, _, name = line.partition(" ")
-                    refs[name] = sha
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return {}
+        for line in text.splitlines():
+            if line and line[0] not in "#^":
+                sha, _, name = line.partition(" ")
+                refs[name] = sha
+        if len(_PACKED) >= 4096:
+            _PACKED.clear()
+        _PACKED[path] = (key, refs)
         return refs
 
     def ref(self, name: str, depth: int = 0) -> str | None:
