@@ -24,6 +24,10 @@ from clowder.state import JobStatus, PipelineStatus
 from clowder.tree import PipelinePaths, Root
 
 RETRY_AFTER = 30.0  # seconds between attempts to recreate an index that failed
+# Seconds the thread lets steps gather before a transaction: one write then covers many steps,
+# and a job that started and ended meanwhile is written once. Well within the 50 ms in which
+# a change must reach the index; it keeps the index's work off the moments jobs start.
+GATHER = 0.02
 CHECK_EVERY = 1.0  # seconds between looks at whether the file was swapped (a stat per tick adds up)
 
 
@@ -165,6 +169,8 @@ class Recorder:
                 continue
             stop = batch is None
             batches = [] if batch is None else [batch]
+            if not stop:
+                time.sleep(GATHER)
             while not stop:  # what queued up meanwhile goes in the same transaction
                 try:
                     more = self._queue.get_nowait()
@@ -178,7 +184,7 @@ class Recorder:
                         first = next((i for i, b in enumerate(batches) if b.handover), len(batches))
                         batches = batches[first:]
                     if batches:
-                        self._write(self.index, batches)  # type: ignore[arg-type]
+                        self._write(self.index, _merged(batches))  # type: ignore[arg-type]
                         self._awaiting = False
             except Exception as e:  # the scheduler goes on whatever the index does
                 self._fail(e)
@@ -329,6 +335,22 @@ class Recorder:
         except Exception as e:
             self.log(f"index: {type(e).__name__}: {e}")
         self._close_quietly()
+
+
+def _merged(batches: list[_Batch]) -> list[_Batch]:
+    """The same changes in fewer batches: a batch that only sets specs and statuses is folded
+    into the one before it (its newer values win). One that forgets or loads a pipeline, or
+    hands everything over, stays apart, since it must come after what precedes it."""
+    out: list[_Batch] = []
+    for b in batches:
+        if out and not (b.forgets or b.loads or b.handover):
+            prev = out[-1]
+            prev.specs.update(b.specs)
+            prev.statuses.update(b.statuses)
+            prev.jobs.update(b.jobs)
+        else:
+            out.append(b)
+    return out
 
 
 def _has_output(rows: JobRows | None) -> bool:

@@ -532,3 +532,18 @@ def test_each_readme_query_runs(root: Root, number: int) -> None:
     sql = readme_queries()[number]
     params = {name: values[name] for name in re.findall(r":(\w+)", sql)}
     assert index.query(root, sql, params).rows
+
+
+def test_batches_gathered_by_the_recorder_keep_their_order() -> None:
+    from clowder.recorder import _Batch, _merged
+
+    def batch(forgets: set[str] | None = None, jobs: dict[tuple[str, str], JobStatus] | None = None) -> _Batch:
+        return _Batch(forgets or set(), {}, {}, {}, jobs or {}, False)
+
+    running, done = JobStatus("a", JobState.RUNNING, 1), JobStatus("a", JobState.SUCCEEDED, 1)
+    merged = _merged([batch(jobs={("p", "a"): running}), batch(jobs={("p", "a"): done}),
+                      batch(forgets={"p"}), batch(jobs={("p", "b"): JobStatus("b")})])
+    assert [(b.forgets, b.jobs) for b in merged] == [
+        (set(), {("p", "a"): done}),  # a job that started and ended meanwhile is written once
+        ({"p"}, {("p", "b"): JobStatus("b")}),  # a forget stays after what came before it
+    ]
