@@ -27,7 +27,7 @@ RETRY_AFTER = 30.0  # seconds between attempts to recreate an index that failed
 # Seconds the thread lets steps gather before a transaction: one write then covers many steps,
 # and a job that started and ended meanwhile is written once. Well within the 50 ms in which
 # a change must reach the index; it keeps the index's work off the moments jobs start.
-GATHER = 0.02
+GATHER = 0.01
 CHECK_EVERY = 1.0  # seconds between looks at whether the file was swapped (a stat per tick adds up)
 
 
