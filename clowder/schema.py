@@ -52,14 +52,17 @@ def _fast(kind: str) -> Any:
     return jsonschema_rs.Draft202012Validator(load_schema(kind))
 
 
-def load_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Parse a TOML file; a syntax error becomes a problem with its line and column."""
+def load_toml(path: Path, missing_ok: bool = False) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Parse a TOML file; a syntax error becomes a problem with its line and column. With
+    `missing_ok`, a file that does not exist (or is a directory) has no data and no problems."""
     try:
         with open(path, "rb") as f:
             text = f.read().decode()
     except UnicodeDecodeError as e:
         return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
     except OSError as e:
+        if missing_ok and isinstance(e, FileNotFoundError | IsADirectoryError):
+            return None, []
         return None, [Problem(path, "<file>", f"cannot read: {e.strerror}")]
     try:
         return tomllib.loads(text), []

@@ -391,9 +391,7 @@ def load_status_file(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """A status file's data if it is clean, and its problems. Status files are machine-written,
     but humans can edit them, and readers must not trip over what they wrote. A file that does
     not exist has no data and no problems."""
-    if not path.is_file():
-        return None, []
-    data, problems = schema.load_toml(path)
+    data, problems = schema.load_toml(path, missing_ok=True)
     if data is None:
         return None, problems
     problems = schema.check("status", data, path)
