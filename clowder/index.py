@@ -387,34 +387,49 @@ class Index:
         self.conn.execute(f"INSERT INTO pipelines (pipeline, {names}) VALUES ({_placeholders(len(columns) + 1)}) "
                           f"ON CONFLICT (pipeline) DO UPDATE SET {update}", (pipeline, *values))
 
-    # One job at a time (the daemon).
+    # Jobs as the daemon changes them: a few statements per batch of jobs, not per job (each
+    # statement hands the GIL back and forth with the scheduling threads).
 
-    def put_job(self, new: JobRows, old: JobRows | None) -> bool:
-        """Record a job's status given what was recorded for it before (None: unknown). Returns
-        whether its attempts, artifacts or consumption changed: then `derive` must run for it."""
-        pipeline, job = new.job[0], new.job[1]
-        self.conn.execute(f"INSERT OR REPLACE INTO jobs VALUES ({_placeholders(len(new.job))})", new.job)
-        if old is not None and old.attempts == new.attempts and old.artifacts == new.artifacts \
-                and old.consumed == new.consumed:
-            return False
-        key = (pipeline, job)
-        if old is None or old.attempts != new.attempts:
-            self.conn.execute("DELETE FROM attempts WHERE pipeline = ? AND job = ?", key)
-            self._insert("attempts", new.attempts)
-        if old is None or old.artifacts != new.artifacts:
-            self.conn.execute("DELETE FROM artifacts WHERE pipeline = ? AND job = ?", key)
-            self._insert("artifacts", new.artifacts)
-        if old is None or old.consumed != new.consumed:
-            self.conn.execute("DELETE FROM consumed WHERE pipeline = ? AND job = ?", key)
-            self._insert("consumed", new.consumed)
-        return True
+    def put_jobs(self, changes: Sequence[tuple[JobRows, JobRows | None]]) -> list[tuple[str, str]]:
+        """Record jobs' statuses, each given what was recorded for it before (None: unknown).
+        Returns the (pipeline, job) whose attempts, artifacts or consumption changed: `derive`
+        must run for those."""
+        self._insert("jobs", [new.job for new, _ in changes], "INSERT OR REPLACE")
+        changed: list[tuple[str, str]] = []
+        stale: dict[str, list[tuple[str, str]]] = {"attempts": [], "artifacts": [], "consumed": []}
+        rows: dict[str, list[Row]] = {"attempts": [], "artifacts": [], "consumed": []}
+        for new, old in changes:
+            key = (new.job[0], new.job[1])
+            parts = {"attempts": new.attempts, "artifacts": new.artifacts, "consumed": new.consumed}
+            before = None if old is None else {"attempts": old.attempts, "artifacts": old.artifacts,
+                                               "consumed": old.consumed}
+            if before == parts:
+                continue
+            changed.append(key)
+            for table, values in parts.items():
+                if before is None or before[table] != values:
+                    stale[table].append(key)
+                    rows[table] += values
+        for table, keys in stale.items():
+            if keys:
+                self.conn.executemany(f"DELETE FROM {table} WHERE pipeline = ? AND job = ?", keys)
+            self._insert(table, rows[table])
+        return changed
 
-    def derive(self, pipeline: str, job: str) -> None:
-        """Recompute the consumption rows in which `job` is the consumer or the upstream."""
-        self.conn.execute("DELETE FROM consumption WHERE pipeline = ? AND (job = ? OR upstream = ?)",
-                          (pipeline, job, job))
-        self.conn.execute(_CONSUMPTION + " AND c.pipeline = ? AND c.job = ?", (pipeline, job))
-        self.conn.execute(_CONSUMPTION + " AND c.pipeline = ? AND c.upstream = ?", (pipeline, job))
+    def derive(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Recompute the consumption rows in which these (pipeline, job) are the consumer or the
+        upstream."""
+        if not keys:
+            return
+        self.conn.executemany("DELETE FROM consumption WHERE pipeline = ? AND (job = ? OR upstream = ?)",
+                              [(p, j, j) for p, j in keys])
+        by_pipeline: dict[str, list[str]] = {}
+        for p, j in keys:
+            by_pipeline.setdefault(p, []).append(j)
+        for p, jobs in by_pipeline.items():
+            marks = _placeholders(len(jobs))
+            self.conn.execute(f"{_CONSUMPTION} AND c.pipeline = ? AND (c.job IN ({marks}) OR c.upstream IN ({marks}))",
+                              (p, *jobs, *jobs))
 
     def known_outputs(self, blobs: Iterable[str]) -> set[str]:
         """Which of these model output blobs the index already has content for."""

@@ -267,14 +267,18 @@ class Recorder:
             index.set_spec_fresh(name, signature(stamp))
         for name, pstatus in batch.statuses.items():
             index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
+        changes = []
         for (name, job), jstatus in batch.jobs.items():
             new = snapshot.job_rows(name, jstatus)
-            old = self._recorded.get((name, job))
-            if index.put_job(new, old):
-                index.derive(name, job)
-                outputs.setdefault(name, (self.root.pipeline(name), []))[1].extend(new.artifacts)
-                dropped = dropped or _has_output(old)
+            changes.append((new, self._recorded.get((name, job))))
             self._recorded[(name, job)] = new
+        changed = index.put_jobs(changes)
+        index.derive(changed)
+        moved = set(changed)
+        for new, old in changes:
+            if (new.job[0], new.job[1]) in moved:
+                outputs.setdefault(new.job[0], (self.root.pipeline(new.job[0]), []))[1].extend(new.artifacts)
+                dropped = dropped or _has_output(old)
         return dropped
 
     def _put_loaded(self, index: Index, paths: PipelinePaths, jobs: Mapping[str, JobStatus],
