@@ -60,21 +60,13 @@ class ExitRecord:
         return None
 
 
-def _read_run(path: Path) -> tuple[list[str], float] | None:
-    try:
-        text = path.read_text()
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    return text.splitlines(), mtime
-
-
 def read_exit(run: Path) -> ExitRecord | None:
     """The recorded end of an attempt, or None if it has not ended (or not recorded it)."""
-    found = _read_run(run)
-    if found is None:
+    try:
+        lines = run.read_text().splitlines()
+        mtime = run.stat().st_mtime
+    except FileNotFoundError:
         return None
-    lines, mtime = found
     for line in lines[1:]:
         code = line.removeprefix("exit ").strip()
         if line.startswith("exit ") and code.lstrip("-").isdigit():
@@ -83,10 +75,10 @@ def read_exit(run: Path) -> ExitRecord | None:
 
 
 def read_pid(run: Path) -> int | None:
-    found = _read_run(run)
-    if found is None or not found[0]:
+    try:
+        text = run.read_text().partition("\n")[0].strip()
+    except FileNotFoundError:
         return None
-    text = found[0][0].strip()
     return int(text) if text.isdigit() else None
 
 

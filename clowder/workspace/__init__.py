@@ -230,14 +230,13 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
             head = write_commit(repo, head, message, identity)
             repo.write_refs({repo.branch(): head, f"refs/tags/{tag}": head})
             return head
-        else:
-            git(repo.path, "add", "-A")
-            if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise
-                git(repo.path, "add", "-f", "--", *force)
-            git(repo.path, "commit", "-q", "--allow-empty", "--no-verify", "--cleanup=whitespace", "-F", "-",
-                stdin=message, identity=identity)
-            head = repo.head()
-            assert head is not None
+        git(repo.path, "add", "-A")
+        if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise
+            git(repo.path, "add", "-f", "--", *force)
+        git(repo.path, "commit", "-q", "--allow-empty", "--no-verify", "--cleanup=whitespace", "-F", "-",
+            stdin=message, identity=identity)
+        head = repo.head()
+        assert head is not None
     repo.write_ref(f"refs/tags/{tag}", head)
     return head
 

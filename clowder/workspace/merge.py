@@ -39,18 +39,6 @@ def upstream_tags(upstreams: Sequence[Upstream]) -> dict[str, str]:
     return tags
 
 
-def inherit_tags(repo: Repo, upstreams: Sequence[Upstream]) -> None:
-    """Add the upstreams' tags (see upstream_tags) that the repository does not have yet."""
-    tags = upstream_tags(upstreams)
-    if not tags:
-        return
-    packed = repo.git_dir / "packed-refs"
-    old = packed.read_text() if packed.exists() else "# pack-refs with: peeled\n"
-    have = {line.partition(" ")[2] for line in old.splitlines()}
-    new = "".join(f"{sha} refs/tags/{name}\n" for name, sha in sorted(tags.items()) if f"refs/tags/{name}" not in have)
-    packed.write_text(old + new)
-
-
 @dataclass(frozen=True)
 class Merged:
     problem: str = ""
