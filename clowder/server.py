@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -236,11 +237,19 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
+# host[:port] and nothing else: a name or IPv4 address, or an IPv6 address in brackets. A looser
+# reading took `127.0.0.1:80@evil.com` for 127.0.0.1.
+HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
 def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """The name in a Host header, or '' if the header is not exactly host[:port] with a valid port.
+    Any port is accepted: behind `ssh -L 9000:localhost:8765` the browser says localhost:9000, and a
+    DNS-rebinding page can only change the name."""
+    m = HOST_HEADER.fullmatch(host.lower())
+    if m is None or (m["port"] is not None and not 0 < int(m["port"]) <= 65535):
+        return ""
+    return m["name"]
 
 
 BEARER = HTTPBearer(auto_error=False, description="The token `clowder serve` printed (.clowder/serve.token).")

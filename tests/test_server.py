@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -283,6 +284,38 @@ def test_requests_for_another_host_name_are_refused(root: Root) -> None:
         assert (r.status_code, r.json()["detail"]) == (400, "unexpected Host header: use the address clowder serve "
                                                             "printed")
         assert c.get("/api/pipelines", headers={"Host": "localhost:1"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.0.1:{port}@evil.com", "127.0.0.1@evil.com", "localhost:{port}@evil.com", "127.0.0.1:{port}:80",
+    "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1: 80", "[::1", "[::1]x",
+    "[::1]:{port}@evil.com", "::1:{port}", "127.0.0.1.evil.com", "evil.com#127.0.0.1", "", " ",
+])
+def test_a_host_header_that_only_starts_like_loopback_is_refused(root: Root, host: str) -> None:
+    with serving(root) as p:
+        port = p.socket.getsockname()[1]
+        r = raw_get(port, "/api/pipelines", host.format(port=port))
+    assert r.startswith("HTTP/1.1 400 "), r
+    assert "unexpected Host header" in r
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LOCALHOST:{port}",
+                                  "[::1]:{port}", "[::1]"])
+def test_loopback_host_headers_are_served(root: Root, host: str) -> None:
+    with serving(root) as p:
+        port = p.socket.getsockname()[1]
+        r = raw_get(port, "/api/pipelines", host.format(port=port))
+    assert r.startswith("HTTP/1.1 200 "), r
+
+
+def raw_get(port: int, path: str, host: str) -> str:
+    """A GET with exactly this Host header, as a hostile page or tool would send it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def test_the_token_is_owner_only_and_kept_across_restarts(root: Root) -> None:
