@@ -13,11 +13,12 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, BinaryIO, ClassVar
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -39,6 +40,8 @@ WEB_DIR = Path(__file__).parent / "web"
 TOKEN_FILE = "serve.token"
 POLL_SECONDS = 0.2  # how often streams look for new log bytes and state changes
 KEEPALIVE_SECONDS = 15.0
+# Beyond any log, and within what every Linux file system can seek to (a seek to 2**63-1 fails).
+MAX_OFFSET = 1 << 40
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64, description="A pipeline or job name.")]
@@ -169,17 +172,49 @@ class Hub:
             self.queues.discard(q)
 
 
-async def follow_log(ref: monitor.LogRef, offset: int) -> AsyncIterator[str]:
+def open_log(root: Root, ref: monitor.LogRef) -> BinaryIO | None:
+    """The attempt's log opened for reading, or None if it is not there (yet). Only the regular
+    file at logs/JOB/N.log of the pipeline is served: a symlink anywhere on the way out of the
+    pipeline (to /etc/passwd, say) is refused, and a FIFO is never opened for a blocking read."""
+    try:
+        real = ref.file.resolve(strict=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise monitor.NotFound(f"{ref.file}: cannot read the log: {e}") from e
+    expected = ref.paths.dir.resolve() / "logs" / ref.job / ref.file.name
+    if real != expected or not real.is_relative_to(root.path.resolve()):
+        raise monitor.NotFound(f"{ref.file}: the log resolves outside its pipeline ({real}); not served")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise monitor.NotFound(f"{ref.file}: cannot read the log: {e.strerror}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise monitor.NotFound(f"{ref.file}: not a regular file; not served")
+    return os.fdopen(fd, "rb")
+
+
+async def follow_log(root: Root, ref: monitor.LogRef, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
     """The log from byte `offset` as `log` events (each with the offset it reaches, which is
-    also its event id, so a reconnecting EventSource resumes there), then one `end` event."""
+    also its event id, so a reconnecting EventSource resumes there), then one `end` event.
+    `f`: the log, if it was there when the request came."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     yield "retry: 1000\n\n"
-    while not ref.file.exists():
-        if ref.over():
+    while f is None:
+        try:
+            f = open_log(root, ref)
+        except monitor.NotFound as e:  # the headers are sent: say why in the stream
+            yield sse("end", {"attempt": ref.attempt, "offset": offset, "error": str(e)})
+            return
+        if f is None and ref.over():
             yield sse("end", {"attempt": ref.attempt, "offset": offset})
             return
-        await asyncio.sleep(POLL_SECONDS)
-    with ref.file.open("rb") as f:
+        if f is None:
+            await asyncio.sleep(POLL_SECONDS)
+    with f:
         f.seek(offset)
         pos = offset
         while True:
@@ -311,22 +346,23 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         request: Request, pipeline: Name, job: Name,
         attempt: Annotated[int | None, Query(ge=1, le=1_000_000, description="Default: the latest.")] = None,
         follow: Annotated[bool, Query(description="Stream as Server-Sent Events until the attempt ends.")] = False,
-        offset: Annotated[int, Query(ge=0, description="Start at this byte of the log.")] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Start at this byte of the log.")] = 0,
     ) -> PlainTextResponse | StreamingResponse:
         """What an attempt wrote. With `follow`, `log` events carry new text as it is written (each
         event's id is the byte offset reached, so a reconnecting EventSource resumes) and an `end`
         event closes the stream once the attempt has ended."""
         ref = monitor.log_ref(root, pipeline, job, attempt)
+        f = open_log(root, ref)
         if follow:
             last = request.headers.get("last-event-id", "")
-            start = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else offset
-            return StreamingResponse(follow_log(ref, start), media_type="text/event-stream")
-        try:
-            with ref.file.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
+            resume = last.isascii() and last.isdigit() and len(last) < 19 and int(last) <= MAX_OFFSET
+            return StreamingResponse(follow_log(root, ref, int(last) if resume else offset, f),
+                                     media_type="text/event-stream")
+        if f is None:
+            return PlainTextResponse("")
+        with f:
+            f.seek(offset)
+            data = f.read()
         return PlainTextResponse(data.decode(errors="replace"))
 
     @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)

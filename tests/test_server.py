@@ -286,6 +286,58 @@ def test_requests_for_another_host_name_are_refused(root: Root) -> None:
         assert c.get("/api/pipelines", headers={"Host": "localhost:1"}).status_code == 200
 
 
+@pytest.mark.parametrize("offset", ["9223372036854775807", "99999999999999999999", "9223372036854775808",
+                                    "-9223372036854775809", "1e3", "0x10", ""])
+def test_an_offset_out_of_range_is_a_4xx_not_a_server_error(root: Root, make_pipeline: MakePipeline,
+                                                            offset: str) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi"\n'})
+    run_to_end(root)
+    with client(root) as (c, _):
+        for follow in ("false", "true"):
+            r = c.get("/api/pipelines/p/jobs/a/logs", params={"offset": offset, "follow": follow})
+            assert 400 <= r.status_code < 500, r.text
+            assert "detail" in r.json()
+        past_the_end = c.get("/api/pipelines/p/jobs/a/logs", params={"offset": 1 << 30})
+        assert (past_the_end.status_code, past_the_end.text) == (200, "")
+        resumed = c.get("/api/pipelines/p/jobs/a/logs", params={"follow": "true"},
+                        headers={"Last-Event-ID": "999999999999999999"})
+        assert resumed.status_code == 200 and "event: end" in resumed.text
+
+
+@pytest.mark.parametrize("where", ["file", "job dir", "logs dir"])
+def test_a_log_that_is_a_symlink_out_of_the_pipeline_is_not_served(root: Root, make_pipeline: MakePipeline,
+                                                                    tmp_path: Path, where: str) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi"\n'})
+    run_to_end(root)
+    paths = root.pipeline("p")
+    secret = tmp_path / "outside" / "a" / "1.log"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("root:x:0:0:secret\n")
+    link = {"file": paths.log_file("a", 1), "job dir": paths.log_file("a", 1).parent, "logs dir": paths.logs_dir}
+    target = {"file": secret, "job dir": secret.parent, "logs dir": secret.parent.parent}
+    moved = tmp_path / "moved"
+    link[where].rename(moved)
+    link[where].symlink_to(target[where])
+    with client(root) as (c, _):
+        for follow in ("false", "true"):
+            r = c.get("/api/pipelines/p/jobs/a/logs", params={"attempt": 1, "follow": follow})
+            assert "secret" not in r.text
+            assert r.status_code == 404, r.text
+            assert "outside" in r.json()["detail"]
+
+
+def test_a_log_that_is_a_fifo_is_not_read(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi"\n'})
+    run_to_end(root)
+    log = root.pipeline("p").log_file("a", 1)
+    log.unlink()
+    os.mkfifo(log)
+    with client(root) as (c, _):
+        for follow in ("false", "true"):
+            r = c.get("/api/pipelines/p/jobs/a/logs", params={"attempt": 1, "follow": follow})
+            assert r.status_code == 404, r.text
+
+
 @pytest.mark.parametrize("host", [
     "127.0.0.1:{port}@evil.com", "127.0.0.1@evil.com", "localhost:{port}@evil.com", "127.0.0.1:{port}:80",
     "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1: 80", "[::1", "[::1]x",
