@@ -320,22 +320,33 @@ def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: P
 # -- inspecting workspaces (git) ------------------------------------------------------------------
 # The imports are local so that these commands stay an append-only block of this file.
 
-@main.command(context_settings={"ignore_unknown_options": True})
+class _PathsAfterDashes(click.Command):
+    """Keeps what follows `--` apart (click would drop the `--` and mix paths with the jobs)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            args, ctx.meta["clowder.paths"] = args[:i], args[i + 1:]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_PathsAfterDashes, context_settings={"ignore_unknown_options": True})
 @click.argument("pipeline")
 @click.argument("a")
-@click.argument("rest", nargs=-1, type=click.UNPROCESSED, metavar="[B] [GIT_DIFF_ARGS]...")
+@click.argument("rest", nargs=-1, type=click.UNPROCESSED, metavar="[B] [GIT_DIFF_OPTIONS]... [-- PATH...]")
 @root_option
 def diff(pipeline: str, a: str, rest: tuple[str, ...], root_dir: Path | None) -> None:
     """Show `git diff` from A to B, or what A changed when B is left out.
 
     A and B are jobs (`dev`, `dev.r1`: the job's final commit) or attempts (`test@2`). Alone, a
     job is diffed against what it started from, an attempt against its base (usually the
-    attempt before it). Options (`--stat`, `--name-only`, `-U5`, ...) and paths go to git
-    diff; write options as one word (`--diff-filter=M`)."""
+    attempt before it). Options (`--stat`, `--name-only`, `-U5`, ...) go to git diff; write
+    them as one word (`--diff-filter=M`). Paths go after `--`: `clowder diff p dev test -- src/`."""
     from clowder import workspace
 
     root = find_root(root_dir)
-    proc = workspace.diff(root.pipeline(pipeline), a, rest)
+    files = click.get_current_context().meta.get("clowder.paths", [])
+    proc = workspace.diff(root.pipeline(pipeline), a, rest, files)
     click.echo(proc.stdout, nl=False)
     click.get_current_context().exit(proc.returncode)
 

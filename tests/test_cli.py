@@ -265,3 +265,50 @@ def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert "version" in result.output
+
+
+# -- diff: jobs before `--`, paths after ---------------------------------------------------------
+
+DIFFED = {"dev": 'command = "echo v1 > code.txt; echo a > notes.txt"\n',
+          "test": 'command = "echo v2 > code.txt; echo b > notes.txt"\nneeds = ["dev"]\n'}
+
+
+@pytest.fixture
+def diffed(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", DIFFED)
+    assert cli("run", "p").exit_code == 0
+
+
+@pytest.mark.usefixtures("diffed")
+@pytest.mark.parametrize(("args", "message"), [
+    (("dev", "tset"), "error: 'tset': not a job of p; did you mean test? (jobs: dev, test)\n"),
+    (("dvv", "test"), "error: 'dvv': not a job of p; did you mean dev? (jobs: dev, test)\n"),
+    (("ghost", "test"), "error: 'ghost': not a job of p (jobs: dev, test)\n"),
+    (("dev", "ghost"),
+     "error: 'ghost': not a job of p (jobs: dev, test); paths go after `--`: clowder diff p dev -- ghost\n"),
+    (("dev", "tst@1"), "error: 'tst@1': not a job of p; did you mean test? (jobs: dev, test)\n"),
+    (("dev", "test@9"), "error: test@9: no such attempt (attempts with a commit: 1)\n"),
+    (("dev", "test", "code.txt"),
+     "error: 'code.txt': paths go after `--`: clowder diff p dev test -- code.txt\n"),
+    (("dev", "--stat", "code.txt"),
+     "error: 'code.txt': not a job of p (jobs: dev, test); paths go after `--`: clowder diff p dev -- code.txt\n"),
+])
+def test_diff_with_an_unknown_job_or_a_path_before_the_dashes_is_refused(
+        cli: Invoke, args: tuple[str, ...], message: str) -> None:
+    result = cli("diff", "p", *args)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", message)
+
+
+@pytest.mark.usefixtures("diffed")
+def test_diff_takes_paths_after_the_dashes(cli: Invoke) -> None:
+    between = cli("diff", "p", "dev", "test", "--", "code.txt")
+    assert between.exit_code == 0, between.output
+    assert between.stdout.endswith("-v1\n+v2\n") and "notes.txt" not in between.stdout
+    alone = cli("diff", "p", "test", "--", "notes.txt")
+    assert alone.exit_code == 0, alone.output
+    assert "+b\n" in alone.stdout and "code.txt" not in alone.stdout
+    options = cli("diff", "p", "dev", "test", "--name-only", "--", "code.txt", "notes.txt")
+    assert (options.exit_code, options.stdout) == (0, "code.txt\nnotes.txt\n")
+    assert cli("diff", "p", "dev", "test", "--stat").stdout.count("|") == 2
+    assert cli("diff", "p", "dev@1", "test@1", "--name-status").stdout == "M\tcode.txt\nM\tnotes.txt\n"
+    assert cli("diff", "p", "dev", "--", "--stat").stdout == ""  # after `--`, a path, not an option

@@ -271,7 +271,7 @@ def test_diff_between_two_jobs_repositories(root: Root, make_pipeline: MakePipel
     assert run(root)
     result = cli("diff", "p", "dev", "fix", "--name-status")
     assert (result.exit_code, result.output) == (0, "M\tcode.txt\nA\textra.txt\n")
-    assert cli("diff", "p", "fix", "dev", "code.txt").output.endswith("-v2\n+v1\n")
+    assert cli("diff", "p", "fix", "dev", "--", "code.txt").output.endswith("-v2\n+v1\n")
 
 
 def test_diff_names_what_it_cannot_find(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
@@ -279,7 +279,7 @@ def test_diff_names_what_it_cannot_find(root: Root, make_pipeline: MakePipeline,
     assert run(root)
     cases = {
         ("flaky@3",): "error: flaky@3: no such attempt (attempts with a commit: 1, 2)\n",
-        ("ghost",): "error: 'ghost': not a job of p (use JOB or JOB@ATTEMPT, e.g. dev or test@2)\n",
+        ("ghost",): "error: 'ghost': not a job of p (jobs: flaky)\n",
     }
     for args, message in cases.items():
         result = cli("diff", "p", *args)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import subprocess
 from collections.abc import Sequence
@@ -50,11 +51,26 @@ def workspace_path(paths: PipelinePaths, job: str) -> Path:
     return ws
 
 
+class UnknownJob(UsageError):
+    """A name on the command line that is no job of the pipeline."""
+
+    def __init__(self, paths: PipelinePaths, text: str) -> None:
+        jobs = paths.job_names()
+        close = difflib.get_close_matches(text.split("@", 1)[0], jobs, n=1)
+        shown = ", ".join(jobs[:JOBS_SHOWN]) + (f", … ({len(jobs)} in all)" if len(jobs) > JOBS_SHOWN else "")
+        super().__init__(f"{text!r}: not a job of {paths.name}" + (f"; did you mean {close[0]}?" if close else "")
+                         + f" ({'jobs: ' + shown if jobs else 'it has no jobs'})")
+        self.close = close
+
+
+JOBS_SHOWN = 12  # in a did-you-mean: enough to spot a typo, short enough for one line
+
+
 def resolve(paths: PipelinePaths, text: str) -> Point:
     """`job` (its final commit) or `job@n` (attempt n's commit)."""
     m = _POINT.match(text)
     if m is None or not _known_job(paths, m["job"]):
-        raise UsageError(f"{text!r}: not a job of {paths.name} (use JOB or JOB@ATTEMPT, e.g. dev or test@2)")
+        raise UnknownJob(paths, text)
     job, ws = m["job"], paths.workspace(m["job"])
     attempts = read_job_status(paths.job_status_file(job), job).attempts
     if m["attempt"] is None:
@@ -82,25 +98,36 @@ def base_of(paths: PipelinePaths, point: Point) -> str:
     return previous or EMPTY_TREE
 
 
-def split_diff_args(paths: PipelinePaths, rest: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
-    """(B or None, git diff options, paths) from what follows A on the command line."""
-    items = list(rest)
-    second = None
-    if items and not items[0].startswith("-"):
-        m = _POINT.match(items[0])
-        if m is not None and _known_job(paths, m["job"]):
-            second = items.pop(0)
-    return second, [x for x in items if x.startswith("-")], [x for x in items if not x.startswith("-")]
+def split_diff_args(paths: PipelinePaths, a: str, rest: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(B or None, git diff options) from what follows A on the command line, before `--`.
+    Every word that is not an option names a job: paths go after `--`, so a mistyped job is an
+    error, never a path that matches nothing."""
+    options = [x for x in rest if x.startswith("-")]
+    words = [x for x in rest if not x.startswith("-")]
+    if len(words) > 1:
+        raise UsageError(f"{words[1]!r}: paths go after `--`: "
+                         f"clowder diff {paths.name} {a} {words[0]} -- {' '.join(words[1:])}")
+    if words:
+        try:
+            resolve(paths, words[0])
+        except UnknownJob as e:
+            if e.close or "@" in words[0]:
+                raise
+            raise UsageError(f"{e}; paths go after `--`: clowder diff {paths.name} {a} -- {words[0]}") from e
+    return (words[0] if words else None), options
 
 
-def diff(paths: PipelinePaths, a: str, rest: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """`git diff` from A to B, or from A's base to A. Commits of different jobs' repositories
-    are compared in B's repository with A's objects borrowed for the one command."""
+def diff(paths: PipelinePaths, a: str, rest: Sequence[str],
+         files: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`git diff` from A to B, or from A's base to A: `rest` is B and git diff's options, `files`
+    the paths (what followed `--`). Commits of different jobs' repositories are compared in B's
+    repository with A's objects borrowed for the one command."""
     _existing(paths)
-    second, options, files = split_diff_args(paths, rest)
+    old_point = resolve(paths, a)
+    second, options = split_diff_args(paths, a, rest)
     new = resolve(paths, second or a)
-    old_commit = resolve(paths, a).commit if second else base_of(paths, new)
-    old_repo = paths.workspace(a.split("@", 1)[0])
+    old_commit = old_point.commit if second else base_of(paths, new)
+    old_repo = old_point.repo
     env = {}
     if old_repo != new.repo:
         env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str((old_repo / ".git" / "objects").resolve())
