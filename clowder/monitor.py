@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from clowder import report, workspace
+from clowder import report, requests, workspace
 from clowder.errors import ClowderError, UsageError
 from clowder.executor import read_exit, run_file
 from clowder.graph import topo_order
@@ -90,6 +90,7 @@ class JobSummary:
     regression_of: str | None  # a fix-up: the job it is a copy of
     parent: str | None  # a fix-up: the job that spawned it, and runs again from its commit
     attempts: list[AttemptView]
+    actions: list[str]  # what may be asked of it now: `cancel`, `retry`
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class PipelineDetail:
     prompt: str | None
     jobs: list[JobSummary]
     edges: list[Edge]
+    actions: list[str]  # `cancel` while it has not ended
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class JobDetail:
     spawned: list[str]
     waiting_for: list[str]
     retry_at: datetime | None
+    actions: list[str]  # what may be asked of it now: `cancel`, `retry`
 
 
 def existing_pipeline(root: Root, name: str) -> PipelinePaths:
@@ -252,15 +255,17 @@ def pipeline_detail(root: Root, name: str) -> PipelineDetail:
     pipeline = _load(root, paths)
     deps = {j.name: list(j.needs) for j in head.jobs}
     levels = _levels(deps)
+    retries = requests.retries_waiting(paths)
     jobs = []
     for j in head.jobs:
         spec = pipeline.jobs.get(j.name) if pipeline else None
+        status = read_status(paths, j.name)
         jobs.append(JobSummary(
             name=j.name, state=j.state, attempt=j.attempt, stage=j.stage, needs=list(j.needs),
             level=levels.get(j.name, 0), duration=j.duration, message=j.message, started_at=j.started_at,
             ended_at=j.ended_at, regression_of=spec.regression_of if spec else None,
             parent=spec.parent if spec else None,
-            attempts=_attempts(read_status(paths, j.name)),
+            attempts=_attempts(status), actions=requests.job_actions(status.state, j.name in retries),
         ))
     edges = [Edge(n.job, job.name, n.when.value) for job in (pipeline.jobs.values() if pipeline else ())
              for n in job.needs]
@@ -268,6 +273,7 @@ def pipeline_detail(root: Root, name: str) -> PipelineDetail:
         name=head.name, state=_report_state(head.state), message=head.message, started_at=head.started_at,
         ended_at=head.ended_at, problems=list(head.problems), prompt=pipeline.spec.prompt if pipeline else None,
         jobs=jobs, edges=sorted(edges, key=lambda e: (e.target, e.source)),
+        actions=requests.pipeline_actions_now(paths, retries),
     )
 
 
@@ -304,6 +310,7 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
         dependents=list(loaded.dependents.get(job, ())) if loaded else [],
         attempts=_attempts(status), consumers=_consumers(paths, job, commits, names), regression=regression,
         spawned=list(status.spawned), waiting_for=list(status.waiting_for), retry_at=status.retry_at,
+        actions=requests.job_actions(status.state, job in requests.retries_waiting(paths)),
     )
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 import tomli_w
 
-from clowder.errors import UsageError
+from clowder.errors import ClowderError, UsageError
 from clowder.fsio import atomic_write
 from clowder.spec import check_name
-from clowder.state import utcnow
+from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root
 
 ACTIONS = ("cancel", "retry", "spawn")
@@ -28,6 +28,70 @@ class Request:
     action: str
     job: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Refused(UsageError):
+    """A cancel or retry that cannot apply to the job or pipeline as it now is: refused at once
+    (exit 2, HTTP 409) rather than dropped for the daemon to ignore."""
+
+
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
+
+
+def job_actions(state: JobState, retry_waiting: bool = False) -> list[str]:
+    """What may be asked of a job in this state: a retry only of a failed or cancelled job (and not
+    twice), a cancel only of one that has not ended or that a waiting retry will run again."""
+    actions = ["cancel"] if not state.terminal or retry_waiting else []
+    return actions + (["retry"] if state in RETRYABLE and not retry_waiting else [])
+
+
+def pipeline_actions(state: PipelineState, retry_waiting: bool = False) -> list[str]:
+    return ["cancel"] if not state.terminal or retry_waiting else []
+
+
+def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
+    """Why `action` cannot apply to the job (or the whole pipeline) now, or ''. Decided from the
+    status files and the retries already waiting; the scheduler checks again when it applies the
+    request, since the state may change in between."""
+    retries = retries_waiting(paths)
+    if job is None:
+        state = read_pipeline_status(paths.status_file).state
+        if action not in pipeline_actions(state, bool(retries)):
+            return f"{paths.name} {_has(state)}; only a pipeline that has not ended can be cancelled"
+        return ""
+    status = read_job_status(paths.job_status_file(job), job)
+    if action in job_actions(status.state, job in retries) or action not in ("cancel", "retry"):
+        return ""
+    if action == "retry" and job in retries:
+        return f"a retry of {paths.name}/{job} is already requested"
+    if action == "retry":
+        return f"{paths.name}/{job} {_has(status.state)}; only a failed or cancelled job can be retried"
+    return f"{paths.name}/{job} {_has(status.state)}; only a job that has not ended can be cancelled"
+
+
+def retries_waiting(paths: PipelinePaths) -> set[str]:
+    """The jobs a retry request waits for: they will run again."""
+    return {r.job for r in pending(paths) if r.action == "retry" and r.job is not None}
+
+
+def pipeline_actions_now(paths: PipelinePaths, retries: set[str]) -> list[str]:
+    """What may be asked of the pipeline now; none while its status file cannot be read."""
+    try:
+        return pipeline_actions(read_pipeline_status(paths.status_file).state, bool(retries))
+    except ClowderError:
+        return []
+
+
+def _has(state: JobState | PipelineState) -> str:
+    if state in (JobState.SKIPPED, JobState.CANCELLED, PipelineState.CANCELLED):
+        return f"was {state.value}"
+    return f"has {state.value}" if state.terminal else f"is {state.value}"
+
+
+def check(paths: PipelinePaths, action: str, job: str | None) -> None:
+    reason = refusal(paths, action, job)
+    if reason:
+        raise Refused(reason)
 
 
 def drop(root: Root, paths: PipelinePaths, action: str, job: str | None = None, **data: Any) -> Request:

@@ -143,6 +143,7 @@ def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.
     paths = _existing(root, pipeline)
     if job is not None and not paths.job_file(job).is_file():
         raise UsageError(f"{paths.job_file(job)}: no such job in pipeline {pipeline}")
+    req_mod.check(paths, action, job)
     r = req_mod.drop(root, paths, action, job)
     req_mod.wake(root, pipeline)
     return r

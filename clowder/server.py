@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clowder import monitor, runner
 from clowder.errors import ClowderError
+from clowder.requests import Refused
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
 
@@ -76,7 +77,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Bad request"),
     404: _error("No such pipeline, job, attempt or log"),
 }
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 401: _error("Missing or wrong token")}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 401: _error("Missing or wrong token"),
+    409: _error("The job or pipeline is not in a state the action applies to (e.g. a retry of a job that succeeded)"),
+}
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
@@ -412,8 +416,12 @@ def _errors(app: FastAPI) -> None:
     async def bad_request(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     app.add_exception_handler(monitor.NotFound, not_found)
     app.add_exception_handler(ClowderError, bad_request)
+    app.add_exception_handler(Refused, conflict)
 
 
 def _version() -> str:

@@ -312,3 +312,43 @@ def test_diff_takes_paths_after_the_dashes(cli: Invoke) -> None:
     assert cli("diff", "p", "dev", "test", "--stat").stdout.count("|") == 2
     assert cli("diff", "p", "dev@1", "test@1", "--name-status").stdout == "M\tcode.txt\nM\tnotes.txt\n"
     assert cli("diff", "p", "dev", "--", "--stat").stdout == ""  # after `--`, a path, not an option
+
+
+# -- cancel and retry: refused at once when they cannot apply -----------------------------------
+
+def requests_waiting(root: Root) -> list[str]:
+    return sorted(p.name for p in root.pipeline("p").requests_dir.glob("*.toml"))
+
+
+def test_retry_and_cancel_of_what_has_ended_are_refused_with_the_reason(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["false"]\nneeds = ["a"]\n',
+                        "c": 'command = ["true"]\nneeds = ["b"]\n'})
+    assert cli("run", "p").exit_code == 1
+    refused = {
+        ("retry", "p", "a"): "error: p/a has succeeded; only a failed or cancelled job can be retried\n",
+        ("retry", "p", "c"): "error: p/c was skipped; only a failed or cancelled job can be retried\n",
+        ("cancel", "p", "a"): "error: p/a has succeeded; only a job that has not ended can be cancelled\n",
+        ("cancel", "p", "b"): "error: p/b has failed; only a job that has not ended can be cancelled\n",
+        ("cancel", "p"): "error: p has failed; only a pipeline that has not ended can be cancelled\n",
+    }
+    for args, message in refused.items():
+        result = cli(*args)
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", message), args
+    assert requests_waiting(root) == []
+    retried = cli("retry", "p", "b")
+    assert (retried.exit_code, retried.stdout) == (0, "retry requested for p/b\n")
+    again = cli("retry", "p", "b")
+    assert (again.exit_code, again.stderr) == (2, "error: a retry of p/b is already requested\n")
+    # The retry will run b and c again: cancelling them, or the pipeline, applies.
+    assert cli("cancel", "p", "b").exit_code == 0
+    assert cli("cancel", "p").exit_code == 0
+    assert len(requests_waiting(root)) == 3
+
+
+def test_retry_of_a_job_that_has_not_run_is_refused(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = ["true"]\n'})
+    result = cli("retry", "p", "a")
+    assert (result.exit_code, result.stderr) == (2, "error: p/a is pending; only a failed or cancelled job can be "
+                                                    "retried\n")
+    assert cli("cancel", "p", "a").exit_code == 0

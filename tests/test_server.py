@@ -247,6 +247,35 @@ def test_retry_through_the_api_runs_a_new_attempt(root: Root, make_pipeline: Mak
     assert [a.state for a in jstatus(root, "p", "a").attempts] == [JobState.FAILED, JobState.SUCCEEDED]
 
 
+def test_cancel_and_retry_that_cannot_apply_are_409_with_the_reason(root: Root, make_pipeline: MakePipeline,
+                                                                     tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["false"]\nneeds = ["a"]\n'})
+    make_pipeline("q", {"slow": f'command = "while [ ! -f {gate} ]; do sleep 0.02; done"\n'})
+    with client(root) as (c, p), daemon(root):
+        auth = {"Authorization": f"Bearer {p.token}"}
+        wait_for(lambda: pstate(root, "p").terminal and jstatus(root, "q", "slow").state is JobState.RUNNING,
+                 what="p to end and q/slow to run")
+        refused = {
+            "/api/pipelines/p/jobs/a/retry": "p/a has succeeded; only a failed or cancelled job can be retried",
+            "/api/pipelines/p/jobs/a/cancel": "p/a has succeeded; only a job that has not ended can be cancelled",
+            "/api/pipelines/p/cancel": "p has failed; only a pipeline that has not ended can be cancelled",
+            "/api/pipelines/q/jobs/slow/retry": "q/slow is running; only a failed or cancelled job can be retried",
+        }
+        for url, reason in refused.items():
+            r = c.post(url, headers=auth)
+            assert (r.status_code, r.json()) == (409, {"detail": reason}), url
+        assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
+        assert {j["name"]: j["actions"] for j in c.get("/api/pipelines/p").json()["jobs"]} == {
+            "a": [], "b": ["retry"]}
+        assert c.get("/api/pipelines/p").json()["actions"] == []
+        assert c.get("/api/pipelines/q").json()["actions"] == ["cancel"]
+        assert c.get("/api/pipelines/q/jobs/slow").json()["actions"] == ["cancel"]
+        assert c.post("/api/pipelines/p/jobs/b/retry", headers=auth).status_code == 202
+        gate.touch()
+        wait_for(lambda: pstate(root, "q").terminal, what="q to end")
+
+
 # -- safety ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("path", "status"), [
@@ -525,10 +554,23 @@ def test_the_page_follows_a_job_from_running_to_succeeded_without_reloading(
                 page.screenshot(path=str(REPO / "docs" / "serve.png"), full_page=True)
             page.locator('g.node[data-job="test"]').click()
             sync_api.expect(page.locator("#job-name")).to_have_text("test")
+            sync_api.expect(page.locator("#retry-job")).to_be_hidden()  # only what applies to a running job
+            sync_api.expect(page.locator("#cancel-pipeline")).to_be_visible()
             page.locator("#cancel-job").click()  # with the token the address gave
             sync_api.expect(page.locator("#toast")).to_have_text("cancel of test requested")
             sync_api.expect(page.locator('g.node[data-job="test"]')).to_have_attribute(
                 "data-state", "cancelled", timeout=15_000)
+            sync_api.expect(page.locator("#cancel-job")).to_be_hidden()
+            sync_api.expect(page.locator("#retry-job")).to_be_visible()
+            sync_api.expect(page.locator("#pipeline-state")).not_to_have_text("running", timeout=15_000)
+            sync_api.expect(page.locator("#cancel-pipeline")).to_be_hidden()
+            page.locator("#retry-job").click()
+            sync_api.expect(page.locator("#toast")).to_have_text("retry of test requested")
+            sync_api.expect(page.locator("#retry-job")).to_be_hidden()  # asked once; not twice
+            page.locator('g.node[data-job="build"]').click()
+            sync_api.expect(page.locator("#job-name")).to_have_text("build")
+            sync_api.expect(page.locator("#cancel-job")).to_be_hidden()
+            sync_api.expect(page.locator("#retry-job")).to_be_hidden()
             assert page.evaluate("window.notReloaded") is True
         finally:
             browser.close()

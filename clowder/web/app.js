@@ -68,6 +68,15 @@ async function act(url, what) {
   const body = await r.json().catch(() => ({}));
   if (r.ok) toast(`${what} requested`);
   else toast(`${what} refused: ${body.detail || r.status}`, true);
+  // A request (or a refusal) changes which actions apply: the server says which, ask again.
+  soon(loadPipeline);
+  soon(loadJob);
+}
+
+// Only the actions the server says apply to the state shown (a retry of a failed or cancelled
+// job, a cancel of what has not ended); it refuses the others with 409 anyway.
+function showActions(actions) {
+  for (const [id, action] of Object.entries(actions.buttons)) $(id).hidden = !actions.allowed.includes(action);
 }
 
 // -- formatting -----------------------------------------------------------------------------------
@@ -127,6 +136,7 @@ async function loadPipeline() {
   $("pipeline-name").textContent = d.name;
   setState($("pipeline-state"), d.state);
   $("pipeline-message").textContent = d.message;
+  showActions({ buttons: { "cancel-pipeline": "cancel" }, allowed: d.actions });
   $("prompt").textContent = d.prompt || "";
   $("problems").replaceChildren(...d.problems.map((p) => el("li", { text: p })));
   drawGraph(d);
@@ -218,6 +228,7 @@ async function loadJob() {
   $("job-name").textContent = d.name;
   setState($("job-state"), d.state);
   $("job-message").textContent = d.message;
+  showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry" }, allowed: d.actions });
   drawLineage(d);
   drawAttempts(d);
   drawArtifacts(d);
