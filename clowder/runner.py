@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -17,9 +18,10 @@ from rich.table import Table
 from clowder import requests as req_mod
 from clowder.errors import UsageError
 from clowder.executor import read_exit, run_file
+from clowder.follow import Follower
 from clowder.fsio import try_lock
 from clowder.spec import check_name, format_duration
-from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
+from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ def _daemon_running(root: Root) -> bool:
 
 def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None, poll: bool = False,
         log_file: Path | None = None, out: Console | None = None) -> bool:
-    """Run pipelines to the end in the foreground; True if all succeeded."""
+    """Run pipelines to the end in the foreground; True if all succeeded. If a daemon serves the
+    root, follow its decisions instead, and run them here if it goes away."""
     names = pipelines if pipelines is not None else _unfinished(root)
     for name in names:
         _existing(root, name)
@@ -64,45 +67,100 @@ def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None
         (out or Console(stderr=True)).print("nothing to run: every pipeline has ended", style=None)
         return True
     from clowder.driver import Driver, stderr_log  # watchdog, git: only for what schedules
+    from clowder.errors import LockHeld
 
     log = stderr_log(log_file=log_file)
-    if _daemon_running(root):
-        log("a clowder daemon is serving this root; following its progress")
-        return _follow(root, names)
-    driver = Driver(root, max_parallel=max_parallel, only=names, log=log, poll=poll)
     console = out or Console()
-    with _signals_stop(driver):
-        if console.is_terminal:
-            with Live(_progress(driver), console=console, refresh_per_second=4, transient=False) as live:
-                driver.on_tick = lambda d: live.update(_progress(d))
-                ok = driver.serve(until_done=True)
-        else:
-            ok = driver.serve(until_done=True)
+    while True:
+        if _daemon_running(root):
+            log("a clowder daemon is serving this root; following its decisions")
+            followed = _follow(root, names, log, console)
+            if followed is not None:
+                ok = followed
+                break
+            log("the clowder daemon is gone; running the pipelines here")
+        driver = Driver(root, max_parallel=max_parallel, only=names, log=log, poll=poll)
+        try:
+            ok = _schedule(driver, console)
+        except LockHeld:  # a daemon started between the look and the lock: follow it instead
+            continue
+        break
     for name in names:
         status = read_pipeline_status(root.pipeline(name).status_file)
         log(f"{name}: {status.state.value}" + (f" — {status.message}" if status.message else ""))
     return ok
 
 
-def _follow(root: Root, names: list[str]) -> bool:
-    while True:
-        states = [read_pipeline_status(root.pipeline(n).status_file).state for n in names]
-        if all(s.terminal for s in states):
-            return all(s is PipelineState.SUCCEEDED for s in states)
-        time.sleep(0.2)
+def _schedule(driver: Driver, console: Console) -> bool:
+    with _signals_stop(driver):
+        if console.is_terminal:
+            with Live(_progress(driver), console=console, refresh_per_second=4, transient=False) as live:
+                driver.on_tick = lambda d: live.update(_progress(d))
+                return driver.serve(until_done=True)
+        return driver.serve(until_done=True)
+
+
+FOLLOW_POLL = 0.2  # seconds between looks at the status files (and at the daemon's lock)
+
+
+def _follow(root: Root, names: list[str], log: Callable[[str], None], console: Console) -> bool | None:
+    """Show a daemon's decisions on `names` as it records them, until they have all ended (True
+    if all succeeded) or the daemon is gone (None: the caller takes over)."""
+    follower = Follower(root, names)
+    live = Live(_table([]), console=console, refresh_per_second=4, transient=False) \
+        if console.is_terminal else contextlib.nullcontext()
+    with live:
+        while True:
+            for line in follower.look():
+                log(line)
+            if isinstance(live, Live):
+                live.update(_followed(follower))
+            if follower.ended():
+                return follower.succeeded()
+            if not _daemon_running(root):
+                # It may have recorded the last decisions just before it went.
+                for line in follower.look():
+                    log(line)
+                if isinstance(live, Live):
+                    live.update(_followed(follower))
+                return follower.succeeded() if follower.ended() else None
+            time.sleep(FOLLOW_POLL)
 
 
 def _progress(driver: Driver) -> Table:
-    table = Table("PIPELINE", "JOB", "STATE", "ATTEMPT", "DURATION", "MESSAGE", box=None)
+    rows: list[tuple[str, ...]] = []
     for name, cache in sorted(driver.pipelines.items()):
         if driver.only is not None and name not in driver.only:
             continue
-        table.add_row(name, "", cache.status.state.value, "", "", cache.status.message)
-        for job, status in cache.jobs.items():
-            duration = status.last.duration if status.last else None
-            table.add_row("", job, status.state.value, str(status.attempt or "-"),
-                          format_duration(duration) if duration is not None else "-", status.message)
+        rows.append(_pipeline_row(name, cache.status))
+        rows.extend(_job_row(status) for status in cache.jobs.values())
+    return _table(rows)
+
+
+def _followed(follower: Follower) -> Table:
+    rows: list[tuple[str, ...]] = []
+    for name, status, jobs in follower.statuses():
+        rows.append(_pipeline_row(name, status))
+        rows.extend(_job_row(job) for job in jobs)
+    return _table(rows)
+
+
+def _table(rows: Iterable[tuple[str, ...]]) -> Table:
+    """The progress table `clowder run` draws on a terminal, scheduling or following a daemon."""
+    table = Table("PIPELINE", "JOB", "STATE", "ATTEMPT", "DURATION", "MESSAGE", box=None)
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _pipeline_row(name: str, status: PipelineStatus) -> tuple[str, ...]:
+    return (name, "", status.state.value, "", "", status.message)
+
+
+def _job_row(status: JobStatus) -> tuple[str, ...]:
+    duration = status.last.duration if status.last else None
+    return ("", status.job, status.state.value, str(status.attempt or "-"),
+            format_duration(duration) if duration is not None else "-", status.message)
 
 
 class _signals_stop:
