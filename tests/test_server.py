@@ -252,7 +252,7 @@ def test_cancel_and_retry_that_cannot_apply_are_409_with_the_reason(root: Root, 
     gate = tmp_path / "gate"
     make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["false"]\nneeds = ["a"]\n'})
     make_pipeline("q", {"slow": f'command = "while [ ! -f {gate} ]; do sleep 0.02; done"\n'})
-    with client(root) as (c, p), daemon(root):
+    with client(root) as (c, p), daemon(root), _touched_at_exit(gate):
         auth = {"Authorization": f"Bearer {p.token}"}
         wait_for(lambda: pstate(root, "p").terminal and jstatus(root, "q", "slow").state is JobState.RUNNING,
                  what="p to end and q/slow to run")
@@ -274,6 +274,15 @@ def test_cancel_and_retry_that_cannot_apply_are_409_with_the_reason(root: Root, 
         assert c.post("/api/pipelines/p/jobs/b/retry", headers=auth).status_code == 202
         gate.touch()
         wait_for(lambda: pstate(root, "q").terminal, what="q to end")
+
+
+@contextmanager
+def _touched_at_exit(gate: Path) -> Iterator[None]:
+    """Whatever happens in the test, the job waiting for `gate` ends."""
+    try:
+        yield
+    finally:
+        gate.touch()
 
 
 # -- safety ---------------------------------------------------------------------------------------
