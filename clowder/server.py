@@ -81,7 +81,9 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS, 401: _error("Missing or wrong token"),
     409: _error("The job or pipeline is not in a state the action applies to (e.g. a retry of a job that succeeded)"),
 }
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# One Server-Sent Event: `event` names it, `data` is JSON text, `id` (on log events) the offset reached.
+SSE = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}}}}}
 
 
 # -- the token ------------------------------------------------------------------------------------
