@@ -504,7 +504,7 @@ def test_generated_requests_never_get_a_server_error(root: Root, make_pipeline: 
                 if known:  # names that exist, so that the generated queries reach the code that reads files
                     strategy = strategy.map(_with_existing_names)
 
-                @settings(max_examples=10, deadline=None, database=None, derandomize=True,
+                @settings(max_examples=20 if known else 10, deadline=None, database=None, derandomize=True,
                           suppress_health_check=list(HealthCheck))
                 @given(case=strategy)
                 def check(case: Any) -> None:
