@@ -337,7 +337,9 @@ def test_path_prints_the_workspace_or_says_why_not(root: Root, make_pipeline: Ma
     result = cli("path", "p", "a")
     assert (result.exit_code, result.stdout) == (0, f"{ws(root, 'a')}\n")
     result = cli("path", "p", "zz")
-    assert (result.exit_code, result.stderr) == (2, f"error: {root.pipeline('p').dir}: no job 'zz'\n")
+    assert (result.exit_code, result.stderr) == (2, "error: 'zz': not a job of p (jobs: a, b)\n")
+    result = cli("path", "p", "bb")
+    assert (result.exit_code, result.stderr) == (2, "error: 'bb': not a job of p; did you mean b? (jobs: a, b)\n")
 
 
 def test_artifacts_lists_finds_by_blob_and_prints_json(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:

@@ -44,7 +44,7 @@ def workspace_path(paths: PipelinePaths, job: str) -> Path:
     """The job's workspace, for `cd "$(clowder path p dev)"`."""
     _existing(paths)
     if not _known_job(paths, job):
-        raise UsageError(f"{paths.dir}: no job {job!r}")
+        raise UnknownJob(paths, job)
     ws = paths.workspace(job)
     if not Repo(ws).exists():
         raise UsageError(f"{paths.name}/{job}: no workspace yet (the job has not started)")
