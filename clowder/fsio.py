@@ -7,6 +7,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -170,3 +171,75 @@ def read_text(path: Path) -> str | None:
         return path.read_text()
     except FileNotFoundError:
         return None
+
+
+MAX_SPEC_BYTES = 1024 * 1024  # hand-written files and requests: far above any real one
+MAX_STATUS_BYTES = 64 * 1024 * 1024  # status files grow with attempts and artifacts
+
+
+class Unreadable(OSError):
+    """A file Clowder will not read: not a regular file, too large, or a link out of the root.
+    An OSError, so that every reader's handling of unreadable files applies; `strerror` says why."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(errno.EINVAL, why, str(path))
+
+
+def read_input(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
+    """The bytes of a file a user or a tool put in the tree, read so that nothing in it can hang
+    or exhaust Clowder: only a regular file is read (a FIFO, a device or a directory is refused,
+    and opening never blocks), at most `limit` bytes, and a symbolic link only if it resolves
+    inside the root. Raises FileNotFoundError when there is no file, IsADirectoryError for a
+    directory, Unreadable otherwise."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        fd = os.open(_inside_root(path), flags)  # a symbolic link: read what it points to, if allowed
+    try:
+        return _read_regular(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_regular(fd: int, path: Path, limit: int) -> bytes:
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory, not a file", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise Unreadable(path, f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_size > limit:
+        raise Unreadable(path, f"larger than {_size(limit)} ({st.st_size} bytes)")
+    chunks, total = [], 0
+    while chunk := os.read(fd, min(limit + 1 - total, 1 << 20) or 1):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:  # it grew while being read (or its size lied, as in /proc)
+            raise Unreadable(path, f"larger than {_size(limit)}")
+    return b"".join(chunks)
+
+
+def _inside_root(link: Path) -> Path:
+    """Where a symbolic link resolves, if that is inside the Clowder root holding it (the nearest
+    directory upward with clowder.toml; without one, the link's own directory)."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError) as e:  # a loop of links
+        raise Unreadable(link, f"a symbolic link that cannot be resolved: {e}") from e
+    home = link.parent.resolve()
+    top = next((d for d in (home, *home.parents) if (d / "clowder.toml").is_file()), home)
+    if not target.is_relative_to(top):
+        raise Unreadable(link, f"a symbolic link to {target}, outside the root")
+    return target
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device"}
+    return kinds.get(stat.S_IFMT(mode), "a special file")
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n} bytes"

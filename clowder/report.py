@@ -10,15 +10,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clowder.errors import Problem, UsageError
+from clowder.errors import SpecError, UsageError
 from clowder.state import (
     JobState,
     JobStatus,
     PipelineState,
-    PipelineStatus,
     Usage,
-    job_status_from_dict,
-    pipeline_status_from_dict,
+    read_job_status,
+    read_pipeline_status,
     total_usage,
     utcnow,
 )
@@ -67,31 +66,23 @@ def _duration(status: JobStatus) -> float | None:
 
 def job_status(path: Path, name: str) -> JobStatus:
     """The job's status, or a `pending` one; a status file broken by hand shows as a message."""
-    from clowder.validate import load_status_file
-
-    # Parsed and checked once: `status` reads every status file of the tree when there is no index.
-    data, problems = load_status_file(path)
-    if problems:
-        return JobStatus(name, message=f"unreadable status file: {problems[0]}")
     try:
-        return job_status_from_dict(name, data) if data is not None else JobStatus(name)
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return JobStatus(name, message="unreadable status file")
+        return read_job_status(path, name)
+    except SpecError as e:
+        return JobStatus(name, message=f"unreadable status file: {e.problems[0]}")
 
 
 def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
     from clowder.graph import pipeline_deps, topo_order
-    from clowder.validate import check_config, check_pipeline, load_status_file
+    from clowder.validate import check_config, check_pipeline
 
     config, _ = check_config(root.config_file)
     pipeline, problems = check_pipeline(paths, config)
-    data, broken = load_status_file(paths.status_file)
     try:
-        pstatus = pipeline_status_from_dict(data) if data is not None else PipelineStatus()
-    except (KeyError, ValueError, TypeError) as e:
-        broken = [Problem(paths.status_file, "state", f"unreadable status file: {e}")]
-    if broken:
-        return PipelineReport(paths.name, "broken", str(broken[0]), None, None, problems=(str(broken[0]),))
+        pstatus = read_pipeline_status(paths.status_file)
+    except SpecError as e:
+        broken = str(e.problems[0])
+        return PipelineReport(paths.name, "broken", broken, None, None, problems=(broken,))
     names = topo_order(pipeline_deps(pipeline)) if pipeline else paths.job_names()
     jobs = []
     for name in names:

@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Sequence
+from datetime import date, datetime, time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import tomli as tomllib  # the standard library's parser, compiled with mypyc: t
 from jsonschema.exceptions import ValidationError
 
 from clowder.errors import Problem
+from clowder.fsio import MAX_SPEC_BYTES, read_input
 
 KINDS = ("clowder", "template", "pipeline", "job", "status")
 _TYPE_NAMES = {
@@ -52,12 +54,13 @@ def _fast(kind: str) -> Any:
     return jsonschema_rs.Draft202012Validator(load_schema(kind))
 
 
-def load_toml(path: Path, missing_ok: bool = False) -> tuple[dict[str, Any] | None, list[Problem]]:
+def load_toml(path: Path, missing_ok: bool = False,
+              limit: int = MAX_SPEC_BYTES) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Parse a TOML file; a syntax error becomes a problem with its line and column. With
-    `missing_ok`, a file that does not exist (or is a directory) has no data and no problems."""
+    `missing_ok`, a file that does not exist (or is a directory) has no data and no problems.
+    Only a regular file of at most `limit` bytes is read (clowder.fsio.read_input)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode()
+        text = read_input(path, limit).decode()
     except UnicodeDecodeError as e:
         return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
     except OSError as e:
@@ -175,6 +178,8 @@ def _type_matches(t: Any, value: Any) -> bool:
 def show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()  # as TOML writes it, not as Python's repr does
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clowder import stamp
-from clowder.errors import Problem
-from clowder.state import JobStatus, PipelineStatus, job_status_from_dict, pipeline_status_from_dict
+from clowder.errors import Problem, SpecError
+from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
 
 if TYPE_CHECKING:
@@ -202,32 +202,19 @@ def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -
 
 def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
     """status.toml as `clowder status` reads it from the tree, or None and why it cannot be read."""
-    data, problem = _load(path, root)
-    if problem is None:
-        try:
-            return (pipeline_status_from_dict(data) if data is not None else PipelineStatus()), None
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            problem = problem_json(Problem(path, "state", f"unreadable status file: {e}"), root)
-    return None, problem
+    try:
+        return read_pipeline_status(path), None
+    except SpecError as e:
+        return None, problem_json(e.problems[0], root)
 
 
 def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
     """A job's status file as `clowder status` reads it from the tree (clowder.report.job_status);
     if it cannot be read, a fresh status and why."""
-    data, problem = _load(path, root)
-    if problem is None:
-        try:
-            return (job_status_from_dict(job, data) if data is not None else JobStatus(job)), None
-        except (KeyError, ValueError, TypeError, AttributeError):
-            problem = problem_json(Problem(path, "<file>", "unreadable status file"), root)
-    return JobStatus(job), problem
-
-
-def _load(path: Path, root: Path) -> tuple[dict[str, Any] | None, str | None]:
-    from clowder.validate import load_status_file
-
-    data, problems = load_status_file(path)
-    return data, (problem_json(problems[0], root) if problems else None)
+    try:
+        return read_job_status(path, job), None
+    except SpecError as e:
+        return JobStatus(job), problem_json(e.problems[0], root)
 
 
 # -- model outputs: the content of small JSON artifacts ------------------------------------------

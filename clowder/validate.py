@@ -7,7 +7,6 @@ import difflib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from clowder.spec import (
     pipeline_spec_from_dict,
     with_stage_needs,
 )
+from clowder.state import check_status_file
 from clowder.tree import CONFIG_FILE, PipelinePaths, Root
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -381,32 +381,7 @@ def load_pipeline(paths: PipelinePaths, config: Config | None = None) -> Pipelin
 def check_status_files(paths: PipelinePaths) -> list[Problem]:
     files = [paths.status_file] if paths.status_file.is_file() else []
     files += sorted(paths.status_dir.glob("*.toml")) if paths.status_dir.is_dir() else []
-    return [p for f in files for p in load_status_file(f)[1]]
-
-
-_TIMES = ("started_at", "ended_at", "retry_at")
-
-
-def load_status_file(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """A status file's data if it is clean, and its problems. Status files are machine-written,
-    but humans can edit them, and readers must not trip over what they wrote. A file that does
-    not exist has no data and no problems."""
-    data, problems = schema.load_toml(path, missing_ok=True)
-    if data is None:
-        return None, problems
-    problems = schema.check("status", data, path)
-    attempts = data.get("attempts")
-    tables: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
-    if isinstance(attempts, list):
-        tables += [(("attempts", i), a) for i, a in enumerate(attempts)]
-    for prefix, table in tables:
-        for key in _TIMES:
-            value = table.get(key) if isinstance(table, dict) else None
-            # Durations subtract these from the aware `now`: a local date-time cannot be used.
-            if value is not None and not (isinstance(value, datetime) and value.tzinfo is not None):
-                problems.append(Problem(path, schema.key_path([*prefix, key]),
-                                        f"expected a date-time with a UTC offset, got {schema.show(value)}"))
-    return (None if problems else data), problems
+    return [p for f in files for p in check_status_file(f)[1]]
 
 
 # -- any path -------------------------------------------------------------------------------
