@@ -10,6 +10,7 @@ from typing import Any
 import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 
 from clowder.errors import SpecError
+from clowder.fsio import read_input
 from clowder.template import write_job_spec
 from clowder.tree import PipelinePaths, Root
 
@@ -41,8 +42,7 @@ def write_fixup(root: Root, paths: PipelinePaths, name: str, target: str, spawne
     """Write jobs/<name>.toml from the target's file as it is on disk now."""
     source = paths.job_file(target)
     try:
-        with source.open("rb") as f:
-            table = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        table = tomllib.loads(read_input(source).decode())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise SpecError.one(source, "<file>", f"cannot copy it for fix-up {name}: {e}") from e
     return write_job_spec(root, paths, name, fixup_spec(table, spawner, target, context))

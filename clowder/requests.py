@@ -14,12 +14,14 @@ import tomli as tomllib  # the standard library's parser, compiled with mypyc: t
 import tomli_w
 
 from clowder.errors import ClowderError, UsageError
-from clowder.fsio import atomic_write
+from clowder.fsio import MAX_SPEC_BYTES, atomic_write, read_input
 from clowder.spec import check_name
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root
 
 ACTIONS = ("cancel", "retry", "spawn")
+# A spawn's context is copied into its fix-up's job file, which must stay readable (MAX_SPEC_BYTES).
+MAX_REQUEST_BYTES = MAX_SPEC_BYTES // 4
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,19 @@ def drop(root: Root, paths: PipelinePaths, action: str, job: str | None = None, 
     body: dict[str, Any] = {"action": action, "created_at": utcnow(), **data}
     if job is not None:
         body["job"] = job
-    atomic_write(paths.requests_dir / f"{rid}.toml", tomli_w.dumps(body), root.tmp_dir)
+    text = tomli_w.dumps(body)
+    if len(text.encode()) > MAX_REQUEST_BYTES:  # the daemon would refuse to read it
+        raise UsageError(f"the {action} request would be {len(text.encode())} bytes, more than the "
+                         f"{MAX_REQUEST_BYTES} a request may hold: give a shorter context")
+    atomic_write(paths.requests_dir / f"{rid}.toml", text, root.tmp_dir)
     return Request(rid, action, job, data)
 
 
 def pending(paths: PipelinePaths) -> list[Request]:
-    """Requests waiting in the inbox, oldest first. Unreadable files become `invalid` requests
-    so the scheduler can report and consume them instead of tripping on them forever."""
+    """Requests waiting in the inbox, oldest first. Unreadable files (a FIFO, a device, one too
+    large, a link out of the root, bad TOML) become `invalid` requests so the scheduler can report
+    and consume them instead of tripping on them forever. A directory is not a request: it is
+    neither read nor removed."""
     try:
         files = sorted(p for p in paths.requests_dir.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
     except FileNotFoundError:
@@ -120,8 +128,11 @@ def pending(paths: PipelinePaths) -> list[Request]:
     out = []
     for f in files:
         try:
-            data = tomllib.loads(f.read_text())
-        except FileNotFoundError:
+            data = tomllib.loads(read_input(f).decode())
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except OSError as e:
+            out.append(Request(f.stem, "invalid", None, {"error": f"{f}: <file>: cannot read: {e.strerror}"}))
             continue
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             out.append(Request(f.stem, "invalid", None, {"error": str(e)}))

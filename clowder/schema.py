@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time
@@ -19,6 +20,7 @@ from clowder.errors import Problem
 from clowder.fsio import MAX_SPEC_BYTES, read_input
 
 KINDS = ("clowder", "template", "pipeline", "job", "status")
+NOT_AN_OPTION = "^[^-]"  # the schemas' pattern for text git receives: never an option
 _TYPE_NAMES = {
     "string": "a string", "integer": "an integer", "number": "a number",
     "boolean": "true or false", "array": "an array", "object": "a table",
@@ -103,16 +105,41 @@ def key_path(parts: Iterable[str | int]) -> str:
 
 
 def check(kind: str, data: Any, path: Path | str, prefix: Sequence[str | int] = ()) -> list[Problem]:
-    """Every schema problem in `data`, as one-line problems sorted by key."""
+    """Every schema problem in `data`, as one-line problems sorted by key. In hand-written kinds,
+    every number must also be finite and fit in 64 bits (TOML has nan, inf and endless integers;
+    JSON Schema's bounds let nan through)."""
+    odd = [] if kind == "status" else _odd_numbers(data, path, tuple(prefix))
     try:
-        if _fast(kind).is_valid(data):
+        if not odd and _fast(kind).is_valid(data):
             return []
     except ValueError:  # a value JSON has no type for: let jsonschema judge it
         pass
-    problems: list[Problem] = []
+    # nan passes every bound, so "not finite" is the one thing to say of such a key; an integer
+    # past 64 bits is better described by the key's own bound, where it has one.
+    infinite = [p for p in odd if p.message.startswith(_NOT_FINITE)]
+    problems = list(infinite)
     for error in _validator(kind).iter_errors(data):
-        problems.extend(_translate(error, path, prefix))
+        problems.extend(p for p in _translate(error, path, prefix) if p.key not in {q.key for q in infinite})
+    said = {p.key for p in problems}
+    problems += [p for p in odd if p.key not in said]
     return sorted(set(problems), key=lambda p: (p.key, p.message))
+
+
+_INT64 = 2**63
+_NOT_FINITE = "must be a finite number"
+
+
+def _odd_numbers(value: Any, path: Path | str, parts: tuple[str | int, ...]) -> list[Problem]:
+    """Numbers no bound can judge: nan, infinities, and integers past 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(path, key_path(parts), f"{_NOT_FINITE}, got {show(value)}")]
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        return [Problem(path, key_path(parts), f"must fit in 64 bits, got {show(value)}")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _odd_numbers(v, path, (*parts, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _odd_numbers(v, path, (*parts, i))]
+    return []
 
 
 def _translate(e: ValidationError, path: Path | str, prefix: Sequence[str | int]) -> list[Problem]:
@@ -204,6 +231,10 @@ def _message(e: ValidationError) -> str:
         return f"missing required key '{missing[0]}'" if missing else e.message
     if v == "minimum":
         return f"must be >= {want}, got {show(got)}"
+    if v == "maximum":
+        return f"must be <= {want}, got {show(got)}"
+    if v == "pattern" and want == NOT_AN_OPTION:
+        return "must not start with '-' (git would read it as an option)"
     if v == "minItems":
         return "must not be empty"
     if v == "minLength":

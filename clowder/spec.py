@@ -27,6 +27,9 @@ from clowder.tree import is_name as is_name
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_RULE = "use a number of seconds or e.g. 500ms, 2s, 5m, 1h30m"
+# Every duration is added to a datetime somewhere (a deadline, a retry time): past a year it is a
+# mistake, and past ~10^13 s it overflows datetime arithmetic in the daemon.
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(value: object) -> float:
@@ -39,7 +42,7 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"invalid duration {value!r}: must be a finite number")
         if seconds < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return seconds
+        return _bounded(value, seconds)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
     text = value.strip()
@@ -51,9 +54,13 @@ def parse_duration(value: object) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
-    if not math.isfinite(total):
-        raise ValueError(f"invalid duration {value!r}: too long")
-    return total
+    return _bounded(value, total)
+
+
+def _bounded(value: object, seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"invalid duration {value!r}: must be at most 365d")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -88,7 +95,11 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait before the retry that follows the `failures`-th failed attempt."""
-        return float(min(self.max, self.initial * self.factor ** max(0, failures - 1)))
+        try:
+            grown = self.initial * self.factor ** max(0, failures - 1)
+        except OverflowError:  # many retries of a large factor: the cap applies long before
+            grown = math.inf
+        return float(min(self.max, grown))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,17 @@ def test_backoff_delay_grows_by_factor_up_to_max() -> None:
     assert [b.delay(n) for n in range(0, 6)] == [2, 2, 6, 18, 50, 50]
 
 
+def test_backoff_delay_of_many_retries_stays_at_max() -> None:
+    # 100.0 ** 999 overflows a float: the delay is capped long before, never an OverflowError.
+    assert Backoff(initial=0.001, factor=100, max=0.001).delay(1000) == 0.001
+
+
+@pytest.mark.parametrize("text", ["1000000000d", "366d", 31536001, 1e12, "8761h"])
+def test_durations_past_a_year_are_refused(text: str | float) -> None:
+    with pytest.raises(ValueError, match="must be at most 365d"):
+        parse_duration(text)
+
+
 # -- names ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["a", "0", "dev", "dev.r1", "a_b-c.d", "x" * 64])

@@ -330,11 +330,11 @@ def test_bad_durations_in_jobs(root: Root, make_pipeline: MakePipeline, cli: Inv
         "c": 'command = "x"\ntimeout = nan\n',
     })
     assert problems(cli("validate")) == [
+        f"{job(root, 'a')}: backoff.max: must be >= 0, got -3",
         f"{job(root, 'a')}: timeout: invalid duration '5x': {DURATION_RULE}",
         f"{job(root, 'a')}: backoff.initial: invalid duration '1q': {DURATION_RULE}",
-        f"{job(root, 'a')}: backoff.max: invalid duration -3: must not be negative",
         f"{job(root, 'b')}: timeout: invalid duration '1h 30m': {DURATION_RULE}",
-        f"{job(root, 'c')}: timeout: invalid duration nan: must be a finite number",
+        f"{job(root, 'c')}: timeout: must be a finite number, got nan",
     ]
 
 
@@ -343,8 +343,8 @@ def test_bad_durations_in_clowder_toml(root: Root, cli: Invoke) -> None:
         'sweep_interval = "soon"\nkill_grace = -1\n[retry]\nbackoff = { initial = "2zz", max = "1d" }\n'
     )
     assert problems(cli("validate")) == [
+        f"{root.path}/clowder.toml: kill_grace: must be >= 0, got -1",
         f"{root.path}/clowder.toml: sweep_interval: invalid duration 'soon': {DURATION_RULE}",
-        f"{root.path}/clowder.toml: kill_grace: invalid duration -1: must not be negative",
         f"{root.path}/clowder.toml: retry.backoff.initial: invalid duration '2zz': {DURATION_RULE}",
     ]
 
