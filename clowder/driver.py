@@ -573,7 +573,7 @@ class Driver:
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
-        except (OSError, ClowderError) as e:
+        except Exception as e:  # whatever stops a start (Popen's ValueError too) fails the attempt now, saying why
             self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
             self._end_unstarted(spec, paths, attempt, f"could not start: {e}")
         finally:

@@ -244,6 +244,16 @@ def _backoff(data: Mapping[str, Any] | None, default: Backoff) -> Backoff:
     )
 
 
+def env_value(value: object) -> str:
+    """An `env` value as the job sees it: a string as written, any other value as TOML writes
+    it (`B = true` is `true`, not Python's `True`; `N = 1.5` is `1.5`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # 1.5, 1e+20: TOML's own spelling (nan and inf are refused by validate)
+    return str(value)
+
+
 def _command(value: object) -> tuple[str, ...] | str | None:
     if value is None or isinstance(value, str):
         return value
@@ -300,7 +310,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         retries=data.get("retries", policy.retries),
         backoff=_backoff(data.get("backoff"), policy.backoff),
         timeout=parse_duration(timeout) if timeout is not None else None,
-        env={k: str(v) for k, v in data.get("env", {}).items()},
+        env={k: env_value(v) for k, v in data.get("env", {}).items()},
         allow_failure=data.get("allow_failure", False),
         max_regressions=data.get("max_regressions", policy.max_regressions),
         resources=dict(data.get("resources", {})),

@@ -170,6 +170,7 @@ def _check_job(
         problems.append(Problem(w.path, w.key("stage"),
                                 f"stage '{stage}' is not in the pipeline's stages: {listed}"))
     problems += _check_durations(data, [("timeout",), ("backoff", "initial"), ("backoff", "max")], w)
+    problems += _check_process_text(data, w)
     if resources is not None and isinstance(data.get("resources"), dict):
         for pool in data["resources"]:
             if pool not in resources:
@@ -194,6 +195,30 @@ def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _W
             except ValueError as e:
                 problems.append(Problem(w.path, w.key(*dkey), str(e)))
     return problems
+
+
+NUL_MESSAGE = "contains a NUL character, which no command, path or environment can hold"
+ENV_NAME_MESSAGE = "an environment variable's name cannot be empty or hold '=' or a NUL character"
+# Text for humans only, never a process's argument, path or environment: it may hold anything.
+_FREE_TEXT = frozenset({"description", "regression_context"})
+
+
+def _check_process_text(data: Mapping[str, Any], w: _Where) -> list[Problem]:
+    """Text a process would be given that no process can take: exec and Popen refuse a NUL in
+    an argument or an environment value and '=' in a variable's name, so the attempt could
+    never start."""
+    problems = [Problem(w.path, w.key(*parts), NUL_MESSAGE)
+                for key, value in data.items() if key not in _FREE_TEXT
+                for parts, text in strings(value, (key,)) if "\0" in text]
+    problems += _check_env_names(data.get("env"), w, ("env",))
+    return sorted(problems, key=lambda p: p.key)
+
+
+def _check_env_names(env: object, w: _Where, prefix: tuple[str, ...]) -> list[Problem]:
+    if not isinstance(env, dict):
+        return []
+    return [Problem(w.path, w.key(*prefix, name), ENV_NAME_MESSAGE) for name in env
+            if not name or "=" in name or "\0" in name]
 
 
 def check_variables(data: Any, w: _Where, declared: set[str] | None) -> list[Problem]:
@@ -243,6 +268,8 @@ def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) 
         hint = _did_you_mean(default, known) or f"; known: {', '.join(known)}"
         problems.append(Problem(path, "default_harness", f"unknown harness '{default}'{hint}"))
     for name, table in harnesses.items():
+        if isinstance(table, dict):
+            problems += _check_process_text(table, _Where(path, ("harnesses", name)))
         command = table.get("command") if isinstance(table, dict) else None
         if isinstance(command, str) or (isinstance(command, list) and all(isinstance(c, str) for c in command)):
             for unknown in harness_config.unknown_placeholders(command if isinstance(command, str) else tuple(command)):

@@ -250,12 +250,14 @@ def _resolve_source(root: Path, source: Source) -> str:
 
 def _clone_source(path: Path, source: Source, root: Path) -> Repo:
     url = _resolve_source(root, source)
-    git(path.parent, "clone", "-q", "--no-checkout", "--template=", url, str(path))
+    # `--`: the URL is the user's text, which git must never read as an option (--upload-pack=...).
+    git(path.parent, "clone", "-q", "--no-checkout", "--template=", "--", url, str(path))
     repo = Repo(path)
     if source.ref:
         sha = ""
         for candidate in (f"origin/{source.ref}", source.ref):
-            proc = git(path, "rev-parse", "--verify", "-q", f"{candidate}^{{commit}}", check=False)
+            proc = git(path, "rev-parse", "--verify", "-q", "--end-of-options", f"{candidate}^{{commit}}",
+                       check=False)
             if proc.returncode == 0:
                 sha = proc.stdout.strip()
                 break
