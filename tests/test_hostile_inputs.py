@@ -129,6 +129,18 @@ def test_every_reader_refuses_a_time_without_offset_naming_file_and_key(
 
 # -- A.2: bounds on every number ----------------------------------------------------------------
 
+def test_a_status_number_past_64_bits_is_a_problem_not_an_index_crash(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    d = make_pipeline("p", {"a": 'command = ["true"]\n'})
+    write(d / "status" / "a.toml", 'state = "failed"\nattempt = 1\n[[attempts]]\nnumber = 1\nstate = "failed"\n'
+                                   'exit_code = 99999999999999999999\n')
+    problem = f"{d}/status/a.toml: attempts[0].exit_code: must be <= 9223372036854775807, got 99999999999999999999"
+    assert cli("validate").stdout.splitlines() == [problem]
+    assert cli("reindex").exit_code == 0
+    assert problem in cli("status", "p", "--json").output
+
+
 def test_absurd_backoff_and_timeout_are_validation_errors(root: Root, make_pipeline: MakePipeline,
                                                          cli: Invoke) -> None:
     d = make_pipeline("p", {
