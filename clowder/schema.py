@@ -20,7 +20,7 @@ from clowder.errors import Problem
 from clowder.fsio import MAX_SPEC_BYTES, read_input
 
 KINDS = ("clowder", "template", "pipeline", "job", "status")
-NOT_AN_OPTION = "^[^-]"  # the schemas' pattern for text git receives: never an option
+NOT_AN_OPTION = "^(?!-)"  # the schemas' pattern for text git receives: never an option
 _TYPE_NAMES = {
     "string": "a string", "integer": "an integer", "number": "a number",
     "boolean": "true or false", "array": "an array", "object": "a table",

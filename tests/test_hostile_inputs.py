@@ -255,6 +255,19 @@ def test_watch_survives_a_fifo_and_a_directory_among_requests_and_statuses_and_o
     assert (d / "requests" / "dir.toml").is_dir()  # a directory is not a request: left alone
 
 
+def test_a_spawn_request_too_large_to_be_read_back_is_refused_at_once(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make_pipeline("p", {"dev": 'command = "true"\n', "test": 'command = "true"\n'})
+    big = write(tmp_path / "report.txt", "x" * MiB)
+    for var, value in (("CLOWDER_PIPELINE", "p"), ("CLOWDER_JOB", "test"), ("CLOWDER_ATTEMPT", "1")):
+        monkeypatch.setenv(var, value)
+    result = cli("spawn", "dev", "--reason", "r", "--context-file", str(big))
+    assert result.exit_code == 2
+    assert "more than the 262144 a request may hold: give a shorter context" in result.output
+    assert not (d / "requests").exists() or list((d / "requests").iterdir()) == []
+
+
 # -- A.4: text no process can be given ---------------------------------------------------------
 
 def test_nul_in_commands_and_env_and_bad_env_keys_are_validation_errors(
