@@ -199,8 +199,8 @@ def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _W
 
 NUL_MESSAGE = "contains a NUL character, which no command, path or environment can hold"
 ENV_NAME_MESSAGE = "an environment variable's name cannot be empty or hold '=' or a NUL character"
-# Text for humans only, never a process's argument, path or environment: it may hold anything.
-_FREE_TEXT = frozenset({"description", "regression_context"})
+# Keys whose text becomes a process's argument or environment, or a path the daemon looks up.
+_PROCESS_KEYS = ("command", "env", "outputs", "agent", "harness")
 
 
 def _check_process_text(data: Mapping[str, Any], w: _Where) -> list[Problem]:
@@ -208,8 +208,8 @@ def _check_process_text(data: Mapping[str, Any], w: _Where) -> list[Problem]:
     an argument or an environment value and '=' in a variable's name, so the attempt could
     never start."""
     problems = [Problem(w.path, w.key(*parts), NUL_MESSAGE)
-                for key, value in data.items() if key not in _FREE_TEXT
-                for parts, text in strings(value, (key,)) if "\0" in text]
+                for key in _PROCESS_KEYS if key in data
+                for parts, text in strings(data[key], (key,)) if "\0" in text]
     problems += _check_env_names(data.get("env"), w, ("env",))
     return sorted(problems, key=lambda p: p.key)
 
