@@ -59,14 +59,14 @@ def _fast(kind: str) -> Any:
 def load_toml(path: Path, missing_ok: bool = False,
               limit: int = MAX_SPEC_BYTES) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Parse a TOML file; a syntax error becomes a problem with its line and column. With
-    `missing_ok`, a file that does not exist (or is a directory) has no data and no problems.
+    `missing_ok`, a file that does not exist has no data and no problems.
     Only a regular file of at most `limit` bytes is read (clowder.fsio.read_input)."""
     try:
         text = read_input(path, limit).decode()
     except UnicodeDecodeError as e:
         return None, [Problem(path, "<toml>", f"not UTF-8 text: {e.reason}")]
     except OSError as e:
-        if missing_ok and isinstance(e, FileNotFoundError | IsADirectoryError):
+        if missing_ok and isinstance(e, FileNotFoundError):
             return None, []
         return None, [Problem(path, "<file>", f"cannot read: {e.strerror}")]
     try:

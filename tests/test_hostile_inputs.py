@@ -127,6 +127,19 @@ def test_every_reader_refuses_a_time_without_offset_naming_file_and_key(
     assert problem in cli("status", "p", "--json").output
 
 
+def test_a_status_path_that_is_not_a_file_is_a_problem(root: Root, make_pipeline: MakePipeline,
+                                                       cli: Invoke) -> None:
+    d = make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["true"]\n'})
+    (d / "status" / "a.toml").mkdir(parents=True)
+    os.mkfifo(d / "status" / "b.toml")
+    assert cli("validate").stdout.splitlines() == [
+        f"{d}/status/a.toml: <file>: cannot read: a directory, not a file",
+        f"{d}/status/b.toml: <file>: cannot read: not a regular file (a FIFO)",
+    ]
+    shown = cli("status", "p")
+    assert "unreadable status file" in shown.output and "a directory, not a file" in shown.output
+
+
 # -- A.2: bounds on every number ----------------------------------------------------------------
 
 def test_a_status_number_past_64_bits_is_a_problem_not_an_index_crash(
