@@ -144,7 +144,7 @@ def test_job_from_dict_reads_every_key() -> None:
     assert job.outputs == ("report.xml",)
     assert job.backoff == Backoff(0.5, 3.0, 60)
     assert job.timeout == 1800
-    assert job.env == {"SEED": "0", "ON": "True"}
+    assert job.env == {"SEED": "0", "ON": "true"}
     assert (job.retries, job.allow_failure, job.max_regressions) == (1, True, 0)
     assert job.resources == {"llm": 1}
 
