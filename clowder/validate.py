@@ -252,12 +252,32 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
         ("retry", "backoff", "max"),
     ]
     problems += _check_durations(data, durations, _Where(path))
+    problems += _check_at_least_a_second(data, path)
     harnesses = data.get("harnesses", {})
     if isinstance(harnesses, dict):
         problems += _check_harnesses(path, harnesses, data.get("default_harness"))
     if problems:
         return None, problems
     return config_from_dict(data), []
+
+
+# Below a second, a sweep (which re-reads every pipeline) would keep the daemon busy, and a
+# running attempt would be declared lost before its wrapper could record its pid.
+_AT_LEAST_A_SECOND = ("sweep_interval", "heartbeat_timeout")
+
+
+def _check_at_least_a_second(data: Mapping[str, Any], path: Path) -> list[Problem]:
+    """Durations written as strings that must be at least 1s (the schema bounds numbers)."""
+    problems = []
+    for key in _AT_LEAST_A_SECOND:
+        value = data.get(key)
+        try:
+            short = isinstance(value, str) and parse_duration(value) < 1
+        except ValueError:  # reported by _check_durations
+            continue
+        if short:
+            problems.append(Problem(path, key, f"must be at least 1s, got {value!r}"))
+    return problems
 
 
 def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) -> list[Problem]:

@@ -190,6 +190,14 @@ def test_absurd_numbers_in_clowder_toml_and_pipeline_toml(root: Root, make_pipel
     ]
 
 
+def test_a_sweep_or_heartbeat_under_a_second_is_refused(root: Root, cli: Invoke) -> None:
+    root.config_file.write_text('sweep_interval = "0s"\nheartbeat_timeout = 0.5\n')
+    assert cli("validate").stdout.splitlines() == [
+        f"{root.path}/clowder.toml: heartbeat_timeout: must be >= 1, got 0.5",
+        f"{root.path}/clowder.toml: sweep_interval: must be at least 1s, got '0s'",
+    ]
+
+
 def test_run_with_an_absurd_timeout_exits_with_the_problem_not_a_traceback(
     root: Root, make_pipeline: MakePipeline, clowder: Callable[..., subprocess.Popen[str]]
 ) -> None:
