@@ -19,7 +19,7 @@ from clowder.processes import cgroup_base
 from clowder.requests import drop
 from clowder.state import Attempt, JobState, JobStatus, PipelineState, job_status_to_toml, utcnow
 from clowder.tree import Root
-from tests.conftest import Invoke, MakePipeline, write
+from tests.conftest import REPO, Invoke, MakePipeline, write
 from tests.test_driver import daemon, jstatus, pstate, wait_for
 
 
@@ -247,3 +247,27 @@ def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(root: Root, make
     assert sorted(record.read_text().splitlines()) == ["j0", "j1", "j2"]
     for i in range(3):
         assert jstatus(root, "p", f"j{i}").attempt == 1
+
+
+# -- F: the suite itself leaves nothing running -----------------------------------------------
+
+def test_the_suite_fails_when_a_process_it_started_outlives_its_test(tmp_path: Path) -> None:
+    tests = tmp_path / "suite"
+    write(tests / "conftest.py", "from tests.conftest import *  # noqa: F403\n")
+    write(tests / "test_leak.py", """\
+        import subprocess
+
+        # Started outside any test (at import), so no test's teardown ends it.
+        LEAK = subprocess.Popen(["sleep", "61.5"])
+
+
+        def test_passes() -> None:
+            assert LEAK.poll() is None
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    assert "processes started by the test suite were still running at its end (now killed):" in result.stdout
+    assert "sleep 61.5" in result.stdout
