@@ -227,7 +227,7 @@ class LocalExecutor:
         # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:
             proc = subprocess.Popen(
-                argv, cwd=launch.cwd, env={**launch.env, **processes.env}, stdin=subprocess.DEVNULL,
+                argv, cwd=launch.cwd, env={**launch.env, **processes.env(launch.env)}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self._reaper.add(proc, launch)

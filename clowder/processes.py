@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,15 +46,27 @@ def cgroup_base() -> Path | None:
         return _probe_cgroups()
 
 
+def _own_cgroup(mount: Path) -> Path | None:
+    """This process's cgroup v2 directory, if it is an attempt's (a Clowder run inside a job)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    path = next((line[3:] for line in lines if line.startswith("0::")), "")
+    return mount / path.lstrip("/") if path.startswith(f"/{CGROUP_DIR}/") else None
+
+
 @functools.cache
 def _probe_cgroups() -> Path | None:
     """<cgroup2 mount>/clowder, where each attempt gets a cgroup, if this process may make one
     there and move a process into it (root, a writable hierarchy, cgroup.kill: Linux 5.14);
-    else None, and attempts are found by their environment marker alone. Probed once."""
+    else None, and attempts are found by their environment marker alone. Probed once.
+    Inside an attempt (Clowder run by a job), attempts nest in that attempt's cgroup, so that
+    ending the outer attempt ends them too."""
     mount = _cgroup2_mount()
     if mount is None:
         return None
-    base = mount / CGROUP_DIR
+    base = _own_cgroup(mount) or mount / CGROUP_DIR
     probe = base / f"probe-{os.getpid()}"
     try:
         base.mkdir(exist_ok=True)
@@ -72,6 +84,10 @@ def _probe_cgroups() -> Path | None:
 
 
 def _rmdir(cgroup: Path) -> None:
+    """Remove a cgroup and those nested in it (an inner Clowder's attempts), deepest first."""
+    with contextlib.suppress(OSError):
+        for sub in [d for d in cgroup.iterdir() if d.is_dir()]:
+            _rmdir(sub)
     # A cgroup whose last process just died can be busy for a moment before it may go.
     for _ in range(50):
         try:
@@ -107,12 +123,23 @@ def _live() -> Iterator[Proc]:
             yield proc
 
 
-def _has_marker(pid: int, needle: bytes) -> bool:
+_MARKER_KEY = f"\0{MARKER}=".encode()
+
+
+def _has_marker(pid: int, attempt_id: bytes) -> bool:
+    """Whether the process carries the attempt's marker. Its value lists the attempts it runs
+    under, outermost first (a Clowder run by a job adds its own), separated by spaces."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return needle in b"\0" + f.read()
+            env = b"\0" + f.read()
     except OSError:  # gone, or not ours to read
         return False
+    start = env.find(_MARKER_KEY)
+    if start < 0:
+        return False
+    start += len(_MARKER_KEY)
+    end = env.find(b"\0", start)
+    return attempt_id in env[start:end if end >= 0 else len(env)].split()
 
 
 @dataclass(frozen=True)
@@ -127,9 +154,10 @@ class AttemptProcesses:
         base = cgroup_base()
         return cls(attempt_id, base / attempt_id.replace("/", ":") if base is not None else None)
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {MARKER: self.id}
+    def env(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The marker for the attempt's environment, under that of an attempt it runs in."""
+        outer = inherited.get(MARKER, "").split()
+        return {MARKER: " ".join([*outer, self.id])}
 
     def prepare(self) -> str:
         """Make the attempt's cgroup; the path its wrapper joins first thing, or '' without one."""
@@ -139,16 +167,19 @@ class AttemptProcesses:
         return str(self.cgroup)
 
     def _needle(self) -> bytes:
-        return f"\0{MARKER}={self.id}\0".encode()
+        return self.id.encode()
 
     def _in_cgroup(self) -> list[int]:
-        """The live processes in the attempt's cgroup (zombies are not listed)."""
+        """The live processes in the attempt's cgroup and those nested in it (zombies are not listed)."""
         if self.cgroup is None:
             return []
-        try:
-            return [int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            return []
+        pids = []
+        for directory, _subdirs, _files in os.walk(self.cgroup):
+            try:
+                pids += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return pids
 
     def members(self, group: int | None = None) -> list[Proc]:
         """The attempt's live processes: with a cgroup, those in it; without, those in process

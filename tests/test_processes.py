@@ -18,6 +18,7 @@ from clowder.driver import Driver
 from clowder.processes import cgroup_base
 from clowder.requests import drop
 from clowder.state import Attempt, JobState, JobStatus, PipelineState, job_status_to_toml, utcnow
+from clowder.template import init_root
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, write
 from tests.test_driver import daemon, jstatus, pstate, wait_for
@@ -162,6 +163,22 @@ def test_with_cgroups_a_child_that_clears_its_environment_is_caught_too(root: Ro
     make_pipeline("p", {"a": f"command = '''{command}'''\ntimeout = \"60s\"\n"})
     assert run(root)
     assert not alive(pid_in(pidfile))
+
+
+def test_attempts_of_a_clowder_run_by_a_job_end_with_that_job(root: Root, make_pipeline: MakePipeline,
+                                                             tmp_path: Path, mechanism: str) -> None:
+    inner = init_root(tmp_path / "inner")
+    pidfile = tmp_path / "inner.pid"
+    write(inner.pipelines_dir / "q" / "pipeline.toml", 'prompt = "inner"\n')
+    write(inner.pipelines_dir / "q" / "jobs" / "deep.toml", f'command = "echo $$ > {pidfile}; sleep 60"\n')
+    clowder = f"{sys.executable} -m clowder run q --root {inner.path}"
+    make_pipeline("p", {"a": f'command = "{clowder}"\ntimeout = "60s"\n'})
+    with daemon(root):
+        deep = pid_in(pidfile)
+        drop(root, root.pipeline("p"), "cancel", "a")
+        wait_for(lambda: pstate(root, "p").terminal, timeout=60, what="the pipeline to end")
+    assert jstatus(root, "p", "a").state is JobState.CANCELLED
+    assert not alive(deep)
 
 
 # -- C.3: an attempt that never started is started again --------------------------------------
