@@ -103,18 +103,19 @@ def _rmdir(cgroup: Path) -> None:
 class Proc:
     pid: int
     pgid: int
+    started: int  # clock ticks after boot
 
 
-def _stat(pid: int | str) -> Proc | None:
+def _stat(pid: int | str, zombies: bool = False) -> Proc | None:
     """The process if it runs (a zombie does not: it only waits to be reaped)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    if not fields or fields[0] in (b"Z", b"X"):
+    if len(fields) < 20 or (fields[0] in (b"Z", b"X") and not zombies):
         return None
-    return Proc(int(pid), int(fields[2]))
+    return Proc(int(pid), int(fields[2]), int(fields[19]))
 
 
 def _live() -> Iterator[Proc]:
@@ -181,13 +182,15 @@ class AttemptProcesses:
                 continue
         return pids
 
-    def members(self, group: int | None = None) -> list[Proc]:
+    def members(self, group: int | None = None, since: int = 0) -> list[Proc]:
         """The attempt's live processes: with a cgroup, those in it; without, those in process
-        group `group` or carrying the attempt's marker (one pass over /proc)."""
+        group `group` or carrying the attempt's marker (one pass over /proc; the environments
+        of processes started before `since`, which cannot be the attempt's, are not read)."""
         if self.cgroup is not None:
             return [proc for pid in self._in_cgroup() if (proc := _stat(pid)) is not None]
         needle = self._needle()
-        return [proc for proc in _live() if proc.pgid == group or _has_marker(proc.pid, needle)]
+        return [proc for proc in _live()
+                if proc.pgid == group or (proc.started >= since and _has_marker(proc.pid, needle))]
 
     def running(self) -> bool:
         """Whether anything of the attempt runs, looked for by every means: a wrapper forked
@@ -210,6 +213,8 @@ class AttemptProcesses:
         but for a process stuck in the kernel."""
         deadline = time.monotonic() + timeout
         pause = 0.001
+        leader = _stat(group, zombies=True) if group is not None else None
+        since = leader.started if leader is not None else 0
         while True:
             if group is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -217,7 +222,7 @@ class AttemptProcesses:
             if self.cgroup is not None:  # kills forks racing with it too
                 with contextlib.suppress(OSError):
                     (self.cgroup / "cgroup.kill").write_text("1")
-            left = self.members(group)
+            left = self.members(group, since)
             if not left:
                 break
             for proc in left:
