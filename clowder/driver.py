@@ -195,7 +195,10 @@ class Driver:
                 return
         except OSError:
             pass
-        atomic_write(self.root.lock_file, mine, self.root.tmp_dir)
+        try:
+            atomic_write(self.root.lock_file, mine, self.root.tmp_dir)
+        except OSError as e:  # only information: the lock itself is held
+            self.log(f"cannot write {self.root.lock_file}: {e}")
 
     def _lock_owner(self) -> str:
         try:
