@@ -34,7 +34,7 @@ def alive(pid: int) -> bool:
 
 
 def pid_in(path: Path) -> int:
-    wait_for(lambda: path.exists() and path.read_text().strip().isdigit(), what=f"a pid in {path.name}")
+    wait_for(lambda: path.exists() and path.read_text().strip().isdigit(), timeout=60, what=f"a pid in {path.name}")
     return int(path.read_text())
 
 
@@ -242,7 +242,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(root: Root, make
     first = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 3, what="the jobs to start")
+        wait_for(lambda: record.exists() and len(record.read_text().splitlines()) == 3, timeout=60,
+                 what="the jobs to start")
         root.lock_file.unlink()
         second = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
