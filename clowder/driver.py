@@ -178,11 +178,27 @@ class Driver:
     def serve(self, until_done: bool = False, sweep: float | None = None) -> bool:
         """Schedule until stopped, or (until_done) until every selected pipeline has ended.
         Returns True if all selected pipelines succeeded."""
-        with try_lock(self.root.lock_file) as got:
+        # The lock is on the root directory itself: a lock on .clowder/watch.lock was undone by
+        # deleting the file (a second daemon then ran attempts twice). The file only says who holds it.
+        with try_lock(self.root.path) as got:
             if not got:
                 raise LockHeld(f"{self.root.lock_file}: another clowder daemon is serving this root "
                                f"(pid {self._lock_owner()}); stop it first or let it run the pipelines")
+            self._claim_lock_file()
             return self._serve_locked(until_done, sweep if sweep is not None else self.config.sweep_interval)
+
+    def _claim_lock_file(self) -> None:
+        """Say in .clowder/watch.lock that this process serves the root (messages, the index)."""
+        mine = f"{os.getpid()}\n"
+        try:
+            if self.root.lock_file.read_text() == mine:
+                return
+        except OSError:
+            pass
+        try:
+            atomic_write(self.root.lock_file, mine, self.root.tmp_dir)
+        except OSError as e:  # only information: the lock itself is held
+            self.log(f"cannot write {self.root.lock_file}: {e}")
 
     def _lock_owner(self) -> str:
         try:
@@ -306,6 +322,7 @@ class Driver:
 
     def _sweep(self) -> None:
         """Repair missed events: re-read every pipeline's specs, requests and processes."""
+        self._claim_lock_file()  # deleted or overwritten by hand: say again who serves the root
         self._rescan()
         for name, cache in self.pipelines.items():
             self.dirty.add(name)
@@ -395,32 +412,32 @@ class Driver:
                      "daemon stopped")
 
     def _check_process(self, cache: _Pipeline, job: str, status: JobStatus) -> None:
+        """What became of an attempt this daemon did not start. It is over only once nothing of
+        it runs: until then the executor watches it, and ends what it left when its wrapper ends."""
         launch = self._launch_paths(cache.paths, job, status.attempt)
+        key = (cache.paths.name, job, status.attempt)
+        if key in self._own:  # ours: the executor reports its end
+            return
         if read_exit(launch.run_file) is not None:
+            self.executor.end(launch)  # what it left running (`sleep 37 &`) does not outlive it
             cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
             return
         pid = read_pid(launch.run_file)
-        key = (cache.paths.name, job, status.attempt)
-        if pid is None and not launch.log_file.exists() and key not in self._launching and key not in self._own:
-            # The log file is made before the process: without it, the last daemon died between
-            # recording the start and launching. The attempt never ran; start it afresh.
-            previous = status.attempts[:-1]
-            cache.jobs[job] = replace(status, state=JobState.PENDING, attempt=status.attempt - 1, attempts=previous,
-                                      message="")
+        if pid is None and not self.executor.running(launch):
+            # No pid and no process with its marker: the last daemon died before the wrapper ran
+            # (its log file, made before the process, may exist). It never started: start it again.
+            cache.jobs[job] = _before(status)
             cache.set_job(cache.jobs[job])
-            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never launched; "
+            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never started; "
                      "starting it again")
-        elif pid is None:
-            cache.alive[job] = None
-        elif self.executor.alive(launch):
-            if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
-                self.executor.adopt(launch, pid)
-                self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt} (pid {pid})")
-            cache.alive[job] = True
-        elif read_exit(launch.run_file) is not None:  # it ended between the two looks
-            cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
-        else:
-            cache.alive[job] = False
+            return
+        if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
+            # Its wrapper may have gone (kill -9) while its command runs on: the executor ends
+            # what is left before reporting it lost, so no retry ever runs beside it.
+            self.executor.adopt(launch, pid)
+            self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt}"
+                     + (f" (pid {pid})" if pid is not None else " (starting)"))
+        cache.alive[job] = True
 
     def _observe_end(self, pipeline: str, job: str, attempt: int) -> Outcome:
         """How an attempt ended, from its exit record and its workspace. Runs in a waiter thread."""
@@ -614,6 +631,23 @@ class Driver:
 
     def _selected_succeeded(self) -> bool:
         return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
+
+
+def _before(status: JobStatus) -> JobStatus:
+    """The job as it was before its last attempt was recorded, so that the scheduler starts that
+    attempt again: the same number, and the same trigger (a retry still counts as one)."""
+    last = status.last
+    if last is None:  # a hand-edited status: the scheduler starts the job over
+        return status
+    before = replace(status, attempt=status.attempt - 1, attempts=status.attempts[:-1], message="", retry_at=None,
+                     extra={k: v for k, v in status.extra.items() if k != "killing"})
+    if last.trigger == "retry":
+        return replace(before, state=JobState.RETRYING)
+    if last.trigger == "regression":
+        return replace(before, state=JobState.WAITING, waiting_for=status.spawned)
+    if last.trigger == "manual" and last.request:
+        return replace(before, state=JobState.PENDING, extra={**before.extra, "retry_request": last.request})
+    return replace(before, state=JobState.PENDING)
 
 
 def _collect(ws: Path, job: str) -> harness_agent.Collected:

@@ -4,6 +4,7 @@ when no daemon is alive to see it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import selectors
 import signal
@@ -16,15 +17,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-# argv: sh -c WRAPPER clowder-attempt RUNFILE COMMAND...
+from clowder.processes import AttemptProcesses
+
+# argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP COMMAND...
 # The run file is the attempt's own record: the wrapper's pid on its first line, then, once the
 # command has ended, "exit <status>" (one file: each file created costs on the per-job path).
+# The wrapper joins the attempt's cgroup (CGROUP, '' where there is none) before it starts
+# anything, so nothing the attempt starts is outside it; if it cannot, the attempt fails (125)
+# rather than run where its children could not all be found again.
 # The trap keeps the wrapper alive through a SIGTERM sent to the group, so it can still record
 # how the command ended (POSIX sh runs the trap only after the foreground command finishes).
-# Both writes are builtin `echo`s, so no extra process; the exit line is read only after the
+# The writes are builtin `echo`s, so no extra process; the exit line is read only after the
 # wrapper has exited, so a reader never sees it half written. A run file without an exit line
 # means the attempt has not ended, or ended without a record (lost).
-WRAPPER = 'echo $$ > "$1"; run=$1; shift; trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"'
+WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; shift 2; '
+           'if [ -n "$cg" ] && ! { echo $$ > "$cg/cgroup.procs"; } 2>/dev/null; then '
+           'echo "clowder: cannot join the attempt\'s cgroup $cg" >&2; echo "exit 125" >> "$run"; exit 125; fi; '
+           'trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"')
 RUN_SUFFIX = ".run"
 
 
@@ -45,6 +54,17 @@ class Launch:
     env: Mapping[str, str]
     log_file: Path
     run_file: Path
+
+    @property
+    def id(self) -> str:
+        """The attempt's identity among every root's, carried by all its processes. Made from
+        what a restarted daemon knows too: the log file's path names the root."""
+        digest = hashlib.sha256(str(self.log_file).encode()).hexdigest()[:16]
+        return f"{self.pipeline}/{self.job}/{self.attempt}/{digest}"
+
+    @property
+    def processes(self) -> AttemptProcesses:
+        return AttemptProcesses.of(self.id)
 
 
 @dataclass(frozen=True)
@@ -115,11 +135,15 @@ class Executor(Protocol):
 
     def start(self, launch: Launch) -> int: ...
 
-    def adopt(self, launch: Launch, pid: int) -> None: ...
+    def adopt(self, launch: Launch, pid: int | None) -> None: ...
 
     def kill(self, launch: Launch, sig: int) -> None: ...
 
     def alive(self, launch: Launch) -> bool: ...
+
+    def running(self, launch: Launch) -> bool: ...
+
+    def end(self, launch: Launch) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -159,8 +183,14 @@ class _Reaper:
                 proc, launch = key.data
                 self._selector.unregister(key.fd)
                 os.close(key.fd)
-                proc.wait()  # reaps the wrapper: no zombies
-                self._pool.submit(self._on_exit, launch.pipeline, launch.job, launch.attempt)
+                self._pool.submit(self._ended, proc, launch)
+
+    def _ended(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+        # The wrapper is a zombie until reaped, so its pid, the group's id, cannot be reused yet:
+        # the group is killed first, with everything else of the attempt.
+        launch.processes.end(group=proc.pid)
+        proc.wait()  # reaps the wrapper: no zombies
+        self._on_exit(launch.pipeline, launch.job, launch.attempt)
 
     def stop(self) -> None:
         self._stopped = True
@@ -175,7 +205,7 @@ class LocalExecutor:
     def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
         self._on_exit = on_exit
         self._poll = poll_interval
-        self._adopted: dict[tuple[str, str, int], tuple[int, Launch]] = {}
+        self._adopted: dict[tuple[str, str, int], tuple[int | None, Launch]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -190,20 +220,22 @@ class LocalExecutor:
     def start(self, launch: Launch) -> int:
         self._mkdir(launch.log_file.parent)
         self._mkdir(launch.cwd)
-        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.run_file),
+        processes = launch.processes
+        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.run_file), processes.prepare(),
                 *launch.argv]
         # The log file is created before the process: a restarted daemon that finds it knows
         # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:
             proc = subprocess.Popen(
-                argv, cwd=launch.cwd, env=dict(launch.env), stdin=subprocess.DEVNULL,
+                argv, cwd=launch.cwd, env={**launch.env, **processes.env(launch.env)}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self._reaper.add(proc, launch)
         return proc.pid
 
-    def adopt(self, launch: Launch, pid: int) -> None:
-        """Watch an attempt started by an earlier daemon (not our child: poll its pid)."""
+    def adopt(self, launch: Launch, pid: int | None) -> None:
+        """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
+        pid yet, its wrapper may still be starting: it has ended when nothing of it runs."""
         with self._lock:
             self._adopted[(launch.pipeline, launch.job, launch.attempt)] = (pid, launch)
             if self._poller is None:
@@ -213,11 +245,20 @@ class LocalExecutor:
     def _poll_adopted(self) -> None:
         while not self._stop.wait(self._poll):
             with self._lock:
-                ended = [k for k, (pid, launch) in self._adopted.items() if not pid_runs(pid, launch.run_file)]
-                for key in ended:
+                watched = list(self._adopted.items())
+            ended = []
+            for key, (pid, launch) in watched:
+                if pid is None and (pid := read_pid(launch.run_file)) is not None:
+                    with self._lock:
+                        self._adopted[key] = (pid, launch)
+                if pid_runs(pid, launch.run_file) if pid is not None else launch.processes.running():
+                    continue
+                with self._lock:
                     del self._adopted[key]
-            for pipeline, job, attempt in ended:
-                self._on_exit(pipeline, job, attempt)
+                ended.append(launch)
+            for launch in ended:
+                self.end(launch)
+                self._on_exit(launch.pipeline, launch.job, launch.attempt)
 
     def kill(self, launch: Launch, sig: int) -> None:
         pid = read_pid(launch.run_file)
@@ -226,10 +267,20 @@ class LocalExecutor:
         elif pid is not None and sig == signal.SIGKILL:
             # The wrapper is gone but its group may not be (a child that ignored SIGTERM).
             signal_group(pid, sig)
+        # Children that left the group (setsid, a daemon's double fork) are told too.
+        launch.processes.signal(sig, pid)
 
     def alive(self, launch: Launch) -> bool:
         pid = read_pid(launch.run_file)
         return pid is not None and pid_runs(pid, launch.run_file)
+
+    def running(self, launch: Launch) -> bool:
+        """Whether anything of the attempt runs: its wrapper or anything it started."""
+        return self.alive(launch) or launch.processes.running()
+
+    def end(self, launch: Launch) -> None:
+        """Kill whatever of an attempt whose wrapper has ended still runs, and wait for it."""
+        launch.processes.end()
 
     def shutdown(self) -> None:
         self._stop.set()

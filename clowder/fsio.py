@@ -147,9 +147,15 @@ def write_new(path: Path, data: str, tmp_dir: Path | None = None) -> None:
 
 @contextlib.contextmanager
 def try_lock(path: Path) -> Iterator[bool]:
-    """Hold an exclusive flock on `path` if nobody else does; yield whether we got it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive flock on `path` if nobody else does; yield whether we got it.
+
+    `path` may be a directory (locked as itself: deleting or replacing a file in it cannot undo
+    the lock) or a file, created if missing."""
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -158,8 +164,6 @@ def try_lock(path: Path) -> Iterator[bool]:
                 raise
             yield False
             return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield True
     finally:
         os.close(fd)

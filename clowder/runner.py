@@ -52,7 +52,7 @@ def _unfinished(root: Root) -> list[str]:
 
 
 def _daemon_running(root: Root) -> bool:
-    with try_lock(root.lock_file) as got:
+    with try_lock(root.path) as got:  # the lock a daemon holds (Driver.serve): the root directory
         return not got
 
 

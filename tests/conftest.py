@@ -4,8 +4,11 @@ roots from TOML strings."""
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,73 @@ from clowder.tree import Root
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_pipelines"
+
+# Every process the suite starts inherits this variable (its value says which test started it), so
+# a test's teardown can end what it left running and the end of the run can prove nothing is left.
+# Not a CLOWDER_ name: `isolated_env` clears those.
+SUITE_VAR = "PYTEST_CLOWDER_SUITE"
+SUITE_ID = uuid.uuid4().hex
+
+
+def _marked(prefix: str) -> list[tuple[int, str]]:
+    """Live processes (pid, command line) whose environment holds SUITE_VAR=<prefix>..."""
+    needle = f"\0{SUITE_VAR}={prefix}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone, or a zombie (its environment reads empty: it runs no more)
+            continue
+        if needle in env:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _kill_marked(prefix: str, timeout: float = 10.0) -> list[tuple[int, str]]:
+    """SIGKILL every process marked with `prefix` until none is left; return those found first."""
+    first = _marked(prefix)
+    deadline = time.monotonic() + timeout
+    left = first
+    while left and time.monotonic() < deadline:
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+        left = _marked(prefix)
+    return first
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[SUITE_VAR] = f"{SUITE_ID}:session"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run fails if any process started by the suite outlived the test that started it."""
+    left = _kill_marked(f"{SUITE_ID}:")
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["processes started by the test suite were still running at its end (now killed):"]
+        lines += [f"  pid {pid}: {cmdline[:200]}" for pid, cmdline in left]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def processes_die_with_their_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever a test starts (daemons, attempts, their children) is killed when it ends: a
+    daemon stopped by the test leaves its running attempts behind, by design."""
+    mark = f"{SUITE_ID}:{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv(SUITE_VAR, mark)
+    yield
+    _kill_marked(mark)
 
 
 @pytest.fixture(autouse=True)

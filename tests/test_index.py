@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from clowder import artifacts as artifacts_mod
-from clowder import index, report
+from clowder import index, recorder, report
 from clowder.driver import Driver
 from clowder.fsio import atomic_write
 from clowder.stamp import RACY_NS
@@ -203,6 +203,14 @@ def test_a_reindex_under_a_running_daemon_is_noticed(root: Root, make_pipeline: 
     assert index.dump_index(root) == rebuilt(root)
 
 
+def _recorded_jobs(root: Root) -> set[tuple[Any, ...]]:
+    """(pipeline, job, state) rows of the index; none while it is missing or being made."""
+    try:
+        return {r[:3] for r in index.dump_index(root)["jobs"]}
+    except (index.IndexUnavailable, sqlite3.Error):
+        return set()
+
+
 def test_an_index_deleted_under_a_running_daemon_is_made_again(root: Root, make_pipeline: MakePipeline) -> None:
     gate = root.path / "gate"
     make_pipeline("q", {"a": f'command = "while [ ! -e {gate} ]; do sleep 0.05; done"\n',
@@ -212,16 +220,19 @@ def test_an_index_deleted_under_a_running_daemon_is_made_again(root: Root, make_
     thread = threading.Thread(target=driver.serve, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("a"), "a").state.value == "running")
+        wait_for(lambda: ("q", "a", "running") in _recorded_jobs(root), timeout=60, what="a running, in the index")
         for suffix in ("", "-wal", "-shm"):
             Path(f"{root.index_file}{suffix}").unlink(missing_ok=True)
-        wait_for(root.index_file.exists, what="the daemon to make the index again")
+        # The daemon looks whether its file is still there at a write, at most once a CHECK_EVERY:
+        # let that time pass, then make it write (job a ends), and look for the new file.
+        time.sleep(recorder.CHECK_EVERY * 1.5)
         gate.touch()
-        wait_for(lambda: ("q", "b", "succeeded") in {r[:3] for r in index.dump_index(root)["jobs"]},
-                 what="the daemon to record in the new file")
+        wait_for(lambda: ("q", "b", "succeeded") in _recorded_jobs(root), timeout=60,
+                 what="the daemon to record in a new file")
     finally:
+        gate.touch()  # a failed wait must not leave job a waiting for ever
         driver.stop()
-        thread.join(timeout=10)
+        thread.join(timeout=30)
     assert any("replaced or removed" in line for line in lines)
     assert index.dump_index(root) == rebuilt(root)
 

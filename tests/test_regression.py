@@ -140,10 +140,12 @@ def test_daemon_killed_while_a_spawn_request_is_pending(root: Root, make_pipelin
     })
     first = _daemon(root)
     requests = root.pipeline("p").requests_dir
-    wait_for(lambda: requests.is_dir() and any(requests.glob("*.toml")), what="spawn request")
-    first.kill()
-    first.wait()
-    gate.touch()
+    try:
+        wait_for(lambda: requests.is_dir() and any(requests.glob("*.toml")), timeout=60, what="spawn request")
+    finally:
+        first.kill()
+        first.communicate()
+        gate.touch()  # the spawner's attempt ends now, with or without a daemon
     _finish(root)
     assert sorted(record.read_text().splitlines()) == ["dev", "dev.r1", "test 1", "test 2"]
     assert jstatus(root, "p", "test").spawned == ("dev.r1",)
@@ -160,11 +162,13 @@ def test_daemon_killed_while_the_fixup_runs(root: Root, make_pipeline: MakePipel
                 'clowder spawn dev --reason broken; exit 1"\nneeds = ["dev"]\n',
     })
     first = _daemon(root)
-    wait_for(lambda: record.exists() and "dev.r1" in record.read_text(), what="fix-up running")
-    time.sleep(0.1)
-    first.kill()
-    first.wait()
-    gate.touch()
+    try:
+        wait_for(lambda: record.exists() and "dev.r1" in record.read_text(), timeout=60, what="fix-up running")
+        time.sleep(0.1)
+    finally:
+        first.kill()
+        first.communicate()
+        gate.touch()
     _finish(root)
     assert sorted(record.read_text().splitlines()) == ["dev", "dev.r1", "test 1", "test 2"]
     assert read_job_status(root.pipeline("p").job_status_file("test"), "test").state is JobState.SUCCEEDED

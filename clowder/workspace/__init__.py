@@ -122,7 +122,7 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
     repo = Repo(ws)
     recovered = None
     if repo.exists():
-        recovered = _recover_lost(repo, pipeline, job, identity)
+        recovered = _recover_lost(repo, pipeline, job, attempt, identity)
         with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
             (ws / metadata_dir(job) / ERROR_FILE).unlink()
         consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
@@ -172,10 +172,12 @@ def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root
     return Repo(ws)
 
 
-def _recover_lost(repo: Repo, pipeline: str, job: str, identity: Identity) -> tuple[int, str] | None:
+def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: Identity) -> tuple[int, str] | None:
     """Commit what an attempt that ended without a waiter (lost) left in the workspace."""
     number = repo.marker().get("attempt")
     if not isinstance(number, int) or repo.tag(f"{TAG_PREFIX}{number}"):  # its tag: it was committed
+        return None
+    if number == attempt:  # prepared again: it never started (the daemon died first), nothing to keep
         return None
     commit = _commit(repo, pipeline, job, number, "lost", "the process vanished without an exit record",
                      identity, ())
