@@ -248,10 +248,16 @@ def _plan_pipeline(
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
         if new != (was if was is not None else JobStatus(name)):
-            changed[name] = event
+            changed[name] = event or changed.get(name, "")
             for dep in pipeline.dependents.get(name, ()) if pipeline else ():
                 if dep not in seen:
                     heapq.heappush(heap, (position.get(dep, extra), dep))
+            waiter = _waiter(spec, jobs)
+            if waiter is not None and new.state.terminal:
+                # A spawner waits for its fix-ups without `needs`: the job order may have visited
+                # it already in this step, so look at it again now that a fix-up has ended.
+                seen.discard(waiter)
+                heapq.heappush(heap, (position.get(waiter, extra), waiter))
         if new.state is JobState.RETRYING and new.retry_at is not None:
             plan.wake(new.retry_at)
         if cand is not None:
@@ -275,6 +281,14 @@ def _plan_pipeline(
 
     later = [] if full else [n for n in view.ready if n not in seen]
     return candidates, running, _Ready(view.name, later, check)
+
+
+def _waiter(spec: JobSpec | None, jobs: Mapping[str, JobStatus]) -> str | None:
+    """The spawner waiting for this fix-up job, if any."""
+    parent = jobs.get(spec.parent) if spec is not None and spec.parent else None
+    if parent is None or parent.state is not JobState.WAITING or spec is None or spec.name not in parent.waiting_for:
+        return None
+    return parent.job
 
 
 def _blocked_reason(view: PipelineView) -> str:

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
 from clowder.validate import load_pipeline
@@ -180,3 +182,38 @@ def test_fixup_names_and_specs() -> None:
                       "test", "dev", {"reason": "broken"})
     assert spec == {"command": ["make"], "retries": 2, "needs": [], "parent": "test", "regression_of": "dev",
                     "regression_context": {"reason": "broken"}}
+
+
+def _timed_serve(root: Root, sweep: float, limit: float) -> float:
+    """Run the root's pipelines to the end with a long sweep; the seconds it took (fails past `limit`)."""
+    import threading
+
+    from clowder.driver import Driver
+
+    driver = Driver(root, log=lambda s: None)
+    started = time.monotonic()
+    thread = threading.Thread(target=driver.serve, kwargs={"until_done": True, "sweep": sweep}, daemon=True)
+    thread.start()
+    thread.join(timeout=limit)
+    elapsed = time.monotonic() - started
+    if thread.is_alive():
+        driver.stop()
+        thread.join(timeout=10)
+    return elapsed
+
+
+@pytest.mark.parametrize(("target", "spawner"), [("dev", "test"), ("dev", "dev-test"), ("build", "a")])
+def test_the_spawner_runs_again_as_soon_as_its_fixup_succeeds(root: Root, make_pipeline: MakePipeline,
+                                                              target: str, spawner: str) -> None:
+    # Whatever the names (they order the jobs), the spawner's new attempt must not wait for the
+    # sweep (300 s here; 30 s by default) once its fix-up has succeeded.
+    make_pipeline("p", {
+        target: 'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then touch fixed.txt; fi"\n',
+        spawner: f'command = "if [ -f fixed.txt ]; then exit 0; fi; clowder spawn {target} --reason broken; exit 1"\n'
+                 f'needs = ["{target}"]\n',
+        "ship": f'command = ["true"]\nneeds = ["{spawner}"]\n',
+    })
+    elapsed = _timed_serve(root, sweep=300, limit=30)
+    assert elapsed < 10, f"the regression loop took {elapsed:.1f} s: it waited for a sweep"
+    assert pstate(root, "p") is PipelineState.SUCCEEDED
+    assert [a.trigger for a in jstatus(root, "p", spawner).attempts] == ["start", "regression"]

@@ -350,6 +350,20 @@ def test_the_spawner_reruns_from_its_fixups_when_they_succeed() -> None:
     assert test.attempts[-1].trigger == "regression" and test.waiting_for == ()
 
 
+def test_the_spawner_starts_in_the_step_its_fixup_ends_even_when_visited_first() -> None:
+    # `dev-test` sorts before `dev.r1`, so the step looks at the spawner before its fix-up ends.
+    p = pipeline({"dev": {"command": ["x"]}, "dev-test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "dev-test", "regression_of": "dev"}})
+    assert p.position["dev-test"] < p.position["dev.r1"]
+    waiting = JobStatus("dev-test", JobState.WAITING, 1, waiting_for=("dev.r1",), spawned=("dev.r1",),
+                        attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "dev-test": waiting,
+                               "dev.r1": running("dev.r1")}, outcomes={"dev.r1": Outcome(0, T0)},
+                           focus=frozenset({"dev-test", "dev.r1"}))], T0, LIMITS)
+    assert starts(plan.actions) == ["dev-test"]
+    assert job_states(plan.actions) == {"dev.r1": JobState.SUCCEEDED, "dev-test": JobState.RUNNING}
+
+
 def test_max_regressions_refuses_a_spawn_and_says_so() -> None:
     p = regression_pipeline(max_regressions=1)
     test = replace_status(running("test", 2), spawned=("dev.r1",))
