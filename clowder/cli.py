@@ -239,13 +239,33 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
         root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
-    Exits 0 if all succeeded, 1 if not. Logs each decision to stderr. If `clowder watch` is
+    Exits 0 if all succeeded, 1 if not, 2 if a pipeline is blocked by a spec file that stays
+    invalid (fix it and run again). Logs each decision to stderr. If `clowder watch` is
     already serving the root, follows the pipelines it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
                     out=console())
-    click.get_current_context().exit(EXIT_OK if ok else EXIT_WORK_FAILED)
+    click.get_current_context().exit(EXIT_OK if ok else _run_failed(root, pipelines))
+
+
+def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
+    """The exit code of a run that did not succeed: 2 if a pipeline is blocked by a bad file
+    (each is named, with the file and the key), else 1."""
+    from clowder.state import PipelineState, read_pipeline_status
+    from clowder.tree import is_name
+
+    blocked = []
+    for name in pipelines or tuple(n for n in root.pipeline_names() if is_name(n)):
+        try:
+            status = read_pipeline_status(root.pipeline(name).status_file)
+        except ClowderError:
+            continue
+        if status.state is PipelineState.BLOCKED:
+            blocked.append(f"error: {name} is blocked: {status.message}")
+    for line in blocked:
+        click.echo(line, err=True)
+    return EXIT_BAD_INPUT if blocked else EXIT_WORK_FAILED
 
 
 @main.command()

@@ -94,13 +94,15 @@ class _Pipeline:
     full: bool = True  # the next reconcile looks at every job
     active: set[str] = field(default_factory=set)  # jobs running, retrying, waiting or queued
     ready: list[str] = field(default_factory=list)  # jobs that could start but got no slot, in order
+    settle_until: datetime | None = None  # its invalid spec is being written: read it again then
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
         focus = None if self.full else frozenset(self.active | set(outcomes))
         return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready))
+                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready),
+                            settling=self.settle_until is not None)
 
     def set_job(self, status: JobStatus) -> None:
         self.jobs[status.job] = status
@@ -118,6 +120,15 @@ class _Pipeline:
         changed_prompt = (self.pipeline is not None and bool(self.status.prompt_hash)
                           and self.status.prompt_hash != prompt_hash(self.pipeline.spec.prompt))
         return self.finished() and not self.problems and not changed_prompt
+
+    def stopped(self) -> bool:
+        """Nothing more happens here without a human: it has ended, or it is blocked by a file
+        that stayed invalid and none of its attempts still runs (`clowder run` is done with it)."""
+        if self.settle_until is not None:
+            return False
+        halted = self.status.state is PipelineState.BLOCKED
+        return (self.status.state.terminal or halted) and not any(
+            j.state is JobState.RUNNING for j in self.jobs.values())
 
 
 class Driver:
@@ -249,6 +260,9 @@ class Driver:
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
         now = now or utcnow()
+        for name, cache in self.pipelines.items():
+            if cache.settle_until is not None and cache.settle_until <= now:
+                self.dirty.add(name)  # its invalid spec has had time to settle: read it again
         for name in sorted(self.dirty):
             if name in self.pipelines:
                 self._refresh(self.pipelines[name])
@@ -275,7 +289,8 @@ class Driver:
             self._record_all()
         if self.on_tick:
             self.on_tick(self)
-        return plan.wake_at
+        return min((t for t in (plan.wake_at, *(c.settle_until for c in self.pipelines.values())) if t is not None),
+                   default=None)
 
     def _record_all(self) -> None:
         for name, cache in self.pipelines.items():
@@ -326,16 +341,38 @@ class Driver:
             self.watcher.watch(paths.name)
         cache.full = True
         stamp = spec_stamp(str(paths.dir))
-        if stamp != cache.stamp:
+        if stamp != cache.stamp or cache.settle_until is not None:
             cache.stamp = stamp
             pipeline, problems = check_pipeline(paths, self.config)
             self.recorder.spec(paths, pipeline, problems, stamp)
             cache.problems = tuple(str(p) for p in problems)
             if pipeline is not None:
                 cache.pipeline = pipeline
-            if problems and cache.problems:
+            settling = cache.settle_until is not None
+            cache.settle_until = self._settle_until(paths, stamp) if problems else None
+            if problems and cache.settle_until is None:
                 self.log(f"{paths.name}: invalid spec: {cache.problems[0]}")
+            elif problems and not settling:
+                self.log(f"{paths.name}: spec invalid while being written ({cache.problems[0]}); "
+                         f"reading it again once it is unchanged for {format_duration(self.config.settle)}")
         cache.requests = tuple(req_mod.pending(paths))
+
+    def _settle_until(self, paths: PipelinePaths, stamp: Stamp) -> datetime | None:
+        """When to read an invalid spec again, if one of its files changed within `settle` (an
+        editor or a shell may be writing it in place); None when it has been quiet that long."""
+        window = self.config.settle
+        newest = max((mtime for _, mtime, _ in stamp), default=0)
+        # A file renamed away (an editor's backup) or removed shows in its directory's mtime.
+        dirs = [paths.jobs_dir] + ([] if paths.spec_file.exists() else [paths.dir])
+        for d in dirs:
+            try:
+                newest = max(newest, d.stat().st_mtime_ns)
+            except OSError:
+                continue
+        changed = datetime.fromtimestamp(newest / 1e9, UTC)
+        age = (utcnow() - changed).total_seconds()
+        # A time in the future (a clock set back, `touch -d`) is trusted for one window at most.
+        return changed + timedelta(seconds=window) if abs(age) < window else None
 
     def _load(self, cache: _Pipeline) -> None:
         """First sight of a pipeline (or a restart): read its statuses and find out what became
@@ -610,7 +647,7 @@ class Driver:
 
     def _selected_done(self) -> bool:
         chosen = [c for n, c in self.pipelines.items() if self._selected(n)]
-        return all(c.finished() and not c.requests for c in chosen) and not self.dirty
+        return all(c.stopped() and not c.requests for c in chosen) and not self.dirty
 
     def _selected_succeeded(self) -> bool:
         return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))

@@ -62,6 +62,9 @@ class PipelineView:
     # Jobs an earlier step found ready that got no slot, in order. Looked at only while there
     # are free slots, so a thousand ready jobs cost nothing while two run.
     ready: tuple[str, ...] = ()
+    # The spec is invalid but a file of it changed a moment ago: it is being written. Nothing
+    # new starts, and the pipeline's state waits for the file to settle before saying `blocked`.
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,8 @@ def _plan_pipeline(
         new, _, cand = _step_job(view, specs.get(name), jobs[name], jobs, specs, now, limits, False, blocked, plan)
         return cand if new == jobs[name] else None
 
-    later = [] if full else [n for n in view.ready if n not in seen]
+    # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
+    later = [] if full or blocked else [n for n in view.ready if n not in seen]
     return candidates, running, _Ready(view.name, later, check)
 
 
@@ -372,7 +376,11 @@ def _step_job(
         return status, "", None
     if state is JobState.WAITING:
         new, event, cand = _step_waiting(pipeline, spec, status, jobs)
-        return _within_budget(view, spec, status, jobs, cand) if cand is not None else (new, event, cand)
+        if cand is None:
+            return new, event, cand
+        if blocked:  # its fix-ups are done, but nothing starts in a blocked pipeline
+            return status, "", None
+        return _within_budget(view, spec, status, jobs, cand)
     if state is JobState.RETRYING:
         if status.retry_at is not None and status.retry_at > now:
             plan.wake(status.retry_at)
@@ -649,8 +657,10 @@ def _plan_pipeline_status(
     all_done = bool(names) and all(jobs[n].state.terminal for n in names if n in jobs) and all(n in jobs for n in names)
     running = any(j.state in ACTIVE for j in jobs.values()) if all_done or blocked else True
     started = old.started_at is not None or any(j.attempts or j.state.terminal for j in jobs.values())
+    if blocked and view.settling:
+        return  # a spec file is being written: its state is known once it settles
     if blocked:
-        state, message = PipelineState.FAILED, blocked
+        state, message = PipelineState.BLOCKED, blocked
     elif all_done:
         failed = [n for n in names[::-1] if jobs[n].state is JobState.FAILED and not specs[n].allow_failure]
         if failed:

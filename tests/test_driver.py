@@ -180,8 +180,8 @@ def test_a_job_killed_with_sigkill_is_retried(root: Root, make_pipeline: MakePip
     assert a.attempts[0].message == "killed by signal 9 (SIGKILL)"
 
 
-def test_a_broken_job_file_fails_its_pipeline_while_another_completes(root: Root, make_pipeline: MakePipeline,
-                                                                      tmp_path: Path) -> None:
+def test_a_broken_job_file_blocks_its_pipeline_while_another_completes(root: Root, make_pipeline: MakePipeline,
+                                                                       tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     make_pipeline("bad", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
                           "b": 'command = ["true"]\nneeds = ["a"]\n'})
@@ -192,11 +192,12 @@ def test_a_broken_job_file_fails_its_pipeline_while_another_completes(root: Root
         job_b = root.pipeline("bad").jobs_dir / "b.toml"
         job_b.write_text("command = [oops\n")
         gate.touch()
-        wait_for(lambda: pstate(root, "good").terminal and pstate(root, "bad").terminal, what="both pipelines end")
+        wait_for(lambda: pstate(root, "good").terminal and pstate(root, "bad") is PipelineState.BLOCKED,
+                 what="good to end and bad to be blocked")
         wait_for(lambda: jstatus(root, "bad", "a").state.terminal, what="bad/a recorded")
     assert pstate(root, "good") is PipelineState.SUCCEEDED
     bad = read_pipeline_status(root.pipeline("bad").status_file)
-    assert bad.state is PipelineState.FAILED
+    assert bad.state is PipelineState.BLOCKED
     assert bad.message.startswith(f"invalid spec: {job_b}: <toml>: syntax error: line 1")
     assert jstatus(root, "bad", "a").state is JobState.SUCCEEDED
     assert jstatus(root, "bad", "b").state is JobState.PENDING
@@ -208,8 +209,8 @@ def test_a_pipeline_stopped_by_a_broken_file_resumes_when_it_is_fixed(root: Root
     job_b = root.pipeline("p").jobs_dir / "b.toml"
     job_b.write_text("command = [oops\n")
     with daemon(root):
-        wait_for(lambda: root.pipeline("p").status_file.exists() and pstate(root, "p") is PipelineState.FAILED,
-                 what="pipeline stopped")
+        wait_for(lambda: root.pipeline("p").status_file.exists() and pstate(root, "p") is PipelineState.BLOCKED,
+                 what="pipeline blocked")
         time.sleep(0.2)
         job_b.write_text('command = ["true"]\nneeds = ["a"]\n')
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=10, what="pipeline resumed")
@@ -356,7 +357,7 @@ def test_status_shows_states_attempts_and_durations(root: Root, make_pipeline: M
     assert rows["b"][2:4] == ["failed", "2"]
 
 
-def test_a_changed_prompt_stops_the_pipeline_with_a_message(root: Root, make_pipeline: MakePipeline,
+def test_a_changed_prompt_blocks_the_pipeline_with_a_message(root: Root, make_pipeline: MakePipeline,
                                                             tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
@@ -367,7 +368,7 @@ def test_a_changed_prompt_stops_the_pipeline_with_a_message(root: Root, make_pip
         spec.write_text(spec.read_text().replace("do it", "do something else"))
         gate.touch()
         wait_for(lambda: jstatus(root, "p", "a").state.terminal, what="a recorded")
-        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="pipeline stopped")
+        wait_for(lambda: pstate(root, "p") is PipelineState.BLOCKED, what="pipeline blocked")
         time.sleep(0.3)
     status = read_pipeline_status(root.pipeline("p").status_file)
     assert "prompt: changed after the pipeline was created" in status.message
