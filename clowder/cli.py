@@ -12,6 +12,7 @@ import click
 
 from clowder.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CRASH,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WORK_FAILED,
@@ -46,11 +47,36 @@ class ClowderGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own ways out (an exit code, a usage error): click prints and exits
+        except Exception as e:
+            # A bug: one line and a crash log to report, never a bare traceback, never exit 1
+            # (which says the work failed).
+            from clowder.crash import describe, write_crash_log
+
+            path = write_crash_log(_state_dir(ctx), e, f"clowder {ctx.invoked_subcommand or ''}".strip())
+            where = f"the traceback is in {path}" if path else "no crash log could be written"
+            click.echo(f"error: Clowder failed unexpectedly: {describe(e)}; {where} (please report it)", err=True)
+            ctx.exit(EXIT_CRASH)
+
+
+def _state_dir(ctx: click.Context) -> Path | None:
+    """The root's .clowder/ for a crash log, if the command found a root."""
+    try:
+        return find_root(ctx.meta.get("clowder.root_dir")).state_dir
+    except Exception:  # the crash may be in finding the root itself
+        return None
+
+
+def _remember_root(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    ctx.meta["clowder.root_dir"] = value  # shared by the whole command: the error handler reads it
+    return value
 
 
 def root_option(f: F) -> F:
     return click.option(
         "--root", "root_dir", type=click.Path(file_okay=False, path_type=Path), envvar=ROOT_ENV,
+        callback=_remember_root,
         help=f"The Clowder root (default: ${ROOT_ENV}, else the nearest directory upward holding clowder.toml).",
     )(f)
 
