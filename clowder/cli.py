@@ -266,8 +266,9 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
     Exits 0 if all succeeded, 1 if not, 2 if a pipeline is blocked by a spec file that stays
-    invalid (fix it and run again). Logs each decision to stderr. If `clowder watch` is
-    already serving the root, follows the pipelines it runs instead of scheduling them."""
+    invalid (fix it and run again), 3 if Clowder failed on one (see its crash log). Logs each
+    decision to stderr. If `clowder watch` is already serving the root, follows the pipelines
+    it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
@@ -276,22 +277,23 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
 
 
 def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
-    """The exit code of a run that did not succeed: 2 if a pipeline is blocked by a bad file
-    (each is named, with the file and the key), else 1."""
+    """The exit code of a run that did not succeed: 3 if Clowder failed on a pipeline (broken),
+    2 if one is blocked by a bad file (each is named, with the file and the key), else 1."""
     from clowder.state import PipelineState, read_pipeline_status
     from clowder.tree import is_name
 
-    blocked = []
+    halted: dict[PipelineState, list[str]] = {PipelineState.BROKEN: [], PipelineState.BLOCKED: []}
     for name in pipelines or tuple(n for n in root.pipeline_names() if is_name(n)):
         try:
             status = read_pipeline_status(root.pipeline(name).status_file)
         except ClowderError:
             continue
-        if status.state is PipelineState.BLOCKED:
-            blocked.append(f"error: {name} is blocked: {status.message}")
-    for line in blocked:
-        click.echo(line, err=True)
-    return EXIT_BAD_INPUT if blocked else EXIT_WORK_FAILED
+        if status.state in halted:
+            halted[status.state].append(name)
+            click.echo(f"error: {name} is {status.state.value}: {status.message}", err=True)
+    if halted[PipelineState.BROKEN]:
+        return EXIT_CRASH
+    return EXIT_BAD_INPUT if halted[PipelineState.BLOCKED] else EXIT_WORK_FAILED
 
 
 @main.command()

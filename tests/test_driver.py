@@ -399,3 +399,93 @@ def test_an_attempt_recorded_but_never_launched_is_started_afresh(root: Root, ma
     a = jstatus(root, "p", "a")
     assert [(x.number, x.state) for x in a.attempts] == [(1, JobState.SUCCEEDED)]
     assert record.read_text() == "ran\n"
+
+
+# -- one pipeline Clowder fails on never stops the others ---------------------------------------
+
+NESTED = "x = " + "[" * 1000 + "]" * 1000 + "\n"  # tomli refuses more than 400 levels: RecursionError
+CRASHING_FILES = {
+    # A hand-edited time without a UTC offset: reconcile compares it with an aware `now`.
+    "naive-retry-at": ("status/a.toml", 'state = "retrying"\nattempt = 1\nretry_at = 2026-01-01T00:00:00\n'
+                                        '[[attempts]]\nnumber = 1\nstate = "failed"\n'),
+    "nested-status": ("status/a.toml", 'state = "pending"\n' + NESTED),
+    "nested-job": ("jobs/a.toml", 'command = ["true"]\n' + NESTED),
+}
+
+
+def _clowder_fails_on(root: Root, name: str) -> bool:
+    """Whether reading or scheduling the pipeline raises what Clowder does not expect (a fix
+    elsewhere may turn an input into a clean error: the test then has nothing to show)."""
+    from clowder.errors import ClowderError
+    from clowder.scheduler import Limits, PipelineView, reconcile
+    from clowder.state import PipelineStatus, utcnow
+    from clowder.validate import check_pipeline
+
+    paths = root.pipeline(name)
+    try:
+        pipeline, _ = check_pipeline(paths)
+        jobs = {f.stem: read_job_status(f, f.stem) for f in paths.status_dir.glob("*.toml")}
+        reconcile([PipelineView(name, pipeline, (), PipelineStatus(), jobs)], utcnow(), Limits(4))
+    except ClowderError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _two_pipelines(root: Root, make_pipeline: MakePipeline, case: str) -> Path:
+    for name in ("good", "bad"):
+        make_pipeline(name, {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    where, text = CRASHING_FILES[case]
+    path = write(root.pipeline("bad").dir / where, text)
+    if not _clowder_fails_on(root, "bad"):
+        pytest.skip(f"{case}: Clowder no longer fails on this input (it is refused cleanly now)")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CRASHING_FILES))
+def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root: Root, make_pipeline: MakePipeline,
+                                                                           case: str) -> None:
+    bad_file = _two_pipelines(root, make_pipeline, case)
+    watch = _clowder(root, "watch", "--sweep", "1s")
+    try:
+        wait_for(lambda: root.pipeline("good").status_file.exists() and pstate(root, "good").terminal,
+                 what="the healthy pipeline to end")
+        assert pstate(root, "good") is PipelineState.SUCCEEDED
+        wait_for(lambda: root.pipeline("bad").status_file.exists() and pstate(root, "bad") is PipelineState.BROKEN,
+                 what="the other to be marked broken")
+        message = read_pipeline_status(root.pipeline("bad").status_file).message
+        assert message.startswith("Clowder failed ") and str(bad_file) in message
+        crash_logs = list((root.state_dir / "crash").glob("*.log"))
+        assert len(crash_logs) == 1 and f"traceback in {crash_logs[0]}" in message
+        status = subprocess.run([sys.executable, "-m", "clowder", "status", "--root", str(root.path)],
+                                capture_output=True, text=True, timeout=60)
+        if status.returncode == 0:
+            row = next(line for line in status.stdout.splitlines() if line.startswith("bad "))
+            assert row.split()[1] == "broken" and str(bad_file) in row
+        else:  # `clowder status` reads the same spec file and fails on it too, but as a crash should
+            assert status.returncode == 3 and len(status.stderr.splitlines()) == 1, status.stderr
+        logs = len(list((root.state_dir / "crash").glob("*.log")))
+        time.sleep(1.5)  # a sweep tries it again: the same failure writes no second crash log
+        assert len(list((root.state_dir / "crash").glob("*.log"))) == logs
+        assert watch.poll() is None, "clowder watch died"
+        bad_file.unlink()  # mended: the sweep (or the event, for a job file) picks it up
+        if case == "nested-job":
+            write(bad_file, 'command = ["true"]\n')
+        wait_for(lambda: pstate(root, "bad") is PipelineState.SUCCEEDED, what="the mended pipeline to succeed")
+    finally:
+        watch.terminate()
+        _, err = watch.communicate(timeout=30)
+    assert "Traceback" not in err
+    assert sum(" bad: broken: Clowder failed " in line for line in err.splitlines()) == 1
+    assert watch.returncode == 0
+
+
+def test_run_exits_three_when_clowder_fails_on_a_pipeline(root: Root, make_pipeline: MakePipeline) -> None:
+    _two_pipelines(root, make_pipeline, "nested-status")
+    result = subprocess.run([sys.executable, "-m", "clowder", "run", "--root", str(root.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: bad is broken: Clowder failed reading its files: RecursionError: " in result.stderr
+    assert pstate(root, "good") is PipelineState.SUCCEEDED
