@@ -234,3 +234,17 @@ def test_run_on_a_pipeline_with_an_invalid_job_file_exits_two(root: Root, make_p
     job_a.write_text('command = ["true"]\n')
     assert cli("run", "p").exit_code == 0
     assert pstate(root, "p") is PipelineState.SUCCEEDED
+
+
+def test_the_server_lists_a_blocked_pipeline_with_its_problem(root: Root, make_pipeline: MakePipeline) -> None:
+    pytest.importorskip("fastapi")
+    from tests.test_server import client
+
+    d = make_pipeline("p", {"a": 'command = ["true"]\nretries = -1\n'})
+    job_a = d / "jobs" / "a.toml"
+    os.utime(job_a, (time.time() - 60, time.time() - 60))
+    assert _clowder(root, "run", "p").returncode == 2
+    with client(root) as (c, _):
+        listed = c.get("/api/pipelines", params={"state": "blocked"}).json()
+        assert [(p["name"], p["state"]) for p in listed] == [("p", "blocked")]
+        assert listed[0]["message"].startswith(f"invalid spec: {job_a}: retries: ")

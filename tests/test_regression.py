@@ -217,3 +217,35 @@ def test_the_spawner_runs_again_as_soon_as_its_fixup_succeeds(root: Root, make_p
     assert elapsed < 10, f"the regression loop took {elapsed:.1f} s: it waited for a sweep"
     assert pstate(root, "p") is PipelineState.SUCCEEDED
     assert [a.trigger for a in jstatus(root, "p", spawner).attempts] == ["start", "regression"]
+
+
+def test_nothing_starts_in_a_blocked_pipeline_not_even_a_spawner_whose_fixup_succeeded(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    import os
+
+    from tests.test_driver import daemon
+
+    gate = tmp_path / "gate"
+    d = make_pipeline("p", {
+        "dev": f'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then '
+               f'while [ ! -f {gate} ]; do sleep 0.05; done; touch fixed.txt; fi"\n',
+        "test": SPAWNER,
+        "other": 'command = ["true"]\nneeds = ["test"]\n',
+    })
+    other = d / "jobs" / "other.toml"
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.RUNNING, what="fix-up running")
+        other.write_text('command = ["true"]\nneeds = ["test"]\nretries = "many"\n')
+        os.utime(other, (time.time() - 60, time.time() - 60))  # saved a while ago: no settling
+        wait_for(lambda: pstate(root, "p") is PipelineState.BLOCKED, what="pipeline blocked")
+        gate.touch()
+        wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.SUCCEEDED, what="fix-up succeeded")
+        time.sleep(0.5)
+        test = jstatus(root, "p", "test")
+        assert (test.state, len(test.attempts)) == (JobState.WAITING, 1)
+        assert pstate(root, "p") is PipelineState.BLOCKED
+        other.write_text('command = ["true"]\nneeds = ["test"]\n')
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, what="pipeline resumed")
+    assert [a.trigger for a in jstatus(root, "p", "test").attempts] == ["start", "regression"]
+    assert jstatus(root, "p", "other").state is JobState.SUCCEEDED
