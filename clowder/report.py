@@ -164,7 +164,7 @@ def from_index(root: Root, names: list[str]) -> dict[str, PipelineReport]:
     out = {}
     for name, (state, message, started, ended, problem, problems) in rows.pipelines.items():
         state, message, shown = _head(root, name, state, message, problem, problems)
-        if state == "broken":
+        if problem is not None:  # its status file is unreadable (not a pipeline the daemon marked broken)
             out[name] = PipelineReport(name, state, message, None, None, problems=shown)
             continue
         jobs = tuple(_job_from_row(row, tuple(rows.needs.get((name, row[0]), ())), now, root)
@@ -199,7 +199,7 @@ def overview(root: Root) -> list[tuple[str, str, str, str]]:
         if name in indexed:
             (state, message, problem, problems), counts = indexed[name]
             state, message, _ = _head(root, name, state, message, problem, problems)
-            out.append((name, state, "no jobs" if state == "broken" else summarize(counts), message))
+            out.append((name, state, "no jobs" if problem is not None else summarize(counts), message))
         else:
             r = pipeline_report(root, root.pipeline(name))
             out.append((name, r.state, summary(r), r.message))

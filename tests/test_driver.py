@@ -463,6 +463,7 @@ def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root:
         if status.returncode == 0:
             row = next(line for line in status.stdout.splitlines() if line.startswith("bad "))
             assert row.split()[1] == "broken" and str(bad_file) in row
+            assert row.split()[2:4] in (["2", "pending"], ["1", "pending,"])  # its jobs are still shown
         else:  # `clowder status` reads the same spec file and fails on it too, but as a crash should
             assert status.returncode == 3 and len(status.stderr.splitlines()) == 1, status.stderr
         logs = len(list((root.state_dir / "crash").glob("*.log")))

@@ -248,3 +248,11 @@ def test_the_server_lists_a_blocked_pipeline_with_its_problem(root: Root, make_p
         listed = c.get("/api/pipelines", params={"state": "blocked"}).json()
         assert [(p["name"], p["state"]) for p in listed] == [("p", "blocked")]
         assert listed[0]["message"].startswith(f"invalid spec: {job_a}: retries: ")
+
+
+def test_the_settle_window_is_a_checked_setting(root: Root, cli: Invoke) -> None:
+    assert 'settle = "2s"' in root.config_file.read_text()  # `clowder init` writes the default
+    root.config_file.write_text(root.config_file.read_text().replace('settle = "2s"', 'settle = "a moment"'))
+    result = cli("validate")
+    assert result.exit_code == 2
+    assert f"{root.config_file}: settle: " in result.output
