@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from glob import glob
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, assert_never
 
 from clowder import regression, schema, workspace
 from clowder import requests as req_mod
@@ -359,8 +359,8 @@ class Driver:
         except Exception as e:
             if isinstance(action, Start):  # not launched: a fresh read starts it again
                 self._own.discard((action.pipeline, action.job, action.attempt))
-            job = getattr(action, "job", None) or getattr(getattr(action, "status", None), "job", None)
-            if isinstance(job, str):
+            job = _job_of(action)
+            if job is not None:
                 e.add_note(f"job {job}: {cache.paths.job_file(job)}, {cache.paths.job_status_file(job)}")
             self._break(cache, f"applying {type(action).__name__}", e)
 
@@ -841,3 +841,17 @@ def _note_spec_file(error: Exception, paths: PipelinePaths) -> None:
         except Exception:
             error.add_note(str(path))
             return
+
+
+def _job_of(action: Action) -> str | None:
+    match action:
+        case SetJob(status=status):
+            return status.job
+        case Start(job=job) | Kill(job=job):
+            return job
+        case SpawnJob(spawner=spawner):
+            return spawner
+        case SetPipeline() | DoneRequest():
+            return None
+        case _:
+            assert_never(action)
