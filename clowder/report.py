@@ -25,6 +25,7 @@ from clowder.state import (
 from clowder.tree import PipelinePaths, Root, is_name
 
 JOB_STATES = tuple(s.value for s in JobState)
+BLOCKED_BY_SPEC = "invalid spec: "  # how scheduler._blocked_reason words a pipeline blocked by a spec file
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
     message = pstatus.message
     if problems and pstatus.state is PipelineState.PENDING:
         state, message = "invalid", f"{len(problems)} problem(s); run `clowder validate {paths.dir}`"
+    message = _mended(state, message, bool(problems))
     return PipelineReport(paths.name, state, message, pstatus.started_at, pstatus.ended_at,
                           tuple(jobs), tuple(str(p) for p in problems))
 
@@ -184,7 +186,15 @@ def _head(root: Root, name: str, state: str, message: str, problem: str | None,
     shown = tuple(problem_text(p, root.path) for p in json.loads(problems)) if problems else ()
     if shown and state == PipelineState.PENDING.value:
         return "invalid", f"{len(shown)} problem(s); run `clowder validate {root.pipeline(name).dir}`", shown
-    return state, message, shown
+    return state, _mended(state, message, bool(shown)), shown
+
+
+def _mended(state: str, message: str, invalid: bool) -> str:
+    """A pipeline blocked by a spec file that has been fixed since: the state stays until a
+    daemon or `clowder run` reads it again, so say so."""
+    if state == PipelineState.BLOCKED.value and message.startswith(BLOCKED_BY_SPEC) and not invalid:
+        return f"{message} (fixed since: it resumes when `clowder watch` or `clowder run` reads it)"
+    return message
 
 
 def overview(root: Root) -> list[tuple[str, str, str, str]]:

@@ -232,6 +232,9 @@ def test_run_on_a_pipeline_with_an_invalid_job_file_exits_two(root: Root, make_p
     assert pstate(root, "p") is PipelineState.BLOCKED
     assert jstatus(root, "p", "a").state is JobState.PENDING
     job_a.write_text('command = ["true"]\n')
+    row = cli("status").output.splitlines()[1]
+    assert row.split()[:2] == ["p", "blocked"]
+    assert row.endswith("(fixed since: it resumes when `clowder watch` or `clowder run` reads it)")
     assert cli("run", "p").exit_code == 0
     assert pstate(root, "p") is PipelineState.SUCCEEDED
 
