@@ -27,8 +27,9 @@ NEW_B = 'command = "echo new >> {record}"\nneeds = ["a"]\n'
 
 
 @contextmanager
-def serving(root: Root) -> Iterator[list[str]]:
-    """A daemon serving the root in a thread, as `clowder watch` does; yields its decision log."""
+def serving(root: Root, gate: Path) -> Iterator[list[str]]:
+    """A daemon serving the root in a thread, as `clowder watch` does; yields its decision log.
+    Opens the gate when done, so no job waits on it after the test."""
     lines: list[str] = []
     driver = Driver(root, log=lines.append)
     thread = threading.Thread(target=driver.serve, daemon=True)
@@ -36,6 +37,7 @@ def serving(root: Root) -> Iterator[list[str]]:
     try:
         yield lines
     finally:
+        gate.touch()
         driver.stop()
         thread.join(timeout=10)
 
@@ -79,7 +81,7 @@ def write_with_a_pause(path: Path, text: str, pause: float = 0.3) -> None:
 def test_a_new_job_file_written_in_place_with_a_pause_runs(root: Root, make_pipeline: MakePipeline,
                                                            tmp_path: Path) -> None:
     gate, record, job_b = gated(make_pipeline, tmp_path, b=None)
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         write_with_a_pause(job_b, NEW_B.format(record=record))
         time.sleep(0.3)
@@ -91,7 +93,7 @@ def test_a_new_job_file_written_in_place_with_a_pause_runs(root: Root, make_pipe
 def test_a_job_file_rewritten_by_a_shell_with_a_pause_runs_its_new_command(root: Root, make_pipeline: MakePipeline,
                                                                           tmp_path: Path) -> None:
     gate, record, job_b = gated(make_pipeline, tmp_path)
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         # `{ ...; sleep; ...; } > file`: the shell truncates the file, then writes it in two goes.
         script = (f"{{ printf 'command = \"echo ne'; sleep 0.3; printf 'w >> {record}\"\\nneeds = [\"a\"]\\n'; }}"
@@ -107,7 +109,7 @@ def test_a_job_file_rewritten_by_a_shell_with_a_pause_runs_its_new_command(root:
 def test_a_job_file_saved_by_vim_runs_its_new_command(root: Root, make_pipeline: MakePipeline,
                                                       tmp_path: Path) -> None:
     gate, record, job_b = gated(make_pipeline, tmp_path)
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         # Vim's own save: a backup by rename (b.toml~), a new file written, the backup removed.
         subprocess.run(["vim", "-Nu", "NONE", "-i", "NONE", "-n", "-es", "-c", "%s/echo old/echo new/", "-c", "wq",
@@ -121,7 +123,7 @@ def test_a_job_file_saved_by_vim_runs_its_new_command(root: Root, make_pipeline:
 def test_a_job_file_written_to_a_temp_file_and_renamed_runs_its_new_command(root: Root, make_pipeline: MakePipeline,
                                                                            tmp_path: Path) -> None:
     gate, record, job_b = gated(make_pipeline, tmp_path)
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         # Write-temp-then-rename, as vim with `backupcopy=no` and most IDEs do; then as `sed -i` does.
         temp = job_b.with_name(".b.toml.swx")
@@ -137,7 +139,7 @@ def test_a_job_file_written_to_a_temp_file_and_renamed_runs_its_new_command(root
 def test_a_job_file_saved_emacs_style_runs_its_new_command(root: Root, make_pipeline: MakePipeline,
                                                            tmp_path: Path) -> None:
     gate, record, job_b = gated(make_pipeline, tmp_path)
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         # Emacs keeps a backup by renaming the original to b.toml~, then writes a new b.toml.
         os.rename(job_b, job_b.with_name("b.toml~"))
@@ -161,7 +163,7 @@ def test_two_writers_saving_in_place_never_stop_the_pipeline(root: Root, make_pi
             write_with_a_pause(job_b, text, pause=0.02)
             time.sleep(0.03)
 
-    with serving(root) as lines:
+    with serving(root, gate) as lines:
         a_running(root)
         threads = [threading.Thread(target=writer, args=(t,)) for t in texts]
         for t in threads:
@@ -210,6 +212,7 @@ def test_a_job_file_left_invalid_blocks_its_pipeline_until_it_is_fixed(root: Roo
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=30, what="pipeline resumed")
         assert watch.poll() is None
     finally:
+        gate.touch()
         watch.terminate()
         _, err = watch.communicate(timeout=30)
     assert f"p: pipeline blocked: invalid spec: {job_b}: retries: " in err
