@@ -12,6 +12,7 @@ import click
 
 from clowder.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CRASH,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WORK_FAILED,
@@ -46,11 +47,36 @@ class ClowderGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own ways out (an exit code, a usage error): click prints and exits
+        except Exception as e:
+            # A bug: one line and a crash log to report, never a bare traceback, never exit 1
+            # (which says the work failed).
+            from clowder.crash import describe, write_crash_log
+
+            path = write_crash_log(_state_dir(ctx), e, f"clowder {ctx.invoked_subcommand or ''}".strip())
+            where = f"the traceback is in {path}" if path else "no crash log could be written"
+            click.echo(f"error: Clowder failed unexpectedly: {describe(e)}; {where} (please report it)", err=True)
+            ctx.exit(EXIT_CRASH)
+
+
+def _state_dir(ctx: click.Context) -> Path | None:
+    """The root's .clowder/ for a crash log, if the command found a root."""
+    try:
+        return find_root(ctx.meta.get("clowder.root_dir")).state_dir
+    except Exception:  # the crash may be in finding the root itself
+        return None
+
+
+def _remember_root(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    ctx.meta["clowder.root_dir"] = value  # shared by the whole command: the error handler reads it
+    return value
 
 
 def root_option(f: F) -> F:
     return click.option(
         "--root", "root_dir", type=click.Path(file_okay=False, path_type=Path), envvar=ROOT_ENV,
+        callback=_remember_root,
         help=f"The Clowder root (default: ${ROOT_ENV}, else the nearest directory upward holding clowder.toml).",
     )(f)
 
@@ -239,13 +265,35 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
         root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
-    Exits 0 if all succeeded, 1 if not. Logs each decision to stderr. If `clowder watch` is
-    already serving the root, follows the pipelines it runs instead of scheduling them."""
+    Exits 0 if all succeeded, 1 if not, 2 if a pipeline is blocked by a spec file that stays
+    invalid (fix it and run again), 3 if Clowder failed on one (see its crash log). Logs each
+    decision to stderr. If `clowder watch` is already serving the root, follows the pipelines
+    it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
                     out=console())
-    click.get_current_context().exit(EXIT_OK if ok else EXIT_WORK_FAILED)
+    click.get_current_context().exit(EXIT_OK if ok else _run_failed(root, pipelines))
+
+
+def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
+    """The exit code of a run that did not succeed: 3 if Clowder failed on a pipeline (broken),
+    2 if one is blocked by a bad file (each is named, with the file and the key), else 1."""
+    from clowder.state import PipelineState, read_pipeline_status
+    from clowder.tree import is_name
+
+    halted: dict[PipelineState, list[str]] = {PipelineState.BROKEN: [], PipelineState.BLOCKED: []}
+    for name in pipelines or tuple(n for n in root.pipeline_names() if is_name(n)):
+        try:
+            status = read_pipeline_status(root.pipeline(name).status_file)
+        except ClowderError:
+            continue
+        if status.state in halted:
+            halted[status.state].append(name)
+            click.echo(f"error: {name} is {status.state.value}: {status.message}", err=True)
+    if halted[PipelineState.BROKEN]:
+        return EXIT_CRASH
+    return EXIT_BAD_INPUT if halted[PipelineState.BLOCKED] else EXIT_WORK_FAILED
 
 
 @main.command()

@@ -16,22 +16,25 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from glob import glob
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, assert_never
 
-from clowder import regression, workspace
+from clowder import regression, schema, workspace
 from clowder import requests as req_mod
 from clowder.artifacts import metadata_dir
+from clowder.crash import describe, write_crash_log
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
 from clowder.scheduler import (
+    Action,
     DoneRequest,
     Kill,
     Limits,
     Outcome,
     PipelineView,
+    Plan,
     SetJob,
     SetPipeline,
     SpawnJob,
@@ -94,13 +97,16 @@ class _Pipeline:
     full: bool = True  # the next reconcile looks at every job
     active: set[str] = field(default_factory=set)  # jobs running, retrying, waiting or queued
     ready: list[str] = field(default_factory=list)  # jobs that could start but got no slot, in order
+    settle_until: datetime | None = None  # its invalid spec is being written: read it again then
+    broken: str = ""  # why Clowder failed on it: left alone until its files change or the sweep
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
         focus = None if self.full else frozenset(self.active | set(outcomes))
         return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready))
+                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready),
+                            settling=self.settle_until is not None)
 
     def set_job(self, status: JobStatus) -> None:
         self.jobs[status.job] = status
@@ -118,6 +124,17 @@ class _Pipeline:
         changed_prompt = (self.pipeline is not None and bool(self.status.prompt_hash)
                           and self.status.prompt_hash != prompt_hash(self.pipeline.spec.prompt))
         return self.finished() and not self.problems and not changed_prompt
+
+    def stopped(self) -> bool:
+        """Nothing more happens here without a human: it has ended, or it is blocked by a file
+        that stayed invalid and none of its attempts still runs (`clowder run` is done with it)."""
+        if self.broken:
+            return True
+        if self.settle_until is not None:
+            return False
+        halted = self.status.state is PipelineState.BLOCKED
+        return (self.status.state.terminal or halted) and not any(
+            j.state is JobState.RUNNING for j in self.jobs.values())
 
 
 class Driver:
@@ -152,6 +169,7 @@ class Driver:
         self.stopping = threading.Event()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
+        self._crashes: dict[str, tuple[str, str]] = {}  # pipeline -> (what failed, its status message)
         self.writer: Writer | None = None
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
         self._launching: dict[tuple[str, str, int], Future[None]] = {}
@@ -166,7 +184,12 @@ class Driver:
 
     def _on_exit(self, pipeline: str, job: str, attempt: int) -> None:
         """Called from a waiter thread when an attempt's process is gone."""
-        outcome = self._observe_end(pipeline, job, attempt)
+        try:
+            outcome = self._observe_end(pipeline, job, attempt)
+        except Exception as e:  # the attempt still ends, failed, with why: never left `running`
+            path = write_crash_log(self.root.state_dir, e, f"clowder daemon: the end of {pipeline}/{job} #{attempt}")
+            outcome = Outcome(None, utcnow(), problem=f"Clowder failed recording how it ended: {describe(e)}"
+                              + (f"; traceback in {path}" if path else ""))
         self.events.put(("exit", pipeline, job, attempt, outcome))
 
     def stop(self) -> None:
@@ -265,33 +288,129 @@ class Driver:
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
         now = now or utcnow()
+        for name, cache in self.pipelines.items():
+            if cache.settle_until is not None and cache.settle_until <= now:
+                self.dirty.add(name)  # its invalid spec has had time to settle: read it again
         for name in sorted(self.dirty):
             if name in self.pipelines:
-                self._refresh(self.pipelines[name])
+                try:
+                    self._read(self.pipelines[name])
+                except Exception as e:  # one pipeline's files must not stop the others
+                    self._break(self.pipelines[name], "reading its files", e)
         self.dirty.clear()
         # A settled pipeline is looked at again only when something was re-read (a spec edit may
         # mend it, a request may retry it).
-        active = [c for c in self.pipelines.values() if not c.settled() or c.requests or c.outcomes or c.full]
-        plan = reconcile([c.view() for c in active], now, self.limits)
+        active = [c for c in self.pipelines.values()
+                  if not c.broken and (not c.settled() or c.requests or c.outcomes or c.full)]
+        plan = self._reconcile(active, now)
+        active = [c for c in active if not c.broken]
         for cache in active:
             cache.full = False
             cache.ready = []
+            if self._crashes:
+                self._crashes.pop(cache.paths.name, None)  # scheduled again: a new crash is news
         for pipeline, job in plan.ready:
             self.pipelines[pipeline].ready.append(job)
         for action in plan.actions:
-            self._apply(action, now)
+            self._apply_isolated(action, now)
         for cache in active:
             cache.outcomes = {j: o for j, o in cache.outcomes.items()
                               if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
-            if cache.settled() and self.watcher and not cache.requests:
-                self.watcher.unwatch(cache.paths.name)
-            elif self.watcher and not cache.settled() and cache.paths.name not in self.watcher.watched():
-                self.watcher.watch(cache.paths.name)
+            try:
+                self._watch(cache)
+            except Exception as e:
+                self._break(cache, "watching its directories", e)
         if self.recorder.flush():  # the index was swapped or recreated: hand everything over again
             self._record_all()
         if self.on_tick:
             self.on_tick(self)
-        return plan.wake_at
+        return min((t for t in (plan.wake_at, *(c.settle_until for c in self.pipelines.values())) if t is not None),
+                   default=None)
+
+    def _watch(self, cache: _Pipeline) -> None:
+        if cache.settled() and self.watcher and not cache.requests:
+            self.watcher.unwatch(cache.paths.name)
+        elif self.watcher and not cache.settled() and cache.paths.name not in self.watcher.watched():
+            self.watcher.watch(cache.paths.name)
+
+    # -- one broken pipeline never stops the others -----------------------------------------
+
+    def _reconcile(self, active: list[_Pipeline], now: datetime) -> Plan:
+        """reconcile() over the active pipelines; if it raises, the pipelines it raises on are
+        marked broken and the others are scheduled without them."""
+        views = [c.view() for c in active]
+        try:
+            return reconcile(views, now, self.limits)
+        except Exception:
+            pass  # find which pipeline it fails on: rare, so each is tried alone
+        kept: list[PipelineView] = []
+        for view in views:
+            try:
+                reconcile([view], now, self.limits)
+            except Exception as e:
+                cache = self.pipelines[view.name]
+                self._break(cache, "scheduling it", _located(e, view, cache.paths, now, self.limits))
+            else:
+                kept.append(view)
+        try:
+            return reconcile(kept, now, self.limits)
+        except Exception:
+            pass  # it fails only with others: add them one at a time
+        together: list[PipelineView] = []
+        for view in kept:
+            try:
+                reconcile([*together, view], now, self.limits)
+            except Exception as e:
+                self._break(self.pipelines[view.name], "scheduling it with the others", e)
+            else:
+                together.append(view)
+        return reconcile(together, now, self.limits)
+
+    def _apply_isolated(self, action: Action, now: datetime) -> None:
+        cache = self.pipelines.get(action.pipeline)
+        if cache is None or cache.broken:  # an earlier action of its pipeline failed this step
+            return
+        try:
+            self._apply(action, now)
+        except Exception as e:
+            if isinstance(action, Start):  # not launched: a fresh read starts it again
+                self._own.discard((action.pipeline, action.job, action.attempt))
+            job = _job_of(action)
+            if job is not None:
+                e.add_note(f"job {job}: {cache.paths.job_file(job)}, {cache.paths.job_status_file(job)}")
+            self._break(cache, f"applying {type(action).__name__}", e)
+
+    def _break(self, cache: _Pipeline, what: str, error: Exception) -> None:
+        """Mark the pipeline broken: it is left out of scheduling until its files change (or the
+        sweep), its status says why, and the traceback goes to a crash log (once per cause)."""
+        name = cache.paths.name
+        cause = f"{what}: {describe(error)}"
+        if name not in self._crashes or self._crashes[name][0] != cause:
+            path = write_crash_log(self.root.state_dir, error, f"clowder daemon, pipeline {name}: {what}")
+            message = (f"Clowder failed {cause}; " + (f"traceback in {path}; " if path else "")
+                       + "it is tried again when its files change")
+            self._crashes[name] = (cause, message)
+            self.log(f"{name}: broken: {message}")
+        cache.broken = self._crashes[name][1]
+        status = replace(cache.status, state=PipelineState.BROKEN, message=cache.broken, ended_at=None)
+        if status == cache.status:
+            return
+        cache.status = status
+        try:
+            self._write(cache.paths.status_file, pipeline_status_to_toml(status))
+            self.recorder.pipeline_status(name, status)
+        except Exception as e:
+            self.log(f"{name}: cannot record that it is broken: {describe(e)}")
+
+    def _read(self, cache: _Pipeline) -> None:
+        """Refresh a pipeline; a broken one is read anew from the tree, once this daemon's
+        writes have reached it (attempts it launched or saw end are kept)."""
+        if cache.broken:
+            if self.writer is not None:
+                self.writer.flush()
+            cache = _Pipeline(cache.paths, outcomes=cache.outcomes, alive=cache.alive)
+            self.pipelines[cache.paths.name] = cache
+        self._refresh(cache)
 
     def _record_all(self) -> None:
         for name, cache in self.pipelines.items():
@@ -327,9 +446,14 @@ class Driver:
         for name, cache in self.pipelines.items():
             self.dirty.add(name)
             cache.full = True
-            for job, status in cache.jobs.items():
+            for job, status in list(cache.jobs.items()) if not cache.broken else ():
                 if status.state is JobState.RUNNING and (name, job, status.attempt) not in self._own:
-                    self._check_process(cache, job, status)
+                    try:
+                        self._check_process(cache, job, status)
+                    except Exception as e:
+                        e.add_note(f"job {job}: {cache.paths.log_file(job, status.attempt)}")
+                        self._break(cache, "checking its processes", e)
+                        break
 
     def _refresh(self, cache: _Pipeline) -> None:
         paths = cache.paths
@@ -343,16 +467,42 @@ class Driver:
             self.watcher.watch(paths.name)
         cache.full = True
         stamp = spec_stamp(str(paths.dir))
-        if stamp != cache.stamp:
+        if stamp != cache.stamp or cache.settle_until is not None:
             cache.stamp = stamp
-            pipeline, problems = check_pipeline(paths, self.config)
+            try:
+                pipeline, problems = check_pipeline(paths, self.config)
+            except Exception as e:
+                _note_spec_file(e, paths)
+                raise
             self.recorder.spec(paths, pipeline, problems, stamp)
             cache.problems = tuple(str(p) for p in problems)
             if pipeline is not None:
                 cache.pipeline = pipeline
-            if problems and cache.problems:
+            settling = cache.settle_until is not None
+            cache.settle_until = self._settle_until(paths, stamp) if problems else None
+            if problems and cache.settle_until is None:
                 self.log(f"{paths.name}: invalid spec: {cache.problems[0]}")
+            elif problems and not settling:
+                self.log(f"{paths.name}: spec invalid while being written ({cache.problems[0]}); "
+                         f"reading it again once it is unchanged for {format_duration(self.config.settle)}")
         cache.requests = tuple(req_mod.pending(paths))
+
+    def _settle_until(self, paths: PipelinePaths, stamp: Stamp) -> datetime | None:
+        """When to read an invalid spec again, if one of its files changed within `settle` (an
+        editor or a shell may be writing it in place); None when it has been quiet that long."""
+        window = self.config.settle
+        newest = max((mtime for _, mtime, _ in stamp), default=0)
+        # A file renamed away (an editor's backup) or removed shows in its directory's mtime.
+        dirs = [paths.jobs_dir] + ([] if paths.spec_file.exists() else [paths.dir])
+        for d in dirs:
+            try:
+                newest = max(newest, d.stat().st_mtime_ns)
+            except OSError:
+                continue
+        changed = datetime.fromtimestamp(newest / 1e9, UTC)
+        age = (utcnow() - changed).total_seconds()
+        # A time in the future (a clock set back, `touch -d`) is trusted for one window at most.
+        return changed + timedelta(seconds=window) if abs(age) < window else None
 
     def _load(self, cache: _Pipeline) -> None:
         """First sight of a pipeline (or a restart): read its statuses and find out what became
@@ -371,12 +521,16 @@ class Driver:
                     cache.jobs[f.stem] = read_job_status(f, f.stem)
                 except ClowderError as e:
                     self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+                except Exception as e:
+                    e.add_note(str(f))  # the pipeline is marked broken, naming this file
+                    raise
         self.recorder.loaded(paths, cache.jobs)  # as read, before catching up with what is not on disk
         self._catch_up(cache)
         for status in cache.jobs.values():
             cache.set_job(status)
-        for job, status in cache.jobs.items():
-            if status.state is JobState.RUNNING:
+        for job, status in list(cache.jobs.items()):
+            # This daemon's own attempts (a broken pipeline read again) end through their waiters.
+            if status.state is JobState.RUNNING and (paths.name, job, status.attempt) not in self._own:
                 self._check_process(cache, job, status)
 
     def _catch_up(self, cache: _Pipeline) -> None:
@@ -627,7 +781,7 @@ class Driver:
 
     def _selected_done(self) -> bool:
         chosen = [c for n, c in self.pipelines.items() if self._selected(n)]
-        return all(c.finished() and not c.requests for c in chosen) and not self.dirty
+        return all(c.stopped() and not c.requests for c in chosen) and not self.dirty
 
     def _selected_succeeded(self) -> bool:
         return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
@@ -693,3 +847,45 @@ def _show(argv: tuple[str, ...]) -> str:
 def _missing_outputs(workspace: Path, spec: JobSpec) -> str:
     missing = [g for g in spec.outputs if not glob(g, root_dir=workspace, recursive=True, include_hidden=True)]
     return f"missing declared output(s): {', '.join(missing)}" if missing else ""
+
+
+def _located(error: Exception, view: PipelineView, paths: PipelinePaths, now: datetime, limits: Limits) -> Exception:
+    """The error with a note naming the job whose files the step fails on, found by stepping
+    one job at a time (dependents first: a job's change also steps its dependents)."""
+    try:
+        reconcile([replace(view, focus=frozenset(), ready=())], now, limits)
+    except Exception:
+        error.add_note(f"{paths.status_file} or {paths.requests_dir}")
+        return error
+    order = list(reversed(view.pipeline.order)) if view.pipeline else []
+    for job in order + sorted(set(view.jobs) - set(order)):
+        try:
+            reconcile([replace(view, focus=frozenset({job}), ready=())], now, limits)
+        except Exception:
+            error.add_note(f"job {job}: {paths.job_status_file(job)}, {paths.job_file(job)}")
+            break
+    return error
+
+
+def _note_spec_file(error: Exception, paths: PipelinePaths) -> None:
+    """Add a note naming the spec file that reading fails on, if one alone does."""
+    for path in (paths.spec_file, *(paths.job_file(name) for name in paths.job_names() if is_name(name))):
+        try:
+            schema.load_toml(path)
+        except Exception:
+            error.add_note(str(path))
+            return
+
+
+def _job_of(action: Action) -> str | None:
+    match action:
+        case SetJob(status=status):
+            return status.job
+        case Start(job=job) | Kill(job=job):
+            return job
+        case SpawnJob(spawner=spawner):
+            return spawner
+        case SetPipeline() | DoneRequest():
+            return None
+        case _:
+            assert_never(action)

@@ -8,6 +8,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_WORK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_CRASH = 3  # an error Clowder did not expect: a bug; the traceback is in a crash log
 EXIT_INTERRUPTED = 130
 
 

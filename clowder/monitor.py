@@ -22,8 +22,9 @@ from clowder.state import JobState, JobStatus, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline
 
-# What `clowder status` can say of a pipeline: its states, or `invalid` / `broken` files.
-ReportState = Literal["pending", "running", "succeeded", "failed", "cancelled", "invalid", "broken"]
+# What `clowder status` can say of a pipeline: its states (`blocked` by a spec file, `broken`:
+# Clowder failed on a file), or `invalid` / `broken` files.
+ReportState = Literal["pending", "running", "blocked", "succeeded", "failed", "cancelled", "invalid", "broken"]
 REPORT_STATES: tuple[str, ...] = get_args(ReportState)
 
 

@@ -24,6 +24,7 @@ from clowder.state import (
 from clowder.tree import PipelinePaths, Root, is_name
 
 JOB_STATES = tuple(s.value for s in JobState)
+BLOCKED_BY_SPEC = "invalid spec: "  # how scheduler._blocked_reason words a pipeline blocked by a spec file
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def pipeline_report(root: Root, paths: PipelinePaths) -> PipelineReport:
     message = pstatus.message
     if problems and pstatus.state is PipelineState.PENDING:
         state, message = "invalid", f"{len(problems)} problem(s); run `clowder validate {paths.dir}`"
+    message = _mended(state, message, bool(problems))
     return PipelineReport(paths.name, state, message, pstatus.started_at, pstatus.ended_at,
                           tuple(jobs), tuple(str(p) for p in problems))
 
@@ -155,7 +157,7 @@ def from_index(root: Root, names: list[str]) -> dict[str, PipelineReport]:
     out = {}
     for name, (state, message, started, ended, problem, problems) in rows.pipelines.items():
         state, message, shown = _head(root, name, state, message, problem, problems)
-        if state == "broken":
+        if problem is not None:  # its status file is unreadable (not a pipeline the daemon marked broken)
             out[name] = PipelineReport(name, state, message, None, None, problems=shown)
             continue
         jobs = tuple(_job_from_row(row, tuple(rows.needs.get((name, row[0]), ())), now, root)
@@ -175,7 +177,15 @@ def _head(root: Root, name: str, state: str, message: str, problem: str | None,
     shown = tuple(problem_text(p, root.path) for p in json.loads(problems)) if problems else ()
     if shown and state == PipelineState.PENDING.value:
         return "invalid", f"{len(shown)} problem(s); run `clowder validate {root.pipeline(name).dir}`", shown
-    return state, message, shown
+    return state, _mended(state, message, bool(shown)), shown
+
+
+def _mended(state: str, message: str, invalid: bool) -> str:
+    """A pipeline blocked by a spec file that has been fixed since: the state stays until a
+    daemon or `clowder run` reads it again, so say so."""
+    if state == PipelineState.BLOCKED.value and message.startswith(BLOCKED_BY_SPEC) and not invalid:
+        return f"{message} (fixed since: it resumes when `clowder watch` or `clowder run` reads it)"
+    return message
 
 
 def overview(root: Root) -> list[tuple[str, str, str, str]]:
@@ -190,7 +200,7 @@ def overview(root: Root) -> list[tuple[str, str, str, str]]:
         if name in indexed:
             (state, message, problem, problems), counts = indexed[name]
             state, message, _ = _head(root, name, state, message, problem, problems)
-            out.append((name, state, "no jobs" if state == "broken" else summarize(counts), message))
+            out.append((name, state, "no jobs" if problem is not None else summarize(counts), message))
         else:
             r = pipeline_report(root, root.pipeline(name))
             out.append((name, r.state, summary(r), r.message))

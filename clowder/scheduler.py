@@ -62,6 +62,9 @@ class PipelineView:
     # Jobs an earlier step found ready that got no slot, in order. Looked at only while there
     # are free slots, so a thousand ready jobs cost nothing while two run.
     ready: tuple[str, ...] = ()
+    # The spec is invalid but a file of it changed a moment ago: it is being written. Nothing
+    # new starts, and the pipeline's state waits for the file to settle before saying `blocked`.
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,10 +251,16 @@ def _plan_pipeline(
         new, event, cand = _step_job(view, spec, status, jobs, specs, now, limits, cancel, blocked, plan)
         jobs[name] = new
         if new != (was if was is not None else JobStatus(name)):
-            changed[name] = event
+            changed[name] = event or changed.get(name, "")
             for dep in pipeline.dependents.get(name, ()) if pipeline else ():
                 if dep not in seen:
                     heapq.heappush(heap, (position.get(dep, extra), dep))
+            waiter = _waiter(spec, jobs)
+            if waiter is not None and new.state.terminal:
+                # A spawner waits for its fix-ups without `needs`: the job order may have visited
+                # it already in this step, so look at it again now that a fix-up has ended.
+                seen.discard(waiter)
+                heapq.heappush(heap, (position.get(waiter, extra), waiter))
         if new.state is JobState.RETRYING and new.retry_at is not None:
             plan.wake(new.retry_at)
         if cand is not None:
@@ -273,8 +282,17 @@ def _plan_pipeline(
         new, _, cand = _step_job(view, specs.get(name), jobs[name], jobs, specs, now, limits, False, blocked, plan)
         return cand if new == jobs[name] else None
 
-    later = [] if full else [n for n in view.ready if n not in seen]
+    # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
+    later = [] if full or blocked else [n for n in view.ready if n not in seen]
     return candidates, running, _Ready(view.name, later, check)
+
+
+def _waiter(spec: JobSpec | None, jobs: Mapping[str, JobStatus]) -> str | None:
+    """The spawner waiting for this fix-up job, if any."""
+    parent = jobs.get(spec.parent) if spec is not None and spec.parent else None
+    if parent is None or parent.state is not JobState.WAITING or spec is None or spec.name not in parent.waiting_for:
+        return None
+    return parent.job
 
 
 def _blocked_reason(view: PipelineView) -> str:
@@ -358,7 +376,11 @@ def _step_job(
         return status, "", None
     if state is JobState.WAITING:
         new, event, cand = _step_waiting(pipeline, spec, status, jobs)
-        return _within_budget(view, spec, status, jobs, cand) if cand is not None else (new, event, cand)
+        if cand is None:
+            return new, event, cand
+        if blocked:  # its fix-ups are done, but nothing starts in a blocked pipeline
+            return status, "", None
+        return _within_budget(view, spec, status, jobs, cand)
     if state is JobState.RETRYING:
         if status.retry_at is not None and status.retry_at > now:
             plan.wake(status.retry_at)
@@ -635,8 +657,10 @@ def _plan_pipeline_status(
     all_done = bool(names) and all(jobs[n].state.terminal for n in names if n in jobs) and all(n in jobs for n in names)
     running = any(j.state in ACTIVE for j in jobs.values()) if all_done or blocked else True
     started = old.started_at is not None or any(j.attempts or j.state.terminal for j in jobs.values())
+    if blocked and view.settling:
+        return  # a spec file is being written: its state is known once it settles
     if blocked:
-        state, message = PipelineState.FAILED, blocked
+        state, message = PipelineState.BLOCKED, blocked
     elif all_done:
         failed = [n for n in names[::-1] if jobs[n].state is JobState.FAILED and not specs[n].allow_failure]
         if failed:

@@ -138,6 +138,9 @@ class Config:
     sweep_interval: float = 30.0
     heartbeat_timeout: float = 30.0
     kill_grace: float = 10.0
+    # A spec file found invalid that changed less than this ago is being written: read it again
+    # once it has been quiet this long before blocking its pipeline.
+    settle: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         sweep_interval=parse_duration(data.get("sweep_interval", Config.sweep_interval)),
         heartbeat_timeout=parse_duration(data.get("heartbeat_timeout", Config.heartbeat_timeout)),
         kill_grace=parse_duration(data.get("kill_grace", Config.kill_grace)),
+        settle=parse_duration(data.get("settle", Config.settle)),
     )
 
 

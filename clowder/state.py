@@ -40,13 +40,20 @@ TERMINAL_JOB_STATES = frozenset(
 class PipelineState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    BLOCKED = "blocked"  # a spec file is invalid (or the prompt changed): nothing new starts until it is mended
+    BROKEN = "broken"  # Clowder failed on one of its files: left alone until they change
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self not in (PipelineState.PENDING, PipelineState.RUNNING)
+        return self in (PipelineState.SUCCEEDED, PipelineState.FAILED, PipelineState.CANCELLED)
+
+    @property
+    def halted(self) -> bool:
+        """Stopped until someone mends a file; it then goes on by itself."""
+        return self in (PipelineState.BLOCKED, PipelineState.BROKEN)
 
 
 def utcnow() -> datetime:

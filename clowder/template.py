@@ -34,6 +34,9 @@ sweep_interval = "30s"
 heartbeat_timeout = "30s"
 # Between SIGTERM and SIGKILL when a job is cancelled or times out.
 kill_grace = "10s"
+# A spec file found invalid that changed less than this ago is being saved: it is read again
+# then, and only an invalid file that stayed so this long blocks its pipeline.
+settle = "2s"
 
 # Agent jobs (`agent = "<role>"`) run a harness: `scripted` (the deterministic agent of the
 # examples: no model, no network) unless a job, its role or default_harness names another.

@@ -248,7 +248,7 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
         return None, problems
     problems = schema.check("clowder", data, path)
     durations: list[tuple[str, ...]] = [
-        ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("retry", "backoff", "initial"),
+        ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("settle",), ("retry", "backoff", "initial"),
         ("retry", "backoff", "max"),
     ]
     problems += _check_durations(data, durations, _Where(path))

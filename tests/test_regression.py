@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
@@ -184,3 +188,79 @@ def test_fixup_names_and_specs() -> None:
                       "test", "dev", {"reason": "broken"})
     assert spec == {"command": ["make"], "retries": 2, "needs": [], "parent": "test", "regression_of": "dev",
                     "regression_context": {"reason": "broken"}}
+
+
+def _timed_serve(root: Root, sweep: float, limit: float) -> float:
+    """Run the root's pipelines to the end with a long sweep; the seconds it took (fails past `limit`)."""
+    import threading
+
+    from clowder.driver import Driver
+
+    driver = Driver(root, log=lambda s: None)
+    started = time.monotonic()
+    thread = threading.Thread(target=driver.serve, kwargs={"until_done": True, "sweep": sweep}, daemon=True)
+    thread.start()
+    thread.join(timeout=limit)
+    elapsed = time.monotonic() - started
+    if thread.is_alive():
+        driver.stop()
+        thread.join(timeout=10)
+    return elapsed
+
+
+@pytest.mark.parametrize(("target", "spawner"), [("dev", "test"), ("dev", "dev-test"), ("build", "a")])
+def test_the_spawner_runs_again_as_soon_as_its_fixup_succeeds(root: Root, make_pipeline: MakePipeline,
+                                                              target: str, spawner: str) -> None:
+    # Whatever the names (they order the jobs), the spawner's new attempt must not wait for the
+    # sweep (300 s here; 30 s by default) once its fix-up has succeeded.
+    make_pipeline("p", {
+        target: 'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then touch fixed.txt; fi"\n',
+        spawner: f'command = "if [ -f fixed.txt ]; then exit 0; fi; clowder spawn {target} --reason broken; exit 1"\n'
+                 f'needs = ["{target}"]\n',
+        "ship": f'command = ["true"]\nneeds = ["{spawner}"]\n',
+    })
+    elapsed = _timed_serve(root, sweep=300, limit=30)
+    assert elapsed < 10, f"the regression loop took {elapsed:.1f} s: it waited for a sweep"
+    assert pstate(root, "p") is PipelineState.SUCCEEDED
+    assert [a.trigger for a in jstatus(root, "p", spawner).attempts] == ["start", "regression"]
+
+
+@contextlib.contextmanager
+def _opened_at_the_end(gate: Path) -> Iterator[None]:
+    """No job keeps waiting on the gate after the test, whatever happened."""
+    try:
+        yield
+    finally:
+        gate.touch()
+
+
+def test_nothing_starts_in_a_blocked_pipeline_not_even_a_spawner_whose_fixup_succeeded(
+    root: Root, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    import os
+
+    from tests.test_driver import daemon
+
+    gate = tmp_path / "gate"
+    d = make_pipeline("p", {
+        "dev": f'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then '
+               f'while [ ! -f {gate} ]; do sleep 0.05; done; touch fixed.txt; fi"\n',
+        "test": SPAWNER,
+        "other": 'command = ["true"]\nneeds = ["test"]\n',
+    })
+    other = d / "jobs" / "other.toml"
+    with daemon(root), _opened_at_the_end(gate):
+        wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.RUNNING, what="fix-up running")
+        other.write_text('command = ["true"]\nneeds = ["test"]\nretries = "many"\n')
+        os.utime(other, (time.time() - 60, time.time() - 60))  # saved a while ago: no settling
+        wait_for(lambda: pstate(root, "p") is PipelineState.BLOCKED, what="pipeline blocked")
+        gate.touch()
+        wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.SUCCEEDED, what="fix-up succeeded")
+        time.sleep(0.5)
+        test = jstatus(root, "p", "test")
+        assert (test.state, len(test.attempts)) == (JobState.WAITING, 1)
+        assert pstate(root, "p") is PipelineState.BLOCKED
+        other.write_text('command = ["true"]\nneeds = ["test"]\n')
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, what="pipeline resumed")
+    assert [a.trigger for a in jstatus(root, "p", "test").attempts] == ["start", "regression"]
+    assert jstatus(root, "p", "other").state is JobState.SUCCEEDED

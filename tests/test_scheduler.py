@@ -262,13 +262,13 @@ def test_retry_request_reruns_a_failed_job_and_what_it_gated() -> None:
     assert starts(plan.actions) == []
 
 
-def test_a_changed_prompt_stops_the_pipeline_with_a_message() -> None:
+def test_a_changed_prompt_blocks_the_pipeline_with_a_message() -> None:
     p = pipeline({"a": {"command": ["x"]}})
     status = PipelineStatus(PipelineState.RUNNING, T0, prompt_hash=prompt_hash("the original prompt"))
     plan = reconcile([view(p, status=status)], T0, LIMITS)
     assert starts(plan.actions) == []
     final = [x.status for x in plan.actions if isinstance(x, SetPipeline)][-1]
-    assert final.state is PipelineState.FAILED
+    assert final.state is PipelineState.BLOCKED and final.ended_at is None
     assert "prompt: changed after the pipeline was created" in final.message
 
 
@@ -277,7 +277,36 @@ def test_an_invalid_spec_starts_nothing_and_names_the_problem() -> None:
     plan = reconcile([view(p, problems=("jobs/a.toml: <toml>: syntax error",))], T0, LIMITS)
     assert starts(plan.actions) == []
     final = [x.status for x in plan.actions if isinstance(x, SetPipeline)][-1]
+    assert final.state is PipelineState.BLOCKED and not final.state.terminal
     assert final.message == "invalid spec: jobs/a.toml: <toml>: syntax error"
+
+
+def test_a_spec_being_written_starts_nothing_and_changes_no_state() -> None:
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
+    plan = reconcile([view(p, {"a": ended("a", JobState.SUCCEEDED)}, problems=("jobs/b.toml: <toml>: syntax error",),
+                           settling=True)], T0, LIMITS)
+    assert plan.actions == []
+
+
+def test_a_blocked_pipeline_starts_no_regression_attempt() -> None:
+    # The spawner's fix-up succeeded while a job file was broken: it waits for the fix.
+    p = pipeline({"dev": {"command": ["x"]}, "test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "test", "regression_of": "dev"}})
+    waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
+                        waiting_for=("dev.r1",), spawned=("dev.r1",))
+    jobs = {"dev": ended("dev", JobState.SUCCEEDED), "test": waiting, "dev.r1": running("dev.r1")}
+    plan = reconcile([view(p, jobs, outcomes={"dev.r1": Outcome(0, T0)}, problems=("jobs/x.toml: <toml>: bad",),
+                           focus=frozenset({"test", "dev.r1"}))], T0, LIMITS)
+    assert starts(plan.actions) == []
+    assert job_states(plan.actions) == {"dev.r1": JobState.SUCCEEDED}
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.BLOCKED]
+
+
+def test_a_blocked_pipeline_starts_nothing_from_its_backlog() -> None:
+    p = pipeline({f"j{i}": {"command": ["x"]} for i in range(3)})
+    plan = reconcile([view(p, {"j0": running("j0")}, alive={"j0": True}, problems=("jobs/x.toml: <toml>: bad",),
+                           focus=frozenset({"j0"}), ready=("j1", "j2"))], T0, LIMITS)
+    assert starts(plan.actions) == [] and plan.ready == []
 
 
 def test_a_broken_pipeline_does_not_stop_another() -> None:
@@ -348,6 +377,20 @@ def test_the_spawner_reruns_from_its_fixups_when_they_succeed() -> None:
     assert [(a.job, a.attempt, a.sources) for a in start] == [("test", 2, ("dev.r1",))]
     test = [a.status for a in plan.actions if isinstance(a, SetJob) and a.status.job == "test"][-1]
     assert test.attempts[-1].trigger == "regression" and test.waiting_for == ()
+
+
+def test_the_spawner_starts_in_the_step_its_fixup_ends_even_when_visited_first() -> None:
+    # `dev-test` sorts before `dev.r1`, so the step looks at the spawner before its fix-up ends.
+    p = pipeline({"dev": {"command": ["x"]}, "dev-test": {"command": ["x"], "needs": ["dev"]},
+                  "dev.r1": {"command": ["x"], "needs": [], "parent": "dev-test", "regression_of": "dev"}})
+    assert p.position["dev-test"] < p.position["dev.r1"]
+    waiting = JobStatus("dev-test", JobState.WAITING, 1, waiting_for=("dev.r1",), spawned=("dev.r1",),
+                        attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),))
+    plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "dev-test": waiting,
+                               "dev.r1": running("dev.r1")}, outcomes={"dev.r1": Outcome(0, T0)},
+                           focus=frozenset({"dev-test", "dev.r1"}))], T0, LIMITS)
+    assert starts(plan.actions) == ["dev-test"]
+    assert job_states(plan.actions) == {"dev.r1": JobState.SUCCEEDED, "dev-test": JobState.RUNNING}
 
 
 def test_max_regressions_refuses_a_spawn_and_says_so() -> None:

@@ -459,7 +459,7 @@ def test_broken_status_file_is_reported(root: Root, make_pipeline: MakePipeline,
     write(d / "status" / "a.toml", 'state = "sleeping"\n')
     assert problems(cli("validate")) == [
         f"{d}/status/a.toml: state: must be one of pending, queued, running, retrying, waiting, lost, "
-        "succeeded, failed, skipped, cancelled; got 'sleeping'",
+        "succeeded, failed, skipped, cancelled, blocked, broken; got 'sleeping'",
     ]
 
 
