@@ -38,7 +38,11 @@ class Follower:
         return lines
 
     def ended(self) -> bool:
-        return all(s.status is not None and s.status.state.terminal for s in self.seen.values())
+        """Every pipeline has ended, or is halted (blocked or broken) with nothing of it running:
+        nothing more happens there without a human, as when `clowder run` schedules itself."""
+        return all(s.status is not None and (s.status.state.terminal or (
+            s.status.state.halted and not any(j.state is JobState.RUNNING for j in s.jobs.values())))
+            for s in self.seen.values())
 
     def succeeded(self) -> bool:
         return all(s.status is not None and s.status.state is PipelineState.SUCCEEDED for s in self.seen.values())

@@ -43,6 +43,6 @@ def write_fixup(root: Root, paths: PipelinePaths, name: str, target: str, spawne
     source = paths.job_file(target)
     try:
         table = tomllib.loads(read_input(source).decode())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise SpecError.one(source, "<file>", f"cannot copy it for fix-up {name}: {e}") from e
     return write_job_spec(root, paths, name, fixup_spec(table, spawner, target, context))

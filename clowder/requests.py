@@ -137,6 +137,9 @@ def pending(paths: PipelinePaths) -> list[Request]:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             out.append(Request(f.stem, "invalid", None, {"error": str(e)}))
             continue
+        except RecursionError:
+            out.append(Request(f.stem, "invalid", None, {"error": f"{f}: <toml>: nested too deeply"}))
+            continue
         action = data.pop("action", None)
         job = data.pop("job", None)
         if action not in ACTIONS or (job is not None and not isinstance(job, str)):

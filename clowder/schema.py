@@ -73,6 +73,11 @@ def load_toml(path: Path, missing_ok: bool = False,
         return tomllib.loads(text), []
     except tomllib.TOMLDecodeError as e:
         return None, [Problem(path, "<toml>", f"syntax error: {_toml_message(e, text)}")]
+    except RecursionError:  # tomli recurses per level of nesting: hundreds of `[` exhaust the stack
+        return None, [Problem(path, "<toml>", TOO_DEEP)]
+
+
+TOO_DEEP = "syntax error: arrays or tables nested too deeply"
 
 
 def _toml_message(e: tomllib.TOMLDecodeError, text: str) -> str:

@@ -403,50 +403,46 @@ def test_an_attempt_recorded_but_never_launched_is_started_afresh(root: Root, ma
 
 # -- one pipeline Clowder fails on never stops the others ---------------------------------------
 
-NESTED = "x = " + "[" * 1000 + "]" * 1000 + "\n"  # tomli refuses more than 400 levels: RecursionError
-CRASHING_FILES = {
-    # A hand-edited time without a UTC offset: reconcile compares it with an aware `now`.
-    "naive-retry-at": ("status/a.toml", 'state = "retrying"\nattempt = 1\nretry_at = 2026-01-01T00:00:00\n'
-                                        '[[attempts]]\nnumber = 1\nstate = "failed"\n'),
-    "nested-status": ("status/a.toml", 'state = "pending"\n' + NESTED),
-    "nested-job": ("jobs/a.toml", 'command = ["true"]\n' + NESTED),
-}
+# Every input known to crash Clowder gets fixed, so the rule is also tested with a defect planted
+# in Clowder itself (through sitecustomize, in the daemon's own process): scheduling pipeline
+# `bad` raises while the file `defect` beside its spec exists.
+PLANTED = """\
+import os
+import clowder.scheduler as scheduler
+import clowder.validate as validate
+def planted(module, name, pipeline_name):
+    real = getattr(module, name)
+    def broken(first, *args, **kwargs):
+        if pipeline_name(first) == "bad" and os.path.exists({marker!r}):
+            raise RuntimeError("planted defect")
+        return real(first, *args, **kwargs)
+    setattr(module, name, broken)
+if {where!r} == "scheduling":
+    planted(scheduler, "_step_job", lambda view: view.name)
+else:  # reading: before clowder.driver imports it
+    planted(validate, "check_pipeline", lambda paths: paths.name)
+"""
 
 
-def _clowder_fails_on(root: Root, name: str) -> bool:
-    """Whether reading or scheduling the pipeline raises what Clowder does not expect (a fix
-    elsewhere may turn an input into a clean error: the test then has nothing to show)."""
-    from clowder.errors import ClowderError
-    from clowder.scheduler import Limits, PipelineView, reconcile
-    from clowder.state import PipelineStatus, utcnow
-    from clowder.validate import check_pipeline
-
-    paths = root.pipeline(name)
-    try:
-        pipeline, _ = check_pipeline(paths)
-        jobs = {f.stem: read_job_status(f, f.stem) for f in paths.status_dir.glob("*.toml")}
-        reconcile([PipelineView(name, pipeline, (), PipelineStatus(), jobs)], utcnow(), Limits(4))
-    except ClowderError:
-        return False
-    except Exception:
-        return True
-    return False
+def _plant_defect(root: Root, monkeypatch: pytest.MonkeyPatch, where: str) -> Path:
+    marker = write(root.pipeline("bad").dir / "defect", "")
+    site = root.path.parent / "site"
+    write(site / "sitecustomize.py", PLANTED.format(marker=str(marker), where=where))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return marker
 
 
-def _two_pipelines(root: Root, make_pipeline: MakePipeline, case: str) -> Path:
+def _two_pipelines(root: Root, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch,
+                   where: str = "scheduling") -> Path:
     for name in ("good", "bad"):
         make_pipeline(name, {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
-    where, text = CRASHING_FILES[case]
-    path = write(root.pipeline("bad").dir / where, text)
-    if not _clowder_fails_on(root, "bad"):
-        pytest.skip(f"{case}: Clowder no longer fails on this input (it is refused cleanly now)")
-    return path
+    return _plant_defect(root, monkeypatch, where)
 
 
-@pytest.mark.parametrize("case", sorted(CRASHING_FILES))
-def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root: Root, make_pipeline: MakePipeline,
-                                                                           case: str) -> None:
-    bad_file = _two_pipelines(root, make_pipeline, case)
+@pytest.mark.parametrize("where", ["scheduling", "reading"])
+def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(
+        root: Root, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    marker = _two_pipelines(root, make_pipeline, monkeypatch, where)
     watch = _clowder(root, "watch", "--sweep", "1s")
     try:
         wait_for(lambda: root.pipeline("good").status_file.exists() and pstate(root, "good").terminal,
@@ -455,14 +451,15 @@ def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root:
         wait_for(lambda: root.pipeline("bad").status_file.exists() and pstate(root, "bad") is PipelineState.BROKEN,
                  what="the other to be marked broken")
         message = read_pipeline_status(root.pipeline("bad").status_file).message
-        assert message.startswith("Clowder failed ") and str(bad_file) in message
+        doing = "scheduling it" if where == "scheduling" else "reading its files"
+        assert message.startswith(f"Clowder failed {doing}: RuntimeError: planted defect; traceback in ")
         crash_logs = list((root.state_dir / "crash").glob("*.log"))
         assert len(crash_logs) == 1 and f"traceback in {crash_logs[0]}" in message
         status = subprocess.run([sys.executable, "-m", "clowder", "status", "--root", str(root.path)],
                                 capture_output=True, text=True, timeout=60)
         if status.returncode == 0:
             row = next(line for line in status.stdout.splitlines() if line.startswith("bad "))
-            assert row.split()[1] == "broken" and str(bad_file) in row
+            assert row.split()[1] == "broken" and "planted defect" in row
             assert row.split()[2:4] in (["2", "pending"], ["1", "pending,"])  # its jobs are still shown
         else:  # `clowder status` reads the same spec file and fails on it too, but as a crash should
             assert status.returncode == 3 and len(status.stderr.splitlines()) == 1, status.stderr
@@ -470,9 +467,7 @@ def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root:
         time.sleep(1.5)  # a sweep tries it again: the same failure writes no second crash log
         assert len(list((root.state_dir / "crash").glob("*.log"))) == logs
         assert watch.poll() is None, "clowder watch died"
-        bad_file.unlink()  # mended: the sweep (or the event, for a job file) picks it up
-        if case == "nested-job":
-            write(bad_file, 'command = ["true"]\n')
+        marker.unlink()  # mended: the sweep tries it again
         wait_for(lambda: pstate(root, "bad") is PipelineState.SUCCEEDED, what="the mended pipeline to succeed")
     finally:
         watch.terminate()
@@ -482,11 +477,12 @@ def test_a_pipeline_clowder_fails_on_is_broken_and_watch_serves_the_others(root:
     assert watch.returncode == 0
 
 
-def test_run_exits_three_when_clowder_fails_on_a_pipeline(root: Root, make_pipeline: MakePipeline) -> None:
-    _two_pipelines(root, make_pipeline, "nested-status")
+def test_run_exits_three_when_clowder_fails_on_a_pipeline(root: Root, make_pipeline: MakePipeline,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _two_pipelines(root, make_pipeline, monkeypatch)
     result = subprocess.run([sys.executable, "-m", "clowder", "run", "--root", str(root.path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    assert "error: bad is broken: Clowder failed reading its files: RecursionError: " in result.stderr
+    assert "error: bad is broken: Clowder failed scheduling it: RuntimeError: planted defect; " in result.stderr
     assert pstate(root, "good") is PipelineState.SUCCEEDED

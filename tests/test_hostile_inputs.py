@@ -389,3 +389,21 @@ def test_env_values_that_are_not_strings_reach_the_job_as_toml_writes_them(
     code, _, err = finish(clowder("run", "p"))
     assert code == 0, err
     assert (root.pipeline("p").workspace("a") / "env.txt").read_text() == "true false 1 1.5 s\n"
+
+
+NESTED = "x = " + "[" * 1000 + "]" * 1000 + "\n"  # tomli recurses per level: a RecursionError
+
+
+def test_toml_nested_too_deeply_is_a_problem_not_a_crash(root: Root, make_pipeline: MakePipeline,
+                                                         cli: Invoke) -> None:
+    d = make_pipeline("p", {"a": 'command = ["true"]\n' + NESTED})
+    write(d / "status" / "b.toml", 'state = "pending"\n' + NESTED)
+    write(d / "requests" / "r.toml", 'action = "cancel"\n' + NESTED)
+    result = cli("validate")
+    assert result.exit_code == 2
+    assert f"{d / 'jobs' / 'a.toml'}: <toml>: syntax error: arrays or tables nested too deeply" in result.output
+    assert f"{d / 'status' / 'b.toml'}: <toml>: syntax error: arrays or tables nested too deeply" in result.output
+    run = subprocess.run([sys.executable, "-m", "clowder", "run", "--root", str(root.path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "nested too deeply" in run.stderr

@@ -174,3 +174,16 @@ def test_run_takes_over_when_the_daemon_is_killed(root: Root, make_pipeline: Mak
     assert "p: succeeded" in t.text
     assert [r[:3] for r in table_rows(t.text)] == [["p", "succeeded"], ["a", "succeeded", "1"],
                                                    ["b", "succeeded", "1"]], t.text
+
+
+def test_run_beside_a_daemon_ends_when_its_pipeline_is_blocked(root: Root, make_pipeline: MakePipeline,
+                                                               tmp_path: Path) -> None:
+    # A job file that stays invalid past `settle` blocks the pipeline: nothing more happens there
+    # without a human, so `clowder run` following the daemon ends, as it does when it schedules.
+    config = root.path / "clowder.toml"
+    config.write_text(config.read_text().replace('settle = "2s"', 'settle = "0s"'))
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["true"\n'})
+    with watching(root, tmp_path):
+        result = subprocess.run(clowder(root, "run", "p"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "error: p is blocked: " in result.stderr and "jobs/b.toml" in result.stderr
