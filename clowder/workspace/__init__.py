@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir
+from clowder.diskfull import no_space
+from clowder.errors import DiskFull
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
@@ -137,6 +139,8 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
             return Prepared(repo.head(), consumed, "", (), None)
         repo = _create(ws, job, upstreams, source, root or ws.parent)
     merged = merge(repo, job, todo, identity)
+    if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
+        raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
     add_upstream_tags(repo, job, [u for u in todo if u.job != merged.failed])
     for u in todo:
         if u.job == merged.failed:
