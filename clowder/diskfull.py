@@ -4,6 +4,7 @@ and saying so once per episode."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from clowder.errors import DiskFull
 from clowder.fsio import SPACE_ERRNOS
 
 PROBE_BYTES = 256 * 1024  # free space that counts as "space is back": a status file, a small commit
+MIN_ROOM = 64 * 1024  # free space below which no attempt is started
 MAX_INTERVAL = 5.0  # seconds between probes, at most
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, without importing sqlite3 into every command
 # git reports a full disk in its own words, and often without them ("unable to write new index
@@ -50,6 +52,15 @@ def no_space(directory: Path) -> bool:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(name)
+
+
+def ensure_room(directory: Path) -> None:
+    """Raise ENOSPC when the file system of `directory` is (almost) full. An attempt started
+    then could not record its own pid and exit (its wrapper's two writes) and would read as
+    lost: it is held back instead. One statvfs: cheap enough for every launch."""
+    st = os.statvfs(directory)
+    if st.f_bavail * st.f_frsize < MIN_ROOM:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
 
 def caused_by_full_disk(e: BaseException, directory: Path) -> bool:

@@ -600,6 +600,7 @@ class Driver:
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
             launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
+            diskfull.ensure_room(paths.dir)
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
