@@ -217,3 +217,28 @@ def test_the_status_writer_retries_a_write_until_space_returns(disk: Path) -> No
     assert (disk / "status.toml").read_text() == "state = 'succeeded'\n"
     assert (disk / "other.toml").read_text() == "x = 1\n"
     assert [line.split(":")[0] for line in lines] == ["no space left on device", "space is back"], lines
+
+
+def test_a_daemon_stopped_while_the_disk_is_full_leaves_the_work_to_the_next(root: Root, disk: Path,
+                                                                              tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make(root, {"a": gate_job(gate), "b": 'command = "echo b > b.txt"\nneeds = ["a"]\n'})
+    log = tmp_path / "watch.log"
+    with log.open("w") as err:
+        daemon = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)],
+                                  stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        wait_for(lambda: read_pid(run_file(root.pipeline("p").log_file("a", 1))) is not None, what="a running")
+        with kept_full(disk / "filler"):
+            gate.touch()
+            wait_for(lambda: "no space left on device" in log.read_text(), what="the daemon saying the disk is full")
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=20) == 0, log.read_text()
+    finally:
+        stop(daemon)
+        gate.touch()
+    assert "Traceback" not in log.read_text()
+    again = clowder(root, "run", "p")
+    assert again.returncode == 0, again.stderr
+    assert [(a.number, a.state) for a in jstatus(root, "p", "a").attempts] == [(1, JobState.SUCCEEDED)]
+    assert jstatus(root, "p", "b").state is JobState.SUCCEEDED
