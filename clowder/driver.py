@@ -22,7 +22,7 @@ from typing import TextIO
 from clowder import diskfull, regression, workspace
 from clowder import requests as req_mod
 from clowder.artifacts import metadata_dir
-from clowder.errors import ClowderError, LockHeld
+from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
@@ -476,8 +476,12 @@ class Driver:
                 # On a full disk the commit waits for space and is made then (finish may be
                 # called again): the attempt's work is kept, not failed for want of a commit.
                 where = f"committing {paths.name}/{spec.name} attempt {attempt}"
-                if diskfull.caused_by_full_disk(e, paths.workspaces_dir) and self.space.wait_for_space(where, e):
-                    continue
+                if diskfull.caused_by_full_disk(e, paths.workspaces_dir):
+                    if self.space.wait_for_space(where, e):
+                        continue
+                    # Stopping (or `clowder run` giving up): the attempt is not recorded as failed;
+                    # the next start finds its exit record and commits it then.
+                    raise DiskFull(f"no space left on device ({where}): left to the next start") from e
                 self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
                 return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
         return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
