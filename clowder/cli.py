@@ -466,10 +466,11 @@ def serve(host: str, port: int, root_dir: Path | None) -> None:
 def reindex(root_dir: Path | None) -> None:
     """Rebuild the index (.clowder/index.sqlite) from the tree alone, into a new file swapped in
     atomically. Safe while `clowder watch` runs: the daemon notices and records its pipelines again."""
-    from clowder import index
+    from clowder import diskfull, index
 
     root = find_root(root_dir)
-    counts = index.rebuild(root)
+    with diskfull.reported("reindex", root.path):
+        counts = index.rebuild(root)
     click.echo(f"indexed {counts}")
 
 
@@ -481,10 +482,12 @@ def fsck(root_dir: Path | None) -> None:
 
     Prints each difference (missing, extra, changed) and exits 1 if there is any, 0 if none.
     `clowder reindex` repairs the index; a missing object is gone from its workspace."""
+    from clowder import diskfull
     from clowder import fsck as fsck_mod
 
     root = find_root(root_dir)
-    found = fsck_mod.fsck(root)
+    with diskfull.reported("fsck", root.path):  # it builds a fresh index to compare with
+        found = fsck_mod.fsck(root)
     for difference in found:
         click.echo(str(difference))
     if found:

@@ -3,6 +3,7 @@ process starts and kills), and sleeps until a file event, a process exit or a de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -18,11 +19,11 @@ from glob import glob
 from pathlib import Path
 from typing import TextIO, assert_never
 
-from clowder import regression, schema, workspace
+from clowder import diskfull, regression, schema, workspace
 from clowder import requests as req_mod
 from clowder.artifacts import metadata_dir
 from clowder.crash import describe, write_crash_log
-from clowder.errors import ClowderError, LockHeld
+from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
@@ -74,7 +75,10 @@ def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Lo
         with lock:
             print(text, file=out, flush=True)
             if handle:
-                print(text, file=handle)
+                try:
+                    print(text, file=handle)
+                except OSError:  # a full disk: the line is on stderr; the daemon goes on
+                    pass
 
     return log
 
@@ -176,6 +180,9 @@ class Driver:
         self.on_tick: Callable[[Driver], None] | None = None
         # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
         self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(("wake", "", "", 0, None)))
+        # A full disk pauses launching; what it held back waits here until space is back.
+        self.space = diskfull.Space(root.tmp_dir, self.log, on_space=self._space_back, stopping=self.stopping)
+        self._held: queue.SimpleQueue[_Held | SpawnJob] = queue.SimpleQueue()
 
     # -- events ---------------------------------------------------------------------------
 
@@ -231,7 +238,8 @@ class Driver:
 
     def _serve_locked(self, until_done: bool, sweep: float) -> bool:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = Writer(self.root.tmp_dir)
+        self.space.give_up, self.space.on_give_up = until_done, self.stop  # `clowder run` stops on a full disk
+        self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space)
         self.watcher = Watcher(self.root, self._notify, poll=self.poll)
         self.watcher.start()
         self.recorder.start()
@@ -254,7 +262,12 @@ class Driver:
             self._launcher.shutdown(wait=True)
             self.executor.shutdown()
             self.writer.close()
+            if self.writer.dropped:
+                self.log(f"{self.writer.dropped} status write(s) not made for lack of space; the next start "
+                         "re-derives them from the attempts' own records")
             self.recorder.close()  # after the writer: it stamps the status files as they are on disk
+        if self.space.error is not None:
+            raise self.space.error
         return self._selected_succeeded()
 
     def _wait(self, timeout: float) -> None:
@@ -273,6 +286,8 @@ class Driver:
         kind, pipeline, job, attempt, outcome = event
         if kind == "stop":
             self.stopping.set()
+        elif kind == "space":
+            self._resume()
         elif kind == "pipelines":
             self._rescan()
         elif kind == "exit" and outcome is not None:
@@ -339,32 +354,33 @@ class Driver:
         """reconcile() over the active pipelines; if it raises, the pipelines it raises on are
         marked broken and the others are scheduled without them."""
         views = [c.view() for c in active]
+        limits = replace(self.limits, max_parallel=0) if self.space.full else self.limits  # a full disk: none start
         try:
-            return reconcile(views, now, self.limits)
+            return reconcile(views, now, limits)
         except Exception:
             pass  # find which pipeline it fails on: rare, so each is tried alone
         kept: list[PipelineView] = []
         for view in views:
             try:
-                reconcile([view], now, self.limits)
+                reconcile([view], now, limits)
             except Exception as e:
                 cache = self.pipelines[view.name]
-                self._break(cache, "scheduling it", _located(e, view, cache.paths, now, self.limits))
+                self._break(cache, "scheduling it", _located(e, view, cache.paths, now, limits))
             else:
                 kept.append(view)
         try:
-            return reconcile(kept, now, self.limits)
+            return reconcile(kept, now, limits)
         except Exception:
             pass  # it fails only with others: add them one at a time
         together: list[PipelineView] = []
         for view in kept:
             try:
-                reconcile([*together, view], now, self.limits)
+                reconcile([*together, view], now, limits)
             except Exception as e:
                 self._break(self.pipelines[view.name], "scheduling it with the others", e)
             else:
                 together.append(view)
-        return reconcile(together, now, self.limits)
+        return reconcile(together, now, limits)
 
     def _apply_isolated(self, action: Action, now: datetime) -> None:
         cache = self.pipelines.get(action.pipeline)
@@ -622,12 +638,23 @@ class Driver:
     def _commit_attempt(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome, state: str,
                         error: workspace.ErrorContext | None) -> Outcome:
         """The outcome with the attempt's commit, base, artifacts and consumption added."""
-        try:
-            done = workspace.finish(paths.workspace(spec.name), paths.name, spec.name, attempt, state,
-                                    identity=self._identity(), outputs=spec.outputs, error=error)
-        except (OSError, ClowderError) as e:
-            self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
-            return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
+        while True:
+            try:
+                done = workspace.finish(paths.workspace(spec.name), paths.name, spec.name, attempt, state,
+                                        identity=self._identity(), outputs=spec.outputs, error=error)
+                break
+            except (OSError, ClowderError) as e:
+                # On a full disk the commit waits for space and is made then (finish may be
+                # called again): the attempt's work is kept, not failed for want of a commit.
+                where = f"committing {paths.name}/{spec.name} attempt {attempt}"
+                if diskfull.caused_by_full_disk(e, paths.workspaces_dir):
+                    if self.space.wait_for_space(where, e):
+                        continue
+                    # Stopping (or `clowder run` giving up): the attempt is not recorded as failed;
+                    # the next start finds its exit record and commits it then.
+                    raise DiskFull(f"no space left on device ({where}): left to the next start") from e
+                self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
+                return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
         return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
                        consumed=done.consumed)
 
@@ -679,6 +706,12 @@ class Driver:
             context["commit"] = action.commit
         try:
             regression.write_fixup(self.root, paths, action.name, action.target, action.spawner, context)
+        except OSError as e:
+            if not diskfull.says_full(e):
+                raise
+            self._held.put(action)  # written when space is back
+            self.space.hit(f"writing {paths.job_file(action.name)}", e)
+            return
         except ClowderError as e:
             self.log(f"{action.pipeline}/{action.spawner}: cannot spawn {action.name}: {e}")
             return
@@ -720,6 +753,7 @@ class Driver:
     def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str,
                 upstreams: tuple[workspace.Upstream, ...], source: Source | None,
                 agent: harness_agent.Context | None = None) -> None:
+        held: BaseException | None = None
         try:
             prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
                                          identity=self._identity(), source=source, root=self.root.path)
@@ -741,14 +775,60 @@ class Driver:
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
             launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
+            diskfull.ensure_room(paths.dir)
             pid = self.executor.start(launch)
             how = "" if trigger == "start" else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
         except Exception as e:  # whatever stops a start (Popen's ValueError too) fails the attempt now, saying why
-            self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
-            self._end_unstarted(spec, paths, attempt, f"could not start: {e}")
+            if diskfull.caused_by_full_disk(e, paths.workspaces_dir):
+                held = e  # not a failure of the attempt: it starts, as the same attempt, when space is back
+            else:
+                self.log(f"{paths.name}/{spec.name}: could not start attempt {attempt}: {e}")
+                self._end_unstarted(spec, paths, attempt, f"could not start: {e}")
         finally:
             self._launching.pop((paths.name, spec.name, attempt), None)
+            if held is not None:  # after the pop: the new launch is registered by the loop
+                self._hold(spec, paths, attempt, partial(self._launch, spec, paths, attempt, trigger, upstreams,
+                                                         source, agent), held)
+
+    # -- a full disk ----------------------------------------------------------------------
+
+    def _hold(self, spec: JobSpec, paths: PipelinePaths, attempt: int, launch: Callable[[], None],
+              error: BaseException) -> None:
+        """An attempt that could not be prepared for lack of space waits for space, still running
+        as far as its status says (the status is written once there is room for it)."""
+        log = paths.log_file(spec.name, attempt)
+        with contextlib.suppress(OSError):  # made before the failed start: without a process it would read as lost
+            if log.stat().st_size == 0 and not run_file(log).exists():
+                log.unlink()
+        self._held.put(_Held(paths.name, spec, paths, attempt, launch))  # before `hit`: it is resumed after
+        self.space.hit(f"starting {paths.name}/{spec.name} attempt {attempt}", error)
+
+    def _space_back(self) -> None:
+        """Called from the space prober: wake the loop, and let the index be made again at once."""
+        self.recorder.retry_now()
+        self.events.put(("space", "", "", 0, None))
+
+    def _resume(self) -> None:
+        """Space is back: start the attempts a full disk held back, write the fix-ups' specs."""
+        while True:
+            try:
+                item = self._held.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, SpawnJob):
+                self._spawn(item)
+                continue
+            cache = self.pipelines.get(item.pipeline)
+            status = cache.jobs.get(item.spec.name) if cache else None
+            if status is None or status.state is not JobState.RUNNING or status.attempt != item.attempt:
+                continue
+            key = (item.pipeline, item.spec.name, item.attempt)
+            if status.extra.get("killing"):  # cancelled while it waited
+                self._launcher.submit(self._end_unstarted, item.spec, item.paths, item.attempt,
+                                      "cancelled before it started")
+            else:
+                self._launching[key] = self._launcher.submit(item.launch)
 
     def _identity(self) -> workspace.Identity:
         return workspace.Identity(self.config.git_author_name, self.config.git_author_email)
@@ -802,6 +882,17 @@ def _before(status: JobStatus) -> JobStatus:
     if last.trigger == "manual" and last.request:
         return replace(before, state=JobState.PENDING, extra={**before.extra, "retry_request": last.request})
     return replace(before, state=JobState.PENDING)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """An attempt whose start a full disk held back."""
+
+    pipeline: str
+    spec: JobSpec
+    paths: PipelinePaths
+    attempt: int
+    launch: Callable[[], None]
 
 
 def _collect(ws: Path, job: str) -> harness_agent.Collected:

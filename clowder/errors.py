@@ -53,3 +53,10 @@ class UsageError(ClowderError):
 
 class LockHeld(ClowderError):
     pass
+
+
+class DiskFull(ClowderError):
+    """No space left on the device (ENOSPC) or the quota is used up (EDQUOT) where Clowder had
+    to write: the work could not be done, and can be once space is freed."""
+
+    exit_code = EXIT_WORK_FAILED

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _counter = itertools.count()
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # a full disk: wait for space, not an error
 
 
 def atomic_write(path: Path, data: str | bytes, tmp_dir: Path | None = None) -> None:
@@ -58,10 +59,17 @@ class Writer:
     never waits on fsync. A file queued again before it was written is written once, with the
     newest content, at its first place in the queue: later operations still see it done.
     Content may be given as a function, called in the writer's thread (serializing is work
-    the loop need not do either)."""
+    the loop need not do either).
 
-    def __init__(self, tmp_dir: Path) -> None:
+    A write that fails for lack of space (ENOSPC, EDQUOT) is not an error of the writer's: it
+    calls `on_full(path, error)`, which waits until space is back (True: the write is tried
+    again, first in the queue, so nothing is lost or reordered) or gives up (False: the write
+    is dropped and counted in `dropped`). Without `on_full`, it is an error like any other."""
+
+    def __init__(self, tmp_dir: Path, on_full: Callable[[Path, OSError], bool] | None = None) -> None:
         self._tmp_dir = tmp_dir
+        self._on_full = on_full
+        self.dropped = 0
         self._cond = threading.Condition()
         self._queue: list[Path] = []
         self._pending: dict[Path, str | Callable[[], str] | None] = {}  # None: delete
@@ -102,6 +110,8 @@ class Writer:
                         path.unlink()
                 else:
                     atomic_write(path, data if isinstance(data, str) else data(), self._tmp_dir)
+            except OSError as e:
+                self._failed(path, data, e)
             except BaseException as e:  # surfaced to the next caller
                 with self._cond:
                     self._error = e
@@ -109,6 +119,21 @@ class Writer:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _failed(self, path: Path, data: str | Callable[[], str] | None, e: OSError) -> None:
+        if e.errno not in SPACE_ERRNOS or self._on_full is None:
+            with self._cond:
+                self._error = e  # surfaced to the next caller
+            return
+        if not self._on_full(path, e):
+            self.dropped += 1
+            return
+        with self._cond:  # again, first; with newer content if some was queued meanwhile
+            if path in self._pending:
+                self._queue.remove(path)
+            else:
+                self._pending[path] = data
+            self._queue.insert(0, path)
 
     def flush(self) -> None:
         """Wait until everything queued so far is on disk."""

@@ -69,6 +69,11 @@ class Recorder:
         self._recorded: dict[tuple[str, str], JobRows] = {}  # what the index holds for each job
         self._live: dict[str, PipelinePaths] = {}  # pipelines this daemon keeps live
 
+    def retry_now(self) -> None:
+        """Make an index that failed (a full disk) again at the next look, not after RETRY_AFTER."""
+        if self._retry_at != math.inf:
+            self._retry_at = 0.0
+
     def _clear(self) -> None:
         self._forgets: set[str] = set()
         self._loads: dict[str, tuple[PipelinePaths, dict[str, JobStatus], PipelineStatus | None]] = {}

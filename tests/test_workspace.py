@@ -408,3 +408,62 @@ def test_a_rewrite_hidden_by_a_coarse_clock_is_still_committed(root: Root) -> No
     b = workspace.finish(down, "p", "b", 1, "succeeded", identity=me)
     assert git(down, "show", f"{b.commit}:f.txt") == "bbbb"
     assert [x.path for x in b.artifacts] == ["f.txt"]
+
+
+# -- tags of fix-ups --------------------------------------------------------------------------
+
+def test_a_fixups_attempt_tags_appear_in_its_spawner_and_downstream(root: Root, make_pipeline: MakePipeline,
+                                                                     cli: Invoke) -> None:
+    make_pipeline("p", {
+        "dev": 'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then touch fixed.txt; fi"\n',
+        "test": ('command = "if [ -f fixed.txt ]; then echo ok; else clowder spawn dev --reason broken; exit 1; fi"\n'
+                 'needs = ["dev"]\n'),
+        "ship": 'command = "echo shipped > ship.txt"\nneeds = ["test"]\n',
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    fixup_commit = status(root, "dev.r1").attempts[0].commit
+    for job in ("test", "ship"):
+        tags = git(ws(root, job), "tag", "--list").split()
+        assert "dev.r1/attempt-1" in tags, (job, tags)
+        assert git(ws(root, job), "rev-parse", "dev.r1/attempt-1^{commit}").strip() == fixup_commit
+        decorated = git(ws(root, job), "log", "--decorate=full", "--format=%H %d")
+        assert f"{fixup_commit}  (tag: refs/tags/dev.r1/attempt-1)" in decorated, decorated
+    # The spawner's repository names its own attempts once, not also as seen through its fix-up.
+    assert sorted(git(ws(root, "test"), "tag", "--list").split()) == [
+        "attempt-1", "attempt-2", "dev.r1/attempt-1", "dev/attempt-1"]
+    assert sorted(git(ws(root, "ship"), "tag", "--list").split()) == [
+        "attempt-1", "dev.r1/attempt-1", "dev/attempt-1", "test/attempt-1", "test/attempt-2"]
+
+
+# -- workspaces are built aside and renamed into place ----------------------------------------
+
+def test_a_workspace_half_built_in_place_by_an_older_version_is_rebuilt(root: Root, make_pipeline: MakePipeline,
+                                                                        cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "echo a > a.txt"\n', "b": 'command = "cat a.txt"\nneeds = ["a"]\n'})
+    half = ws(root, "b") / ".git" / "objects"
+    half.mkdir(parents=True)  # what a crash or a full disk left: a .git without HEAD
+    (half.parent / "config").write_text("[core]\n")
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    assert status(root, "b").state is JobState.SUCCEEDED
+    assert "a.txt" in git(ws(root, "b"), "ls-files").split()
+
+
+def test_files_where_a_workspace_belongs_are_moved_aside_not_lost(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "echo a > a.txt"\n'})
+    write(ws(root, "a") / "notes.txt", "mine\n")
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    assert (root.pipeline("p").workspaces_dir / ".a.aside-1" / "notes.txt").read_text() == "mine\n"
+    assert git(ws(root, "a"), "ls-files").split() == ["a.txt"]
+
+
+def test_an_attempt_that_ends_before_its_workspace_is_whole_still_commits(root: Root) -> None:
+    path = root.pipeline("p").workspace("a")
+    (path / ".git" / "objects").mkdir(parents=True)  # a workspace half made when the disk filled up
+    done = workspace.finish(path, "p", "a", 1, "failed", identity=workspace.Identity(),
+                            error=workspace.ErrorContext("could not start"))
+    assert git(path, "rev-parse", "attempt-1").strip() == done.commit
+    assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())

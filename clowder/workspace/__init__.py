@@ -32,6 +32,7 @@ tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -44,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir
+from clowder.diskfull import no_space
+from clowder.errors import DiskFull
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
-from clowder.workspace.merge import Upstream, ensure_published, merge, upstream_tags
+from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
     EMPTY_TREE,
     MARKER,
@@ -132,10 +135,13 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
         consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
         if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
             marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
-            repo = _create(ws, upstreams, source, root or ws.parent, marker)
+            repo = _create(ws, job, upstreams, source, root or ws.parent, marker)
             return Prepared(repo.head(), consumed, "", (), None)
-        repo = _create(ws, upstreams, source, root or ws.parent)
+        repo = _create(ws, job, upstreams, source, root or ws.parent)
     merged = merge(repo, job, todo, identity)
+    if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
+        raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
+    add_upstream_tags(repo, job, [u for u in todo if u.job != merged.failed])
     for u in todo:
         if u.job == merged.failed:
             break
@@ -145,31 +151,56 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
     return Prepared(base, consumed, merged.problem, merged.conflicts, recovered)
 
 
-def _create(ws: Path, upstreams: Sequence[Upstream], source: Source | None, root: Path,
+def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | None, root: Path,
             marker: Mapping[str, Any] | None = None) -> Repo:
     """Build the repository next to its final place and move it there in one rename, so a crash
-    never leaves a half-made workspace; with `marker` (the attempt's, less its base: the new
-    HEAD), already prepared for an attempt."""
-    if ws.exists() and any(ws.iterdir()):
-        raise WorkspaceError(f"{ws}: exists but is not a git repository; move it away to let the job start")
+    or a full disk never leaves a half-made workspace where the job's belongs; with `marker`
+    (the attempt's, less its base: the new HEAD), already prepared for an attempt. The build
+    directory is a sibling, `.<job>.tmp` (job names never start with a dot), not a directory
+    below: the alternates entry that finds the store is relative, and the checkout needs it."""
+    _clear_place(ws)
     tmp = ws.with_name(f".{ws.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a build cut short by a crash
     ws.parent.mkdir(parents=True, exist_ok=True)
-    if upstreams:
-        first = upstreams[0]
-        repo = skeleton(tmp, first.commit, upstream_tags(upstreams))
-        ensure_published(repo, first)
-        checkout(repo)
-    elif source is not None:
-        repo = _clone_source(tmp, source, root)
-    else:
-        repo = skeleton(tmp, None)
-    if marker is not None:  # no rename of its own: the directory's is enough
-        (repo.git_dir / MARKER).write_text(json.dumps({**marker, "base": repo.head()}))
-    with contextlib.suppress(FileNotFoundError):
-        ws.rmdir()
-    os.rename(tmp, ws)
+    try:
+        if upstreams:
+            first = upstreams[0]
+            repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams))
+            ensure_published(repo, first)
+            checkout(repo)
+        elif source is not None:
+            repo = _clone_source(tmp, source, root)
+        else:
+            repo = skeleton(tmp, None)
+        if marker is not None:  # no rename of its own: the directory's is enough
+            (repo.git_dir / MARKER).write_text(json.dumps({**marker, "base": repo.head()}))
+        with contextlib.suppress(FileNotFoundError):
+            ws.rmdir()  # the empty directory an executor may have made
+        os.rename(tmp, ws)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
+        raise
     return Repo(ws)
+
+
+def _clear_place(ws: Path) -> None:
+    """Make room for a new repository at `ws`. Older versions built workspaces in place, and a
+    crash or a full disk could leave one half made (a `.git` without HEAD): nothing of it is
+    worth keeping, so it is removed. Anything else there is moved aside, never deleted."""
+    try:
+        entries = os.listdir(ws)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    if not entries:
+        return
+    if entries == [".git"]:
+        shutil.rmtree(ws)
+        return
+    for n in itertools.count(1):
+        aside = ws.with_name(f".{ws.name}.aside-{n}")
+        if not aside.exists():
+            os.rename(ws, aside)
+            return
 
 
 def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: Identity) -> tuple[int, str] | None:
@@ -189,9 +220,8 @@ def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, ident
     """Commit everything the attempt left (even nothing), tag it `attempt-<n>`, publish its
     objects and list its artifacts. Safe to call again for the same attempt."""
     repo = Repo(ws)
-    if not repo.exists():
-        ws.mkdir(parents=True, exist_ok=True)
-        repo = skeleton(ws, None)
+    if not repo.exists():  # an attempt that ended before its workspace was made
+        repo = _create(ws, job, (), None, ws.parent)
     marker = repo.marker()
     ours = marker.get("attempt") == attempt
     base = marker.get("base") if ours else repo.head()

@@ -29,14 +29,26 @@ class Upstream:
 
 
 
-def upstream_tags(upstreams: Sequence[Upstream]) -> dict[str, str]:
+def upstream_tags(job: str, upstreams: Sequence[Upstream]) -> dict[str, str]:
     """The upstreams' tags, their own `attempt-<n>` renamed `<job>/attempt-<n>`, so `git log
-    --decorate` downstream names every attempt of every job in the lineage."""
+    --decorate` downstream names every attempt of every job in the lineage. A fix-up's
+    repository holds its spawner's tags (`test/attempt-1`): the spawner keeps its own names."""
     tags: dict[str, str] = {}
     for u in upstreams:
         for name, sha in Repo(u.path).tags().items():
-            tags.setdefault(f"{u.job}/{name}" if name.startswith(TAG_PREFIX) else name, sha)
+            name = f"{u.job}/{name}" if name.startswith(TAG_PREFIX) else name
+            if not name.startswith(f"{job}/"):
+                tags.setdefault(name, sha)
     return tags
+
+
+def add_upstream_tags(repo: Repo, job: str, upstreams: Sequence[Upstream]) -> None:
+    """Give an existing repository the tags of upstreams it starts to consume now (a spawner's
+    new attempt takes its fix-ups' commits; a retry takes new upstream commits)."""
+    have = repo.tags()
+    new = {f"refs/tags/{n}": s for n, s in upstream_tags(job, upstreams).items() if n not in have}
+    if new:
+        repo.write_refs(new)
 
 
 @dataclass(frozen=True)
