@@ -47,7 +47,10 @@ def write_crash_log(state_dir: Path | None, error: BaseException, context: str) 
 def describe(error: BaseException) -> str:
     """`TypeError: can't compare ...`, with where it happened when the code said (notes)."""
     notes = getattr(error, "__notes__", None) or []
-    text = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")  # one line
+    if isinstance(error, OSError) and error.filename and error.strerror:  # the file says more than the class
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")  # one line
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 

@@ -173,6 +173,7 @@ class Driver:
         self.stopping = threading.Event()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
+        self._write_failures: queue.SimpleQueue[tuple[Path, OSError]] = queue.SimpleQueue()
         self._crashes: dict[str, tuple[str, str]] = {}  # pipeline -> (what failed, its status message)
         self.writer: Writer | None = None
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
@@ -239,7 +240,7 @@ class Driver:
     def _serve_locked(self, until_done: bool, sweep: float) -> bool:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.space.give_up, self.space.on_give_up = until_done, self.stop  # `clowder run` stops on a full disk
-        self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space)
+        self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space, on_error=self._write_failed)
         self.watcher = Watcher(self.root, self._notify, poll=self.poll)
         self.watcher.start()
         self.recorder.start()
@@ -282,10 +283,35 @@ class Driver:
             except queue.Empty:
                 return
 
+    def _write_failed(self, path: Path, error: OSError) -> None:
+        """Called from the writer's thread: a file of the tree could not be written (not for lack
+        of space). Its pipeline is marked broken in the loop's thread."""
+        self._write_failures.put((path, error))
+        self.events.put(("write-failed", "", "", 0, None))
+
+    def _handle_write_failures(self) -> None:
+        while True:
+            try:
+                path, error = self._write_failures.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                name = path.relative_to(self.root.pipelines_dir).parts[0]
+            except (ValueError, IndexError):
+                name = ""
+            cache = self.pipelines.get(name)
+            if cache is None:
+                self.log(f"cannot write {path}: {error.strerror or error}")
+                continue
+            # The error names the temp file os.replace moved from; the user knows the target.
+            self._break(cache, "writing its status", OSError(error.errno, error.strerror, str(path)))
+
     def _handle(self, event: tuple[str, str, str, int, Outcome | None]) -> None:
         kind, pipeline, job, attempt, outcome = event
         if kind == "stop":
             self.stopping.set()
+        elif kind == "write-failed":
+            self._handle_write_failures()
         elif kind == "space":
             self._resume()
         elif kind == "pipelines":

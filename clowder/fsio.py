@@ -64,11 +64,18 @@ class Writer:
     A write that fails for lack of space (ENOSPC, EDQUOT) is not an error of the writer's: it
     calls `on_full(path, error)`, which waits until space is back (True: the write is tried
     again, first in the queue, so nothing is lost or reordered) or gives up (False: the write
-    is dropped and counted in `dropped`). Without `on_full`, it is an error like any other."""
+    is dropped and counted in `dropped`). Without `on_full`, it is an error like any other.
 
-    def __init__(self, tmp_dir: Path, on_full: Callable[[Path, OSError], bool] | None = None) -> None:
+    Any other OSError is the file's, not the writer's (a directory where the file belongs, a
+    permission taken away by hand): with `on_error(path, error)` the write is dropped and
+    reported there, and the other files are written on. Without it, the error is raised to the
+    next caller, as any error that is not an OSError always is."""
+
+    def __init__(self, tmp_dir: Path, on_full: Callable[[Path, OSError], bool] | None = None,
+                 on_error: Callable[[Path, OSError], None] | None = None) -> None:
         self._tmp_dir = tmp_dir
         self._on_full = on_full
+        self._on_error = on_error
         self.dropped = 0
         self._cond = threading.Condition()
         self._queue: list[Path] = []
@@ -121,6 +128,10 @@ class Writer:
                     self._cond.notify_all()
 
     def _failed(self, path: Path, data: str | Callable[[], str] | None, e: OSError) -> None:
+        if e.errno not in SPACE_ERRNOS and self._on_error is not None:
+            self.dropped += 1
+            self._on_error(path, e)
+            return
         if e.errno not in SPACE_ERRNOS or self._on_full is None:
             with self._cond:
                 self._error = e  # surfaced to the next caller

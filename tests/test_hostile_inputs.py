@@ -407,3 +407,30 @@ def test_toml_nested_too_deeply_is_a_problem_not_a_crash(root: Root, make_pipeli
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr and "nested too deeply" in run.stderr
+
+
+def test_a_directory_where_a_status_file_belongs_breaks_only_its_pipeline(root: Root,
+                                                                          make_pipeline: MakePipeline) -> None:
+    from tests.test_driver import pstate, wait_for
+
+    for name in ("good", "bad"):
+        make_pipeline(name, {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    blocker = root.pipeline("bad").status_dir / "a.toml"
+    blocker.mkdir(parents=True)  # nothing can replace a directory with a file: its status cannot be written
+    watch = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--sweep", "1s", "--root", str(root.path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: root.pipeline("good").status_file.exists() and pstate(root, "good").terminal,
+                 what="the healthy pipeline to end")
+        assert pstate(root, "good") is PipelineState.SUCCEEDED
+        wait_for(lambda: root.pipeline("bad").status_file.exists() and pstate(root, "bad") is PipelineState.BROKEN,
+                 what="the other to be marked broken")
+        message = read_pipeline_status(root.pipeline("bad").status_file).message
+        assert f"{blocker}: Is a directory" in message, message
+        assert watch.poll() is None, "clowder watch died"
+        blocker.rmdir()  # mended: the sweep tries it again
+        wait_for(lambda: pstate(root, "bad") is PipelineState.SUCCEEDED, what="the mended pipeline to succeed")
+    finally:
+        watch.terminate()
+        _, err = watch.communicate(timeout=30)
+    assert "Traceback" not in err and watch.returncode == 0, err
