@@ -174,7 +174,7 @@ def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     from clowder.validate import load_config, load_pipeline
 
     root = find_root(root_dir)
-    paths = known.pipeline(root, pipeline)
+    paths = known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
     loaded = load_pipeline(paths, load_config(root))
     states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
     render = graph_mod.to_dot if fmt == "dot" else graph_mod.to_mermaid

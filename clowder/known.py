@@ -43,16 +43,19 @@ class UnknownJob(NotFound):
         self.close = close
 
 
-def pipeline(root: Root, name: str) -> PipelinePaths:
-    """The pipeline named `name`, if there is one."""
-    return existing(root.pipeline(name))  # root.pipeline checks the name before it becomes a path
+def pipeline(root: Root, name: str, with_spec: bool = True) -> PipelinePaths:
+    """The pipeline named `name`, if there is one (see `existing`)."""
+    return existing(root.pipeline(name), with_spec)  # root.pipeline checks the name before it is a path
 
 
-def existing(paths: PipelinePaths) -> PipelinePaths:
-    """`paths`, if its pipeline.toml is there, in whatever shape: a broken one is reported by
-    whoever reads it, not taken for a missing pipeline."""
-    if not os.path.lexists(paths.spec_file):
+def existing(paths: PipelinePaths, with_spec: bool = True) -> PipelinePaths:
+    """`paths`, if its directory is there and (with `with_spec`) its pipeline.toml too, in
+    whatever shape: a broken one is reported by whoever reads it. Without `with_spec`, a directory
+    that lacks its pipeline.toml is a pipeline to show as invalid (as `clowder status` does)."""
+    if not paths.dir.is_dir():
         raise UnknownPipeline(paths)
+    if with_spec and not os.path.lexists(paths.spec_file):
+        raise NotFound(f"{paths.spec_file}: missing: every pipeline directory needs a pipeline.toml")
     return paths
 
 

@@ -114,7 +114,7 @@ def collect(root: Root, pipeline: str | None = None, use_index: bool = True) -> 
     """Reports of every pipeline (or of one): from the index where it is fresh, from the tree
     where it is missing or stale (see clowder.index.fresh)."""
     if pipeline is not None:
-        known.pipeline(root, pipeline)
+        known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
         names = [pipeline]
     else:
         # A directory with an invalid name cannot be addressed; `clowder validate` reports it.

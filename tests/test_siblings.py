@@ -65,6 +65,18 @@ def test_a_pipeline_nothing_like_any_other_gets_no_guess(root: Root, make_pipeli
     assert (result.exit_code, result.stderr) == (2, f"error: {root.pipelines_dir}/zzz: no such pipeline\n")
 
 
+def test_a_pipeline_directory_without_its_spec_is_shown_but_not_run(root: Root, cli: Invoke) -> None:
+    (root.pipelines_dir / "half" / "jobs").mkdir(parents=True)
+    spec = root.pipelines_dir / "half" / "pipeline.toml"
+    status = cli("status", "half")
+    assert (status.exit_code, status.stdout.splitlines()[0]) == (
+        0, f"pipeline half: invalid — 1 problem(s); run `clowder validate {spec.parent}`")
+    for command in (("logs", "half", "a"), ("cancel", "half"), ("run", "half")):
+        result = cli(*command)
+        assert (result.exit_code, result.stderr) == (
+            2, f"error: {spec}: missing: every pipeline directory needs a pipeline.toml\n"), command
+
+
 def test_logs_of_a_known_job_that_has_not_run_says_so(make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", TWO_JOBS)
     result = cli("logs", "p", "test")
