@@ -58,6 +58,28 @@ def test_a_mistyped_pipeline_is_no_such_pipeline_with_a_did_you_mean(root: Root,
         2, f"error: {root.pipelines_dir}/biuld: no such pipeline; did you mean build?\n")
 
 
+def test_artifacts_of_a_mistyped_job_is_no_such_job(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", TWO_JOBS)
+    result = cli("artifacts", "p", "dvv")
+    assert (result.exit_code, result.stderr) == (
+        2, "error: 'dvv': not a job of p; did you mean dev? (jobs: dev, test)\n")
+
+
+def test_the_server_answers_a_mistyped_name_with_the_same_did_you_mean(root: Root,
+                                                                      make_pipeline: MakePipeline) -> None:
+    pytest.importorskip("fastapi")
+    from tests.test_server import client
+
+    make_pipeline("build", TWO_JOBS)
+    with client(root) as (c, _):
+        r = c.get("/api/pipelines/biuld")
+        assert (r.status_code, r.json()["detail"]) == (
+            404, f"{root.pipelines_dir}/biuld: no such pipeline; did you mean build?")
+        r = c.get("/api/pipelines/build/jobs/tset/logs")
+        assert (r.status_code, r.json()["detail"]) == (
+            404, "'tset': not a job of build; did you mean test? (jobs: dev, test)")
+
+
 def test_a_pipeline_nothing_like_any_other_gets_no_guess(root: Root, make_pipeline: MakePipeline,
                                                          cli: Invoke) -> None:
     make_pipeline("build", TWO_JOBS)
