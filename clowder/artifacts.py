@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from clowder import known
 from clowder.errors import UsageError
-from clowder.spec import check_name
 from clowder.state import read_job_status
 from clowder.tree import PipelinePaths
 
@@ -48,14 +48,11 @@ class Row:
 def list_artifacts(paths: PipelinePaths, job: str | None = None, sha: str | None = None) -> list[Row]:
     """Every recorded artifact of the pipeline (or of one job), oldest attempt first; with `sha`,
     only those whose blob id starts with it."""
-    if not paths.spec_file.is_file():
-        raise UsageError(f"{paths.dir}: no such pipeline")
+    known.existing(paths)
     if sha is not None and (len(sha) < 4 or any(c not in "0123456789abcdef" for c in sha.lower())):
         raise UsageError(f"--sha {sha!r}: give at least 4 hex digits of a blob id")
     if job is not None:
-        check_name(job, "job")
-        if not paths.job_file(job).is_file() and not paths.job_status_file(job).is_file():
-            raise UsageError(f"{paths.dir}: no job {job!r}")
+        known.job(paths, job)
     indexed = _from_index(paths, job, sha)
     if indexed is not None:
         return indexed

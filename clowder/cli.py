@@ -196,13 +196,11 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
 def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
     from clowder import graph as graph_mod
-    from clowder import report
+    from clowder import known, report
     from clowder.validate import load_config, load_pipeline
 
     root = find_root(root_dir)
-    paths = root.pipeline(pipeline)
-    if not paths.dir.is_dir():
-        raise ClowderError(f"{paths.dir}: no such pipeline")
+    paths = known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
     loaded = load_pipeline(paths, load_config(root))
     states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
     render = graph_mod.to_dot if fmt == "dot" else graph_mod.to_mermaid

@@ -12,12 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from clowder import report, requests, workspace
+from clowder import known, report, requests, workspace
 from clowder.errors import ClowderError, UsageError
 from clowder.executor import read_exit, run_file
 from clowder.graph import topo_order
 from clowder.schema import load_toml
-from clowder.spec import NAME_PATTERN, NAME_RULE, Pipeline, is_name
+from clowder.spec import NAME_PATTERN, Pipeline, is_name
 from clowder.state import JobState, JobStatus, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline
@@ -28,8 +28,7 @@ ReportState = Literal["pending", "running", "blocked", "succeeded", "failed", "c
 REPORT_STATES: tuple[str, ...] = get_args(ReportState)
 
 
-class NotFound(UsageError):
-    """A pipeline, job, attempt or log that does not exist."""
+NotFound = known.NotFound  # a pipeline, job, attempt or log that does not exist (HTTP 404)
 
 
 @dataclass(frozen=True)
@@ -142,22 +141,6 @@ class JobDetail:
     actions: list[str]  # what may be asked of it now: `cancel`, `retry`
 
 
-def existing_pipeline(root: Root, name: str) -> PipelinePaths:
-    if not is_name(name):
-        raise UsageError(f"invalid pipeline name {name!r}: {NAME_RULE}")
-    paths = root.pipeline(name)
-    if not paths.spec_file.is_file():
-        raise NotFound(f"no pipeline {name!r}")
-    return paths
-
-
-def _check_job(paths: PipelinePaths, job: str) -> None:
-    if not is_name(job):
-        raise UsageError(f"invalid job name {job!r}: {NAME_RULE}")
-    if not paths.job_file(job).is_file() and not paths.job_status_file(job).is_file():
-        raise NotFound(f"no job {job!r} in pipeline {paths.name!r}")
-
-
 # -- a cache of what files say --------------------------------------------------------------------
 
 # Directory and file mtimes tick coarsely (a few ms on ext4): a file rewritten in the same tick
@@ -248,7 +231,7 @@ def _load(root: Root, paths: PipelinePaths) -> Pipeline | None:
 def pipeline_detail(root: Root, name: str) -> PipelineDetail:
     """A pipeline's jobs with their states and attempts, the edges between them and each
     job's level in the graph (for drawing it)."""
-    paths = existing_pipeline(root, name)
+    paths = known.pipeline(root, name)
     # The report is what `clowder status` shows (states, `invalid`/`broken` files), from the
     # index where it is fresh; the specs (for the edges' conditions) and statuses (for the
     # attempts) come from the cache above.
@@ -293,8 +276,8 @@ def _consumers(paths: PipelinePaths, job: str, commits: set[str], jobs: list[str
 def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
     """One job: its spec as written, its status with every attempt's artifacts and the upstream
     commits it consumed, which jobs consumed its commits, and its regression lineage."""
-    paths = existing_pipeline(root, pipeline)
-    _check_job(paths, job)
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job)
     raw, problems = load_toml(paths.job_file(job)) if paths.job_file(job).is_file() else (None, [])
     loaded = _load(root, paths)
     spec = loaded.jobs.get(job) if loaded else None
@@ -323,10 +306,10 @@ DIFF_LIMIT = 2_000_000  # characters: a page cannot show more anyway
 
 def diff_text(root: Root, pipeline: str, a: str, b: str | None) -> str:
     """`clowder diff PIPELINE A [B]`: git diff from A to B, or what A changed from its base."""
-    paths = existing_pipeline(root, pipeline)
+    paths = known.pipeline(root, pipeline)
     for point in (a, b):
         if point is not None:
-            _check_job(paths, point.split("@", 1)[0])
+            known.job(paths, point.split("@", 1)[0])
     # Resolved first: workspace.diff would take an unknown B for a path to limit the diff to.
     try:
         for point in (a, b):
@@ -361,8 +344,8 @@ class LogRef:
 def log_ref(root: Root, pipeline: str, job: str, attempt: int | None) -> LogRef:
     """Where an attempt's log is (default: the latest attempt). The file may not exist yet
     for an attempt that is just starting."""
-    paths = existing_pipeline(root, pipeline)
-    _check_job(paths, job)
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job)
     status = read_status(paths, job)
     number = attempt or status.attempt
     if not number:

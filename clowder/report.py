@@ -10,7 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clowder.errors import SpecError, UsageError
+from clowder import known
+from clowder.errors import SpecError
 from clowder.state import (
     JobState,
     JobStatus,
@@ -115,9 +116,7 @@ def collect(root: Root, pipeline: str | None = None, use_index: bool = True) -> 
     """Reports of every pipeline (or of one): from the index where it is fresh, from the tree
     where it is missing or stale (see clowder.index.fresh)."""
     if pipeline is not None:
-        paths = root.pipeline(pipeline)
-        if not paths.dir.is_dir():
-            raise UsageError(f"{paths.dir}: no such pipeline")
+        known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
         names = [pipeline]
     else:
         # A directory with an invalid name cannot be addressed; `clowder validate` reports it.

@@ -13,6 +13,7 @@ from typing import Any
 import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 import tomli_w
 
+from clowder import known
 from clowder.errors import ClowderError, UsageError
 from clowder.fsio import MAX_SPEC_BYTES, atomic_write, read_input
 from clowder.spec import check_name
@@ -102,8 +103,7 @@ def drop(root: Root, paths: PipelinePaths, action: str, job: str | None = None, 
         raise UsageError(f"unknown request action {action!r}")
     if job is not None:
         check_name(job, "job")
-    if not paths.spec_file.is_file():
-        raise UsageError(f"{paths.dir}: no such pipeline")
+    known.existing(paths)
     rid = f"{utcnow().strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}-{action}"
     body: dict[str, Any] = {"action": action, "created_at": utcnow(), **data}
     if job is not None:

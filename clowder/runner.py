@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import signal
@@ -15,24 +16,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from clowder import known
 from clowder import requests as req_mod
 from clowder.errors import UsageError
 from clowder.executor import read_exit, run_file
 from clowder.follow import Follower
-from clowder.fsio import try_lock
-from clowder.spec import check_name, format_duration
+from clowder.fsio import read_input, try_lock
+from clowder.logfile import open_log
+from clowder.spec import format_duration
 from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
 
 if TYPE_CHECKING:
     from clowder.driver import Driver
-
-
-def _existing(root: Root, pipeline: str) -> PipelinePaths:
-    paths = root.pipeline(pipeline)
-    if not paths.spec_file.is_file():
-        raise UsageError(f"{paths.dir}: no such pipeline")
-    return paths
 
 
 def _unfinished(root: Root) -> list[str]:
@@ -62,7 +58,7 @@ def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None
     root, follow its decisions instead, and run them here if it goes away."""
     names = pipelines if pipelines is not None else _unfinished(root)
     for name in names:
-        _existing(root, name)
+        known.pipeline(root, name)
     if not names:
         (out or Console(stderr=True)).print("nothing to run: every pipeline has ended", style=None)
         return True
@@ -198,9 +194,9 @@ def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_f
 
 
 def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.Request:
-    paths = _existing(root, pipeline)
-    if job is not None and not paths.job_file(job).is_file():
-        raise UsageError(f"{paths.job_file(job)}: no such job in pipeline {pipeline}")
+    paths = known.pipeline(root, pipeline)
+    if job is not None:
+        known.job(paths, job, with_spec=True)
     req_mod.check(paths, action, job)
     r = req_mod.drop(root, paths, action, job)
     req_mod.wake(root, pipeline)
@@ -213,15 +209,14 @@ def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple
     if not pipeline or not spawner or not attempt or not attempt.isdigit():
         raise UsageError("clowder spawn runs inside a job: CLOWDER_PIPELINE, CLOWDER_JOB and CLOWDER_ATTEMPT "
                          "are not set (use `clowder retry` from outside)")
-    paths = _existing(root, pipeline)
-    if not paths.job_file(job).is_file():
-        raise UsageError(f"{paths.job_file(job)}: no such job to spawn a fix-up of")
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job, with_spec=True)
     if not reason.strip():
         raise UsageError("--reason must not be empty")
     context = ""
     if context_file is not None:
-        try:
-            context = context_file.read_text(errors="replace")
+        try:  # a small regular file: a FIFO would block, /dev/zero fill the memory
+            context = read_input(context_file, req_mod.MAX_REQUEST_BYTES).decode(errors="replace")
         except OSError as e:
             raise UsageError(f"{context_file}: cannot read the context file: {e.strerror}") from e
     r = req_mod.drop(root, paths, "spawn", job, spawner=spawner, attempt=int(attempt), reason=reason,
@@ -231,25 +226,27 @@ def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple
 
 
 def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
-    paths = _existing(root, pipeline)
-    check_name(job, "job")
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job)
     status = read_job_status(paths.job_status_file(job), job)
     number = attempt or status.attempt
     if not number:
         raise UsageError(f"{pipeline}/{job} has not run yet (it is {status.state.value})")
-    log_file = paths.log_file(job, number)
-    record = run_file(log_file)
-    while follow and not log_file.exists():
+    record = run_file(paths.log_file(job, number))
+    f = open_log(root, paths, job, number)
+    while follow and f is None and not _attempt_over(paths, job, number, record):
         time.sleep(0.1)
-    if not log_file.exists():
-        raise UsageError(f"{log_file}: no log for attempt {number}")
-    with log_file.open("r", errors="replace") as f:
+        f = open_log(root, paths, job, number)
+    if f is None:
+        raise UsageError(f"{paths.log_file(job, number)}: no log for attempt {number}")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with f:
         while True:
-            chunk = f.read()
+            chunk = decoder.decode(f.read(1 << 16))
             if chunk:
                 yield chunk
             elif not follow or _attempt_over(paths, job, number, record):
-                rest = f.read()
+                rest = decoder.decode(f.read(), final=True)
                 if rest:
                     yield rest
                 return

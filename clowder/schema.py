@@ -41,9 +41,20 @@ def load_schema(kind: str) -> dict[str, Any]:
     return schema
 
 
+def _is_integer(checker: Any, value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# JSON Schema counts 1000.0 as an integer (JSON has one number type); TOML tells `1e3` from
+# `1000`, and a float where a count belongs (max_parallel = 1e3) is a mistake to report.
+_Strict = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
 @cache
-def _validator(kind: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(load_schema(kind))
+def _validator(kind: str) -> Any:
+    return _Strict(load_schema(kind))
 
 
 @cache
@@ -115,7 +126,8 @@ def check(kind: str, data: Any, path: Path | str, prefix: Sequence[str | int] = 
     JSON Schema's bounds let nan through)."""
     odd = [] if kind == "status" else _odd_numbers(data, path, tuple(prefix))
     try:
-        if not odd and _fast(kind).is_valid(data):
+        if not odd and _fast(kind).is_valid(data) and (kind == "status" or not _has_whole_float(data)
+                                                       or _fast(kind).is_valid(_unwhole(data))):
             return []
     except ValueError:  # a value JSON has no type for: let jsonschema judge it
         pass
@@ -145,6 +157,29 @@ def _odd_numbers(value: Any, path: Path | str, parts: tuple[str | int, ...]) -> 
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _odd_numbers(v, path, (*parts, i))]
     return []
+
+
+def _has_whole_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, dict):
+        return any(_has_whole_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_whole_float(v) for v in value)
+    return False
+
+
+def _unwhole(value: Any) -> Any:
+    """`value` with each float that is a whole number moved off it (2.0 -> 2.5): jsonschema-rs
+    takes 2.0 for an integer, so `factor = 2.0` must pass and `retries = 2.0` fail in a second
+    look. That look may also fail a float at its key's bound; jsonschema then judges, rightly."""
+    if isinstance(value, float) and value.is_integer():
+        return value + 0.5
+    if isinstance(value, dict):
+        return {k: _unwhole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwhole(v) for v in value]
+    return value
 
 
 def _translate(e: ValidationError, path: Path | str, prefix: Sequence[str | int]) -> list[Problem]:

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import socket
-import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +29,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clowder import monitor, runner
+from clowder import logfile, monitor, runner
 from clowder.errors import ClowderError
 from clowder.requests import Refused
 from clowder.spec import NAME_PATTERN
@@ -179,28 +178,8 @@ class Hub:
 
 
 def open_log(root: Root, ref: monitor.LogRef) -> BinaryIO | None:
-    """The attempt's log opened for reading, or None if it is not there (yet). Only the regular
-    file at logs/JOB/N.log of the pipeline is served: a symlink anywhere on the way out of the
-    pipeline (to /etc/passwd, say) is refused, and a FIFO is never opened for a blocking read."""
-    try:
-        real = ref.file.resolve(strict=True)
-    except FileNotFoundError:
-        return None
-    except (OSError, RuntimeError) as e:  # a symlink loop
-        raise monitor.NotFound(f"{ref.file}: cannot read the log: {e}") from e
-    expected = ref.paths.dir.resolve() / "logs" / ref.job / ref.file.name
-    if real != expected or not real.is_relative_to(root.path.resolve()):
-        raise monitor.NotFound(f"{ref.file}: the log resolves outside its pipeline ({real}); not served")
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise monitor.NotFound(f"{ref.file}: cannot read the log: {e.strerror}") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise monitor.NotFound(f"{ref.file}: not a regular file; not served")
-    return os.fdopen(fd, "rb")
+    """The attempt's log, read as `clowder logs` reads it (clowder.logfile)."""
+    return logfile.open_log(root, ref.paths, ref.job, ref.attempt)
 
 
 async def follow_log(root: Root, ref: monitor.LogRef, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
@@ -384,9 +363,6 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
 
     def drop(pipeline: str, action: str, job: str | None) -> RequestView:
-        paths = monitor.existing_pipeline(root, pipeline)
-        if job is not None and not paths.job_file(job).is_file():
-            raise monitor.NotFound(f"no job {job!r} in pipeline {pipeline!r}")
         r = runner.request(root, pipeline, action, job)
         return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
 

@@ -280,7 +280,8 @@ def test_a_spawn_request_too_large_to_be_read_back_is_refused_at_once(
     root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = make_pipeline("p", {"dev": 'command = "true"\n', "test": 'command = "true"\n'})
-    big = write(tmp_path / "report.txt", "x" * MiB)
+    # Within the context file's cap (256 KiB), but TOML writes each control character as \u0001.
+    big = write(tmp_path / "report.txt", "\x01" * (200 * 1024))
     for var, value in (("CLOWDER_PIPELINE", "p"), ("CLOWDER_JOB", "test"), ("CLOWDER_ATTEMPT", "1")):
         monkeypatch.setenv(var, value)
     result = cli("spawn", "dev", "--reason", "r", "--context-file", str(big))

@@ -66,9 +66,9 @@ def test_pipelines_are_filtered_by_a_known_state(root: Root, make_pipeline: Make
 
 def test_unknown_names_are_not_found_and_bad_ones_refused(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = ["true"]\n'})
-    with pytest.raises(monitor.NotFound, match="no pipeline 'q'"):
+    with pytest.raises(monitor.NotFound, match="pipelines/q: no such pipeline"):
         monitor.pipeline_detail(root, "q")
-    with pytest.raises(monitor.NotFound, match="no job 'b' in pipeline 'p'"):
+    with pytest.raises(monitor.NotFound, match=r"'b': not a job of p \(jobs: a\)"):
         monitor.job_detail(root, "p", "b")
     with pytest.raises(UsageError, match=r"invalid job name '\.\./x'"):
         monitor.job_detail(root, "p", "../x")

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clowder.fsio import Unreadable, read_input
 from clowder.harness import OUTPUT_FILE, REGRESSION_FILE, metadata_dir
 from clowder.spec import JobSpec, Pipeline
 
 UPSTREAM_LIMIT = 20_000  # characters of one upstream output shown in full; the file has the rest
+WORKSPACE_FILE_LIMIT = 16 * 1024 * 1024  # a larger output.json is not read at all
 REGRESSION_HEADING = "# Regression context"
 _FIRST_KEYS = ("reason", "spawner", "attempt", "spawner_attempt")
 _BLOCK_KEYS = ("context", "log_tail")
@@ -55,12 +57,32 @@ def _role(ctx: Context) -> str:
 
 def upstream_outputs(ctx: Context) -> list[tuple[str, Path]]:
     """(job, output.json) of every other job whose output is in this workspace — the jobs this
-    one starts from and theirs in turn — in pipeline order."""
+    one starts from and theirs in turn — in pipeline order. Symbolic links are listed (and
+    refused when read), not followed: a committed link must not lead out of the workspace."""
     meta = ctx.workspace / ".clowder"
-    found = [(d.name, d / OUTPUT_FILE) for d in sorted(meta.iterdir()) if d.is_dir() and d.name != ctx.job.name
-             and (d / OUTPUT_FILE).is_file()] if meta.is_dir() else []
+    if meta.is_symlink():
+        return [(".clowder", meta)]
+    found = [(d.name, d / OUTPUT_FILE) for d in sorted(meta.iterdir())
+             if d.name != ctx.job.name and (d.is_symlink() or (d / OUTPUT_FILE).exists() or
+                                            (d / OUTPUT_FILE).is_symlink())] if meta.is_dir() else []
     position = ctx.pipeline.position
     return sorted(found, key=lambda item: (position.get(item[0], len(position)), item[0]))
+
+
+def read_workspace_file(workspace: Path, path: Path, limit: int = WORKSPACE_FILE_LIMIT) -> str:
+    """The text of `path`, a file in `workspace`, read only as a regular file that is really
+    there: a symbolic link on the way (which a job may commit, pointing anywhere) is refused, as
+    are FIFOs and devices (clowder.fsio.read_input). Raises OSError with the reason."""
+    here = workspace
+    for part in path.relative_to(workspace).parts:
+        here = here / part
+        if here.is_symlink():
+            raise Unreadable(here, "a symbolic link")
+    return read_input(path, limit).decode(errors="replace")
+
+
+def _unreadable(workspace: Path, path: Path, e: OSError) -> str:
+    return f"({path.relative_to(workspace)} is unreadable: {e.strerror}; not shown)"
 
 
 def _upstream(ctx: Context) -> str:
@@ -71,10 +93,14 @@ def _upstream(ctx: Context) -> str:
     parts = ["# Results of the jobs before you\n\nEach job's structured output, from its "
              "`.clowder/<job>/output.json` in this workspace."]
     for job, path in outputs:
-        text = path.read_text(errors="replace").strip()
+        how = "you start from its work" if job in direct else "an earlier job"
+        try:
+            text = read_workspace_file(ctx.workspace, path).strip()
+        except OSError as e:
+            parts.append(f"## {job} ({how})\n\n{_unreadable(ctx.workspace, path, e)}")
+            continue
         if len(text) > UPSTREAM_LIMIT:
             text = text[:UPSTREAM_LIMIT] + f"\n... (cut; read {metadata_dir(job)}/{OUTPUT_FILE} for the rest)"
-        how = "you start from its work" if job in direct else "an earlier job"
         parts.append(f"## {job} ({how})\n\n{fence(text, 'json')}")
     return "\n\n".join(parts)
 
@@ -85,8 +111,12 @@ def regression_context(ctx: Context) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     path = ctx.workspace / metadata_dir(ctx.job.name) / REGRESSION_FILE
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_workspace_file(ctx.workspace, path))
+    except FileNotFoundError:
+        data = None
+    except OSError as e:
+        data = {"note": _unreadable(ctx.workspace, path, e).strip("()")}
+    except ValueError:
         data = None
     if isinstance(data, dict):
         merged.update(data)

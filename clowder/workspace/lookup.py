@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clowder import known
 from clowder.errors import UsageError
+from clowder.known import UnknownJob
 from clowder.spec import is_name
 from clowder.state import read_job_status
 from clowder.tree import PipelinePaths
@@ -30,40 +31,21 @@ class Point:
 _POINT = re.compile(r"^(?P<job>[^@]+)(?:@(?P<attempt>[0-9]+))?$")
 
 
-def _existing(paths: PipelinePaths) -> PipelinePaths:
-    if not paths.spec_file.is_file():
-        raise UsageError(f"{paths.dir}: no such pipeline")
-    return paths
-
-
 def _known_job(paths: PipelinePaths, job: str) -> bool:
-    return is_name(job) and (paths.job_file(job).is_file() or paths.job_status_file(job).is_file())
+    try:
+        return is_name(job) and bool(known.job(paths, job))
+    except UnknownJob:
+        return False
 
 
 def workspace_path(paths: PipelinePaths, job: str) -> Path:
     """The job's workspace, for `cd "$(clowder path p dev)"`."""
-    _existing(paths)
-    if not _known_job(paths, job):
-        raise UnknownJob(paths, job)
+    known.existing(paths)
+    known.job(paths, job)
     ws = paths.workspace(job)
     if not Repo(ws).exists():
         raise UsageError(f"{paths.name}/{job}: no workspace yet (the job has not started)")
     return ws
-
-
-class UnknownJob(UsageError):
-    """A name on the command line that is no job of the pipeline."""
-
-    def __init__(self, paths: PipelinePaths, text: str) -> None:
-        jobs = paths.job_names()
-        close = difflib.get_close_matches(text.split("@", 1)[0], jobs, n=1)
-        shown = ", ".join(jobs[:JOBS_SHOWN]) + (f", … ({len(jobs)} in all)" if len(jobs) > JOBS_SHOWN else "")
-        super().__init__(f"{text!r}: not a job of {paths.name}" + (f"; did you mean {close[0]}?" if close else "")
-                         + f" ({'jobs: ' + shown if jobs else 'it has no jobs'})")
-        self.close = close
-
-
-JOBS_SHOWN = 12  # in a did-you-mean: enough to spot a typo, short enough for one line
 
 
 def resolve(paths: PipelinePaths, text: str) -> Point:
@@ -122,7 +104,7 @@ def diff(paths: PipelinePaths, a: str, rest: Sequence[str],
     """`git diff` from A to B, or from A's base to A: `rest` is B and git diff's options, `files`
     the paths (what followed `--`). Commits of different jobs' repositories are compared in B's
     repository with A's objects borrowed for the one command."""
-    _existing(paths)
+    known.existing(paths)
     old_point = resolve(paths, a)
     second, options = split_diff_args(paths, a, rest)
     new = resolve(paths, second or a)
