@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from clowder.fsio import read_input
 from clowder.processes import AttemptProcesses
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP COMMAND...
@@ -80,14 +81,30 @@ class ExitRecord:
         return None
 
 
+RUN_LIMIT = 4096  # a pid line and an exit line
+
+
+def _read_run(run: Path) -> str | None:
+    """The run file's text; None when there is none. Something else in its place (a FIFO, a
+    link out of the root, a huge file) is never read and holds no record: reading it could hang."""
+    try:
+        return read_input(run, RUN_LIMIT).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+
+
 def read_exit(run: Path) -> ExitRecord | None:
     """The recorded end of an attempt, or None if it has not ended (or not recorded it)."""
+    text = _read_run(run)
+    if not text:
+        return None
     try:
-        lines = run.read_text().splitlines()
         mtime = run.stat().st_mtime
     except FileNotFoundError:
         return None
-    for line in lines[1:]:
+    for line in text.splitlines()[1:]:
         code = line.removeprefix("exit ").strip()
         if line.startswith("exit ") and code.lstrip("-").isdigit():
             return ExitRecord(int(code), datetime.fromtimestamp(mtime, UTC))
@@ -95,11 +112,11 @@ def read_exit(run: Path) -> ExitRecord | None:
 
 
 def read_pid(run: Path) -> int | None:
-    try:
-        text = run.read_text().partition("\n")[0].strip()
-    except FileNotFoundError:
+    text = _read_run(run)
+    if text is None:
         return None
-    return int(text) if text.isdigit() else None
+    first = text.partition("\n")[0].strip()
+    return int(first) if first.isdigit() else None
 
 
 def pid_runs(pid: int, run: Path) -> bool:
@@ -223,6 +240,11 @@ class LocalExecutor:
         processes = launch.processes
         argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.run_file), processes.prepare(),
                 *launch.argv]
+        # Only this attempt's wrapper writes its run file, and it starts now: anything in its
+        # place (an attempt that never started, a FIFO left by hand) goes, or the wrapper could block.
+        launch.run_file.unlink(missing_ok=True)
+        if launch.log_file.exists() and not launch.log_file.is_file():
+            launch.log_file.unlink()  # a FIFO: opening it to write would block until someone reads
         # The log file is created before the process: a restarted daemon that finds it knows
         # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:

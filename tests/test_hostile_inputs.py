@@ -435,3 +435,16 @@ def test_a_directory_where_a_status_file_belongs_breaks_only_its_pipeline(root: 
         watch.terminate()
         _, err = watch.communicate(timeout=30)
     assert "Traceback" not in err and watch.returncode == 0, err
+
+
+def test_a_fifo_as_an_attempts_own_record_neither_hangs_nor_crashes(root: Root, make_pipeline: MakePipeline) -> None:
+    d = make_pipeline("p", {"a": 'command = ["true"]\n'})
+    write(d / "status" / "a.toml", 'state = "running"\nattempt = 1\n[[attempts]]\nnumber = 1\nstate = "running"\n'
+                                   "started_at = 2026-01-01T00:00:00Z\n")
+    write(d / "logs" / "a" / "1.log", "")
+    os.mkfifo(d / "logs" / "a" / "1.run")  # nobody will ever write to it: reading it would block
+    run = subprocess.run([sys.executable, "-m", "clowder", "run", "--root", str(root.path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    status = read_job_status(d / "status" / "a.toml", "a")
+    assert status.state is JobState.SUCCEEDED and status.attempt == 1
