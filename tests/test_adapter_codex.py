@@ -99,6 +99,7 @@ def test_a_run_killed_while_waiting_for_the_network_is_a_transient_failure(tmp_p
     ("unexpected status 403 Forbidden", "config"),
     ("exceeded retry limit, last status: 429 Too Many Requests", "transient"),
     ("unexpected status 503 Service Unavailable: overloaded", "transient"),
+    ("We\u2019re currently experiencing high demand, which may cause temporary errors.", "transient"),  # a 500
     ("stream disconnected before completion: error sending request", "transient"),
     ("Your input exceeds the context window of this model", "agent"),
 ])

@@ -33,7 +33,8 @@ SHELLS = ("bash", "sh", "zsh", "dash")
 # limit, a server error or a lost connection passes, anything else is the agent's.
 _CONFIG = re.compile(r"\b(401|403|404)\b|unauthorized|forbidden|api key|model_not_found", re.IGNORECASE)
 _TRANSIENT = re.compile(r"\b(429|5\d\d)\b|too many requests|rate limit|stream disconnected|error sending request"
-                        r"|connection (failed|refused|reset)|timed? ?out|network|exceeded retry limit|overloaded",
+                        r"|connection (failed|refused|reset)|timed? ?out|network|exceeded retry limit|overloaded"
+                        r"|high demand|temporar(y|ily)",
                         re.IGNORECASE)
 
 
