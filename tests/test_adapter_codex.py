@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clowder.harness.adapters.codex import failure_kind, inner_command
+from clowder.harness.adapters.codex import Translator, failure_kind, inner_command
 from clowder.harness.config import BUILTIN
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -116,3 +116,22 @@ def test_failures_are_classified_by_what_codex_says(text: str, kind: str) -> Non
 ])
 def test_commands_are_shown_without_codexs_shell_wrapping(command: str, inner: str) -> None:
     assert inner_command(command) == inner
+
+
+def test_an_error_that_did_not_end_the_turn_is_logged_and_the_result_kept() -> None:
+    tr = Translator()
+    lines = ['{"type":"turn.started"}', '{"type":"error","message":"mcp server crashed"}',
+             '{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"done"}}',
+             '{"type":"turn.completed","usage":{"input_tokens":10,"output_tokens":2}}']
+    events = [e for line in lines for e in tr.feed(line)] + tr.finish(0)
+    assert events == [{"type": "message", "role": "assistant", "text": "done"},
+                      {"type": "message", "role": "error", "text": "mcp server crashed"},
+                      {"type": "usage", "input_tokens": 10, "output_tokens": 2},
+                      {"type": "result", "output": {"text": "done"}, "text": "done"}]
+
+
+def test_an_error_without_turn_failed_fails_the_run_once() -> None:
+    tr = Translator()
+    events = tr.feed('{"type":"error","message":"unexpected status 500"}') + tr.finish(1)
+    assert events == [{"type": "message", "role": "error", "text": "unexpected status 500"},
+                      {"type": "failure", "kind": "transient", "text": "unexpected status 500"}]

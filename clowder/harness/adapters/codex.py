@@ -83,7 +83,7 @@ class Translator:
             return self._item(event["item"])
         if kind == "turn.completed":
             self.completed, self.last_retry = True, None
-            return self._usage(event.get("usage"))
+            return self._pending() + self._usage(event.get("usage"))
         if kind == "error":
             return self._error(str(event.get("message", "error")))
         if kind == "turn.failed":
@@ -105,13 +105,14 @@ class Translator:
         self.pending_error = text  # logged with the turn.failed that follows, or at the end
         return []
 
+    def _pending(self, unless: str | None = None) -> list[dict[str, Any]]:
+        """The held-back error as a message, unless it is `unless` (the failure that repeats it)."""
+        text, self.pending_error = self.pending_error, None
+        return [] if text is None or text == unless else [{"type": "message", "role": "error", "text": text}]
+
     def _fail(self, text: str) -> list[dict[str, Any]]:
         self.failed = True
-        events = []
-        if self.pending_error is not None and self.pending_error != text:
-            events.append({"type": "message", "role": "error", "text": self.pending_error})
-        self.pending_error = None
-        return [*events, {"type": "message", "role": "error", "text": text},
+        return [*self._pending(unless=text), {"type": "message", "role": "error", "text": text},
                 {"type": "failure", "kind": failure_kind(text), "text": text}]
 
     def _item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,7 +138,8 @@ class Translator:
         if self.completed and self.last_text is not None:
             return [{"type": "result", "output": output_from_text(self.last_text), "text": self.last_text}]
         if self.pending_error is not None:  # an error and no turn.failed: it ended the run all the same
-            return self._fail(self.pending_error)
+            text, self.pending_error = self.pending_error, None
+            return self._fail(text)
         if self.last_retry is not None and exit_code != 0:  # killed while reconnecting (e.g. no network)
             return self._fail(f"ended while retrying: {self.last_retry}")
         return []
