@@ -380,21 +380,21 @@ def test_codex_exec_json_becomes_actions_usage_and_output(tmp_path: Path, monkey
     code, events, got, meta = run_adapted(tmp_path, monkeypatch, "codex", "codex_stream.jsonl")
     assert code == 0
     assert events == [
-        {"type": "command", "command": "bash -lc 'cat .clowder/plan/output.json'", "exit_code": 0,
+        {"type": "command", "command": "cat .clowder/plan/output.json", "exit_code": 0,
          "output": '{"plan": ["write calc.py with add()", "test it"]}\n'},
         {"type": "file_changed", "path": "calc.py", "change": "add"},
         {"type": "file_changed", "path": "test_calc.py", "change": "add"},
-        {"type": "command", "command": "bash -lc 'python -m pytest -q'", "exit_code": 0,
+        {"type": "command", "command": "python -m pytest -q", "exit_code": 0,
          "output": ".\n1 passed in 0.01s\n"},
         {"type": "message", "role": "assistant",
          "text": '{"summary": "calc.py with add() and its test", "tests": "1 passed"}'},
-        {"type": "usage", "input_tokens": 24763, "output_tokens": 122},
+        {"type": "usage", "input_tokens": 24763, "output_tokens": 122, "cached_input_tokens": 24448},
         {"type": "result", "output": {"summary": "calc.py with add() and its test", "tests": "1 passed"},
          "text": '{"summary": "calc.py with add() and its test", "tests": "1 passed"}'},
     ]
     assert got == agent.Collected(Usage(24763, 122, 0.0), "", True)
     assert (meta / "raw.jsonl").is_file()
-    assert (tmp_path / "args").read_text().split() == ["exec", "--json", "--full-auto", "-"]
+    assert (tmp_path / "args").read_text().split() == ["exec", "--json", "--sandbox", "workspace-write", "-"]
     assert (tmp_path / "stdin").read_text() == (meta / "prompt.md").read_text()
 
 

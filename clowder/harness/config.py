@@ -26,8 +26,9 @@ MAX_PROMPT_ARG = 100_000
 #   `--allowedTools` lets it edit and run commands headless.
 #   https://docs.anthropic.com/en/docs/claude-code/headless,
 #   https://docs.anthropic.com/en/docs/claude-code/cli-reference
-# - Codex: `codex exec` is the non-interactive mode, `--json` streams JSONL events, `--full-auto`
-#   allows file edits, and `-` reads the prompt from stdin.
+# - Codex: `codex exec` is the non-interactive mode, `--json` streams JSONL events, `--sandbox
+#   workspace-write` lets it edit the workspace and run commands (`--full-auto` is gone since 0.171:
+#   exit 2), and `-` reads the prompt from stdin.
 #   https://github.com/openai/codex/blob/main/docs/exec.md
 # - aider: `--message-file` sends one message and exits, `--yes-always` answers every question,
 #   `--no-auto-commits` leaves commits to Clowder, `--no-stream --no-pretty` give plain text.
@@ -37,7 +38,7 @@ BUILTIN: Mapping[str, Harness] = {
     "claude": Harness("claude", ("claude", "-p", "--output-format", "stream-json", "--verbose",
                                  "--permission-mode", "acceptEdits", "--allowedTools",
                                  "Bash,Read,Edit,Write,Glob,Grep"), {}, "claude"),
-    "codex": Harness("codex", ("codex", "exec", "--json", "--full-auto", "-"), {}, "codex"),
+    "codex": Harness("codex", ("codex", "exec", "--json", "--sandbox", "workspace-write", "-"), {}, "codex"),
     "aider": Harness("aider", ("aider", "--message-file", "{prompt_file}", "--yes-always", "--no-auto-commits",
                                "--no-stream", "--no-pretty"), {}, "aider"),
 }
