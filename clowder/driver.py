@@ -21,7 +21,7 @@ from typing import TextIO, assert_never
 
 from clowder import diskfull, regression, schema, workspace
 from clowder import requests as req_mod
-from clowder.artifacts import metadata_dir
+from clowder.artifacts import write_metadata
 from clowder.crash import describe, write_crash_log
 from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
@@ -788,9 +788,7 @@ class Driver:
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)
                 return
             if spec.regression_context:  # a fix-up reads why it exists here (and in its prompt)
-                meta = paths.workspace(spec.name) / metadata_dir(spec.name)
-                meta.mkdir(parents=True, exist_ok=True)
-                (meta / "regression.json").write_text(json.dumps(
+                write_metadata(paths.workspace(spec.name), spec.name, "regression.json", json.dumps(
                     {"parent": spec.parent, "regression_of": spec.regression_of, **spec.regression_context},
                     indent=2, default=str) + "\n")
             # An agent job's prompt is composed now that its workspace holds its upstreams' outputs.

@@ -269,3 +269,32 @@ def test_a_whole_float_where_a_number_belongs_is_fine(make_pipeline: MakePipelin
     make_pipeline("p", {"a": 'command = "true"\nbackoff = { initial = "1s", factor = 2.0, max = "1m" }\n'})
     result = cli("validate")
     assert result.exit_code == 0, result.output
+
+
+# -- Clowder never writes through a link a job left in its metadata directory ---------------------
+
+@pytest.mark.parametrize("link", [".clowder", ".clowder/dev", ".clowder/dev/prompt.md"])
+def test_clowder_never_writes_through_a_link_an_upstream_left_in_the_metadata_directory(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "prompt.md" if link.endswith(".md") else outside
+    make_pipeline("p", {
+        "plan": f'command = "mkdir -p $(dirname {link}) && ln -s {target} {link}"\n',
+        "dev": 'agent = "developer"\nneeds = ["plan"]\n',
+    })
+    run_to_end(root)
+    assert list(outside.iterdir()) == []  # nothing written there: not the prompt, the script or the output
+    meta = root.pipeline("p").workspace("dev") / ".clowder" / "dev"
+    assert not meta.is_symlink() and (meta / "prompt.md").is_file() and not (meta / "prompt.md").is_symlink()
+
+
+def test_a_failed_job_that_links_its_metadata_directory_out_gets_its_error_json_inside(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    make_pipeline("p", {"a": f'command = "mkdir -p .clowder && ln -s {outside} .clowder/a; exit 3"\n'})
+    run_to_end(root)
+    assert list(outside.iterdir()) == []
+    error = root.pipeline("p").workspace("a") / ".clowder" / "a" / "error.json"
+    assert not error.parent.is_symlink() and '"exit_code": 3' in error.read_text()

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE, metadata_dir
+from clowder.artifacts import metadata_path, write_metadata
+from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE
 from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
@@ -48,16 +49,15 @@ def start(config: Config, ctx: Context, root: Path) -> Launch:
     """Write the attempt's prompt (and script) into the prepared workspace, clear what the last
     attempt logged, and say how to run the job's harness."""
     job, ws = ctx.job, ctx.workspace
-    meta = ws / metadata_dir(job.name)
-    meta.mkdir(parents=True, exist_ok=True)
+    meta = metadata_path(ws, job.name)
     for stale in [meta / ACTIONS_FILE, meta / OUTPUT_FILE, meta / SCRIPT_FILE, *meta.glob("raw.*")]:
         stale.unlink(missing_ok=True)
     text = compose(ctx)
-    (meta / PROMPT_FILE).write_text(text)
+    write_metadata(ws, job.name, PROMPT_FILE, text)
     role = ctx.pipeline.spec.roles.get(job.agent or "")
     script = job.script or (role.script if role else ())
     if script:
-        (meta / SCRIPT_FILE).write_text(json.dumps(list(script), indent=2, default=str) + "\n")
+        write_metadata(ws, job.name, SCRIPT_FILE, json.dumps(list(script), indent=2, default=str) + "\n")
     harness = harness_config.resolve(config, ctx.pipeline.spec, job)
     files = {"prompt_file": meta / PROMPT_FILE, "actions_file": meta / ACTIONS_FILE, "output_file": meta / OUTPUT_FILE}
     values = {
@@ -87,16 +87,19 @@ def _with_clowder(path: str) -> str:
 def collect(workspace: Path, job: str) -> Collected:
     """Sum up the attempt's action log and extract its structured output into output.json
     (unless the agent wrote that file itself). Safe to call again for the same attempt."""
-    meta = workspace / metadata_dir(job)
+    meta = metadata_path(workspace, job)  # the agent may have left a link there: never write through it
     summary = read_log(meta / ACTIONS_FILE)
     usage = Usage(summary.input_tokens, summary.output_tokens, summary.cost_usd) if summary.usage_lines else None
     problem = summary.problem
     out = meta / OUTPUT_FILE
+    if out.is_symlink():
+        out.unlink()
+        problem = problem or f"{OUTPUT_FILE}: a symbolic link, not the agent's output"
     if out.is_file():
         try:
             json.loads(out.read_bytes())
         except ValueError as e:
             problem = problem or f"{OUTPUT_FILE}: not JSON ({e})"
     elif summary.has_result:
-        out.write_text(json.dumps(summary.output, indent=2, ensure_ascii=False) + "\n")
+        write_metadata(workspace, job, OUTPUT_FILE, json.dumps(summary.output, indent=2, ensure_ascii=False) + "\n")
     return Collected(usage, problem, out.is_file())

@@ -44,7 +44,7 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
-from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir
+from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir, write_metadata
 from clowder.diskfull import no_space
 from clowder.errors import DiskFull
 from clowder.spec import Source
@@ -227,8 +227,7 @@ def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, ident
     base = marker.get("base") if ours else repo.head()
     meta = ws / metadata_dir(job)
     if error is not None:
-        meta.mkdir(parents=True, exist_ok=True)
-        (meta / ERROR_FILE).write_text(error.to_json(job, attempt, state))
+        write_metadata(ws, job, ERROR_FILE, error.to_json(job, attempt, state))
     force = _output_files(ws, outputs) + ([metadata_dir(job)] if meta.is_dir() else [])
     commit = _commit(repo, pipeline, job, attempt, state, error.reason if error else "", identity, force)
     publish(repo, marker.get("started_ns", 0) if ours else 0)
