@@ -144,20 +144,20 @@ class Handler(BaseHTTPRequestHandler):
     server_state: Server  # set on the subclass made per server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.server_state.paths.append(f"GET {self.path}")
         self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "fake: no such path"}})
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.server_state.paths.append(f"HEAD {self.path}")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         state = self.server_state
         state.paths.append(f"POST {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
