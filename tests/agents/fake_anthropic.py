@@ -182,7 +182,8 @@ class Handler(BaseHTTPRequestHandler):
             case Drop():
                 self._stream(sse_events(f"msg_fake{n:04d}", step.reply)[: step.after], complete=False)
             case Hang():
-                self._stream(sse_events(f"msg_fake{n:04d}", step.reply)[:1], complete=False)
+                if body.get("stream"):
+                    self._stream(sse_events(f"msg_fake{n:04d}", step.reply)[:1], complete=False, close=False)
                 state.stopping.wait(120)
 
     def _json(self, status: int, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -196,8 +197,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _stream(self, events: list[tuple[str, dict[str, Any]]], complete: bool = True) -> None:
-        """SSE with `Connection: close`, so a cut stream is a connection closed midway."""
+    def _stream(self, events: list[tuple[str, dict[str, Any]]], complete: bool = True, close: bool = True) -> None:
+        """SSE with `Connection: close`, so a cut stream is a connection closed midway (or, not
+        `close`, a stream left open)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -207,7 +209,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
             self.wfile.flush()
         self.close_connection = True
-        if not complete:  # no message_stop: a cut connection, reset rather than closed cleanly
+        if not complete and close:  # no message_stop: a cut connection, reset rather than closed cleanly
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
