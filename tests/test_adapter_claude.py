@@ -131,3 +131,10 @@ def test_a_run_killed_before_its_result_counts_each_messages_last_usage_once() -
     # three messages (one of them printed as two lines), each 10 + 300 + 4000 in and 1 out so far
     assert of_type(events, "usage") == [{"type": "usage", "input_tokens": 3 * 4310, "output_tokens": 3}]
     assert of_type(events, "failure") == []
+
+
+def test_an_exit_before_any_result_is_a_config_failure_but_a_kill_is_not() -> None:
+    assert Translator().finish(1) == [{"type": "failure", "kind": "config", "text": (
+        "claude exited with code 1 before its result (its stderr is in the log)")}]
+    assert Translator().finish(143) == [] and Translator().finish(-9) == []
+    assert of_type(translate("claude-maxturns", exit_code=1), "failure")[0]["kind"] == "agent"  # one failure

@@ -221,3 +221,12 @@ def test_a_killed_run_counts_the_usage_of_the_messages_it_got(scenario: Scenario
     # No result: each message's last reported usage, once (the stream reports 1 output token at its start).
     assert s.status().attempts[0].usage == Usage(CALL.input_tokens, 1, 0.0)
     assert s.of_type("file_changed") == [{"type": "file_changed", "path": "calc.py", "change": "add", "tool": "Write"}]
+
+
+def test_a_flag_claude_does_not_know_is_a_config_failure_with_its_error(scenario: Scenario) -> None:
+    with serve([]) as server:
+        assert scenario.run(server.url, (*FLAGS, "--no-such-flag")) == 1
+        assert server.requests == []
+    assert scenario.of_type("failure") == [{"type": "failure", "kind": "config", "text": (
+        "claude exited with code 1 before its result (its stderr is in the log)")}]
+    assert "error: unknown option '--no-such-flag'" in scenario.log()

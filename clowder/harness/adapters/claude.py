@@ -38,6 +38,7 @@ CONFIG_ERRORS = {"authentication_failed", "oauth_org_not_allowed", "billing_erro
 TRANSIENT_ERRORS = {"rate_limit", "server_error"}
 CONFIG_STATUSES = {401, 403}
 TRANSIENT_STATUSES = {408, 409, 429}  # and every 5xx
+SIGNALLED = 128  # an exit code from here up: ended by a signal (Claude Code exits 143 on SIGTERM)
 
 
 class Translator:
@@ -178,6 +179,10 @@ class Translator:
             totals = self._turn_totals()
             if totals:
                 events.append({"type": "usage", **totals})
+        if not self.result_seen and 0 < exit_code < SIGNALLED:
+            # It gave up before starting (an unknown flag, a broken install): its stderr says why.
+            events.append({"type": "failure", "kind": "config",
+                           "text": f"claude exited with code {exit_code} before its result (its stderr is in the log)"})
         return events
 
 
