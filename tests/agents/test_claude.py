@@ -85,7 +85,7 @@ def failed_with(s: Scenario, kind: str, text: str, message: str = "attempt 1 fai
     assert status.state is JobState.FAILED and status.message == message
     assert s.of_type("failure") == [{"type": "failure", "kind": kind, "text": text}]
     assert [e["text"] for e in s.of_type("message") if e["role"] == "error"] == [text]  # once
-    assert s.log().count(" ".join(text.split())) == 1
+    assert s.log().count(f"[message] {' '.join(text.split())}") == 1
 
 
 def test_an_edit_a_command_and_a_json_answer(scenario: Scenario) -> None:
