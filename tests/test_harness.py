@@ -413,7 +413,7 @@ def test_aider_text_becomes_actions_usage_and_output(tmp_path: Path, monkeypatch
     assert (meta / "raw.txt").read_text() == (FIXTURES / "aider_output.txt").read_text()
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["--message-file", str((meta / "prompt.md").resolve())]
-    assert args[2:] == ["--yes-always", "--no-auto-commits", "--no-stream", "--no-pretty"]
+    assert args[2:6] == ["--yes-always", "--no-auto-commits", "--no-stream", "--no-pretty"]  # + test_adapter_aider
 
 
 def test_an_adapted_clis_exit_code_is_the_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
