@@ -139,8 +139,10 @@ class Translator:
         if text:
             self.reply = text
             events.append({"type": "message", "role": "assistant", "text": text})
-        self.usage = {"input_tokens": _count(tokens["sent"]) + _count(tokens["hit"]),
-                      "output_tokens": _count(tokens["received"])}
+        # litellm's prompt_tokens already hold the cache writes and hits, and aider adds the writes
+        # once more to its "sent" (base_coder.calculate_and_show_tokens_and_cost): take them off.
+        sent = max(0, _count(tokens["sent"]) - _count(tokens["write"]))
+        self.usage = {"input_tokens": sent, "output_tokens": _count(tokens["received"])}
         if cost or tokens["write"] is None or tokens["hit"] is None:  # no cost line of its own to wait for
             events += self._usage_done(cost)
         return events
