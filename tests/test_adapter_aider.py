@@ -214,3 +214,32 @@ def test_aiders_git_library_reads_a_workspace_that_starts_from_an_upstream(
     assert "'calc.py'" in proc.stdout
     status = subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True, check=True)
     assert status.stderr == ""  # git reads the store once, without complaint
+
+
+def test_the_file_a_question_was_about_is_not_the_agents_reply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "Add file to the chat?" goes to aider's chat history only; the file it is about is printed (after a
+    # blank line) before the reply. A reply's own edit block names its file too, followed by a fence.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    tr = Translator()
+    lines = ["Repo-map: using 4096 tokens, auto refresh", "", "", "calc.py", "The fix:", "", "calc.py",
+             "```python", "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE", "```", "", "Tokens: 2.5k sent, 89 received."]
+    events = [e for line in lines for e in tr.feed(line)] + tr.finish(0)
+    assert events[0]["text"] == "The fix:\n\ncalc.py\n```python\n<<<<<<< SEARCH\n=======\n>>>>>>> REPLACE\n```"
+
+
+def test_aiders_own_files_are_kept_out_of_the_attempts_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".git" / "info").mkdir(exist_ok=True)
+    (tmp_path / ".git" / "info" / "exclude").write_text("# git ls-files --others --exclude-from=.git/info/exclude\n")
+    monkeypatch.chdir(tmp_path)
+    Translator().prepare()
+    Translator().prepare()  # the next attempt: once is enough
+    (tmp_path / ".aider.chat.history.md").write_text("chat")
+    (tmp_path / ".aider.tags.cache.v4").mkdir()
+    (tmp_path / ".aider.tags.cache.v4" / "cache.db").write_text("db")
+    (tmp_path / "calc.py").write_text("x")
+    untracked = subprocess.run(["git", "status", "--porcelain", "-uall"], capture_output=True, text=True, check=True)
+    assert untracked.stdout == "?? calc.py\n"
+    exclude = (tmp_path / ".git" / "info" / "exclude").read_text().splitlines()
+    assert exclude[0].startswith("# git ls-files") and exclude.count(".aider*") == 1

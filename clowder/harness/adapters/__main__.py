@@ -51,6 +51,9 @@ def main(args: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _ignore)
     log = ActionLog(actions)
+    prepare = getattr(tr, "prepare", None)
+    if prepare is not None:  # a translator may ready the workspace for its CLI (aider: .git/info/exclude)
+        prepare()
     try:
         with open(prompt, "rb") as stdin:
             proc = subprocess.Popen(args[2:], stdin=stdin, stdout=subprocess.PIPE)

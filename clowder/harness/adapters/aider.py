@@ -18,10 +18,13 @@ report after it is a failure of the attempt (the runner exits 1 on a `failure` e
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from clowder.fsio import atomic_write
 from clowder.harness.actions import output_from_text
 
 APPLIED = re.compile(r"^Applied edit to (.+?)\s*$")
@@ -44,6 +47,7 @@ FENCED = re.compile(r"```[^\n]*\n(.*?)\n```", re.DOTALL)
 TRANSIENT = frozenset({"RateLimitError", "APIConnectionError", "ServiceUnavailableError", "Timeout",
                        "InternalServerError", "BadGatewayError", "APIError"})
 CONFIG = frozenset({"AuthenticationError", "NotFoundError", "PermissionDeniedError"})
+EXCLUDE = ".aider*"  # aider's files in the repository: chat and input history, the repo map's tags cache
 NOT_RUN = "aider --yes-always does not run the shell commands a model proposes"
 
 
@@ -132,8 +136,20 @@ class Translator:
         self.reading = None
         return [event]
 
+    def prepare(self) -> None:
+        """Keep aider's own files (.aider.chat.history.md, .aider.tags.cache.v4/, ...) out of the
+        attempt's commit: --no-gitignore stops aider from editing the project's .gitignore, so they
+        go in the workspace repository's .git/info/exclude. Runs in the workspace, before aider."""
+        exclude = Path(".git") / "info" / "exclude"
+        if not exclude.parent.parent.is_dir():
+            return
+        text = exclude.read_text() if exclude.is_file() else ""
+        if EXCLUDE not in text.splitlines():
+            exclude.parent.mkdir(exist_ok=True)
+            atomic_write(exclude, text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE + "\n")
+
     def _reply(self, tokens: re.Match[str], cost: re.Match[str] | None) -> list[dict[str, Any]]:
-        text = "\n".join(self.lines).strip()
+        text = "\n".join(_without_subjects(self.lines)).strip()
         self.lines, self.answered, self.unanswered = [], True, None
         events: list[dict[str, Any]] = []
         if text:
@@ -170,7 +186,7 @@ class Translator:
     def _after_reply(self) -> list[dict[str, Any]]:
         """What aider printed after its last usage report: the shell commands of the reply it did
         not run, or its own output."""
-        text = "\n".join(line.rstrip() for line in self.lines).strip()
+        text = "\n".join(line.rstrip() for line in _without_subjects(self.lines)).strip()
         self.lines = []
         if not text or not self.answered:
             return []
@@ -188,6 +204,19 @@ class Translator:
         if exit_code == 0 and not self.answered:
             return {"type": "failure", "kind": "agent", "text": "aider printed no reply (no Tokens: line)"}
         return None  # killed by a signal: Clowder knows why
+
+
+def _without_subjects(lines: list[str]) -> list[str]:
+    """The lines without the files aider asked about ("Add file to the chat?", "Create new file?"):
+    it prints the question to its chat history only, and the file on a line of its own after a
+    blank one. A reply names a file that way too, but right before the fence of its edit."""
+    def subject(i: int) -> bool:
+        line = lines[i]
+        after_blank = i == 0 or not lines[i - 1].strip()
+        fence_next = i + 1 < len(lines) and lines[i + 1].startswith("```")
+        return bool(line) and line == line.strip() and after_blank and not fence_next and os.path.isfile(line)
+
+    return [line for i, line in enumerate(lines) if not subject(i)]
 
 
 def output(reply: str) -> Any:
