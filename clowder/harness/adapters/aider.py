@@ -5,8 +5,9 @@ aider has no machine-readable output (https://aider.chat/docs/scripting.html); w
 (aider/coders/base_coder.py, aider/main.py, aider/models.py): "Applied edit to <path>" for each
 edited file, and after each reply a usage report "Tokens: 2.5k sent, 1.2k cache write, 3k cache
 hit, 120 received. Cost: $0.0094 message, $0.02 session." (counts of 1,000 or more are rounded
-to "2.5k" / "12k", so token counts are approximate; the cost part is missing when the model has
-no price, and on a line of its own when there are both cache writes and hits). The reply is the
+to "2.5k" / "12k", so token counts are approximate; "sent" counts the cache writes twice; the
+cost part is missing when the model has no price, and on a line of its own when there are both
+cache writes and hits). The reply is the
 text before a usage report; what aider prints after one is its own (a shell command it did not
 run, a test's output).
 
@@ -42,7 +43,6 @@ NOTICES = re.compile(r"^(Aider v\d|(Main|Weak|Editor) model: |Model: |Git repo: 
                      r"|Update git (name|email) with: |Aider respects your privacy|For more info: https://)")
 # Notices followed by a list of "- item" lines (model names, environment variables).
 LISTS = re.compile(r"^(Did you mean one of these\?|Warning: .+ expects these environment variables)")
-FENCED = re.compile(r"```[^\n]*\n(.*?)\n```", re.DOTALL)
 # litellm's exception names (aider/exceptions.py lists them all) by what retrying can do about them.
 TRANSIENT = frozenset({"RateLimitError", "APIConnectionError", "ServiceUnavailableError", "Timeout",
                        "InternalServerError", "BadGatewayError", "APIError"})
@@ -190,7 +190,7 @@ class Translator:
         self.lines = []
         if not text or not self.answered:
             return []
-        proposed = {line.strip() for block in FENCED.findall(self.reply) for line in block.splitlines()}
+        proposed = {line.strip() for _, block in fenced(self.reply) for line in block.splitlines()}
         commands = [line.strip() for line in text.splitlines() if line.strip()]
         if all(c in proposed for c in commands):
             return [{"type": "denied", "tool": "shell", "command": c, "text": NOT_RUN} for c in commands]
@@ -219,24 +219,29 @@ def _without_subjects(lines: list[str]) -> list[str]:
     return [line for i, line in enumerate(lines) if not subject(i)]
 
 
-def output(reply: str) -> Any:
-    """The structured output of aider's reply: its last ```json block, found by reading the fences
-    line by line (a reply holds ```python SEARCH/REPLACE blocks, which a single regex over the
-    whole text pairs up wrongly), else what output_from_text finds."""
-    blocks: list[tuple[str, list[str]]] = []
+def fenced(reply: str) -> list[tuple[str, str]]:
+    """The reply's fenced blocks (info string, text), read line by line: a reply holds ```python
+    SEARCH/REPLACE blocks, which one regex over the whole text pairs up wrongly."""
+    blocks: list[tuple[str, str]] = []
     fence: tuple[str, list[str]] | None = None
     for line in reply.splitlines():
         if fence is None and line.startswith("```"):
             fence = (line[3:].strip(), [])
         elif fence is not None and line.strip() == "```":
-            blocks.append(fence)
+            blocks.append((fence[0], "\n".join(fence[1])))
             fence = None
         elif fence is not None:
             fence[1].append(line)
-    for info, lines in reversed(blocks):
+    return blocks
+
+
+def output(reply: str) -> Any:
+    """The structured output of aider's reply: its last ```json block that parses, else what
+    output_from_text finds."""
+    for info, text in reversed(fenced(reply)):
         if info in ("json", ""):
             try:
-                return json.loads("\n".join(lines))
+                return json.loads(text)
             except ValueError:
                 continue
     return output_from_text(reply)
