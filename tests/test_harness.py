@@ -405,15 +405,15 @@ def test_aider_text_becomes_actions_usage_and_output(tmp_path: Path, monkeypatch
              "    return a - b\n=======\ndef add(a, b):\n    return a + b\n>>>>>>> REPLACE")
     assert events == [
         {"type": "message", "role": "assistant", "text": reply},
-        {"type": "usage", "input_tokens": 2500, "output_tokens": 89, "cost_usd": 0.01},
+        {"type": "usage", "input_tokens": 2500 - 1200, "output_tokens": 89, "cost_usd": 0.01},  # sent - write
         {"type": "file_changed", "path": "calc.py", "change": "update"},
         {"type": "result", "output": {"text": reply}, "text": reply},
     ]
-    assert got.usage == Usage(2500, 89, 0.01)
+    assert got.usage == Usage(1300, 89, 0.01)
     assert (meta / "raw.txt").read_text() == (FIXTURES / "aider_output.txt").read_text()
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["--message-file", str((meta / "prompt.md").resolve())]
-    assert args[2:] == ["--yes-always", "--no-auto-commits", "--no-stream", "--no-pretty"]
+    assert args[2:6] == ["--yes-always", "--no-auto-commits", "--no-stream", "--no-pretty"]  # + test_adapter_aider
 
 
 def test_an_adapted_clis_exit_code_is_the_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,6 +33,11 @@ MAX_PROMPT_ARG = 100_000
 # - aider: `--message-file` sends one message and exits, `--yes-always` answers every question,
 #   `--no-auto-commits` leaves commits to Clowder, `--no-stream --no-pretty` give plain text.
 #   https://aider.chat/docs/scripting.html, https://aider.chat/docs/config/options.html
+#   AIDER_QUIET skips its start-up checks and notices (a network call each, text that is not the
+#   agent's; --no-gitignore: Clowder's workspace is no place to add .aider* to .gitignore), and
+#   COLUMNS=1000 stops rich from wrapping its lines at 80 columns in a pipe (even with --no-pretty).
+AIDER_QUIET = ("--no-check-update", "--no-analytics", "--no-show-release-notes", "--no-gitignore",
+               "--no-show-model-warnings")
 BUILTIN: Mapping[str, Harness] = {
     "scripted": Harness("scripted", ("{python}", "-m", "clowder.harness.scripted"), {}, "actions"),
     "claude": Harness("claude", ("claude", "-p", "--output-format", "stream-json", "--verbose",
@@ -40,7 +45,7 @@ BUILTIN: Mapping[str, Harness] = {
                                  "Bash,Read,Edit,Write,Glob,Grep"), {}, "claude"),
     "codex": Harness("codex", ("codex", "exec", "--json", "--sandbox", "workspace-write", "-"), {}, "codex"),
     "aider": Harness("aider", ("aider", "--message-file", "{prompt_file}", "--yes-always", "--no-auto-commits",
-                               "--no-stream", "--no-pretty"), {}, "aider"),
+                               "--no-stream", "--no-pretty", *AIDER_QUIET), {"COLUMNS": "1000"}, "aider"),
 }
 
 

@@ -54,11 +54,11 @@ from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_publishe
 from clowder.workspace.repo import (
     EMPTY_TREE,
     MARKER,
-    STORE_FROM_OBJECTS,
     TAG_PREFIX,
     Identity,
     Repo,
     WorkspaceError,
+    alternates_text,
     blob_at,
     checkout,
     git,
@@ -299,7 +299,7 @@ def _clone_source(path: Path, source: Source, root: Path) -> Repo:
     alternates = repo.git_dir / "objects" / "info" / "alternates"
     alternates.parent.mkdir(parents=True, exist_ok=True)
     with alternates.open("a") as f:
-        f.write(STORE_FROM_OBJECTS + "\n")
+        f.write(alternates_text(repo.git_dir))
     store_dir(path.parent)
     if repo.head() is not None:
         git(path, "read-tree", "-u", "--reset", "HEAD")

@@ -410,6 +410,13 @@ def _probe(workspaces: Path) -> tuple[str, str]:
         return _probed[workspaces]
 
 
+def alternates_text(git_dir: Path) -> str:
+    """The lines of a job repository's objects/info/alternates: the store relative to the objects
+    directory (git), then absolute, for gitdb (GitPython's GitDB, which aider uses), which resolves a
+    relative entry against the process's cwd. git skips the second line: the same directory."""
+    return f"{STORE_FROM_OBJECTS}\n{(git_dir / 'objects' / STORE_FROM_OBJECTS).resolve()}\n"
+
+
 def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None) -> Repo:
     """A new repository at `path` borrowing from the store, its branch at `head` (None: unborn)
     and these tags (name -> commit). Few files: each one created costs here."""
@@ -420,7 +427,7 @@ def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None
         d.mkdir(exist_ok=d == path)
     (git_dir / "config").write_text(config)
     (git_dir / "HEAD").write_text(head_text)
-    (git_dir / "objects" / "info" / "alternates").write_text(STORE_FROM_OBJECTS + "\n")
+    (git_dir / "objects" / "info" / "alternates").write_text(alternates_text(git_dir))
     repo = Repo(path)
     refs = [f"{sha} refs/tags/{name}" for name, sha in sorted((tags or {}).items())]
     if head is not None:

@@ -21,6 +21,7 @@ from clowder.harness.adapters import NAMES, translator
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
+EXIT_FAILED = 1  # the CLI exited 0 but reported a failure (a `failure` event: aider after an API error)
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -50,6 +51,9 @@ def main(args: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _ignore)
     log = ActionLog(actions)
+    prepare = getattr(tr, "prepare", None)
+    if prepare is not None:  # a translator may ready the workspace for its CLI (aider: .git/info/exclude)
+        prepare()
     try:
         with open(prompt, "rb") as stdin:
             proc = subprocess.Popen(args[2:], stdin=stdin, stdout=subprocess.PIPE)
@@ -58,6 +62,7 @@ def main(args: list[str]) -> int:
               "command in clowder.toml [harnesses])", file=sys.stderr)
         return EXIT_NOT_FOUND
     assert proc.stdout is not None
+    failure: dict[str, Any] | None = None  # the last `failure` event: said on stderr, fails a run that exited 0
     with (Path(actions).parent / tr.raw_name).open("ab") as raw:
         for data in proc.stdout:
             raw.write(data)
@@ -66,11 +71,17 @@ def main(args: list[str]) -> int:
             if tr.echo_raw or not line.lstrip().startswith("{"):
                 print(line, flush=True)
             for event in tr.feed(line):
+                failure = event if event["type"] == "failure" else failure
                 print(describe(log.emit(_relative(event))), flush=True)
     code = proc.wait()
     for event in tr.finish(code):
+        failure = event if event["type"] == "failure" else failure
         print(describe(log.emit(_relative(event))), flush=True)
     log.close()
+    if failure is not None:
+        print(f"clowder adapter: {args[2]} failed ({failure.get('kind')}): {failure.get('text')}", file=sys.stderr)
+        if code == 0:
+            return EXIT_FAILED
     return code if code >= 0 else 128 - code  # killed by signal N: report it as a shell would
 
 
