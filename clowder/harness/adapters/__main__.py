@@ -18,6 +18,7 @@ from typing import Any
 
 from clowder.harness.actions import ActionLog, describe
 from clowder.harness.adapters import NAMES, translator
+from clowder.harness.adapters.linger import Watch, result_grace
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
@@ -58,6 +59,7 @@ def main(args: list[str]) -> int:
               "command in clowder.toml [harnesses])", file=sys.stderr)
         return EXIT_NOT_FOUND
     assert proc.stdout is not None
+    watch = Watch(proc, tr, result_grace())
     with (Path(actions).parent / tr.raw_name).open("ab") as raw:
         for data in proc.stdout:
             raw.write(data)
@@ -66,8 +68,10 @@ def main(args: list[str]) -> int:
             if tr.echo_raw or not line.lstrip().startswith("{"):
                 print(line, flush=True)
             for event in tr.feed(line):
-                print(describe(log.emit(_relative(event))), flush=True)
-    code = proc.wait()
+                logged = log.emit(_relative(event))
+                if watch.shows(logged):
+                    print(describe(logged), flush=True)
+    code = watch.exit_code(proc.wait())
     for event in tr.finish(code):
         print(describe(log.emit(_relative(event))), flush=True)
     log.close()
