@@ -14,11 +14,12 @@ from clowder.tree import Root
 from tests.conftest import Invoke, MakePipeline
 
 ANSWER = {"summary": "done"}
+TEXT = json.dumps(json.dumps(ANSWER))
 # A Codex that answers, then hangs (as Codex and Claude Code were seen to).
 ANSWERS_THEN_HANGS = f"""\
 import json, sys, time
 for event in [{{"type": "thread.started", "thread_id": "t"}}, {{"type": "turn.started"}},
-              {{"type": "item.completed", "item": {{"type": "agent_message", "text": {json.dumps(json.dumps(ANSWER))}}}}},
+              {{"type": "item.completed", "item": {{"type": "agent_message", "text": {TEXT}}}}},
               {{"type": "turn.completed", "usage": {{"input_tokens": 10, "output_tokens": 2}}}}]:
     print(json.dumps(event), flush=True)
 time.sleep(120)
