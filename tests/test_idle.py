@@ -5,10 +5,12 @@ scripts speaking Codex's JSON stream (no model, no network)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from clowder.harness.adapters.linger import Watch
 from clowder.state import FailureKind, JobState, read_job_status
 from clowder.tree import Root
 from tests.conftest import Invoke, MakePipeline
@@ -94,3 +96,24 @@ def test_an_agent_retrying_an_unreachable_api_forever_ends_as_idle_and_transient
                         "(Connection failed)\n")
     actions = (root.pipeline("p").workspace("a") / ".clowder" / "a" / "actions.jsonl").read_text()
     assert actions.count("waiting for network") > 3
+
+
+def test_a_cli_ended_after_answering_exits_1_if_it_reported_a_failure() -> None:
+    for events, code in [([{"type": "result", "output": {}}], 0),
+                         ([{"type": "failure", "kind": "agent", "text": "x"}, {"type": "result", "output": {}}], 1)]:
+        proc = subprocess.Popen(["sleep", "60"])
+        try:
+            watch = Watch(proc, object(), grace=0.2)
+            assert all(watch.shows(e) for e in events)
+            assert watch.exit_code(proc.wait(timeout=30)) == code
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_bad_idle_timeout_is_refused(make_pipeline: MakePipeline, cli: Invoke) -> None:
+    d = make_pipeline("p", {"a": 'agent = "dev"\nidle_timeout = "soon"\n', "b": 'command = "x"\nidle_timeout = -1\n'})
+    result = cli("validate")
+    assert result.exit_code == 2
+    assert f"{d}/jobs/a.toml: idle_timeout: invalid duration 'soon'" in result.output
+    assert f"{d}/jobs/b.toml: idle_timeout: must be >= 0, got -1" in result.output
