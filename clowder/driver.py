@@ -40,6 +40,7 @@ from clowder.scheduler import (
     SetPipeline,
     SpawnJob,
     Start,
+    killed_why,
     prompt_hash,
     reconcile,
 )
@@ -103,6 +104,7 @@ class _Pipeline:
     ready: list[str] = field(default_factory=list)  # jobs that could start but got no slot, in order
     settle_until: datetime | None = None  # its invalid spec is being written: read it again then
     broken: str = ""  # why Clowder failed on it: left alone until its files change or the sweep
+    output_at: dict[str, datetime] = field(default_factory=dict)  # job -> its log's last write, when looked at
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
@@ -110,7 +112,25 @@ class _Pipeline:
         focus = None if self.full else frozenset(self.active | set(outcomes))
         return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
                             outcomes, dict(self.alive), self.requests, focus, tuple(self.ready),
-                            settling=self.settle_until is not None)
+                            settling=self.settle_until is not None, output_at=dict(self.output_at))
+
+    def look_for_output(self, now: datetime) -> None:
+        """Note when each running attempt whose idle deadline is due last wrote to its log. Only
+        those are looked at: a stat of every running job's log on every tick would cost a root
+        running many jobs dearly, and the scheduler wakes the loop at each idle deadline."""
+        for job in self.active:
+            status = self.jobs.get(job)
+            spec = self.pipeline.jobs.get(job) if self.pipeline else None
+            last = status.last if status is not None and status.state is JobState.RUNNING else None
+            if spec is None or spec.idle_timeout is None or last is None or last.started_at is None:
+                continue
+            seen = self.output_at.get(job)
+            quiet_since = max(last.started_at, seen) if seen is not None else last.started_at
+            if quiet_since + timedelta(seconds=spec.idle_timeout) > now:
+                continue
+            with contextlib.suppress(OSError):  # no log yet: quiet since it started
+                mtime = self.paths.log_file(job, last.number).stat().st_mtime
+                self.output_at[job] = datetime.fromtimestamp(mtime, UTC)
 
     def set_job(self, status: JobStatus) -> None:
         self.jobs[status.job] = status
@@ -343,6 +363,8 @@ class Driver:
         # mend it, a request may retry it).
         active = [c for c in self.pipelines.values()
                   if not c.broken and (not c.settled() or c.requests or c.outcomes or c.full)]
+        for cache in active:
+            cache.look_for_output(now)
         plan = self._reconcile(active, now)
         active = [c for c in active if not c.broken]
         for cache in active:
@@ -651,7 +673,8 @@ class Driver:
                 problem = collected.problem  # a malformed action log fails the attempt
             outcome = Outcome(record.exit_code, record.ended_at, record.signal, problem)
         if collected is not None:
-            outcome = replace(outcome, usage=collected.usage)
+            outcome = replace(outcome, usage=collected.usage, failure_kind=collected.failure_kind,
+                              failure_text=collected.failure_text)
         status = cache.jobs.get(job) if cache else None
         killing = status.extra.get("killing") if status else None
         killed_for = killing.get("reason") if isinstance(killing, dict) else None
@@ -942,10 +965,12 @@ def _attempt_end(outcome: Outcome, killed_for: str | None, spec: JobSpec | None)
         return "cancelled", "cancelled by request"
     if outcome.exit_code is None and not outcome.problem:
         return "lost", "the process vanished without an exit record"
-    if killed_for == "timeout" and spec is not None and spec.timeout is not None:
-        return "failed", f"timed out after {format_duration(spec.timeout)}"
+    if killed_why(killed_for, spec):
+        return "failed", killed_why(killed_for, spec)
     if outcome.problem:
         return "failed", outcome.problem
+    if outcome.failure_text:
+        return "failed", outcome.failure_text
     if outcome.signal is not None:
         name = signal.Signals(outcome.signal).name if outcome.signal in signal.valid_signals() else "unknown"
         return "failed", f"killed by signal {outcome.signal} ({name})"

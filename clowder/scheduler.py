@@ -18,7 +18,17 @@ from typing import Any
 from clowder.regression import fixup_name
 from clowder.requests import Request
 from clowder.spec import JobSpec, Pipeline, When, format_duration
-from clowder.state import Artifact, Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Usage, total_usage
+from clowder.state import (
+    Artifact,
+    Attempt,
+    FailureKind,
+    JobState,
+    JobStatus,
+    PipelineState,
+    PipelineStatus,
+    Usage,
+    total_usage,
+)
 
 ACTIVE = frozenset({JobState.RUNNING})
 # A job that is waiting to start (for its dependencies, a slot or its backoff).
@@ -42,6 +52,8 @@ class Outcome:
     artifacts: tuple[Artifact, ...] = ()
     consumed: Mapping[str, str] = field(default_factory=dict)
     usage: Usage | None = None  # what an agent reported spending (its action log)
+    failure_kind: FailureKind | None = None  # the last failure the agent reported (its action log)
+    failure_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,9 @@ class PipelineView:
     # The spec is invalid but a file of it changed a moment ago: it is being written. Nothing
     # new starts, and the pipeline's state waits for the file to settle before saying `blocked`.
     settling: bool = False
+    # job -> when its running attempt last wrote to its log, for `idle_timeout` (the driver looks
+    # only when an idle deadline is due: a job missing here is taken as quiet since it started).
+    output_at: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -501,13 +516,11 @@ def _step_running(
     if not killing and cancel:
         killing = {"reason": "cancel", "at": now}
         event = f"{status.job} cancelling attempt {last.number} (SIGTERM)"
-    elif not killing and spec is not None and spec.timeout is not None:
-        deadline = started + timedelta(seconds=spec.timeout)
-        if deadline <= now:
-            killing = {"reason": "timeout", "at": now}
-            event = f"{status.job} timed out after {format_duration(spec.timeout)} (SIGTERM)"
-        else:
-            plan.wake(deadline)
+    elif not killing and spec is not None:
+        reason = _overdue(spec, started, view.output_at.get(status.job), now, plan)
+        if reason:
+            killing = {"reason": reason, "at": now}
+            event = f"{status.job} {killed_why(reason, spec)} (SIGTERM)"
     if event:
         plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM))
         return replace(status, extra={**status.extra, "killing": killing}), event, None
@@ -520,6 +533,32 @@ def _step_running(
                 f"{status.job} still running after {format_duration(limits.kill_grace)}: SIGKILL", None
         plan.wake(hard)
     return status, "", None
+
+
+def _overdue(spec: JobSpec, started: datetime, output_at: datetime | None, now: datetime, plan: Plan) -> str:
+    """Why a running attempt must be killed now (`timeout`, `idle`), or '' after asking to be
+    woken at its next deadline."""
+    if spec.timeout is not None:
+        deadline = started + timedelta(seconds=spec.timeout)
+        if deadline <= now:
+            return "timeout"
+        plan.wake(deadline)
+    if spec.idle_timeout is not None:
+        quiet_since = max(started, output_at) if output_at is not None else started
+        deadline = quiet_since + timedelta(seconds=spec.idle_timeout)
+        if deadline <= now:
+            return "idle"
+        plan.wake(deadline)
+    return ""
+
+
+def killed_why(reason: str | None, spec: JobSpec | None) -> str:
+    """Why an attempt Clowder killed for `reason` ended, or '' if it was not killed for a limit."""
+    if reason == "timeout" and spec is not None and spec.timeout is not None:
+        return f"timed out after {format_duration(spec.timeout)}"
+    if reason == "idle" and spec is not None and spec.idle_timeout is not None:
+        return f"idle: no output for {format_duration(spec.idle_timeout)}"
+    return ""
 
 
 def _spawn(
@@ -586,7 +625,7 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
     """Record how the running attempt ended."""
     status = _without_killing(status)
     ended = replace(last, ended_at=outcome.ended_at, exit_code=outcome.exit_code, signal=outcome.signal,
-                    usage=outcome.usage or last.usage,
+                    usage=outcome.usage or last.usage, failure_kind=outcome.failure_kind,
                     commit=outcome.commit or last.commit, base_commit=outcome.base_commit or last.base_commit,
                     artifacts=outcome.artifacts or last.artifacts, consumed=outcome.consumed or last.consumed)
     ok = outcome.exit_code == 0 and not outcome.problem
@@ -595,13 +634,15 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
         return replace(status, state=JobState.CANCELLED, attempts=(*status.attempts[:-1], attempt),
                        message="cancelled by request"), f"{status.job} cancelled"
     if ok:
-        attempt = replace(ended, state=JobState.SUCCEEDED)
+        attempt = replace(ended, state=JobState.SUCCEEDED, failure_kind=None)
         return replace(status, state=JobState.SUCCEEDED, attempts=(*status.attempts[:-1], attempt), message=""), \
             f"{status.job} succeeded (attempt {last.number})"
-    if killed_for == "timeout" and spec is not None and spec.timeout is not None:
-        why = f"timed out after {format_duration(spec.timeout)}"
+    if killed_why(killed_for, spec):
+        why = killed_why(killed_for, spec)
     elif outcome.problem:
         why = outcome.problem
+    elif outcome.failure_text:
+        why = outcome.failure_text
     elif outcome.exit_code is None:
         why = "the process vanished without an exit record"
     elif outcome.signal is not None:
@@ -629,22 +670,34 @@ def _auto_retries_used(status: JobStatus) -> int:
     return used
 
 
+# Kinds the status message names: the others (the agent's or the command's own failure) are the usual case.
+_NAMED_KINDS = (FailureKind.TRANSIENT, FailureKind.CONFIG)
+
+
 def fail_or_retry(spec: JobSpec | None, status: JobStatus, attempt: Attempt, now: datetime) -> tuple[JobStatus, str]:
-    """The job after a failed or lost attempt: `retrying` while its policy allows, else `failed`."""
+    """The job after a failed or lost attempt: `retrying` while its policy allows a failure of
+    this kind (`retries`, `retry_on`), else `failed`."""
+    if spec is not None and spec.agent and attempt.failure_kind is None:
+        attempt = replace(attempt, failure_kind=FailureKind.AGENT)  # it reported no kind: the agent's own
+    kind = attempt.failure_kind or FailureKind.COMMAND
     attempts = (*status.attempts[:-1], attempt)
     used = _auto_retries_used(status)
+    allowed = spec.retries_for(kind) if spec is not None else 0
+    what = f" ({kind.value}: {attempt.message})" if kind in _NAMED_KINDS else f": {attempt.message}"
     # `used` counts the retries that led to the attempt that just failed, so the next
-    # retry is number used+1 of spec.retries.
-    if spec is not None and used < spec.retries:
+    # retry is number used+1 of the `allowed`.
+    if spec is not None and used < allowed:
         delay = spec.backoff.delay(used + 1)
-        message = (f"attempt {attempt.number} {attempt.state.value}: {attempt.message}; "
-                   f"retry {used + 1} of {spec.retries} in {format_duration(delay)}")
+        message = (f"attempt {attempt.number} {attempt.state.value}{what}; "
+                   f"retry {used + 1} of {allowed} in {format_duration(delay)}")
         new = replace(status, state=JobState.RETRYING, attempts=attempts, message=message,
                       retry_at=now + timedelta(seconds=delay))
         return new, f"{status.job} {message}"
-    message = f"attempt {attempt.number} {attempt.state.value}: {attempt.message}"
+    message = f"attempt {attempt.number} {attempt.state.value}{what}"
+    if spec is not None and used < spec.retries and kind not in spec.retry_on:
+        message += f"; not retried: retry_on has no {kind.value}"
     return replace(status, state=JobState.FAILED, attempts=attempts, message=message, retry_at=None), \
-        f"{status.job} failed: {attempt.message}"
+        f"{status.job} failed{what}"
 
 
 def _plan_pipeline_status(

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from clowder.errors import UsageError
+from clowder.state import FailureKind
 from clowder.tree import NAME_PATTERN as NAME_PATTERN
 from clowder.tree import NAME_RE as NAME_RE
 from clowder.tree import NAME_RULE as NAME_RULE
@@ -102,6 +103,15 @@ class Backoff:
         return float(min(self.max, grown))
 
 
+# A transient failure (a rate limit, a server error, a lost connection) is retried this many times
+# even when `retries` is smaller, unless `retry_on` leaves `transient` out. A wrong key (`config`)
+# is never retried unless asked for: a retry only burns time.
+TRANSIENT_RETRIES = 3
+RETRY_ON = (FailureKind.TRANSIENT, FailureKind.AGENT, FailureKind.COMMAND)
+# An agent that printed nothing for this long is stuck (a CLI waiting on a dead connection).
+AGENT_IDLE_TIMEOUT = 600.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int = 0
@@ -157,6 +167,8 @@ class JobSpec:
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
     timeout: float | None = None
+    retry_on: tuple[FailureKind, ...] = RETRY_ON
+    idle_timeout: float | None = None  # no output to its log for this long: killed (agent jobs: 10m)
     env: Mapping[str, str] = field(default_factory=dict)
     allow_failure: bool = False
     max_regressions: int = 3
@@ -169,6 +181,12 @@ class JobSpec:
     script: tuple[Mapping[str, Any], ...] = ()  # steps for the scripted agent (clowder.harness.scripted)
     description: str = ""
     spec_hash: str = ""
+
+    def retries_for(self, kind: FailureKind) -> int:
+        """How many automatic retries a failure of this kind gets in a row."""
+        if kind not in self.retry_on:
+            return 0
+        return max(self.retries, TRANSIENT_RETRIES) if kind is FailureKind.TRANSIENT else self.retries
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -300,6 +318,15 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     )
 
 
+def _idle_timeout(data: Mapping[str, Any]) -> float | None:
+    """The job's idle timeout: `idle_timeout = 0` turns it off; agent jobs have one by default."""
+    value = data.get("idle_timeout")
+    if value is None:
+        return AGENT_IDLE_TIMEOUT if "agent" in data else None
+    seconds = parse_duration(value)
+    return seconds or None
+
+
 def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> JobSpec:
     timeout = data.get("timeout")
     return JobSpec(
@@ -314,6 +341,8 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         retries=data.get("retries", policy.retries),
         backoff=_backoff(data.get("backoff"), policy.backoff),
         timeout=parse_duration(timeout) if timeout is not None else None,
+        retry_on=tuple(FailureKind(k) for k in data["retry_on"]) if "retry_on" in data else RETRY_ON,
+        idle_timeout=_idle_timeout(data),
         env={k: env_value(v) for k, v in data.get("env", {}).items()},
         allow_failure=data.get("allow_failure", False),
         max_regressions=data.get("max_regressions", policy.max_regressions),

@@ -87,6 +87,17 @@ def total_usage(attempts: Iterable[Attempt]) -> Usage | None:
     return sum(reported[1:], reported[0]) if reported else None
 
 
+class FailureKind(StrEnum):
+    """Why an attempt failed, for `retry_on`: the API was briefly unavailable (`transient`), the
+    agent's configuration is wrong (`config`: a bad key), the agent failed at its work (`agent`), or
+    a command job's process failed (`command`)."""
+
+    TRANSIENT = "transient"
+    CONFIG = "config"
+    AGENT = "agent"
+    COMMAND = "command"
+
+
 @dataclass(frozen=True)
 class Attempt:
     number: int
@@ -105,6 +116,7 @@ class Attempt:
     trigger: str = "start"  # start | retry (automatic) | manual (clowder retry) | regression
     request: str | None = None  # id of the request that caused it, so a replayed request is a no-op
     usage: Usage | None = None  # what an agent reported spending in this attempt
+    failure_kind: FailureKind | None = None  # a failed agent attempt's kind (a command job's is `command`)
 
     @property
     def duration(self) -> float | None:
@@ -165,6 +177,7 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
             {"path": x.path, "blob": x.blob, "size": x.size, "kind": x.kind} for x in a.artifacts
         ] or None,
         "usage": _usage_to_dict(a.usage),
+        "failure_kind": a.failure_kind.value if a.failure_kind else None,
     })
 
 
@@ -201,6 +214,7 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
         trigger=d.get("trigger", "start"),
         request=d.get("request"),
         usage=_usage_from_dict(d.get("usage")),
+        failure_kind=FailureKind(d["failure_kind"]) if "failure_kind" in d else None,
     )
 
 

@@ -25,7 +25,7 @@ from clowder.spec import (
     pipeline_spec_from_dict,
     with_stage_needs,
 )
-from clowder.state import check_status_file
+from clowder.state import FailureKind, check_status_file
 from clowder.tree import CONFIG_FILE, PipelinePaths, Root
 
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -170,6 +170,8 @@ def _check_job(
         problems.append(Problem(w.path, w.key("stage"),
                                 f"stage '{stage}' is not in the pipeline's stages: {listed}"))
     problems += _check_durations(data, [("timeout",), ("backoff", "initial"), ("backoff", "max")], w)
+    problems += _check_durations(data, [("idle_timeout",)], w)
+    problems += _check_retry_on(data, w)
     problems += _check_process_text(data, w)
     if resources is not None and isinstance(data.get("resources"), dict):
         for pool in data["resources"]:
@@ -180,6 +182,16 @@ def _check_job(
                                         f"[resources] defines: {defined}"))
     problems += check_variables(data, w, variables)
     return problems
+
+
+def _check_retry_on(data: Mapping[str, Any], w: _Where) -> list[Problem]:
+    """Unknown failure kinds in `retry_on` (the schema checks only that they are strings)."""
+    kinds = [k.value for k in FailureKind]
+    items = data.get("retry_on")
+    return [Problem(w.path, w.key("retry_on", i), f"unknown failure kind '{kind}'{_did_you_mean(kind, kinds)}; "
+                    f"the kinds are {', '.join(kinds)}")
+            for i, kind in enumerate(items if isinstance(items, list) else [])
+            if isinstance(kind, str) and kind not in kinds]
 
 
 def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _Where) -> list[Problem]:

@@ -24,7 +24,7 @@ from clowder.scheduler import (
     reconcile,
 )
 from clowder.spec import Config, Pipeline
-from clowder.state import Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Usage
+from clowder.state import Attempt, FailureKind, JobState, JobStatus, PipelineState, PipelineStatus, Usage
 from clowder.validate import build_pipeline
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -487,3 +487,94 @@ def test_jobs_ready_beyond_the_free_slots_stay_ready_for_the_next_step() -> None
     plan = reconcile([view(p)], T0, Limits(max_parallel=2))
     assert starts(plan.actions) == ["j0", "j1"]
     assert plan.ready == [("p", f"j{i}") for i in range(2, 6)]
+
+
+# -- failure kinds and retry_on ---------------------------------------------------------------
+
+def ended_with(p: Pipeline, status: JobStatus, out: Outcome, now: datetime) -> JobStatus:
+    plan = reconcile([view(p, {status.job: status}, outcomes={status.job: out})], now, LIMITS)
+    return [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
+
+
+def test_a_transient_failure_is_retried_three_times_with_backoff_even_without_retries() -> None:
+    p = pipeline({"a": {"agent": "dev"}})
+    out = Outcome(1, T0, failure_kind=FailureKind.TRANSIENT, failure_text="429 rate limited")
+    status, now, messages = running("a"), T0, []
+    for _ in range(4):
+        status = ended_with(p, status, out, now)
+        messages.append(status.message)
+        if status.state is not JobState.RETRYING:
+            break
+        assert status.retry_at is not None
+        now = status.retry_at
+        status = [x.status for x in reconcile([view(p, {"a": status})], now, LIMITS).actions
+                  if isinstance(x, SetJob)][-1]
+    assert messages == [
+        "attempt 1 failed (transient: 429 rate limited); retry 1 of 3 in 2.0s",
+        "attempt 2 failed (transient: 429 rate limited); retry 2 of 3 in 4.0s",
+        "attempt 3 failed (transient: 429 rate limited); retry 3 of 3 in 8.0s",
+        "attempt 4 failed (transient: 429 rate limited)",
+    ]
+    assert status.state is JobState.FAILED
+    assert [a.failure_kind for a in status.attempts] == [FailureKind.TRANSIENT] * 4
+
+
+def test_a_config_failure_is_never_retried_by_default() -> None:
+    p = pipeline({"a": {"agent": "dev", "retries": 2}})
+    out = Outcome(1, T0, failure_kind=FailureKind.CONFIG, failure_text="401 Incorrect API key")
+    status = ended_with(p, running("a"), out, T0)
+    assert status.state is JobState.FAILED
+    assert status.message == "attempt 1 failed (config: 401 Incorrect API key); not retried: retry_on has no config"
+    assert status.attempts[-1].failure_kind is FailureKind.CONFIG
+
+
+def test_retry_on_says_which_kinds_retries_apply_to() -> None:
+    only_transient = pipeline({"a": {"agent": "dev", "retries": 2, "retry_on": ["transient"]}})
+    status = ended_with(only_transient, running("a"), Outcome(1, T0), T0)  # no kind reported: the agent's
+    assert (status.state, status.attempts[-1].failure_kind) == (JobState.FAILED, FailureKind.AGENT)
+    assert status.message == "attempt 1 failed: exit code 1; not retried: retry_on has no agent"
+    never = pipeline({"a": {"agent": "dev", "retry_on": []}})
+    out = Outcome(1, T0, failure_kind=FailureKind.TRANSIENT, failure_text="503")
+    assert ended_with(never, running("a"), out, T0).state is JobState.FAILED
+    config = pipeline({"a": {"agent": "dev", "retries": 1, "retry_on": ["config"]}})
+    out = Outcome(1, T0, failure_kind=FailureKind.CONFIG, failure_text="401")
+    assert ended_with(config, running("a"), out, T0).message == "attempt 1 failed (config: 401); retry 1 of 1 in 2.0s"
+
+
+def test_a_command_jobs_failure_is_recorded_as_before() -> None:
+    p = pipeline({"a": {"command": ["x"], "retries": 1, "retry_on": ["command"]}})
+    status = ended_with(p, running("a"), Outcome(1, T0), T0)
+    assert status.message == "attempt 1 failed: exit code 1; retry 1 of 1 in 2.0s"
+    assert status.attempts[-1].failure_kind is None
+    agent_only = pipeline({"a": {"command": ["x"], "retries": 1, "retry_on": ["agent"]}})
+    assert ended_with(agent_only, running("a"), Outcome(1, T0), T0).state is JobState.FAILED
+
+
+# -- idle_timeout -----------------------------------------------------------------------------
+
+def test_an_agent_job_quiet_for_ten_minutes_is_killed_as_idle() -> None:
+    p = pipeline({"a": {"agent": "dev"}})
+    alive = {"a": True}
+    plan = reconcile([view(p, {"a": running("a")}, alive=alive)], T0 + timedelta(minutes=9), LIMITS)
+    assert not [x for x in plan.actions if isinstance(x, Kill)]
+    assert plan.wake_at == T0 + timedelta(minutes=10)
+    # Its log was written at minute 5: it is quiet only from then.
+    later = {"a": T0 + timedelta(minutes=5)}
+    plan = reconcile([view(p, {"a": running("a")}, alive=alive, output_at=later)], T0 + timedelta(minutes=10), LIMITS)
+    assert not [x for x in plan.actions if isinstance(x, Kill)]
+    assert plan.wake_at == T0 + timedelta(minutes=15)
+    now = T0 + timedelta(minutes=15)
+    plan = reconcile([view(p, {"a": running("a")}, alive=alive, output_at=later)], now, LIMITS)
+    assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
+    [killing] = [x for x in plan.actions if isinstance(x, SetJob)]
+    assert killing.event == "a idle: no output for 10m00s (SIGTERM)"
+    done = ended_with(p, killing.status, Outcome(143, now, 15), now)
+    assert (done.state, done.message) == (JobState.FAILED, "attempt 1 failed: idle: no output for 10m00s")
+
+
+def test_command_jobs_have_no_idle_timeout_unless_asked() -> None:
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "idle_timeout": "1m"},
+                  "c": {"agent": "dev", "idle_timeout": 0}})
+    jobs = {n: running(n) for n in "abc"}
+    plan = reconcile([view(p, jobs, alive=dict.fromkeys("abc", True))], T0 + timedelta(hours=1), LIMITS)
+    assert [x.job for x in plan.actions if isinstance(x, Kill)] == ["b"]

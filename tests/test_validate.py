@@ -482,8 +482,8 @@ def test_every_problem_is_reported_in_one_run(root: Root, make_pipeline: MakePip
         "in a key/value pair",
         f"{job(root, 'a')}: needs: dependency cycle: a -> b -> a",
         f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, command, "
-        "description, env, from, harness, max_cost_usd, max_regressions, needs, outputs, parent, "
-        "regression_context, regression_of, resources, retries, schema_version, script, stage, timeout",
+        "description, env, from, harness, idle_timeout, max_cost_usd, max_regressions, needs, outputs, parent, "
+        "regression_context, regression_of, resources, retries, retry_on, schema_version, script, stage, timeout",
     ])
     assert result.stderr == f"root {root.path}: 8 problem(s)\n"
 
@@ -580,7 +580,7 @@ def test_load_pipeline_raises_spec_error_with_every_problem(root: Root, make_pip
 def test_template_job_problems_are_reported_once(root: Root, cli: Invoke) -> None:
     write(root.templates_dir / "t.toml", '[jobs.a]\ncommand = "x"\nretry = 1\n')
     assert problems(cli("validate")) == [
-        f"{root.path}/templates/t.toml: jobs.a.retry: unknown key 'retry' (did you mean 'retries'?)",
+        f"{root.path}/templates/t.toml: jobs.a.retry: unknown key 'retry' (did you mean 'retry_on'?)",
     ]
 
 

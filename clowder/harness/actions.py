@@ -9,8 +9,12 @@ Every line is an object with a `type` and, optionally, `ts` (an ISO 8601 time):
     {"type": "usage", "input_tokens": 1200, "output_tokens": 300,    tokens and money spent since the
      "cost_usd": 0.0123}                                              last usage line (all fields optional)
     {"type": "result", "output": {...}, "text": "..."}               its final structured output (any JSON)
+    {"type": "failure", "kind": "transient", "text": "429 ..."}      why it failed: `transient` (rate limit,
+                                                                     server error, lost connection), `config`
+                                                                     (a wrong key) or `agent` (anything else)
 
-Usage lines are increments: an attempt's usage is their sum. The last `result` wins. Lines of
+Usage lines are increments: an attempt's usage is their sum. The last `result` wins, and the last
+`failure` says what kind of failure a failed attempt was (for the job's `retry_on`). Lines of
 other types are allowed and ignored, so a harness may log more; a line that is not a JSON
 object, or a known type with fields of the wrong type, makes the log malformed and fails the
 attempt. Blank lines are skipped.
@@ -28,7 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-TYPES = ("message", "command", "file_changed", "usage", "result")
+TYPES = ("message", "command", "file_changed", "usage", "result", "failure")
+FAILURE_KINDS = ("transient", "config", "agent")
 CHANGES = ("add", "update", "delete")
 OUTPUT_TAIL = 4000  # characters of a command's output kept in its `command` line
 _FENCED_JSON = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
@@ -92,6 +97,8 @@ def describe(event: dict[str, Any]) -> str:
         return "[usage] " + ", ".join(parts)
     if kind == "result":
         return f"[result] {_one_line(json.dumps(event.get('output'), ensure_ascii=False))}"
+    if kind == "failure":
+        return f"[failure] {event.get('kind')}: {_one_line(str(event.get('text', '')))}"
     return f"[{kind}]"
 
 
@@ -119,6 +126,8 @@ class Summary:
     usage_lines: int = 0
     has_result: bool = False
     output: Any = None
+    failure_kind: str = ""  # the last `failure` event's kind and text
+    failure_text: str = ""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -167,6 +176,8 @@ def _add_line(summary: Summary, raw: bytes) -> str:
     elif kind == "result":
         summary.has_result = True
         summary.output = event["output"]
+    elif kind == "failure":
+        summary.failure_kind, summary.failure_text = event["kind"], event.get("text", "")
     return ""
 
 
@@ -191,6 +202,10 @@ def _check(kind: str, event: dict[str, Any]) -> str:
             return '"cost_usd" must be a non-negative number'
     if kind == "result" and "output" not in event:
         return 'no "output"'
+    if kind == "failure" and event.get("kind") not in FAILURE_KINDS:
+        return f'"kind" must be one of {", ".join(FAILURE_KINDS)}'
+    if kind == "failure" and not isinstance(event.get("text", ""), str):
+        return '"text" must be a string'
     return ""
 
 

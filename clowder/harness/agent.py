@@ -16,7 +16,7 @@ from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
 from clowder.spec import Config, JobSpec, Pipeline
-from clowder.state import JobStatus, Usage, total_usage
+from clowder.state import FailureKind, JobStatus, Usage, total_usage
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class Collected:
     usage: Usage | None = None
     problem: str = ""  # the log or output.json is malformed: the attempt fails with this
     output: bool = False  # .clowder/<job>/output.json exists
+    failure_kind: FailureKind | None = None  # the kind and text of the last failure the agent reported
+    failure_text: str = ""
 
 
 def context(pipeline: Pipeline, job: JobSpec, attempt: int, workspace: Path,
@@ -102,4 +104,5 @@ def collect(workspace: Path, job: str) -> Collected:
             problem = problem or f"{OUTPUT_FILE}: not JSON ({e})"
     elif summary.has_result:
         write_metadata(workspace, job, OUTPUT_FILE, json.dumps(summary.output, indent=2, ensure_ascii=False) + "\n")
-    return Collected(usage, problem, out.is_file())
+    kind = FailureKind(summary.failure_kind) if summary.failure_kind else None
+    return Collected(usage, problem, out.is_file(), kind, summary.failure_text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,13 +122,14 @@ def test_a_stream_dropped_mid_turn_is_retried_and_the_result_kept(root: Root,
 
 def failed_turn(root: Root, status: JobStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The action log's error messages and its one failure event, after checking the attempt failed
-    with Codex's exit code and left no output."""
+    with Codex's exit code, its status says the failure's kind and text, and it left no output."""
     assert status.state is JobState.FAILED
-    assert status.message == "attempt 1 failed: exit code 1"
     assert not output_file(root).exists()
     events = actions(root)
     [failure] = [e for e in events if e["type"] == "failure"]
     assert not [e for e in events if e["type"] == "result"]
+    assert status.message == f"attempt 1 failed ({failure['kind']}: {failure['text']})"
+    assert status.attempts[0].exit_code == 1 and status.attempts[0].failure_kind == failure["kind"]
     return [e for e in events if e.get("role") == "error"], failure
 
 
@@ -148,20 +148,36 @@ def test_a_wrong_key_fails_the_attempt_as_a_config_failure(root: Root, codex_job
 ])
 def test_rate_limits_and_server_errors_are_transient_failures(root: Root, codex_job: Callable[..., JobStatus],
                                                               reply: Reply, text: str) -> None:
-    with FakeResponses([reply] * 4) as api:
-        errors, failure = failed_turn(root, codex_job(api.base_url, exit_code=1))
+    with FakeResponses([reply] * 4) as api:  # retry_on = []: one attempt, as Codex ends it
+        errors, failure = failed_turn(root, codex_job(api.base_url, job='agent = "developer"\nretry_on = []\n',
+                                                      exit_code=1))
     text = text.format(url=api.base_url)
     assert errors == [{"type": "message", "role": "error", "text": text}]
     assert failure == {"type": "failure", "kind": "transient", "text": text}
 
 
-def test_an_unreachable_api_is_retried_until_the_timeout_kills_it(root: Root,
-                                                                  codex_job: Callable[..., JobStatus]) -> None:
-    # Codex 0.171 waits "for network" forever: the job's timeout ends it (issue 13 item 4: idle_timeout).
-    status = codex_job(f"http://127.0.0.1:{closed_port()}/v1", job='agent = "developer"\ntimeout = "6s"\n',
-                       exit_code=1)
+def test_a_rate_limited_turn_is_retried_by_clowder_and_its_answer_kept(root: Root,
+                                                                       codex_job: Callable[..., JobStatus]) -> None:
+    limited = http_error(429, "Rate limit reached")
+    with FakeResponses([limited, answer(json.dumps(SUMMARY))]) as api:  # Codex asks once on a 429
+        status = codex_job(api.base_url, job='agent = "developer"\nbackoff = { initial = "100ms" }\n')
+    assert status.state is JobState.SUCCEEDED, status.message
+    first, second = status.attempts
+    assert (first.state, first.failure_kind, first.message) == (
+        JobState.FAILED, "transient", "exceeded retry limit, last status: 429 Too Many Requests")
+    assert (second.trigger, second.state) == ("retry", JobState.SUCCEEDED)
+    assert json.loads(output_file(root).read_text()) == SUMMARY
+    assert len(api.requests) == 2
+
+
+def test_an_unreachable_api_is_retried_until_the_idle_timeout_ends_it(root: Root,
+                                                                      codex_job: Callable[..., JobStatus]) -> None:
+    # Codex 0.171 waits "for network" forever, printing the same retry line: no progress, so the
+    # attempt's log stays quiet and its idle_timeout ends it (a transient failure: retried by default).
+    status = codex_job(f"http://127.0.0.1:{closed_port()}/v1", exit_code=1,
+                       job='agent = "developer"\ntimeout = "60s"\nidle_timeout = "3s"\nretry_on = []\n')
     assert status.state is JobState.FAILED
-    assert re.fullmatch(r"attempt 1 failed: timed out after 6(\.0)?s", status.message)
+    assert status.message == "attempt 1 failed (transient: idle: no output for 3.0s)"
     events = actions(root)
     assert {e["text"] for e in events if e.get("role") == "retry"} == {
         "Reconnecting... waiting for network (Connection failed: error sending request)"}

@@ -18,6 +18,7 @@ from typing import Any
 
 from clowder.harness.actions import ActionLog, describe
 from clowder.harness.adapters import NAMES, translator
+from clowder.harness.adapters.linger import Watch, result_grace
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
@@ -63,6 +64,7 @@ def main(args: list[str]) -> int:
         return EXIT_NOT_FOUND
     assert proc.stdout is not None
     failure: dict[str, Any] | None = None  # the last `failure` event: said on stderr, fails a run that exited 0
+    watch = Watch(proc, tr, result_grace())
     with (Path(actions).parent / tr.raw_name).open("ab") as raw:
         for data in proc.stdout:
             raw.write(data)
@@ -72,8 +74,10 @@ def main(args: list[str]) -> int:
                 print(line, flush=True)
             for event in tr.feed(line):
                 failure = event if event["type"] == "failure" else failure
-                print(describe(log.emit(_relative(event))), flush=True)
-    code = proc.wait()
+                logged = log.emit(_relative(event))
+                if watch.shows(logged):
+                    print(describe(logged), flush=True)
+    code = watch.exit_code(proc.wait())
     for event in tr.finish(code):
         failure = event if event["type"] == "failure" else failure
         print(describe(log.emit(_relative(event))), flush=True)

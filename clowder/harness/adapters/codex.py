@@ -70,6 +70,11 @@ class Translator:
         self.pending_error: str | None = None  # an `error` that is no retry: turn.failed repeats it
         self.last_retry: str | None = None  # the last "Reconnecting..." since the model last answered
 
+    @property
+    def answered(self) -> bool:
+        """The turn completed: anything Codex does after that is lingering (the runner's grace)."""
+        return self.completed
+
     def feed(self, line: str) -> list[dict[str, Any]]:
         try:
             event = json.loads(line)
