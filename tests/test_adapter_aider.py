@@ -174,7 +174,8 @@ def test_an_api_failure_fails_the_attempt_although_aider_exits_0(tmp_path: Path)
     assert proc.returncode == 1
     assert "[failure]" in proc.stdout and "litellm.AuthenticationError" in proc.stdout
     assert events[-1]["type"] == "failure" and events[-1]["kind"] == "config"
-    assert got == agent.Collected(None, "", False)  # no output.json made of the error text
+    assert (got.usage, got.problem, got.output) == (None, "", False)  # no output.json made of the error text
+    assert got.failure_kind == "config" and "litellm.AuthenticationError" in got.failure_text
 
 
 def test_a_successful_run_still_exits_0_with_its_usage(tmp_path: Path) -> None:
