@@ -85,6 +85,9 @@ def ran(root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) ->
 
 
 def test_export_round_trip_a_branch_with_the_work_and_nothing_else(root: Root, ran: Path, cli: Invoke) -> None:
+    hook = ran / ".git" / "hooks" / "reference-transaction"
+    hook.write_text(f"#!/bin/sh\ntouch {ran.parent / 'hook-ran'}\n")
+    hook.chmod(0o755)
     before = snapshot(ran)
     head = git(ran, "rev-parse", "HEAD").strip()
     result = cli("export", "p", "--branch", "clowder/p")
@@ -107,6 +110,9 @@ def test_export_round_trip_a_branch_with_the_work_and_nothing_else(root: Root, r
     # The checkout, its branch, HEAD, index and uncommitted work are untouched.
     assert snapshot(ran) == before
     assert not (ran / "out.txt").exists()
+    assert not (ran.parent / "hook-ran").exists()  # the user's hooks never run
+    assert cli("export", "p", "--branch", "again").exit_code == 0  # the same export, the same commits
+    assert git(ran, "rev-parse", "again") == git(ran, "rev-parse", "clowder/p")
 
 
 def test_export_refuses_an_existing_branch_without_force_and_a_checked_out_one_always(
