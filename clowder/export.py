@@ -250,9 +250,11 @@ def _check_branch(target: Path, branch: str, force: bool) -> None:
     if branch.startswith("-") or git(target, "check-ref-format", "--branch", branch, check=False).returncode:
         raise UsageError(f"{branch!r}: not a valid branch name")
     ref = f"refs/heads/{branch}"
+    worktree = str(target)
     for line in git(target, "worktree", "list", "--porcelain").stdout.splitlines():
+        worktree = line.removeprefix("worktree ") if line.startswith("worktree ") else worktree
         if line == f"branch {ref}":
-            raise UsageError(f"{branch} is checked out in {target}: export never touches a checked-out "
+            raise UsageError(f"{branch} is checked out in {worktree}: export never touches a checked-out "
                              "branch; choose another --branch")
     have = git(target, "rev-parse", "--verify", "-q", "--end-of-options", ref, check=False).stdout.strip()
     if have and not force:
@@ -268,8 +270,11 @@ def _fetch(target: Path, scratch: Path, branch: str, force: bool) -> None:
 
 def _patch(scratch: Path, base: str | None, tip: str) -> str:
     span = [f"{base}..{tip}"] if base else ["--root", tip]
-    return git(scratch, "format-patch", "--stdout", "--no-color", "--no-signature", "--src-prefix=a/",
-               "--dst-prefix=b/", *span).stdout
+    # The user's format.* and diff.* settings (a cover letter, attachments, no prefixes, color)
+    # would make a series `git am` cannot apply: each is turned off here.
+    return git(scratch, "format-patch", "--stdout", "--no-color", "--no-signature", "--no-cover-letter",
+               "--no-attach", "--no-numbered", "--src-prefix=a/", "--dst-prefix=b/", "--no-relative",
+               "--no-ext-diff", "--no-textconv", *span).stdout
 
 
 # -- the command ----------------------------------------------------------------------------------

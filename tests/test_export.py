@@ -275,3 +275,64 @@ def test_export_of_a_fan_in_holds_every_upstream_s_work(
     merge = git(repo, "log", "-1", "--format=%B", "fan~1")
     assert "Clowder-Pipeline: fan\nClowder-Job: join\nClowder-Commit: " in merge
     assert git(repo, "rev-list", "--count", "--merges", "fan") == "0\n"  # a straight line on the user's branch
+
+
+def test_the_web_page_shows_the_export_command_of_a_job(root: Root, ran: Path) -> None:
+    pytest.importorskip("fastapi")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("no /usr/bin/chromium: install Debian's chromium package (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import httpx
+
+    from tests.test_server import CHROMIUM, CHROMIUM_ARGS, serving
+
+    with serving(root) as p:
+        detail = httpx.get(f"{p.url}api/pipelines/p/jobs/test", headers={"Authorization": f"Bearer {p.token}"})
+        assert detail.json()["export_command"] == "clowder export p test --branch clowder/p-test"
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"{p.url}?token={p.token}#/p/p/dev")
+                sync_api.expect(page.locator("#export-command")).to_have_text(
+                    "clowder export p dev --branch clowder/p-dev", timeout=15_000)
+                sync_api.expect(page.locator("#copy-export")).to_be_visible()
+            finally:
+                browser.close()
+
+
+def test_export_ignores_the_user_s_git_settings(ran: Path, cli: Invoke, tmp_path: Path) -> None:
+    """Settings that change what git log and format-patch print cannot break the export."""
+    config = Path(os.environ["GIT_CONFIG_GLOBAL"])
+    config.write_text("[format]\n\tcoverLetter = true\n\tattach = yes\n\tsignature = sig\n"
+                      "[diff]\n\tnoprefix = true\n\tmnemonicPrefix = true\n[color]\n\tui = always\n"
+                      "[log]\n\tdecorate = full\n\tabbrevCommit = true\n[core]\n\tabbrev = 7\n")
+    assert cli("export", "p", "--branch", "ref").exit_code == 0
+    patch = tmp_path / "work.patch"
+    assert cli("export", "p", "--patch", str(patch)).exit_code == 0
+    assert "*** SUBJECT HERE ***" not in patch.read_text()
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(ran), str(clone)], check=True)
+    git(clone, "am", "-q", str(patch))
+    assert git(clone, "rev-parse", "HEAD^{tree}") == git(ran, "rev-parse", "ref^{tree}")
+
+
+def test_export_to_a_bare_source_named_by_a_file_url_on_its_ref(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path
+) -> None:
+    work = user_repo(tmp_path / "work")
+    git(work, "branch", "feature", "HEAD~1")
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    git(work, "worktree", "add", "-q", str(tmp_path / "linked"), "feature")
+    make_pipeline("p", {"dev": 'command = "echo x > x.txt"\n'},
+                  spec=f'prompt = "p"\nsource = {{ repo = "file://{bare}", ref = "feature" }}\n')
+    assert cli("run", "p").exit_code == 0
+    result = cli("export", "p", "--branch", "done")
+    assert result.exit_code == 0, result.output
+    assert f"to branch done of {bare}" in result.output
+    assert subjects(bare, "done") == ["p/dev: attempt 1 succeeded", "initial"]  # on feature, not on main
+    # A branch checked out in a linked worktree is as untouchable as the main one.
+    result = cli("export", "p", "--branch", "feature", "--repo", str(work), "--force")
+    assert result.exit_code == 2 and f"feature is checked out in {tmp_path / 'linked'}" in result.output
+    assert subjects(work, "feature") == ["initial"]
