@@ -248,7 +248,7 @@ def test_export_exclude_is_validated(root: Root, make_pipeline: MakePipeline, cl
     assert result.exit_code == 2
     assert "pipelines/p/pipeline.toml: export.exclude: expected an array" in result.output
     assert "pipelines/q/pipeline.toml: export.exlude: unknown key" in result.output
-    assert "pipelines/r/pipeline.toml: export.exclude[0]:" in result.output
+    assert "pipelines/r/pipeline.toml: export.exclude[0]: contains a NUL character" in result.output
 
 
 def test_the_job_page_shows_the_export_command(root: Root, ran: Path) -> None:
