@@ -139,6 +139,22 @@ def lineage(scratch: Path, commit: str, bases: Iterable[str]) -> list[Step]:
     return steps
 
 
+def clowders_own(pipeline: str, steps: Sequence[Step]) -> list[Step]:
+    """The end of `steps` that Clowder made for `pipeline`: where no status file says which commit
+    the source was (status files rebuilt from the attempts' own records do not), the source's
+    history must not be exported as if it were the pipeline's work."""
+    start = len(steps)
+    while start > 0 and _is_clowders(pipeline, steps[start - 1]):
+        start -= 1
+    return list(steps[start:])
+
+
+def _is_clowders(pipeline: str, step: Step) -> bool:
+    if _trailers(step.message).get("Clowder-Pipeline") == pipeline:
+        return True
+    return len(step.parents) > 1 and re.match(r"^[a-z0-9][a-z0-9._-]*: merge ", step.message) is not None
+
+
 class _Trees:
     """A commit's tree without what export leaves out: those paths are as the base has them (a
     file of the user's own that matches an exclude pattern is kept, never deleted)."""
@@ -264,7 +280,7 @@ def _check_branch(target: Path, branch: str, force: bool) -> None:
 def _fetch(target: Path, scratch: Path, branch: str, force: bool) -> None:
     # Without --force the update must be new: a branch made meanwhile is refused by git, not lost.
     spec = f"{'+' if force else ''}{SCRATCH_REF}:refs/heads/{branch}"
-    git(target, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--recurse-submodules=no", "--",
+    git(target, "fetch", "-q", "--no-tags", "--no-prune", "--no-write-fetch-head", "--recurse-submodules=no", "--",
         str(scratch), spec)
 
 
@@ -296,7 +312,10 @@ def export(root: Root, request: Request) -> Exported:
         _check_branch(target, request.branch, request.force)
     with tempfile.TemporaryDirectory(prefix="clowder-export-") as tmp:
         scratch = _scratch(Path(tmp), tip.repo / ".git" / "objects")
-        steps = lineage(scratch, tip.commit, source_commits(statuses.values()))
+        bases = source_commits(statuses.values())
+        steps = lineage(scratch, tip.commit, bases)
+        if pipeline.spec.source is not None and not bases:
+            steps = clowders_own(paths.name, steps)
         base, commits = build(scratch, paths.name, job, steps, pipeline.spec.export_exclude, request.squash)
         if not commits:
             raise NothingToExport(f"{paths.name}/{job}: nothing to export: without .clowder/ and the files "

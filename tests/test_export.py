@@ -336,3 +336,17 @@ def test_export_to_a_bare_source_named_by_a_file_url_on_its_ref(
     result = cli("export", "p", "--branch", "feature", "--repo", str(work), "--force")
     assert result.exit_code == 2 and f"feature is checked out in {tmp_path / 'linked'}" in result.output
     assert subjects(work, "feature") == ["initial"]
+
+
+def test_export_without_recorded_base_commits_stops_at_the_source(root: Root, ran: Path, cli: Invoke) -> None:
+    """Status files rebuilt from the attempts' own records have no base_commit: the source's own
+    history is still never exported as the pipeline's work."""
+    for job in ("dev", "test"):
+        status = root.pipeline("p").job_status_file(job)
+        status.write_text("".join(line for line in status.read_text().splitlines(keepends=True)
+                                  if not line.startswith("base_commit")))
+    head = git(ran, "rev-parse", "HEAD").strip()
+    result = cli("export", "p", "--branch", "b")
+    assert result.exit_code == 0, result.output
+    assert git(ran, "rev-parse", "b~2").strip() == head
+    assert subjects(ran, "b")[:2] == ["p/test: attempt 1 succeeded", "p/dev: attempt 1 succeeded"]
