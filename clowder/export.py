@@ -278,7 +278,7 @@ def _check_branch(target: Path, branch: str, force: bool) -> None:
 
 
 def _fetch(target: Path, scratch: Path, branch: str, force: bool) -> None:
-    # Without --force the update must be new: a branch made meanwhile is refused by git, not lost.
+    # Without --force no `+`: a branch made meanwhile by someone else is never rewound by git.
     spec = f"{'+' if force else ''}{SCRATCH_REF}:refs/heads/{branch}"
     git(target, "fetch", "-q", "--no-tags", "--no-prune", "--no-write-fetch-head", "--recurse-submodules=no", "--",
         str(scratch), spec)
