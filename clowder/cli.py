@@ -523,3 +523,37 @@ def query(sql: str, params: tuple[str, ...], fmt: str | None, root_dir: Path | N
         writer.writerows(rows)
     else:
         print_table(result.columns, [["" if v is None else str(v) for v in row] for row in rows])
+
+
+# -- bringing the work back (clowder export) ------------------------------------------------------
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("job", required=False)
+@click.option("--branch", help="Write the work as this branch of the repository (never a checked-out one).")
+@click.option("--patch", "patch", metavar="FILE", help="Write a patch series for `git am` to FILE ('-': stdout).")
+@click.option("--squash", is_flag=True, help="One commit for all the work, instead of one per attempt.")
+@click.option("--repo", type=click.Path(path_type=Path),
+              help="The repository to write the branch to (default: the pipeline's source).")
+@click.option("--force", is_flag=True, help="Replace an existing branch; export a job that has not succeeded.")
+@root_option
+def export(pipeline: str, job: str | None, branch: str | None, patch: str | None, squash: bool,
+           repo: Path | None, force: bool, root_dir: Path | None) -> None:
+    """Bring JOB's work (default: the pipeline's last succeeded job) back to your repository: a
+    branch on top of the commit the pipeline started from, one commit per attempt that changed
+    files, without .clowder/ and the files pipeline.toml's `export.exclude` names. It writes
+    objects and the branch only: your checkout, index and HEAD are never touched."""
+    from clowder import export as export_mod
+
+    root = find_root(root_dir)
+    request = export_mod.Request(pipeline, job, branch, patch, squash, repo, force)
+    done = export_mod.export(root, request)
+    if patch is not None:
+        export_mod.write_patch(patch, done.patch)
+        if patch != "-":
+            click.echo(f"wrote {len(done.commits)} patch(es) of {pipeline}/{done.job} to {patch} (apply with git am)")
+        return
+    base = done.base[:12] if done.base else "no parent (an orphan branch)"
+    click.echo(f"exported {pipeline}/{done.job} to branch {branch} of {done.target}: "
+               f"{len(done.commits)} commit(s) on {base}")
+    click.echo(f"  git -C {done.target} log --stat {branch}")

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from clowder import known, report, requests, workspace
 from clowder.errors import ClowderError, UsageError
 from clowder.executor import read_exit, run_file
+from clowder.export import command_line
 from clowder.graph import topo_order
 from clowder.schema import load_toml
 from clowder.spec import NAME_PATTERN, Pipeline, is_name
@@ -139,6 +140,7 @@ class JobDetail:
     waiting_for: list[str]
     retry_at: datetime | None
     actions: list[str]  # what may be asked of it now: `cancel`, `retry`
+    export_command: str = ""  # for a succeeded job: the `clowder export` line that brings its work back
 
 
 # -- a cache of what files say --------------------------------------------------------------------
@@ -295,6 +297,7 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
         attempts=_attempts(status), consumers=_consumers(paths, job, commits, names), regression=regression,
         spawned=list(status.spawned), waiting_for=list(status.waiting_for), retry_at=status.retry_at,
         actions=requests.job_actions(status.state, job in requests.retries_waiting(paths)),
+        export_command=command_line(pipeline, job) if status.state is JobState.SUCCEEDED else "",
     )
 
 

@@ -216,6 +216,7 @@ class PipelineSpec:
     roles: Mapping[str, Role] = field(default_factory=dict)
     created_at: datetime | None = None
     max_cost_usd: float | None = None
+    export_exclude: tuple[str, ...] = ()  # `export = { exclude = [...] }`: gitignore patterns clowder export leaves out
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
         roles=roles,
         created_at=created if isinstance(created, datetime) else None,
         max_cost_usd=data.get("max_cost_usd"),
+        export_exclude=tuple(data.get("export", {}).get("exclude", ())),
     )
 
 

@@ -395,6 +395,8 @@ def check_pipeline_data(
         problems += schema.check("pipeline", spec_data, paths.spec_file)
         problems += check_variables(
             {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
+        problems += [Problem(paths.spec_file, schema.key_path(parts), NUL_MESSAGE)  # clowder export's git arguments
+                     for parts, text in strings(spec_data.get("export"), ("export",)) if "\0" in text]
     jobs_dir = paths.jobs_dir
 
     @cache

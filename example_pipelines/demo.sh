@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The README's demo: copy the example root to a scratch directory and run two pipelines to
-# the end: fan-out (plain commands in parallel) and regression-loop (a failing test spawns a
-# fix-up, then passes), and show what the regression changed with git.
+# The README's demo: copy the example root to a scratch directory and run three pipelines to
+# the end: fan-out (plain commands in parallel), regression-loop (a failing test spawns a
+# fix-up, then passes) started from a small git repository of "yours", and agent-dev (the
+# scripted agent); show what the regression changed with git, and end by bringing that work
+# back to your repository as a branch with `clowder export`.
 # Usage: bash example_pipelines/demo.sh [DIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,8 +21,14 @@ clowder graph numbers --format mermaid
 clowder run numbers
 clowder logs numbers join
 
+echo "== your project: a git repository the next pipeline starts from"
+git init -q -b main myproject
+echo "# myproject" > myproject/README.md
+git -C myproject add README.md
+git -C myproject -c user.name=You -c user.email=you@example.com commit -q -m "Start myproject"
+
 echo "== regression-loop: test fails, spawns a fix-up of dev, passes on its second attempt"
-clowder new regression-loop --name calc --prompt "Write add(a, b) with a test"
+clowder new regression-loop --name calc --prompt "Write add(a, b) with a test" --source myproject
 clowder run calc
 clowder status calc
 echo "== what the fix-up changed: clowder diff calc dev dev.r1 -- calc.py"
@@ -36,3 +44,8 @@ clowder run agents
 clowder status agents
 echo "== what the fix-up agent was told: the regression context in its prompt"
 sed -n '/^# Regression context/,/^Context:/p' "$(clowder path agents dev.r1)/.clowder/dev.r1/prompt.md"
+
+echo "== bring the work back: clowder export calc --branch clowder/calc (your checkout is never touched)"
+printf '\n[export]\nexclude = ["report.txt"]  # the test report stays out of your branch\n' >> pipelines/calc/pipeline.toml
+clowder export calc --branch clowder/calc
+git -C myproject log --format='%h %s' --stat clowder/calc

@@ -232,6 +232,7 @@ async function loadJob() {
   drawLineage(d);
   drawAttempts(d);
   drawArtifacts(d);
+  drawExport(d);
   const select = $("log-attempt");
   const latest = d.attempt;
   select.replaceChildren(...d.attempts.map((a) =>
@@ -333,6 +334,11 @@ function drawAttempts(d) {
   }));
   const consumers = d.consumers.map((c) => `${c.job} (attempt ${c.attempt}) from ${short(c.commit)}`);
   $("consumers").textContent = consumers.length ? `Consumed by: ${consumers.join("; ")}` : "";
+}
+
+function drawExport(d) {
+  $("export").hidden = !d.export_command;
+  $("export-command").textContent = d.export_command || "";
 }
 
 function drawArtifacts(d) {
@@ -460,6 +466,15 @@ function init() {
   };
   $("cancel-job").addEventListener("click", jobAction("cancel"));
   $("retry-job").addEventListener("click", jobAction("retry"));
+  $("copy-export").addEventListener("click", async () => {
+    const text = $("export-command").textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      toast(`copied: ${text}`);
+    } catch (e) {  // no clipboard (plain http to another host): select it for Ctrl-C instead
+      getSelection().selectAllChildren($("export-command"));
+    }
+  });
   $("log-attempt").addEventListener("change", (ev) => {
     view.attempt = Number(ev.target.value) || null;
     if (view.attempt) followLog({ pipeline: view.pipeline, job: view.job, attempt: view.attempt });
