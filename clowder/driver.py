@@ -64,6 +64,17 @@ from clowder.watcher import Watcher
 Log = Callable[[str], None]
 
 
+def _with_source_warning(paths: PipelinePaths, status: PipelineStatus) -> PipelineStatus:
+    """The status as written: its message says what the user should know about the source the
+    pipeline started from (uncommitted changes left out). The scheduler's own status, kept in
+    the cache, stays without it, so the two never differ in a way that asks for a rewrite."""
+    record = workspace.read_record(paths.workspaces_dir)
+    if record is None or not record.warning:
+        return status
+    message = "; ".join(x for x in (status.message, f"warning: {record.warning}") if x)
+    return replace(status, message=message)
+
+
 def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Log:
     """Timestamped decision lines to stderr and, if given, appended to a file."""
     out = stream or sys.stderr
@@ -697,8 +708,9 @@ class Driver:
         elif isinstance(action, SetPipeline):
             cache = self.pipelines[action.pipeline]
             cache.status = action.status
-            self._write(cache.paths.status_file, pipeline_status_to_toml(action.status))
-            self.recorder.pipeline_status(action.pipeline, action.status)
+            status = _with_source_warning(cache.paths, action.status)
+            self._write(cache.paths.status_file, pipeline_status_to_toml(status))
+            self.recorder.pipeline_status(action.pipeline, status)
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
         elif isinstance(action, Start):
@@ -783,6 +795,8 @@ class Driver:
         try:
             prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
                                          identity=self._identity(), source=source, root=self.root.path)
+            if prepared.warning:  # said once, here and in the pipeline's status message (_apply)
+                self.log(f"{paths.name}: warning: {prepared.warning}")
             if prepared.problem:  # a merge conflict: the attempt fails without running
                 self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)

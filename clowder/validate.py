@@ -383,6 +383,7 @@ def check_pipeline_data(
         problems += schema.check("pipeline", spec_data, paths.spec_file)
         problems += check_variables(
             {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
+        problems += _check_source(paths.spec_file, spec_data.get("source"))
     jobs_dir = paths.jobs_dir
 
     @cache
@@ -394,6 +395,17 @@ def check_pipeline_data(
     problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config, where,
                                      _Where(paths.spec_file, ("roles",)))
     return problems
+
+
+def _check_source(path: Path, source: object) -> list[Problem]:
+    """`worktree = true` snapshots a checkout's files: a URL has none on this machine."""
+    if not isinstance(source, dict) or source.get("worktree") is not True or not isinstance(source.get("repo"), str):
+        return []
+    if "://" in source["repo"] or re.match(r"^[\w.-]+@[\w.-]+:", source["repo"]):
+        return [Problem(path, schema.key_path(["source", "worktree"]),
+                        f"a URL ({source['repo']}) has no working tree here; "
+                        "worktree = true needs the path of a checkout")]
+    return []
 
 
 def _check_harness_names(jobs: Mapping[str, Any], roles: object, config: Config | None,
