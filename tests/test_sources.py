@@ -195,8 +195,11 @@ def test_every_shape_of_repository_is_a_source(root: Root, make_pipeline: MakePi
     assert (join / "a.txt").read_text().startswith("VERSION = 2")
     assert (join / "b.txt").read_text() == "b\n"
     assert refs(Path(where)) == before
-    if shape == "submodules":
-        assert (ws(root, "a") / "vendor" / "lib" / "lib.txt").read_text() == "library\n"
+    if shape == "submodules":  # checked out in the first jobs and downstream, with nowhere to push
+        for job in FAN_IN:
+            assert (ws(root, job) / "vendor" / "lib" / "lib.txt").read_text() == "library\n"
+            assert git(ws(root, job) / "vendor" / "lib", "remote") == ""
+            assert git(ws(root, job), "status", "--porcelain") == ""
 
 
 def test_an_empty_repository_is_a_source(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ from clowder.workspace.repo import (
     untouched,
     write_commit,
 )
-from clowder.workspace.source import SourceRecord, clone, read_record
+from clowder.workspace.source import SourceRecord, carry_submodules, clone, read_record
 
 __all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord", "Upstream",
            "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record", "resolve",
@@ -173,6 +173,7 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
             repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
             ensure_published(repo, first)
             checkout(repo)
+            carry_submodules(repo, Repo(first.path))
         elif source is not None:
             repo, record, fresh = clone(tmp, job, source, root, identity or Identity())
             warning = record.warning if fresh else ""

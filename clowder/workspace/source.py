@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -182,6 +183,26 @@ def _submodules(repo: Repo) -> None:
         return
     git(repo.path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init", "--recursive")
     git(repo.path, "submodule", "foreach", "-q", "--recursive", "git remote remove origin || :")
+
+
+def carry_submodules(repo: Repo, upstream: Repo) -> None:
+    """Check out a new workspace's submodules from its upstream's copies of them (the source's
+    are never read again): their repositories are copied, objects hard-linked, and updated to
+    the commits the new workspace's tree records. Nothing to do without a `.gitmodules`."""
+    modules = upstream.git_dir / "modules"
+    if not (repo.path / ".gitmodules").is_file() or not modules.is_dir():
+        return
+    shutil.copytree(modules, repo.git_dir / "modules", symlinks=True, copy_function=_link_objects)
+    git(repo.path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init", "--recursive")
+
+
+def _link_objects(src: str, dst: str) -> None:
+    """Objects never change: link them; everything else (config, index, refs) is the copy's own."""
+    if f"{os.sep}objects{os.sep}" in src:
+        with contextlib.suppress(OSError):
+            os.link(src, dst)
+            return
+    shutil.copy2(src, dst)
 
 
 def _top(local: Path) -> Path | None:
