@@ -29,6 +29,7 @@ from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
 from clowder.scheduler import (
+    NO_CHANGES,
     Action,
     DoneRequest,
     Kill,
@@ -692,8 +693,10 @@ class Driver:
                     raise DiskFull(f"no space left on device ({where}): left to the next start") from e
                 self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
                 return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
+        # A fix-up that changed nothing still succeeds, but it used up one of max_regressions: say so.
+        note = NO_CHANGES if spec.regression_of and state == "succeeded" and not done.changed else ""
         return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
-                       consumed=done.consumed)
+                       consumed=done.consumed, note=note)
 
     # -- applying actions -----------------------------------------------------------------
 

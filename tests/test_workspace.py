@@ -467,3 +467,22 @@ def test_an_attempt_that_ends_before_its_workspace_is_whole_still_commits(root: 
                             error=workspace.ErrorContext("could not start"))
     assert git(path, "rev-parse", "attempt-1").strip() == done.commit
     assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+
+
+# -- a fix-up that changed nothing ------------------------------------------------------------
+
+def test_a_fixup_that_changes_nothing_is_recorded_as_such(root: Root, make_pipeline: MakePipeline,
+                                                         cli: Invoke) -> None:
+    make_pipeline("p", {
+        "dev": 'command = "echo v1 > code.txt"\n',
+        "test": ('command = "if [ $CLOWDER_ATTEMPT = 1 ]; then clowder spawn dev --reason broken; exit 1; fi"\n'
+                 'needs = ["dev"]\nmax_regressions = 2\n'),
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    fixup = status(root, "dev.r1")
+    assert (fixup.state, fixup.message, fixup.attempts[0].message) == (JobState.SUCCEEDED, "no changes", "no changes")
+    assert status(root, "test").attempts[0].message == "spawned dev.r1; dev.r1: no changes"
+    assert status(root, "dev").message == ""  # a job that is no fix-up is not judged by what it changed
+    shown = cli("status", "p")
+    assert "no changes" in shown.output, shown.output
