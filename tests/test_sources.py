@@ -13,7 +13,7 @@ import pytest
 from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status, read_pipeline_status
 from clowder.tree import Root
-from tests.conftest import MakePipeline, write
+from tests.conftest import Invoke, MakePipeline, write
 
 ID = ["-c", "user.name=Dev", "-c", "user.email=dev@x.org"]
 
@@ -276,6 +276,29 @@ def test_worktree_true_on_a_root_inside_the_source_leaves_the_root_out(
     make_pipeline("p", {"dev": 'command = "test ! -e root && grep VERSION app.py"\n'},
                   spec=source_toml("..", ", worktree = true"))
     assert run(root), status(root, "dev").message
+
+
+@pytest.mark.parametrize(("worktree", "message"), [
+    ("1", "source.worktree: expected true or false, got 1"),
+    ("true", "source.worktree: a URL (https://example.org/x.git) has no working tree here; "
+             "worktree = true needs the path of a checkout"),
+])
+def test_worktree_is_checked_by_validate(root: Root, make_pipeline: MakePipeline, cli: Invoke, worktree: str,
+                                         message: str) -> None:
+    make_pipeline("p", {"dev": 'command = "true"\n'},
+                  spec=source_toml("https://example.org/x.git", f", worktree = {worktree}"))
+    result = cli("validate")
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [f"{root.pipeline('p').spec_file}: {message}"]
+
+
+def test_worktree_of_a_bare_repository_fails_the_job_saying_why(root: Root, make_pipeline: MakePipeline,
+                                                                tmp_path: Path) -> None:
+    bare = _bare(tmp_path)
+    make_pipeline("p", {"dev": 'command = "true"\n'}, spec=source_toml(bare, ", worktree = true"))
+    assert not run(root)
+    assert status(root, "dev").message == (f"attempt 1 failed: could not start: pipeline.toml: source.worktree: "
+                                           f"{bare} has no working tree (a URL or a bare repository)")
 
 
 # -- 5. one branch name -----------------------------------------------------------------------

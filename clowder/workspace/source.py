@@ -30,7 +30,14 @@ from clowder.workspace.repo import (
 
 RECORD = ".source.json"  # workspaces/.source.json: where the pipeline started (SourceRecord)
 _READ_ONLY = ("--no-optional-locks",)  # a read in the user's repository never refreshes its index
-_lock = threading.Lock()  # the first jobs of a pipeline start in parallel: one decides where they start
+# The first jobs of a pipeline start in parallel: one at a time decides where they all start.
+_locks: dict[Path, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _lock(workspaces: Path) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(workspaces, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
     Every job of the pipeline that starts from the source starts from the same commit: the
     one the first of them found, recorded in `workspaces/.source.json`; the bool says whether
     this call recorded it (and so is the one to pass its warning on)."""
-    with _lock:
+    with _lock(path.parent):
         url = resolve(root, source)
         local = None if is_url(source.repo) else Path(url)
         recorded = read_record(path.parent)
@@ -89,7 +96,7 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
                 record = SourceRecord(source.repo, source.ref, commit, snapshot)
             repo.write_ref(f"{BRANCH_PREFIX}{job}", record.snapshot or "")
         elif recorded is None and local is not None and commit is not None \
-                and commit == _local_commit(local, Source(source.repo)):
+                and (source.ref is None or commit == _local_commit(local, Source(source.repo))):
             record = SourceRecord(source.repo, source.ref, commit, None, _uncommitted(local, source, root))
         if recorded != record:
             write_record(path.parent, record)
