@@ -232,6 +232,8 @@ def dirty(tmp_path: Path) -> Path:
     write(src / "app.py", "VERSION = 3  # not committed\n")
     write(src / "new.txt", "untracked\n")
     write(src / "debug.log", "ignored\n")
+    write(src / ".git" / "info" / "exclude", "secret.txt\n")
+    write(src / "secret.txt", "ignored by the repository's own rules\n")
     return src
 
 
@@ -254,7 +256,7 @@ def test_worktree_true_starts_from_the_working_tree_as_a_snapshot(root: Root, ma
     head = git(src, "rev-parse", "HEAD").strip()
     before = (refs(src), git(src, "status", "--porcelain"), (src / ".git" / "index").read_bytes())
     make_pipeline("p", {"dev": 'command = "grep \'VERSION = 3\' app.py && grep untracked new.txt '
-                               '&& test ! -e debug.log"\n'},
+                               '&& test ! -e debug.log && test ! -e secret.txt"\n'},
                   spec=source_toml(src, ", worktree = true"))
     lines: list[str] = []
     assert run(root, log=lines.append)
@@ -299,6 +301,24 @@ def test_worktree_of_a_bare_repository_fails_the_job_saying_why(root: Root, make
     assert not run(root)
     assert status(root, "dev").message == (f"attempt 1 failed: could not start: pipeline.toml: source.worktree: "
                                            f"{bare} has no working tree (a URL or a bare repository)")
+
+
+@pytest.mark.parametrize("worktree", [False, True])
+def test_a_root_that_is_its_own_source_leaves_clowders_files_out(root: Root, make_pipeline: MakePipeline,
+                                                                 worktree: bool) -> None:
+    git(root.path, "init", "-q", "-b", "main")
+    write(root.path / "app.py", "VERSION = 1\n")
+    write(root.path / ".gitignore", ".clowder/\n")
+    git(root.path, "add", "app.py", ".gitignore", "clowder.toml")
+    git(root.path, *ID, "commit", "-qm", "v1")
+    if worktree:
+        write(root.path / "app.py", "VERSION = 2\n")
+    make_pipeline("p", {"dev": 'command = "test ! -e pipelines && test ! -e .clowder/index.sqlite && cat app.py"\n'},
+                  spec=source_toml(".", ", worktree = true" if worktree else ""))
+    lines: list[str] = []
+    assert run(root, log=lines.append), status(root, "dev").message
+    assert not [x for x in lines if "warning" in x]
+    assert (ws(root, "dev") / "app.py").read_text() == f"VERSION = {2 if worktree else 1}\n"
 
 
 # -- 5. one branch name -----------------------------------------------------------------------

@@ -120,7 +120,7 @@ def _git_local(local: Path, *args: str) -> str | None:
 def _local_commit(local: Path, source: Source) -> str | None:
     """The commit `source.ref` (default HEAD) names in a repository on this machine, asked of the
     repository itself: a linked worktree's or a detached HEAD, a branch of its remotes, a tag."""
-    if not local.exists():
+    if not local.is_dir():
         raise WorkspaceError(f"pipeline.toml: source.repo: {source.repo}: no such directory")
     if _git_local(local, "rev-parse", "--git-dir") is None:
         raise WorkspaceError(f"pipeline.toml: source.repo: {source.repo} is not a git repository")
@@ -221,11 +221,16 @@ def _top(local: Path) -> Path | None:
 
 
 def _outside(top: Path, root: Path) -> tuple[str, ...]:
-    """A pathspec leaving out the Clowder root when it lies inside the source's working tree."""
-    with contextlib.suppress(ValueError):
+    """Pathspecs leaving out the Clowder root when it lies inside the source's working tree (its
+    pipelines' workspaces would go into their own source), or, if the root is the checkout's
+    top, what Clowder writes there."""
+    try:
         inner = root.resolve().relative_to(top.resolve()).as_posix()
-        return (f":(exclude){inner}",) if inner != "." else ()
-    return ()
+    except ValueError:
+        return ()
+    if inner != ".":
+        return (f":(exclude){inner}",)
+    return (":(exclude)pipelines", ":(exclude).clowder")
 
 
 def _uncommitted(local: Path, source: Source, root: Path) -> str:
@@ -255,13 +260,18 @@ def _snapshot(repo: Repo, source: Source, local: Path | None, root: Path, base: 
     there = ("--git-dir", str(repo.git_dir), "--work-tree", str(top))
     exclude = repo.git_dir / "info" / "exclude"
     common = _git_local(top, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    user_rules = Path(common) / "info" / "exclude" if common else None
+    # Ignore rules, not pathspecs, leave Clowder's files out: `add` refuses a pathspec naming an
+    # ignored path, and an ignored directory is never walked.
+    ours = "".join(f"/{spec.removeprefix(':(exclude)')}/\n" for spec in _outside(top, root))
     try:
-        if common and (Path(common) / "info" / "exclude").is_file():  # the user's own ignore rules
-            exclude.parent.mkdir(exist_ok=True)
-            shutil.copyfile(Path(common) / "info" / "exclude", exclude)
+        exclude.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # the user's own ignore rules
+            ours = (user_rules.read_text() + "\n" if user_rules else "") + ours
+        exclude.write_text(ours)
         if base is not None:
             git(top, *there, "read-tree", base, env=index)
-        git(top, *there, "add", "-A", "--", ".", *_outside(top, root), env=index)
+        git(top, *there, "add", "-A", env=index)
         tree = git(top, *there, "write-tree", env=index).stdout.strip()
     finally:
         Path(index["GIT_INDEX_FILE"]).unlink(missing_ok=True)
