@@ -328,6 +328,10 @@ class Driver:
             self._resume()
         elif kind == "pipelines":
             self._rescan()
+        elif kind == "source":  # a warning about the pipeline's source: its status says it now
+            cache = self.pipelines.get(pipeline)
+            if cache is not None and cache.loaded:
+                self._apply(SetPipeline(pipeline, cache.status), utcnow())
         elif kind == "exit" and outcome is not None:
             cache = self.pipelines.get(pipeline)
             if cache is not None:  # no re-read of the specs: only the job's state changed
@@ -800,6 +804,7 @@ class Driver:
                                          identity=self._identity(), source=source, root=self.root.path)
             if prepared.warning:  # said once, here and in the pipeline's status message (_apply)
                 self.log(f"{paths.name}: warning: {prepared.warning}")
+                self.events.put(("source", paths.name, "", 0, None))
             if prepared.problem:  # a merge conflict: the attempt fails without running
                 self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)

@@ -241,7 +241,10 @@ def test_uncommitted_changes_in_the_source_are_reported(root: Root, make_pipelin
                                                         tmp_path: Path) -> None:
     src = dirty(tmp_path)
     lines: list[str] = []
-    make_pipeline("p", {"dev": 'command = "grep \'VERSION = 2\' app.py && test ! -e new.txt"\n'},
+    status_file = root.pipeline("p").status_file
+    # The job sees its pipeline's status while it runs: the warning is there already.
+    wait = f"for i in $(seq 600); do grep -q uncommitted {status_file} && exit 0; sleep 0.05; done; exit 1"
+    make_pipeline("p", {"dev": f'command = "grep \'VERSION = 2\' app.py && test ! -e new.txt && {wait}"\n'},
                   spec=source_toml(src))
     assert run(root, log=lines.append)
     warning = (f"source {src} has uncommitted changes (2 files) that this pipeline does not include; "
