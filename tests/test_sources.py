@@ -240,6 +240,7 @@ def dirty(tmp_path: Path) -> Path:
 def test_uncommitted_changes_in_the_source_are_reported(root: Root, make_pipeline: MakePipeline,
                                                         tmp_path: Path) -> None:
     src = dirty(tmp_path)
+    before = (refs(src), (src / ".git" / "index").read_bytes())
     lines: list[str] = []
     status_file = root.pipeline("p").status_file
     # The job sees its pipeline's status while it runs: the warning is there already.
@@ -251,6 +252,7 @@ def test_uncommitted_changes_in_the_source_are_reported(root: Root, make_pipelin
                "`worktree = true` in pipeline.toml's source starts from the working tree as it is")
     assert f"p: warning: {warning}" in lines
     assert read_pipeline_status(root.pipeline("p").status_file).message == f"warning: {warning}"
+    assert (refs(src), (src / ".git" / "index").read_bytes()) == before  # read without refreshing its index
 
 
 def test_worktree_true_starts_from_the_working_tree_as_a_snapshot(root: Root, make_pipeline: MakePipeline,
