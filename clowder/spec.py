@@ -116,6 +116,11 @@ class Source:
     worktree: bool = False  # start from the checkout's working tree as it is (a snapshot commit)
 
 
+def is_url(repo: str) -> bool:
+    """A source named by URL (`https://...`, `file://...`, `git@host:path`), not a path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
+
+
 @dataclass(frozen=True)
 class Harness:
     name: str

@@ -20,6 +20,7 @@ from clowder.spec import (
     Pipeline,
     config_from_dict,
     is_name,
+    is_url,
     job_from_dict,
     parse_duration,
     pipeline_spec_from_dict,
@@ -401,7 +402,7 @@ def _check_source(path: Path, source: object) -> list[Problem]:
     """`worktree = true` snapshots a checkout's files: a URL has none on this machine."""
     if not isinstance(source, dict) or source.get("worktree") is not True or not isinstance(source.get("repo"), str):
         return []
-    if "://" in source["repo"] or re.match(r"^[\w.-]+@[\w.-]+:", source["repo"]):
+    if is_url(source["repo"]):
         return [Problem(path, schema.key_path(["source", "worktree"]),
                         f"a URL ({source['repo']}) has no working tree here; "
                         "worktree = true needs the path of a checkout")]

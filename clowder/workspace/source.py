@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from clowder.fsio import atomic_write
-from clowder.spec import Source
+from clowder.spec import Source, is_url
 from clowder.workspace.repo import (
     BRANCH_PREFIX,
     SHALLOW,
@@ -50,10 +49,6 @@ class SourceRecord:
     commit: str | None
     snapshot: str | None = None
     warning: str = ""
-
-
-def is_url(repo: str) -> bool:
-    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
 
 
 def resolve(root: Path, source: Source) -> str:
