@@ -4,6 +4,7 @@ either reported or taken as a snapshot. Real repositories, real runs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -209,6 +210,17 @@ def test_an_empty_repository_is_a_source(root: Root, make_pipeline: MakePipeline
                         "test": 'command = "grep x x.txt"\nneeds = ["dev"]\n'}, spec=source_toml(src))
     assert run(root)
     assert status(root, "dev").attempts[0].base_commit is None
+
+
+def test_a_fifo_left_where_the_source_record_goes_never_hangs_the_daemon(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    src = dirty(tmp_path)
+    make_pipeline("p", DEV_TEST, spec=source_toml(src))
+    workspaces = root.pipeline("p").workspaces_dir
+    workspaces.mkdir(parents=True)
+    os.mkfifo(workspaces / ".source.json")
+    assert run(root)
+    assert "uncommitted changes" in read_pipeline_status(root.pipeline("p").status_file).message
 
 
 # -- 3. a job never writes into the source ----------------------------------------------------

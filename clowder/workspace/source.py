@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from clowder.fsio import atomic_write
+from clowder.fsio import atomic_write, read_input
 from clowder.spec import Source, is_url
 from clowder.workspace.repo import (
     BRANCH_PREFIX,
@@ -284,9 +284,9 @@ def write_record(workspaces: Path, record: SourceRecord) -> None:
 
 def read_record(workspaces: Path) -> SourceRecord | None:
     """Where the pipeline started, once its first job's workspace was made from the source."""
-    try:
-        data = json.loads((workspaces / RECORD).read_text())
-    except (FileNotFoundError, ValueError, OSError):
+    try:  # read as hostile input: a job may have left anything there (a FIFO never hangs the daemon)
+        data = json.loads(read_input(workspaces / RECORD, 1 << 16))
+    except (ValueError, OSError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("repo"), str):
         return None
