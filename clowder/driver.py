@@ -29,6 +29,7 @@ from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
 from clowder.scheduler import (
+    NO_CHANGES,
     Action,
     DoneRequest,
     Kill,
@@ -63,6 +64,17 @@ from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
 
 Log = Callable[[str], None]
+
+
+def _with_source_warning(paths: PipelinePaths, status: PipelineStatus) -> PipelineStatus:
+    """The status as written: its message says what the user should know about the source the
+    pipeline started from (uncommitted changes left out). The scheduler's own status, kept in
+    the cache, stays without it, so the two never differ in a way that asks for a rewrite."""
+    record = workspace.read_record(paths.workspaces_dir)
+    if record is None or not record.warning:
+        return status
+    message = "; ".join(x for x in (status.message, f"warning: {record.warning}") if x)
+    return replace(status, message=message)
 
 
 def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Log:
@@ -336,6 +348,10 @@ class Driver:
             self._resume()
         elif kind == "pipelines":
             self._rescan()
+        elif kind == "source":  # a warning about the pipeline's source: its status says it now
+            cache = self.pipelines.get(pipeline)
+            if cache is not None and cache.loaded:
+                self._apply(SetPipeline(pipeline, cache.status), utcnow())
         elif kind == "exit" and outcome is not None:
             cache = self.pipelines.get(pipeline)
             if cache is not None:  # no re-read of the specs: only the job's state changed
@@ -704,8 +720,10 @@ class Driver:
                     raise DiskFull(f"no space left on device ({where}): left to the next start") from e
                 self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
                 return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
+        # A fix-up that changed nothing still succeeds, but it used up one of max_regressions: say so.
+        note = NO_CHANGES if spec.regression_of and state == "succeeded" and not done.changed else ""
         return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
-                       consumed=done.consumed)
+                       consumed=done.consumed, note=note)
 
     # -- applying actions -----------------------------------------------------------------
 
@@ -720,8 +738,9 @@ class Driver:
         elif isinstance(action, SetPipeline):
             cache = self.pipelines[action.pipeline]
             cache.status = action.status
-            self._write(cache.paths.status_file, pipeline_status_to_toml(action.status))
-            self.recorder.pipeline_status(action.pipeline, action.status)
+            status = _with_source_warning(cache.paths, action.status)
+            self._write(cache.paths.status_file, pipeline_status_to_toml(status))
+            self.recorder.pipeline_status(action.pipeline, status)
             if action.event:
                 self.log(f"{action.pipeline}: {action.event}")
         elif isinstance(action, Start):
@@ -806,6 +825,9 @@ class Driver:
         try:
             prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, upstreams,
                                          identity=self._identity(), source=source, root=self.root.path)
+            if prepared.warning:  # said once, here and in the pipeline's status message (_apply)
+                self.log(f"{paths.name}: warning: {prepared.warning}")
+                self.events.put(("source", paths.name, "", 0, None))
             if prepared.problem:  # a merge conflict: the attempt fails without running
                 self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)

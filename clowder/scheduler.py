@@ -54,6 +54,10 @@ class Outcome:
     usage: Usage | None = None  # what an agent reported spending (its action log)
     failure_kind: FailureKind | None = None  # the last failure the agent reported (its action log)
     failure_text: str = ""
+    note: str = ""  # what the attempt's record says of a success ("no changes": a fix-up that changed nothing)
+
+
+NO_CHANGES = "no changes"
 
 
 @dataclass(frozen=True)
@@ -483,7 +487,20 @@ def _step_waiting(pipeline: str, spec: JobSpec, status: JobStatus,
     if failed:
         message = f"fix-up {', '.join(failed)} did not succeed"
         return replace(status, state=JobState.FAILED, message=message), f"{spec.name} failed: {message}", None
+    status = _note_unchanged(status, [w for w in waited if w is not None])
     return status, "", Candidate(pipeline, spec, status, "regression", sources=status.waiting_for)
+
+
+def _note_unchanged(status: JobStatus, fixups: Sequence[JobStatus]) -> JobStatus:
+    """The spawner's attempt that waited says which of its fix-ups changed nothing, so the
+    spawn it paid for with its max_regressions is seen as such."""
+    unchanged = [f.job for f in fixups if f.last is not None and f.last.message == NO_CHANGES]
+    last = status.last
+    note = f"{', '.join(unchanged)}: {NO_CHANGES}"
+    if not unchanged or last is None or note in last.message:
+        return status
+    attempt = replace(last, message=f"{last.message}; {note}" if last.message else note)
+    return replace(status, attempts=(*status.attempts[:-1], attempt))
 
 
 def _step_running(
@@ -634,9 +651,10 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
         return replace(status, state=JobState.CANCELLED, attempts=(*status.attempts[:-1], attempt),
                        message="cancelled by request"), f"{status.job} cancelled"
     if ok:
-        attempt = replace(ended, state=JobState.SUCCEEDED, failure_kind=None)
-        return replace(status, state=JobState.SUCCEEDED, attempts=(*status.attempts[:-1], attempt), message=""), \
-            f"{status.job} succeeded (attempt {last.number})"
+        attempt = replace(ended, state=JobState.SUCCEEDED, failure_kind=None, message=outcome.note or ended.message)
+        return replace(status, state=JobState.SUCCEEDED, attempts=(*status.attempts[:-1], attempt),
+                       message=outcome.note), \
+            f"{status.job} succeeded (attempt {last.number})" + (f": {outcome.note}" if outcome.note else "")
     if killed_why(killed_for, spec):
         why = killed_why(killed_for, spec)
     elif outcome.problem:

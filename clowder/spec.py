@@ -123,6 +123,12 @@ class RetryPolicy:
 class Source:
     repo: str
     ref: str | None = None
+    worktree: bool = False  # start from the checkout's working tree as it is (a snapshot commit)
+
+
+def is_url(repo: str) -> bool:
+    """A source named by URL (`https://...`, `file://...`, `git@host:path`), not a path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
 
 
 @dataclass(frozen=True)
@@ -371,7 +377,7 @@ def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
         prompt=data["prompt"],
         template=data.get("template"),
         stages=tuple(data.get("stages", [])),
-        source=Source(source["repo"], source.get("ref")) if source else None,
+        source=Source(source["repo"], source.get("ref"), source.get("worktree") is True) if source else None,
         max_parallel=data.get("max_parallel"),
         variables={k: str(v) for k, v in data.get("variables", {}).items()},
         roles=roles,

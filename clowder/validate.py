@@ -20,6 +20,7 @@ from clowder.spec import (
     Pipeline,
     config_from_dict,
     is_name,
+    is_url,
     job_from_dict,
     parse_duration,
     pipeline_spec_from_dict,
@@ -397,6 +398,7 @@ def check_pipeline_data(
             {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
         problems += [Problem(paths.spec_file, schema.key_path(parts), NUL_MESSAGE)  # clowder export's git arguments
                      for parts, text in strings(spec_data.get("export"), ("export",)) if "\0" in text]
+        problems += _check_source(paths.spec_file, spec_data.get("source"))
     jobs_dir = paths.jobs_dir
 
     @cache
@@ -408,6 +410,17 @@ def check_pipeline_data(
     problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config, where,
                                      _Where(paths.spec_file, ("roles",)))
     return problems
+
+
+def _check_source(path: Path, source: object) -> list[Problem]:
+    """`worktree = true` snapshots a checkout's files: a URL has none on this machine."""
+    if not isinstance(source, dict) or source.get("worktree") is not True or not isinstance(source.get("repo"), str):
+        return []
+    if is_url(source["repo"]):
+        return [Problem(path, schema.key_path(["source", "worktree"]),
+                        f"a URL ({source['repo']}) has no working tree here; "
+                        "worktree = true needs the path of a checkout")]
+    return []
 
 
 def _check_harness_names(jobs: Mapping[str, Any], roles: object, config: Config | None,

@@ -467,3 +467,38 @@ def test_an_attempt_that_ends_before_its_workspace_is_whole_still_commits(root: 
                             error=workspace.ErrorContext("could not start"))
     assert git(path, "rev-parse", "attempt-1").strip() == done.commit
     assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+
+
+# -- a fix-up that changed nothing ------------------------------------------------------------
+
+def test_a_fixup_that_changes_nothing_is_recorded_as_such(root: Root, make_pipeline: MakePipeline,
+                                                         cli: Invoke) -> None:
+    make_pipeline("p", {
+        "dev": 'command = "echo v1 > code.txt"\n',
+        "test": ('command = "if [ $CLOWDER_ATTEMPT = 1 ]; then clowder spawn dev --reason broken; exit 1; fi"\n'
+                 'needs = ["dev"]\nmax_regressions = 2\n'),
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    fixup = status(root, "dev.r1")
+    assert (fixup.state, fixup.message, fixup.attempts[0].message) == (JobState.SUCCEEDED, "no changes", "no changes")
+    assert status(root, "test").attempts[0].message == "spawned dev.r1; dev.r1: no changes"
+    assert status(root, "dev").message == ""  # a job that is no fix-up is not judged by what it changed
+    shown = cli("status", "p")
+    assert "no changes" in shown.output, shown.output
+
+
+def test_a_workspace_made_before_the_private_attempt_refs_is_not_committed_twice(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"dev": 'command = "echo x > x.txt"\n'})
+    assert run(root)
+    repo = ws(root, "dev")
+    done = status(root, "dev").attempts[0].commit
+    git(repo, "update-ref", "-d", "refs/clowder/attempts/1")  # as older versions left it: the tag alone
+    again = workspace.finish(repo, "p", "dev", 1, "succeeded", identity=workspace.Identity())
+    assert again.commit == done and git(repo, "rev-parse", "HEAD").strip() == done
+    git(repo, "tag", "-f", "attempt-2", done)  # a tag a job made is no attempt of Clowder's
+    git(repo, "update-ref", "refs/clowder/attempts/1", done)
+    third = workspace.finish(repo, "p", "dev", 2, "succeeded", identity=workspace.Identity())
+    assert third.commit != done and git(repo, "rev-parse", "attempt-2", "refs/clowder/attempts/2").split() == [
+        third.commit, third.commit]

@@ -52,27 +52,28 @@ from clowder.state import Artifact
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
+    ATTEMPT_REFS,
     EMPTY_TREE,
     MARKER,
     TAG_PREFIX,
     Identity,
     Repo,
     WorkspaceError,
-    alternates_text,
     blob_at,
     checkout,
     git,
     is_blob,
     publish,
     skeleton,
-    store_dir,
     tree_changes,
     untouched,
     write_commit,
 )
+from clowder.workspace.source import SourceRecord, carry_submodules, clone, read_record
 
-__all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "Upstream", "WorkspaceError",
-           "base_of", "diff", "finish", "log_tail", "prepare", "resolve", "split_diff_args", "workspace_path"]
+__all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord", "Upstream",
+           "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record", "resolve",
+           "split_diff_args", "workspace_path"]
 
 TAIL_LINES = 50
 
@@ -84,6 +85,7 @@ class Prepared:
     problem: str = ""  # non-empty: the attempt cannot run (a merge conflict, ...)
     conflicts: tuple[str, ...] = ()
     recovered: tuple[int, str] | None = None  # (attempt, commit) of a lost attempt committed now
+    warning: str = ""  # what the user should know about the source it started from (uncommitted changes)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Finished:
     base_commit: str | None
     artifacts: tuple[Artifact, ...]
     consumed: Mapping[str, str] = field(default_factory=dict)
+    changed: bool = True  # whether the attempt changed any file outside Clowder's metadata (.clowder/)
 
 
 # -- an attempt's start and end ---------------------------------------------------------------
@@ -135,9 +138,9 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
         consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
         if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
             marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
-            repo = _create(ws, job, upstreams, source, root or ws.parent, marker)
-            return Prepared(repo.head(), consumed, "", (), None)
-        repo = _create(ws, job, upstreams, source, root or ws.parent)
+            repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
+            return Prepared(repo.head(), consumed, "", (), None, warning)
+        repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
     merged = merge(repo, job, todo, identity)
     if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
         raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
@@ -152,26 +155,30 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
 
 
 def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | None, root: Path,
-            marker: Mapping[str, Any] | None = None) -> Repo:
+            marker: Mapping[str, Any] | None = None, identity: Identity | None = None) -> tuple[Repo, str]:
     """Build the repository next to its final place and move it there in one rename, so a crash
     or a full disk never leaves a half-made workspace where the job's belongs; with `marker`
     (the attempt's, less its base: the new HEAD), already prepared for an attempt. The build
     directory is a sibling, `.<job>.tmp` (job names never start with a dot), not a directory
-    below: the alternates entry that finds the store is relative, and the checkout needs it."""
+    below: the alternates entry that finds the store is relative, and the checkout needs it.
+    Returns the repository and a warning about the source (empty if none)."""
     _clear_place(ws)
     tmp = ws.with_name(f".{ws.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a build cut short by a crash
     ws.parent.mkdir(parents=True, exist_ok=True)
+    warning = ""
     try:
         if upstreams:
             first = upstreams[0]
-            repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams))
+            repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
             ensure_published(repo, first)
             checkout(repo)
+            carry_submodules(repo, Repo(first.path))
         elif source is not None:
-            repo = _clone_source(tmp, source, root)
+            repo, record, fresh = clone(tmp, job, source, root, identity or Identity())
+            warning = record.warning if fresh else ""
         else:
-            repo = skeleton(tmp, None)
+            repo = skeleton(tmp, None, job=job)
         if marker is not None:  # no rename of its own: the directory's is enough
             (repo.git_dir / MARKER).write_text(json.dumps({**marker, "base": repo.head()}))
         with contextlib.suppress(FileNotFoundError):
@@ -180,7 +187,7 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
         raise
-    return Repo(ws)
+    return Repo(ws), warning
 
 
 def _clear_place(ws: Path) -> None:
@@ -206,7 +213,7 @@ def _clear_place(ws: Path) -> None:
 def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: Identity) -> tuple[int, str] | None:
     """Commit what an attempt that ended without a waiter (lost) left in the workspace."""
     number = repo.marker().get("attempt")
-    if not isinstance(number, int) or repo.tag(f"{TAG_PREFIX}{number}"):  # its tag: it was committed
+    if not isinstance(number, int) or repo.attempt(number):  # it was committed
         return None
     if number == attempt:  # prepared again: it never started (the daemon died first), nothing to keep
         return None
@@ -217,11 +224,12 @@ def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: I
 
 def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, identity: Identity,
            outputs: Sequence[str] = (), error: ErrorContext | None = None) -> Finished:
-    """Commit everything the attempt left (even nothing), tag it `attempt-<n>`, publish its
-    objects and list its artifacts. Safe to call again for the same attempt."""
+    """Commit everything the attempt left (even nothing), tag it `attempt-<n>` (and record it
+    under refs/clowder/attempts/<n>), publish its objects and list its artifacts; say whether
+    it changed any file. Safe to call again for the same attempt."""
     repo = Repo(ws)
     if not repo.exists():  # an attempt that ended before its workspace was made
-        repo = _create(ws, job, (), None, ws.parent)
+        repo, _ = _create(ws, job, (), None, ws.parent)
     marker = repo.marker()
     ours = marker.get("attempt") == attempt
     base = marker.get("base") if ours else repo.head()
@@ -233,7 +241,14 @@ def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, ident
     publish(repo, marker.get("started_ns", 0) if ours else 0)
     artifacts = _artifacts(repo, base, commit, job, outputs)
     consumed = marker.get("consumed", {}) if ours else {}
-    return Finished(commit, base, artifacts, consumed)
+    return Finished(commit, base, artifacts, consumed, _changed(repo, base, commit, job))
+
+
+def _changed(repo: Repo, base: str | None, commit: str, job: str) -> bool:
+    """Whether the commit changed a file other than the job's own run metadata (.clowder/<job>/)."""
+    objs = repo.objects()
+    own = metadata_dir(job) + "/"
+    return any(not path.startswith(own) for path, _ in tree_changes(objs, objs.tree_of(base), objs.tree_of(commit)))
 
 
 def _message(pipeline: str, job: str, attempt: int, state: str, reason: str) -> str:
@@ -247,9 +262,10 @@ def _message(pipeline: str, job: str, attempt: int, state: str, reason: str) -> 
 def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reason: str, identity: Identity,
             force: Sequence[str]) -> str:
     tag = f"{TAG_PREFIX}{attempt}"
-    done = repo.tag(tag)
+    done = repo.attempt(attempt)
     if done:
         return done
+    ours = {f"refs/tags/{tag}": "", f"{ATTEMPT_REFS}{attempt}": ""}
     head = repo.head()
     # A crash between the commit and its tag leaves the commit at HEAD: tag it, do not commit twice.
     if head is None or f"Clowder-Job: {job}\nClowder-Attempt: {attempt}\n" not in repo.objects().message(head):
@@ -259,7 +275,7 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
             (repo.git_dir / "index.lock").unlink()
         if not force and untouched(repo, head):
             head = write_commit(repo, head, message, identity)
-            repo.write_refs({repo.branch(): head, f"refs/tags/{tag}": head})
+            repo.write_refs({repo.branch(): head, **dict.fromkeys(ours, head)})
             return head
         git(repo.path, "add", "-A")
         if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise
@@ -268,42 +284,8 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
             stdin=message, identity=identity)
         head = repo.head()
         assert head is not None
-    repo.write_ref(f"refs/tags/{tag}", head)
+    repo.write_refs(dict.fromkeys(ours, head))
     return head
-
-
-def _resolve_source(root: Path, source: Source) -> str:
-    repo = source.repo
-    if "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo):
-        return repo
-    return str((root / Path(repo).expanduser()).resolve())
-
-
-def _clone_source(path: Path, source: Source, root: Path) -> Repo:
-    url = _resolve_source(root, source)
-    # `--`: the URL is the user's text, which git must never read as an option (--upload-pack=...).
-    git(path.parent, "clone", "-q", "--no-checkout", "--template=", "--", url, str(path))
-    repo = Repo(path)
-    if source.ref:
-        sha = ""
-        for candidate in (f"origin/{source.ref}", source.ref):
-            proc = git(path, "rev-parse", "--verify", "-q", "--end-of-options", f"{candidate}^{{commit}}",
-                       check=False)
-            if proc.returncode == 0:
-                sha = proc.stdout.strip()
-                break
-        if not sha:
-            raise WorkspaceError(f"pipeline.toml: source.ref: {source.ref!r} is not a branch, tag or commit "
-                                 f"of {source.repo}")
-        git(path, "reset", "-q", "--soft", sha)
-    alternates = repo.git_dir / "objects" / "info" / "alternates"
-    alternates.parent.mkdir(parents=True, exist_ok=True)
-    with alternates.open("a") as f:
-        f.write(alternates_text(repo.git_dir))
-    store_dir(path.parent)
-    if repo.head() is not None:
-        git(path, "read-tree", "-u", "--reset", "HEAD")
-    return repo
 
 
 def _output_files(ws: Path, patterns: Sequence[str]) -> list[str]:

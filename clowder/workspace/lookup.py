@@ -15,7 +15,7 @@ from clowder.known import UnknownJob
 from clowder.spec import is_name
 from clowder.state import read_job_status
 from clowder.tree import PipelinePaths
-from clowder.workspace.repo import EMPTY_TREE, TAG_PREFIX, Repo, WorkspaceError, git
+from clowder.workspace.repo import EMPTY_TREE, Repo, WorkspaceError, git
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def resolve(paths: PipelinePaths, text: str) -> Point:
         return Point(job, None, commit, ws)
     number = int(m["attempt"])
     recorded = {a.number: a.commit for a in attempts}
-    commit = Repo(ws).tag(f"{TAG_PREFIX}{number}") or recorded.get(number)
+    commit = Repo(ws).attempt(number) or recorded.get(number)
     if commit is None:
         have = ", ".join(str(n) for n, c in sorted(recorded.items()) if c) or "none"
         raise UsageError(f"{job}@{number}: no such attempt (attempts with a commit: {have})")
@@ -76,7 +76,7 @@ def base_of(paths: PipelinePaths, point: Point) -> str:
     attempt = next((a for a in attempts if a.number == number), None)
     if attempt is not None and attempt.base_commit:
         return attempt.base_commit
-    previous = Repo(point.repo).tag(f"{TAG_PREFIX}{number - 1}") if number > 1 else None
+    previous = Repo(point.repo).attempt(number - 1) if number > 1 else None
     return previous or EMPTY_TREE
 
 

@@ -35,9 +35,16 @@ def upstream_tags(job: str, upstreams: Sequence[Upstream]) -> dict[str, str]:
     repository holds its spawner's tags (`test/attempt-1`): the spawner keeps its own names."""
     tags: dict[str, str] = {}
     for u in upstreams:
-        for name, sha in Repo(u.path).tags().items():
-            name = f"{u.job}/{name}" if name.startswith(TAG_PREFIX) else name
-            if not name.startswith(f"{job}/"):
+        repo = Repo(u.path)
+        own = repo.tags()
+        attempts = repo.attempts() or {  # a workspace made before the private refs: its tags say
+            int(n[len(TAG_PREFIX):]): s for n, s in own.items() if n[len(TAG_PREFIX):].isdigit()
+            and n.startswith(TAG_PREFIX)}
+        for number, sha in sorted(attempts.items()):  # its attempts as Clowder recorded them
+            tags.setdefault(f"{u.job}/{TAG_PREFIX}{number}", sha)
+        for name, sha in own.items():
+            # Its own `attempt-<n>` tags are named above from the attempts; one a job made is not one.
+            if not name.startswith((TAG_PREFIX, f"{job}/")):
                 tags.setdefault(name, sha)
     return tags
 

@@ -26,8 +26,13 @@ from clowder.errors import EXIT_WORK_FAILED, ClowderError
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 STORE = ".objects"  # workspaces/.objects: the pipeline's shared object store
 STORE_FROM_OBJECTS = "../../../" + STORE  # the alternates entry, relative to workspaces/<job>/.git/objects
+SHALLOW = ".shallow"  # workspaces/.shallow: a shallow source's boundary, given to every workspace
 MARKER = "CLOWDER_ATTEMPT"  # .git/CLOWDER_ATTEMPT: the attempt prepared last (json)
-TAG_PREFIX = "attempt-"
+TAG_PREFIX = "attempt-"  # tags `attempt-<n>` (and `<job>/attempt-<n>` downstream): for people reading `git log`
+# What Clowder looks its attempts up by: a ref no source and no `git tag` ever writes. A tag named
+# `attempt-1` can come from anywhere (a job, a repository used as a source) and once hid a job's work.
+ATTEMPT_REFS = "refs/clowder/attempts/"
+BRANCH_PREFIX = "refs/heads/clowder/"  # every workspace's branch: clowder/<job>, whatever the source's are
 PACKED_HEADER = "# pack-refs with: peeled"
 GIT_OPTIONS = (
     "-c", "core.hooksPath=/dev/null", "-c", "init.templateDir=", "-c", "commit.gpgsign=false",
@@ -150,6 +155,31 @@ class Repo:
 
     def tag(self, name: str) -> str | None:
         return self.ref(f"refs/tags/{name}")
+
+    def attempt(self, number: int) -> str | None:
+        """The commit of this job's attempt `number`, if it was committed. Workspaces made before
+        the private refs have only the tag: it counts if its commit says it is that attempt."""
+        found = self.ref(f"{ATTEMPT_REFS}{number}")
+        if found is not None:
+            return found
+        tagged = self.tag(f"{TAG_PREFIX}{number}")
+        if tagged is None or (self.git_dir / "refs" / "clowder").is_dir() or any(
+                n.startswith(ATTEMPT_REFS) for n in self._packed()):
+            return None
+        try:
+            message = self.objects().message(tagged)
+        except (WorkspaceError, ValueError):
+            return None
+        return tagged if f"\nClowder-Attempt: {number}\nClowder-State: " in message else None
+
+    def attempts(self) -> dict[int, str]:
+        """attempt number -> commit, for every committed attempt (the private refs)."""
+        found = {n[len(ATTEMPT_REFS):]: s for n, s in self._packed().items() if n.startswith(ATTEMPT_REFS)}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(self.git_dir / ATTEMPT_REFS):
+                if entry.is_file() and not entry.name.endswith(".lock"):
+                    found[entry.name] = Path(entry.path).read_text().strip()
+        return {int(n): s for n, s in found.items() if n.isdigit()}
 
     def write_ref(self, name: str, sha: str) -> None:
         path = self.git_dir / name
@@ -417,10 +447,12 @@ def alternates_text(git_dir: Path) -> str:
     return f"{STORE_FROM_OBJECTS}\n{(git_dir / 'objects' / STORE_FROM_OBJECTS).resolve()}\n"
 
 
-def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None) -> Repo:
-    """A new repository at `path` borrowing from the store, its branch at `head` (None: unborn)
-    and these tags (name -> commit). Few files: each one created costs here."""
+def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None, job: str = "") -> Repo:
+    """A new repository at `path` borrowing from the store, its branch (`clowder/<job>`) at `head`
+    (None: unborn) and these tags (name -> commit). Few files: each one created costs here."""
     config, head_text = _probe(path.parent)
+    if job:  # one naming rule for every workspace, never the user's init.defaultBranch
+        head_text = f"ref: {BRANCH_PREFIX}{job}\n"
     store_dir(path.parent)
     git_dir = path / ".git"
     for d in (path, git_dir, git_dir / "objects", git_dir / "objects" / "info", git_dir / "refs"):
@@ -428,6 +460,8 @@ def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None
     (git_dir / "config").write_text(config)
     (git_dir / "HEAD").write_text(head_text)
     (git_dir / "objects" / "info" / "alternates").write_text(alternates_text(git_dir))
+    with contextlib.suppress(FileNotFoundError):  # a shallow source: its history stops there, in every workspace
+        shutil.copyfile(path.parent / SHALLOW, git_dir / "shallow")
     repo = Repo(path)
     refs = [f"{sha} refs/tags/{name}" for name, sha in sorted((tags or {}).items())]
     if head is not None:
