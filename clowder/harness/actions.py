@@ -10,6 +10,10 @@ Every line is an object with a `type` and, optionally, `ts` (an ISO 8601 time):
      "cost_usd": 0.0123}                                              last usage line (all fields optional)
     {"type": "result", "output": {...}, "text": "..."}               its final structured output (any JSON)
 
+A usage line may also say its `model` (a string) and the parts of its input tokens that were
+`cached_input_tokens` or `cache_write_input_tokens`: tokens reported without `cost_usd` are
+priced at clowder.toml's `[prices."<model>"]` (clowder/harness/prices.py).
+
 Usage lines are increments: an attempt's usage is their sum. The last `result` wins. Lines of
 other types are allowed and ignored, so a harness may log more; a line that is not a JSON
 object, or a known type with fields of the wrong type, makes the log malformed and fails the
@@ -186,6 +190,8 @@ def _check(kind: str, event: dict[str, Any]) -> str:
         for key in ("input_tokens", "output_tokens"):
             if key in event and not (_is_int(event[key]) and event[key] >= 0):
                 return f'"{key}" must be a non-negative integer'
+        if "model" in event and not isinstance(event["model"], str):
+            return '"model" must be a string'
         cost = event.get("cost_usd", 0)
         if not (isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0):
             return '"cost_usd" must be a non-negative number'
