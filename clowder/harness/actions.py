@@ -10,14 +10,14 @@ Every line is an object with a `type` and, optionally, `ts` (an ISO 8601 time):
      "cost_usd": 0.0123}                                              last usage line (all fields optional)
     {"type": "result", "output": {...}, "text": "..."}               its final structured output (any JSON)
 
-A usage line may also say its `model` (a string) and the parts of its input tokens that were
-`cached_input_tokens` or `cache_write_input_tokens`: tokens reported without `cost_usd` are
-priced at clowder.toml's `[prices."<model>"]` (clowder/harness/prices.py).
-
 Usage lines are increments: an attempt's usage is their sum. The last `result` wins. Lines of
 other types are allowed and ignored, so a harness may log more; a line that is not a JSON
 object, or a known type with fields of the wrong type, makes the log malformed and fails the
 attempt. Blank lines are skipped.
+
+A usage line may also say its `model` (a string) and the parts of its input tokens that were
+`cached_input_tokens` or `cache_write_input_tokens`: tokens reported without `cost_usd` are
+priced at clowder.toml's `[prices."<model>"]` (clowder/harness/prices.py).
 
 This module is imported by the agent processes too: it must stay cheap (json only).
 """

@@ -16,7 +16,7 @@ from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE,
 from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
-from clowder.spec import Config, JobSpec, Pipeline, PipelineSpec
+from clowder.spec import Config, JobSpec, Pipeline
 from clowder.state import JobStatus, Usage, total_usage
 
 
@@ -113,6 +113,33 @@ def _with_clowder(path: str) -> str:
     return path if bindir in parts else os.pathsep.join([*parts, bindir])
 
 
+def settle(config: Config, pipeline: Pipeline, job: JobSpec, workspace: Path, root: Path,
+           collected: Collected) -> Collected:
+    """The collected attempt with what clowder.toml and the spec add to it: the cost of usage
+    reported as tokens only, at `[prices]`; and the check of output.json against the job's
+    `output_schema` (a missing or non-matching output is the attempt's problem)."""
+    meta = metadata_path(workspace, job.name)
+    problem = collected.problem
+    usage = collected.usage
+    try:
+        model = harness_config.resolve(config, pipeline.spec, job).model
+    except ClowderError:
+        model = None
+    try:
+        priced = prices.price_log(meta / ACTIONS_FILE, model, config.prices)
+    except OSError:  # collect() has said why the log cannot be read
+        priced = prices.Priced()
+    if usage is not None and priced.cost_usd:
+        usage = replace(usage, cost_usd=usage.cost_usd + priced.cost_usd)
+    declared = output_schema.declared(pipeline.spec, job)
+    if declared is not None and not problem:
+        try:
+            problem = output_schema.check(output_schema.load(declared, root), meta / OUTPUT_FILE)
+        except (ClowderError, OSError) as e:
+            problem = str(e)
+    return replace(collected, usage=usage, problem=problem)
+
+
 def collect(workspace: Path, job: str) -> Collected:
     """Sum up the attempt's action log and extract its structured output into output.json
     (unless the agent wrote that file itself). Safe to call again for the same attempt."""
@@ -133,29 +160,3 @@ def collect(workspace: Path, job: str) -> Collected:
         write_metadata(workspace, job, OUTPUT_FILE, json.dumps(summary.output, indent=2, ensure_ascii=False) + "\n")
     return Collected(usage, problem, out.is_file())
 
-
-def settle(config: Config, pipeline: PipelineSpec, job: JobSpec, workspace: Path, root: Path,
-           collected: Collected) -> Collected:
-    """The collected attempt with what clowder.toml and the spec add to it: the cost of usage
-    reported as tokens only, at `[prices]`; and the check of output.json against the job's
-    `output_schema` (a missing or non-matching output is the attempt's problem)."""
-    meta = metadata_path(workspace, job.name)
-    problem = collected.problem
-    usage = collected.usage
-    try:
-        model = harness_config.resolve(config, pipeline, job).model
-    except ClowderError:
-        model = None
-    try:
-        priced = prices.price_log(meta / ACTIONS_FILE, model, config.prices)
-    except OSError:  # collect() has said why the log cannot be read
-        priced = prices.Priced()
-    if usage is not None and priced.cost_usd:
-        usage = replace(usage, cost_usd=usage.cost_usd + priced.cost_usd)
-    declared = output_schema.declared(pipeline, job)
-    if declared is not None and not problem:
-        try:
-            problem = output_schema.check(output_schema.load(declared, root), meta / OUTPUT_FILE)
-        except (ClowderError, OSError) as e:
-            problem = str(e)
-    return replace(collected, usage=usage, problem=problem)
