@@ -159,4 +159,3 @@ def collect(workspace: Path, job: str) -> Collected:
     elif summary.has_result:
         write_metadata(workspace, job, OUTPUT_FILE, json.dumps(summary.output, indent=2, ensure_ascii=False) + "\n")
     return Collected(usage, problem, out.is_file())
-
