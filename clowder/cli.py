@@ -557,3 +557,26 @@ def export(pipeline: str, job: str | None, branch: str | None, patch: str | None
     click.echo(f"exported {pipeline}/{done.job} to branch {branch} of {done.target}: "
                f"{len(done.commits)} commit(s) on {base}")
     click.echo(f"  git -C {done.target} log --stat {branch}")
+
+
+# -- agent CLIs (clowder doctor) ----------------------------------------------------------------
+
+@main.command()
+@root_option
+def doctor(root_dir: Path | None) -> None:
+    """Check the agent CLIs of the harnesses this root uses (default_harness, and the roles' and
+    jobs' `harness`): found on PATH, their version and whether Clowder is tested with it, every
+    flag Clowder passes listed in their --help, their API key variable set.
+
+    Exits 1 if something would make an agent job fail, 0 otherwise (an untested version alone
+    is reported, not failed)."""
+    from clowder.harness import doctor as doctor_mod
+    from clowder.validate import load_config
+
+    root = find_root(root_dir)
+    checks = doctor_mod.doctor(root, load_config(root))
+    print_table(doctor_mod.HEADERS, [c.row() for c in checks])
+    failing = [c.harness for c in checks if c.failing]
+    if failing:
+        click.echo(f"would fail: {', '.join(failing)}", err=True)
+        click.get_current_context().exit(EXIT_WORK_FAILED)

@@ -681,6 +681,9 @@ class Driver:
         spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
         # An agent's output.json is extracted from its action log first: it may be a declared output.
         collected = _collect(paths.workspace(job), job) if spec is not None and spec.agent else None
+        if collected is not None and spec is not None and cache is not None and cache.pipeline is not None:
+            collected = harness_agent.settle(self.config, cache.pipeline, spec, paths.workspace(job),
+                                             self.root.path, collected)  # prices, output_schema
         if record is None:
             outcome = Outcome(None, utcnow())
         else:

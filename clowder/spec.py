@@ -137,6 +137,18 @@ class Harness:
     command: tuple[str, ...] | str
     env: Mapping[str, str] = field(default_factory=dict)
     adapter: str = "actions"
+    model: str | None = None  # the model it runs: passed to a built-in CLI, and the key of its price
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens of one model (clowder.toml `[prices."<model>"]`); cache reads and
+    writes cost as much as input unless priced."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,7 @@ class Config:
     resources: Mapping[str, int] = field(default_factory=dict)
     harnesses: Mapping[str, Harness] = field(default_factory=dict)
     default_harness: str | None = None
+    prices: Mapping[str, Price] = field(default_factory=dict)
     executor: str = "local"
     git_author_name: str = "Clowder"
     git_author_email: str = "clowder@localhost"
@@ -186,6 +199,7 @@ class JobSpec:
     regression_context: Mapping[str, Any] | None = None
     script: tuple[Mapping[str, Any], ...] = ()  # steps for the scripted agent (clowder.harness.scripted)
     description: str = ""
+    output_schema: Mapping[str, Any] | str | None = None  # JSON Schema of output.json: inline, or a file under the root
     spec_hash: str = ""
 
     def retries_for(self, kind: FailureKind) -> int:
@@ -208,6 +222,7 @@ class Role:
     instructions: str = ""
     harness: str | None = None
     script: tuple[Mapping[str, Any], ...] = ()  # the scripted agent's steps for jobs of this role
+    output_schema: Mapping[str, Any] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -305,16 +320,19 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     )
     git = data.get("git", {})
     harnesses = {
-        name: Harness(name, _command(h["command"]) or (), dict(h.get("env", {})),
-                      h.get("adapter", "actions"))
+        name: Harness(name, _command(h.get("command")) or (), dict(h.get("env", {})),
+                      h.get("adapter", "actions"), h.get("model"))
         for name, h in data.get("harnesses", {}).items()
     }
+    prices = {model: Price(p["input"], p["output"], p.get("cache_read"), p.get("cache_write"))
+              for model, p in data.get("prices", {}).items()}
     return Config(
         max_parallel=data.get("max_parallel", Config.max_parallel),
         retry=policy,
         resources=dict(data.get("resources", {})),
         harnesses=harnesses,
         default_harness=data.get("default_harness"),
+        prices=prices,
         executor=data.get("executor", {}).get("kind", "local"),
         git_author_name=git.get("author_name", Config.git_author_name),
         git_author_email=git.get("author_email", Config.git_author_email),
@@ -361,6 +379,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         regression_context=data.get("regression_context"),
         script=tuple(data.get("script", ())),
         description=data.get("description", ""),
+        output_schema=data.get("output_schema"),
         spec_hash=spec_hash(data),
     )
 
@@ -368,7 +387,8 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
 def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
     source = data.get("source")
     roles = {
-        role: Role(role, r.get("instructions", ""), r.get("harness"), tuple(r.get("script", ())))
+        role: Role(role, r.get("instructions", ""), r.get("harness"), tuple(r.get("script", ())),
+                   r.get("output_schema"))
         for role, r in data.get("roles", {}).items()
     }
     created = data.get("created_at")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clowder import graph, schema
-from clowder.errors import Problem, SpecError
+from clowder.errors import ClowderError, Problem, SpecError
 from clowder.harness import config as harness_config
 from clowder.spec import (
     NAME_RULE,
@@ -303,6 +303,9 @@ def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) 
     for name, table in harnesses.items():
         if isinstance(table, dict):
             problems += _check_process_text(table, _Where(path, ("harnesses", name)))
+        if isinstance(table, dict) and "command" not in table and name not in harness_config.BUILTIN:
+            problems.append(Problem(path, schema.key_path(["harnesses", name, "command"]),
+                                    "missing: only a built-in harness may leave out its command"))
         command = table.get("command") if isinstance(table, dict) else None
         if isinstance(command, str) or (isinstance(command, list) and all(isinstance(c, str) for c in command)):
             for unknown in harness_config.unknown_placeholders(command if isinstance(command, str) else tuple(command)):
@@ -349,6 +352,8 @@ def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, 
             problems += check_variables(roles, _Where(path, ("roles",)), declared)
         problems += _check_harness_names(jobs, roles, config, lambda name: _Where(path, ("jobs", name)),
                                          _Where(path, ("roles",)))
+        problems += _check_output_schemas(jobs, roles, lambda name: _Where(path, ("jobs", name)),
+                                          _Where(path, ("roles",)), path.parent.parent)
     # The template schema checks its job tables too (editors use it), and so does check_jobs.
     problems = list(dict.fromkeys(problems))
     return (None if problems else data), problems
@@ -409,6 +414,8 @@ def check_pipeline_data(
                            config.resources if config else None, None, unreadable)
     problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config, where,
                                      _Where(paths.spec_file, ("roles",)))
+    problems += _check_output_schemas(jobs, (spec_data or {}).get("roles"), where,
+                                      _Where(paths.spec_file, ("roles",)), paths.dir.parent.parent)
     return problems
 
 
@@ -436,6 +443,33 @@ def _check_harness_names(jobs: Mapping[str, Any], roles: object, config: Config 
     return [Problem(w.path, w.key("harness"), f"unknown harness '{h}'" + (_did_you_mean(h, known) or
                     f"; clowder.toml [harnesses] and the built-in ones define: {', '.join(known)}"))
             for w, h in named if isinstance(h, str) and h not in known]
+
+
+def _check_output_schemas(jobs: Mapping[str, Any], roles: object, where: Callable[[str], _Where],
+                          roles_where: _Where, root: Path) -> list[Problem]:
+    """Every `output_schema` is a valid JSON Schema: inline, or a readable file under the root
+    (checked only when `root` is a Clowder root: a lone spec file has none to look in)."""
+    from clowder.harness import output_schema
+
+    tables = [(where(n), d.get("output_schema")) for n, d in jobs.items() if isinstance(d, dict)]
+    if isinstance(roles, dict):
+        tables += [(_Where(roles_where.path, (*roles_where.prefix, r)), d.get("output_schema"))
+                   for r, d in roles.items() if isinstance(d, dict)]
+    problems = []
+    for w, value in tables:
+        if isinstance(value, dict):
+            problem = output_schema.schema_problem(value)
+        elif isinstance(value, str) and (root / CONFIG_FILE).is_file():
+            try:
+                output_schema.load(value, root)
+                problem = ""
+            except ClowderError as e:
+                problem = str(e).removeprefix(f"output_schema {value!r}: ")
+        else:
+            continue
+        if problem:
+            problems.append(Problem(w.path, w.key("output_schema"), problem))
+    return problems
 
 
 def build_pipeline(name: str, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config) -> Pipeline:

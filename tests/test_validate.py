@@ -482,8 +482,9 @@ def test_every_problem_is_reported_in_one_run(root: Root, make_pipeline: MakePip
         "in a key/value pair",
         f"{job(root, 'a')}: needs: dependency cycle: a -> b -> a",
         f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, command, "
-        "description, env, from, harness, idle_timeout, max_cost_usd, max_regressions, needs, outputs, parent, "
-        "regression_context, regression_of, resources, retries, retry_on, schema_version, script, stage, timeout",
+        "description, env, from, harness, idle_timeout, max_cost_usd, max_regressions, needs, output_schema, "
+        "outputs, parent, regression_context, regression_of, resources, retries, retry_on, schema_version, script, "
+        "stage, timeout",
     ])
     assert result.stderr == f"root {root.path}: 8 problem(s)\n"
 
@@ -647,7 +648,7 @@ def test_unknown_harness_of_a_job_or_role_and_unknown_placeholders(
         f"{root.path}/clowder.toml: default_harness: unknown harness 'nope'; known: aider, claude, codex, mine, "
         "scripted",
         f"{root.path}/clowder.toml: harnesses.mine.command: unknown placeholder {{prompt_fil}}; known: {{prompt_file}} "
-        "{prompt} {actions_file} {output_file} {workspace} {root} {pipeline} {job} {attempt} {role} {python}",
+        "{prompt} {actions_file} {output_file} {workspace} {root} {pipeline} {job} {attempt} {role} {python} {model}",
     ]
     root.config_file.write_text('[harnesses.mine]\ncommand = ["my-agent"]\n')
     make_pipeline("p", {"a": 'agent = "dev"\nharness = "min"\n'}, spec='prompt = "x"\n[roles.dev]\nharness = "zz"\n')

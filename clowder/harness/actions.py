@@ -19,6 +19,10 @@ other types are allowed and ignored, so a harness may log more; a line that is n
 object, or a known type with fields of the wrong type, makes the log malformed and fails the
 attempt. Blank lines are skipped.
 
+A usage line may also say its `model` (a string) and the parts of its input tokens that were
+`cached_input_tokens` or `cache_write_input_tokens`: tokens reported without `cost_usd` are
+priced at clowder.toml's `[prices."<model>"]` (clowder/harness/prices.py).
+
 This module is imported by the agent processes too: it must stay cheap (json only).
 """
 
@@ -197,6 +201,8 @@ def _check(kind: str, event: dict[str, Any]) -> str:
         for key in ("input_tokens", "output_tokens"):
             if key in event and not (_is_int(event[key]) and event[key] >= 0):
                 return f'"{key}" must be a non-negative integer'
+        if "model" in event and not isinstance(event["model"], str):
+            return '"model" must be a string'
         cost = event.get("cost_usd", 0)
         if not (isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0):
             return '"cost_usd" must be a non-negative number'

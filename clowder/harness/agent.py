@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from clowder.artifacts import metadata_path, write_metadata
-from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE
+from clowder.errors import ClowderError
+from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE, output_schema, prices
 from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
@@ -52,7 +53,8 @@ def start(config: Config, ctx: Context, root: Path) -> Launch:
     attempt logged, and say how to run the job's harness."""
     job, ws = ctx.job, ctx.workspace
     meta = metadata_path(ws, job.name)
-    for stale in [meta / ACTIONS_FILE, meta / OUTPUT_FILE, meta / SCRIPT_FILE, *meta.glob("raw.*")]:
+    for stale in [meta / ACTIONS_FILE, meta / OUTPUT_FILE, meta / SCRIPT_FILE, meta / output_schema.SCHEMA_FILE,
+                  *meta.glob("raw.*")]:
         stale.unlink(missing_ok=True)
     text = compose(ctx)
     write_metadata(ws, job.name, PROMPT_FILE, text)
@@ -66,6 +68,7 @@ def start(config: Config, ctx: Context, root: Path) -> Launch:
         **{k: str(v.resolve()) for k, v in files.items()},
         "prompt": text, "workspace": str(ws.resolve()), "root": str(root), "pipeline": ctx.pipeline.name,
         "job": job.name, "attempt": str(ctx.attempt), "role": job.agent or "", "python": sys.executable,
+        "model": harness.model or "",
     }
     env = harness_config.env(harness, values)
     env.update({"CLOWDER_PROMPT_FILE": values["prompt_file"], "CLOWDER_ACTIONS_FILE": values["actions_file"],
@@ -75,7 +78,33 @@ def start(config: Config, ctx: Context, root: Path) -> Launch:
     if job.regression_of or job.regression_context:
         env["CLOWDER_REGRESSION_OF"] = job.regression_of or job.name
     env["PATH"] = _with_clowder(env.get("PATH", os.environ.get("PATH", "")))
-    return Launch(harness_config.argv(harness, values), env)
+    return Launch(harness_config.argv(harness, values, _extras(ctx, root)), env)
+
+
+def remaining_budget(ctx: Context) -> float | None:
+    """What the attempt may still spend: the least of what its job's and its pipeline's
+    `max_cost_usd` leave; None when neither sets one."""
+    left = []
+    if ctx.job.max_cost_usd is not None:
+        left.append(ctx.job.max_cost_usd - ctx.job_spent_usd)
+    if ctx.pipeline.spec.max_cost_usd is not None:
+        left.append(ctx.pipeline.spec.max_cost_usd - ctx.pipeline_spent_usd)
+    return max(min(left), 0.0) if left else None
+
+
+def _extras(ctx: Context, root: Path) -> harness_config.Extras:
+    """The budget and output schema of the attempt, for a CLI that takes them as flags. The
+    schema is also written to .clowder/<job>/output-schema.json (Codex reads it from a file)."""
+    budget = remaining_budget(ctx)
+    declared = output_schema.declared(ctx.pipeline.spec, ctx.job)
+    schema_text = schema_file = None
+    if declared is not None:
+        schema_text = json.dumps(output_schema.load(declared, root), ensure_ascii=False)
+        write_metadata(ctx.workspace, ctx.job.name, output_schema.SCHEMA_FILE, schema_text + "\n")
+        schema_file = str((metadata_path(ctx.workspace, ctx.job.name) / output_schema.SCHEMA_FILE).resolve())
+    # Claude stops at the budget; a cent's fraction is the least it is given (0 would mean none).
+    money = f"{max(budget, 0.0001):.4f}" if budget is not None else None
+    return harness_config.Extras(max_budget_usd=money, output_schema=schema_text, output_schema_file=schema_file)
 
 
 def _with_clowder(path: str) -> str:
@@ -84,6 +113,33 @@ def _with_clowder(path: str) -> str:
     bindir = str(Path(sys.executable).parent)
     parts = path.split(os.pathsep) if path else []
     return path if bindir in parts else os.pathsep.join([*parts, bindir])
+
+
+def settle(config: Config, pipeline: Pipeline, job: JobSpec, workspace: Path, root: Path,
+           collected: Collected) -> Collected:
+    """The collected attempt with what clowder.toml and the spec add to it: the cost of usage
+    reported as tokens only, at `[prices]`; and the check of output.json against the job's
+    `output_schema` (a missing or non-matching output is the attempt's problem)."""
+    meta = metadata_path(workspace, job.name)
+    problem = collected.problem
+    usage = collected.usage
+    try:
+        model = harness_config.resolve(config, pipeline.spec, job).model
+    except ClowderError:
+        model = None
+    try:
+        priced = prices.price_log(meta / ACTIONS_FILE, model, config.prices)
+    except OSError:  # collect() has said why the log cannot be read
+        priced = prices.Priced()
+    if usage is not None and priced.cost_usd:
+        usage = replace(usage, cost_usd=usage.cost_usd + priced.cost_usd)
+    declared = output_schema.declared(pipeline.spec, job)
+    if declared is not None and not problem:
+        try:
+            problem = output_schema.check(output_schema.load(declared, root), meta / OUTPUT_FILE)
+        except (ClowderError, OSError) as e:
+            problem = str(e)
+    return replace(collected, usage=usage, problem=problem)
 
 
 def collect(workspace: Path, job: str) -> Collected:

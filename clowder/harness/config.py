@@ -7,6 +7,8 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import PurePath
 
 from clowder.errors import ClowderError
 from clowder.spec import Config, Harness, JobSpec, PipelineSpec
@@ -14,7 +16,7 @@ from clowder.spec import Config, Harness, JobSpec, PipelineSpec
 DEFAULT = "scripted"
 ADAPTERS = ("actions", "claude", "codex", "aider")
 PLACEHOLDERS = ("prompt_file", "prompt", "actions_file", "output_file", "workspace", "root", "pipeline", "job",
-                "attempt", "role", "python")
+                "attempt", "role", "python", "model")
 PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
 # The prompt goes into argv only through {prompt}; Linux caps one argument at 128 KiB.
 MAX_PROMPT_ARG = 100_000
@@ -49,9 +51,34 @@ BUILTIN: Mapping[str, Harness] = {
 }
 
 
+# What Clowder adds to a built-in CLI's argv when a job needs it, by adapter: the flag of each
+# setting (see /work/shared/agent-captures/*-help.txt: `claude --help`, `codex exec --help`).
+# Claude takes the schema as JSON text, Codex as a file.
+FLAGS: Mapping[str, Mapping[str, str]] = {
+    "claude": {"model": "--model", "max_budget_usd": "--max-budget-usd", "output_schema": "--json-schema"},
+    "codex": {"model": "--model", "output_schema_file": "--output-schema"},
+}
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Per-attempt settings passed to a CLI that supports them (see FLAGS); None: not passed."""
+
+    model: str | None = None
+    max_budget_usd: str | None = None
+    output_schema: str | None = None  # the JSON Schema as JSON text
+    output_schema_file: str | None = None
+
+
 def available(config: Config) -> dict[str, Harness]:
-    """Every harness a job may name: the built-in ones and clowder.toml's."""
-    return {**BUILTIN, **config.harnesses}
+    """Every harness a job may name: the built-in ones and clowder.toml's. A table without a
+    `command` that names a built-in one sets its model or env and keeps its command."""
+    configured = {
+        name: replace(BUILTIN[name], env=h.env or BUILTIN[name].env, model=h.model)
+        if not h.command and name in BUILTIN else h
+        for name, h in config.harnesses.items()
+    }
+    return {**BUILTIN, **configured}
 
 
 def harness_name(config: Config, pipeline: PipelineSpec, job: JobSpec) -> str:
@@ -86,9 +113,32 @@ def expand(text: str, values: Mapping[str, str], quote: bool = False) -> str:
     return PLACEHOLDER_RE.sub(sub, text)
 
 
-def argv(harness: Harness, values: Mapping[str, str]) -> tuple[str, ...]:
-    """The argv that runs `harness`: its command template expanded and, for an adapted CLI,
-    wrapped in the adapter runner that turns its output into the action log."""
+def flag_position(harness: Harness) -> int | None:
+    """Where Clowder's flags go in the harness's argv: after `claude`, after `codex exec`; None
+    for a command that does not run the adapter's CLI itself (a shell string, a wrapper)."""
+    command = harness.command
+    if isinstance(command, str) or not command or harness.adapter not in FLAGS:
+        return None
+    if PurePath(command[0]).name != harness.adapter:
+        return None
+    if harness.adapter == "codex":
+        return 2 if len(command) > 1 and command[1] == "exec" else None
+    return 1
+
+
+def extra_args(harness: Harness, extras: Extras) -> tuple[str, ...]:
+    """The flags of the settings `extras` gives that the harness's CLI supports."""
+    flags = FLAGS.get(harness.adapter, {})
+    settings = {"model": extras.model or harness.model, "max_budget_usd": extras.max_budget_usd,
+                "output_schema": extras.output_schema, "output_schema_file": extras.output_schema_file}
+    return tuple(part for key, flag in flags.items() if settings.get(key) is not None
+                 for part in (flag, str(settings[key])))
+
+
+def argv(harness: Harness, values: Mapping[str, str], extras: Extras = Extras()) -> tuple[str, ...]:
+    """The argv that runs `harness`: its command template expanded (with the flags of `extras`
+    a built-in CLI supports) and, for an adapted CLI, wrapped in the adapter runner that turns
+    its output into the action log."""
     if "prompt" in values and len(values["prompt"]) > MAX_PROMPT_ARG and _uses(harness.command, "prompt"):
         raise ClowderError(f"harness {harness.name}: the prompt is too long to pass as {{prompt}} "
                            f"({len(values['prompt'])} characters); use {{prompt_file}} or stdin")
@@ -96,6 +146,9 @@ def argv(harness: Harness, values: Mapping[str, str]) -> tuple[str, ...]:
         command: tuple[str, ...] = ("/bin/sh", "-c", expand(harness.command, values, quote=True))
     else:
         command = tuple(expand(part, values) for part in harness.command)
+        at = flag_position(harness)
+        if at is not None:
+            command = (*command[:at], *extra_args(harness, extras), *command[at:])
     if not command:
         raise ClowderError(f"harness {harness.name}: empty command")
     if harness.adapter == "actions":

@@ -193,7 +193,16 @@ def _reporting(ctx: Context) -> str:
             "about your work is not taken as proof.\n"
             f"- Give your structured output as one JSON object: write it to `{meta}/{OUTPUT_FILE}` "
             "(`$CLOWDER_OUTPUT_FILE`), or end your final message with a ```json block. The jobs after you "
-            "read it.")
+            "read it." + _schema_note(ctx, meta))
+
+
+def _schema_note(ctx: Context, meta: str) -> str:
+    from clowder.harness.output_schema import SCHEMA_FILE, declared
+
+    if declared(ctx.pipeline.spec, ctx.job) is None:
+        return ""
+    return (f" It must match the JSON Schema in `{meta}/{SCHEMA_FILE}`: a missing or non-matching output fails "
+            "the attempt.")
 
 
 def _ancestors(pipeline: Pipeline, job: str) -> set[str]:
