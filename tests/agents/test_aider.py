@@ -104,10 +104,10 @@ def test_aider_edits_a_file_and_answers_with_json(root: Root, make_pipeline: Mak
 def test_a_wrong_key_fails_the_job_as_a_config_failure(root: Root, make_pipeline: MakePipeline, cli: Invoke,
                                                         api: FakeChat) -> None:
     status = run_dev(root, make_pipeline, cli)
-    assert (status.state, status.message) == (JobState.FAILED, "attempt 1 failed: exit code 1")
     events = actions(root)
     text = ("litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect API key provided: "
             "sk-fake. The API provider is not able to authenticate you. Check your API key.")
+    assert (status.state, status.message) == (JobState.FAILED, f"attempt 1 failed (config: {text})")
     assert events == [{"type": "api_error", "error": "AuthenticationError", "kind": "config", "text": text},
                       {"type": "failure", "kind": "config", "text": text}]
     assert not (meta(root) / "output.json").exists()  # the error is no output
@@ -143,8 +143,9 @@ def test_an_unreachable_api_is_a_transient_failure_and_never_a_success(root: Roo
                                                                         cli: Invoke,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIDER_OPENAI_API_BASE", f"http://127.0.0.1:{closed_port()}/v1")
-    status = run_dev(root, make_pipeline, cli, dev=f'timeout = "{KILL_AFTER}"\n')
-    assert (status.state, status.message) == (JobState.FAILED, "attempt 1 failed: timed out after 20.0s")
+    # retry_on = []: one attempt (a transient failure is otherwise retried 3 times)
+    status = run_dev(root, make_pipeline, cli, dev=f'timeout = "{KILL_AFTER}"\nretry_on = []\n')
+    assert (status.state, status.message) == (JobState.FAILED, "attempt 1 failed (transient: timed out after 20.0s)")
     events = actions(root)
     errors = of_type(events, "api_error")
     assert errors and all(e["kind"] == "transient" for e in errors)

@@ -51,7 +51,8 @@ class Scenario:
             'kill_grace = "2s"\ndefault_harness = "claude"\n[harnesses.claude]\n'
             f"command = {json.dumps([str(self.exe), *flags])}\nadapter = \"claude\"\n"
             f"env = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in env.items())} }}\n")
-        self.make_pipeline("p", {"dev": f'agent = "developer"\ntimeout = "{timeout}"\n'},
+        # retry_on = []: one attempt, as Claude Code ends it (Clowder's own retrying is tested apart)
+        self.make_pipeline("p", {"dev": f'agent = "developer"\ntimeout = "{timeout}"\nretry_on = []\n'},
                            spec='prompt = "Write calc.py with add(a, b)."\n')
         return self.cli("run", "p").exit_code
 
@@ -80,8 +81,9 @@ def scenario(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> Scenario:
     return Scenario(root, make_pipeline, cli)
 
 
-def failed_with(s: Scenario, kind: str, text: str, message: str = "attempt 1 failed: exit code 1") -> None:
+def failed_with(s: Scenario, kind: str, text: str) -> None:
     status = s.status()
+    message = f"attempt 1 failed: {text}" if kind == "agent" else f"attempt 1 failed ({kind}: {text})"
     assert status.state is JobState.FAILED and status.message == message
     assert s.of_type("failure") == [{"type": "failure", "kind": kind, "text": text}]
     assert [e["text"] for e in s.of_type("message") if e["role"] == "error"] == [text]  # once
