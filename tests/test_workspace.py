@@ -502,3 +502,17 @@ def test_a_workspace_made_before_the_private_attempt_refs_is_not_committed_twice
     third = workspace.finish(repo, "p", "dev", 2, "succeeded", identity=workspace.Identity())
     assert third.commit != done and git(repo, "rev-parse", "attempt-2", "refs/clowder/attempts/2").split() == [
         third.commit, third.commit]
+
+
+def test_the_spawner_is_told_which_of_its_fixups_changed_nothing(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke) -> None:
+    make_pipeline("p", {
+        "dev": 'command = "echo v1 > code.txt"\n',
+        "test": ('agent = "tester"\nneeds = ["dev"]\nmax_regressions = 2\n'
+                 '[[script]]\nspawn = "dev"\nreason = "broken"\nif = { attempt = 1 }\n'
+                 '[[script]]\nexit = 1\nif = { attempt = 1 }\n'),
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    prompt = (root.pipeline("p").workspace("test") / ".clowder" / "test" / "prompt.md").read_text()
+    assert "# Your fix-ups" in prompt and "- `dev.r1`: succeeded (no changes)" in prompt, prompt

@@ -43,9 +43,24 @@ def context(pipeline: Pipeline, job: JobSpec, attempt: int, workspace: Path,
     own = statuses.get(job.name)
     job_usage = total_usage(own.attempts) if own else None
     spent = [u for s in statuses.values() if (u := total_usage(s.attempts)) is not None]
+    last = own.last if own else None
+    fixups = _fixups(own, statuses) if own and last and last.trigger == "regression" else ()
     return Context(pipeline, job, attempt, workspace, spawned=len(own.spawned) if own else 0,
                    job_spent_usd=job_usage.cost_usd if job_usage else 0.0,
-                   pipeline_spent_usd=sum(u.cost_usd for u in spent))
+                   pipeline_spent_usd=sum(u.cost_usd for u in spent), fixups=fixups)
+
+
+def _fixups(own: JobStatus, statuses: Mapping[str, JobStatus]) -> tuple[tuple[str, str], ...]:
+    """How each fix-up this job waited for ended: its state, and the note of its last attempt
+    ("no changes" for one that changed no file)."""
+    out = []
+    for name in own.spawned:
+        fixup = statuses.get(name)
+        if fixup is None or fixup.last is None:
+            continue
+        note = fixup.last.message
+        out.append((name, f"{fixup.state.value}" + (f" ({note})" if note else "")))
+    return tuple(out)
 
 
 def start(config: Config, ctx: Context, root: Path) -> Launch:

@@ -34,11 +34,13 @@ class Context:
     spawned: int = 0  # fix-ups this job has asked for so far
     job_spent_usd: float = 0.0
     pipeline_spent_usd: float = 0.0
+    fixups: tuple[tuple[str, str], ...] = ()  # (fix-up, how its last attempt ended) of a regression attempt
 
 
 def compose(ctx: Context) -> str:
     """The prompt.md of `ctx`'s attempt."""
-    sections = [_task(ctx), _role(ctx), _upstream(ctx), _regression(ctx), _spawning(ctx), _reporting(ctx)]
+    sections = [_task(ctx), _role(ctx), _upstream(ctx), _regression(ctx), _fixups(ctx), _spawning(ctx),
+                _reporting(ctx)]
     header = (f"<!-- Composed by Clowder: pipeline {ctx.pipeline.name}, job {ctx.job.name}, "
               f"attempt {ctx.attempt}. -->\n\n")
     return header + "\n\n".join(s.rstrip("\n") for s in sections if s) + "\n"
@@ -148,6 +150,16 @@ def _regression(ctx: Context) -> str:
         if value:
             parts.append(f"{key.replace('_', ' ').capitalize()}:\n\n{fence(str(value).rstrip())}")
     return "\n\n".join(parts)
+
+
+def _fixups(ctx: Context) -> str:
+    """For the attempt that runs again after its fix-ups: what each of them did, so a fix-up that
+    changed nothing (and used up one of max_regressions) is seen as such."""
+    if not ctx.fixups:
+        return ""
+    lines = [f"- `{name}`: {how}" for name, how in ctx.fixups]
+    return ("# Your fix-ups\n\nThis attempt runs again on the work of the fix-ups you asked for:\n\n"
+            + "\n".join(lines))
 
 
 def _spawning(ctx: Context) -> str:
