@@ -147,3 +147,13 @@ def cli(root: Root) -> Invoke:
             os.chdir(old)
 
     return invoke
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `cond` until it holds; generous by default, since the suite runs beside other loads."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

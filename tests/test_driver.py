@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,16 +18,7 @@ from clowder.driver import Driver
 from clowder.requests import drop
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
-from tests.conftest import Invoke, MakePipeline, write
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import Invoke, MakePipeline, wait_for, write
 
 
 def pstate(root: Root, p: str) -> PipelineState:

@@ -21,18 +21,9 @@ from clowder.spec import Source
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
 from clowder.workspace import Identity, WorkspaceError
-from tests.conftest import Invoke, MakePipeline, write
+from tests.conftest import Invoke, MakePipeline, wait_for, write
 
 MiB = 1024 * 1024
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _limit_memory() -> None:
