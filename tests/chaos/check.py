@@ -118,10 +118,10 @@ def check_attempts(run: Run, fig: Figures) -> None:
             fig.duplicated += 1
             fig.problems.append(f"{key[0]} attempt {key[1]}: {starts[key]} start and {ends[key]} end lines")
     for key in starts:
-        ended = recorded.get(key)
-        if ended is None or ended in ("running", "pending", "retrying"):
+        outcome = recorded.get(key)
+        if outcome is None or outcome in ("running", "pending", "retrying"):
             fig.lost += 1
-            fig.problems.append(f"{key[0]} attempt {key[1]} ran but Clowder shows it as {ended}")
+            fig.problems.append(f"{key[0]} attempt {key[1]} ran but Clowder shows it as {outcome}")
     for key, state in recorded.items():
         if state == "succeeded" and not ends[key]:
             fig.problems.append(f"{key[0]} attempt {key[1]} recorded succeeded but never wrote its end line")
