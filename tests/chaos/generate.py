@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -43,6 +43,7 @@ class JobPlan:
     sleep: float
     allow_failure: bool = False
     succeed_at: int = 1
+    background: bool = False  # leaves a `sleep 600 &` behind, which must die with its attempt
 
     @property
     def must_succeed(self) -> bool:
@@ -96,6 +97,8 @@ def plan_pipeline(rng: random.Random, name: str) -> PipelinePlan:
             job = JobPlan(f"j{i}", kind, tuple(needs), at - 1 + KILL_BUDGET, _sleep(rng), succeed_at=at)
         else:
             job = JobPlan(f"j{i}", kind, tuple(needs), KILL_BUDGET, _sleep(rng))
+        if rng.random() < 0.2:
+            job = replace(job, background=True)
         plan.jobs.append(job)
     if rng.random() < 0.5:  # a regression loop: the tester spawns a fix-up of dev, then passes
         plan.jobs.append(JobPlan("dev", Kind.DEV, (), KILL_BUDGET, _sleep(rng)))
@@ -107,6 +110,8 @@ def _command(job: JobPlan, record: Path) -> str:
     rec = shlex.quote(str(record))
     say = 'echo "$CLOWDER_PIPELINE/$CLOWDER_JOB $CLOWDER_ATTEMPT'
     lines = [f'{say} start" >> {rec}', f"sleep {job.sleep}", "code=0"]
+    if job.background:
+        lines.insert(1, "sleep 600 &")
     if job.kind is Kind.FLAKY:
         lines.append(f'if [ "$CLOWDER_ATTEMPT" -lt {job.succeed_at} ]; then code=1; fi')
     elif job.kind is Kind.FAIL:
