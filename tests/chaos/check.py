@@ -3,8 +3,10 @@ status files, /proc, `clowder fsck`, a fresh `clowder reindex`, and the files be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import tomllib
@@ -170,6 +172,8 @@ def check_processes(run: Run, fig: Figures) -> None:
         if needle in environ and b"\0CLOWDER_ATTEMPT_ID=" in environ:
             fig.processes_left += 1
             fig.problems.append(f"process {entry.name} of an attempt still runs: {cmdline[:120]}")
+            with contextlib.suppress(OSError):  # counted: now it goes, so the run leaves nothing behind
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _tables(db: Path) -> dict[str, list[tuple[object, ...]]]:
