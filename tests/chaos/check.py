@@ -44,6 +44,8 @@ class Figures:
     duplicated: int = 0  # start lines written twice for one attempt
     overlaps: int = 0  # attempts of one job that ran at the same time
     processes_left: int = 0
+    adopted: int = 0  # attempts a restarted daemon adopted still running (from the daemons' logs)
+    fixups: int = 0  # fix-up jobs the regression loops spawned
     wrong_ends: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -61,7 +63,8 @@ class Figures:
         lines = [
             f"chaos run, seed {self.seed}: {self.total_kills} kills ({kinds})",
             f"  {self.pipelines} pipelines, {self.jobs} jobs, {self.attempts} attempts "
-            f"({self.recorded_lost} recorded lost after a kill, {self.started} wrote their start line)",
+            f"({self.recorded_lost} recorded lost after a kill, {self.started} wrote their start line, "
+            f"{self.adopted} adopted by a restarted daemon, {self.fixups} fix-up jobs)",
             f"  lost {self.lost}, duplicated {self.duplicated}, overlapping {self.overlaps}, "
             f"processes left {self.processes_left}, wrong ends {len(self.wrong_ends)}",
             f"  promises: {'kept' if self.ok else 'BROKEN'}",
@@ -104,6 +107,7 @@ def check_attempts(run: Run, fig: Figures) -> None:
                 fig.wrong_ends.append(f"{name}/{job}: {got}, expected {want}")
         for job, status in statuses.items():
             fig.jobs += 1
+            fig.fixups += job not in expected
             if job not in expected and status.get("state") != "succeeded":  # a fix-up must succeed
                 fig.wrong_ends.append(f"{name}/{job} (fix-up): {status.get('state')}, expected succeeded")
             for attempt in status.get("attempts", []):  # type: ignore[attr-defined]
@@ -223,5 +227,7 @@ def check(run: Run, outside_before: Snapshot) -> Figures:
         fig.problems.append(f"{run.second_daemons} second `clowder watch` served beside the first")
     check_attempts(run, fig)
     check_processes(run, fig)
+    fig.adopted = sum(log.read_text(errors="replace").count("adopted running attempt")
+                      for log in run.logs.glob("daemon-*.log"))
     check_tree(run, fig, outside_before)
     return fig
