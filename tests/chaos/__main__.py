@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="work directory (default: a new one under $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    # SIGTERM ends the run as Ctrl-C does: its daemons stopped, its attempts' processes killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     figures, seconds = run_chaos(args.kills, args.seed, args.dir, args.keep)
     print(figures.report())
     print(f"  {seconds:.0f} s; reproduce: python -m tests.chaos --kills {args.kills} --seed {args.seed}")

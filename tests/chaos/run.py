@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.chaos.check import Figures, check, snapshot
+from tests.chaos.check import Figures, check, check_processes, snapshot
 from tests.chaos.driver import Run, drive, keep_or_remove, setup
 
 
@@ -18,7 +18,11 @@ def run_chaos(kills: int, seed: int, work: Path | None = None, keep: bool = Fals
     began = time.monotonic()
     setup(run)
     before = snapshot(run.outside)
-    drive(run, kills)
+    try:
+        drive(run, kills)
+    except BaseException:  # interrupted: what the attempts left (a `sleep 600 &`) must not outlive the run
+        check_processes(run, Figures(seed, run.kills))
+        raise
     figures = check(run, before)
     if not figures.ok:
         figures.problems.append(f"the run is kept in {run.work}")
