@@ -241,9 +241,9 @@ def kill_one(run: Run, rng: random.Random, daemons: Daemons) -> None:
     daemons.start()
 
 
-def drive(run: Run, kills: int, finish_timeout: float = 600.0) -> None:
+def drive(run: Run, kills: int, pace: float = 1.0, finish_timeout: float = 600.0) -> None:
     """Make `kills` kills at random moments while pipelines run (a new pipeline whenever fewer
-    than two are unfinished), then let a daemon finish them all."""
+    than two are unfinished; `pace`: the longest pause between two), then let a daemon finish them all."""
     rng = random.Random(run.seed)
     daemons = Daemons(run, rng)
     try:
@@ -254,7 +254,7 @@ def drive(run: Run, kills: int, finish_timeout: float = 600.0) -> None:
             if len(unfinished(run)) < 2:
                 add_pipeline(run, rng)
             daemons.ensure()
-            time.sleep(rng.uniform(0.1, 1.0))
+            time.sleep(rng.uniform(0.1 * pace, pace))
             kill_one(run, rng, daemons)
         daemons.ensure()
         deadline = time.monotonic() + finish_timeout

@@ -10,7 +10,8 @@ from tests.chaos.check import Figures, check, check_processes, snapshot
 from tests.chaos.driver import Run, drive, keep_or_remove, setup
 
 
-def run_chaos(kills: int, seed: int, work: Path | None = None, keep: bool = False) -> tuple[Figures, float]:
+def run_chaos(kills: int, seed: int, work: Path | None = None, keep: bool = False,
+              pace: float = 1.0) -> tuple[Figures, float]:
     """Run it; return the figures and the seconds it took. The work directory is removed unless
     `keep` or a promise was broken (then its path is in the report)."""
     work = work or Path(tempfile.mkdtemp(prefix=f"clowder-chaos-{seed}-"))
@@ -19,7 +20,7 @@ def run_chaos(kills: int, seed: int, work: Path | None = None, keep: bool = Fals
     setup(run)
     before = snapshot(run.outside)
     try:
-        drive(run, kills)
+        drive(run, kills, pace)
     except BaseException:  # interrupted: what the attempts left (a `sleep 600 &`) must not outlive the run
         check_processes(run, Figures(seed, run.kills))
         raise
