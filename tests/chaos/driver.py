@@ -162,11 +162,12 @@ class Daemons:
         self.rng = rng
         self.proc: subprocess.Popen[bytes] | None = None
         self.kind = ""
+        self.err = run.logs / "daemon.log"
 
     def start(self, kind: str | None = None) -> None:
         self.kind = kind or self.rng.choice(["watch", "watch", "run"])
         self.run.daemons_started += 1
-        err = self.run.logs / f"daemon-{self.run.daemons_started:04d}-{self.kind}.log"
+        err = self.err = self.run.logs / f"daemon-{self.run.daemons_started:04d}-{self.kind}.log"
         with err.open("wb") as f:
             self.proc = subprocess.Popen(clowder(self.run, self.kind), env=env(self.run), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=f)
@@ -175,6 +176,11 @@ class Daemons:
         """A daemon serving: a `run` that ended (its pipelines done) gives way to a `watch`."""
         if self.proc is None or self.proc.poll() is not None:
             self.start("watch" if self.proc is not None and self.kind == "run" else None)
+
+    def serving(self) -> bool:
+        """Whether a `watch` holds the root's lock (it says so only once it does)."""
+        return (self.kind == "watch" and self.proc is not None and self.proc.poll() is None
+                and "clowder watch serving" in self.err.read_text(errors="replace"))
 
     def kill(self) -> str:
         assert self.proc is not None
@@ -231,8 +237,7 @@ def kill_one(run: Run, rng: random.Random, daemons: Daemons) -> None:
     if kind == "lock":
         (run.root / ".clowder" / "watch.lock").unlink(missing_ok=True)
         run.kills["lock"] += 1
-        if daemons.kind == "watch" and daemons.proc is not None and daemons.proc.poll() is None \
-                and rng.random() < 0.3:
+        if rng.random() < 0.3 and daemons.serving():
             run.second_daemons += second_watch(run)
         return
     daemons.ensure()
