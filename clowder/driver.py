@@ -238,9 +238,10 @@ class Driver:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def serve(self, until_done: bool = False, sweep: float | None = None) -> bool:
+    def serve(self, until_done: bool = False, sweep: float | None = None, announce: str = "") -> bool:
         """Schedule until stopped, or (until_done) until every selected pipeline has ended.
-        Returns True if all selected pipelines succeeded."""
+        Returns True if all selected pipelines succeeded. `announce` is logged once the lock is
+        held: a daemon that does not get it never said it served."""
         # The lock is on the root directory itself: a lock on .clowder/watch.lock was undone by
         # deleting the file (a second daemon then ran attempts twice). The file only says who holds it.
         with try_lock(self.root.path) as got:
@@ -248,6 +249,8 @@ class Driver:
                 raise LockHeld(f"{self.root.lock_file}: another clowder daemon is serving this root "
                                f"(pid {self._lock_owner()}); stop it first or let it run the pipelines")
             self._claim_lock_file()
+            if announce:
+                self.log(announce)
             return self._serve_locked(until_done, sweep if sweep is not None else self.config.sweep_interval)
 
     def _claim_lock_file(self) -> None:

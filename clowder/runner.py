@@ -187,9 +187,9 @@ def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_f
 
     log = stderr_log(log_file=log_file)
     driver = Driver(root, max_parallel=max_parallel, log=log, poll=poll)
-    log(f"clowder watch serving {root.path} (max_parallel {driver.limits.max_parallel})")
     with _signals_stop(driver, sigint=True):
-        driver.serve(until_done=False, sweep=sweep)
+        driver.serve(until_done=False, sweep=sweep,
+                     announce=f"clowder watch serving {root.path} (max_parallel {driver.limits.max_parallel})")
     log("clowder watch stopped")
 
 

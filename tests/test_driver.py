@@ -227,6 +227,8 @@ def test_a_second_daemon_exits_two_with_a_clear_message(root: Root, cli: Invoke)
                                 capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "another clowder daemon is serving this root" in result.stderr
+    # It never served: it must not say it does (the chaos run saw "serving" then this error).
+    assert "clowder watch serving" not in result.stderr, result.stderr
 
 
 def _clowder(root: Root, *args: str) -> subprocess.Popen[str]:
