@@ -21,7 +21,7 @@ MAX_INTERVAL = 5.0  # seconds between probes, at most
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, without importing sqlite3 into every command
 # git reports a full disk in its own words, and often without them ("unable to write new index
 # file"): those are found by probing the disk after git failed.
-_SAID = ("no space left on device", "disk quota exceeded", "database or disk is full")
+_SAID = ("no space left on device", "disk quota exceeded", "database or disk is full", "read-only file system")
 
 
 def says_full(e: BaseException) -> bool:
@@ -59,6 +59,8 @@ def ensure_room(directory: Path) -> None:
     then could not record its own pid and exit (its wrapper's two writes) and would read as
     lost: it is held back instead. One statvfs: cheap enough for every launch."""
     st = os.statvfs(directory)
+    if st.f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(directory))
     if st.f_bavail * st.f_frsize < MIN_ROOM:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
@@ -73,6 +75,13 @@ def _is_git_failure(e: BaseException) -> bool:
     from clowder.workspace.repo import WorkspaceError  # git is the workspace's business
 
     return isinstance(e, WorkspaceError)
+
+
+def fault(e: BaseException) -> str:
+    """What is wrong with the disk, in the words a user searches for."""
+    if (isinstance(e, OSError) and e.errno == errno.EROFS) or "read-only file system" in str(e).lower():
+        return "read-only file system"
+    return "no space left on device"
 
 
 def _what(e: BaseException) -> str:
@@ -90,8 +99,8 @@ def reported(command: str, where: Path) -> Iterator[None]:
     except Exception as e:
         if not says_full(e):
             raise
-        raise DiskFull(f"no space left on device under {where}: clowder {command} {_what(e)}; "
-                       "free some space and run it again") from e
+        fix = "make it writable" if fault(e) == "read-only file system" else "free some space"
+        raise DiskFull(f"{fault(e)} under {where}: clowder {command} {_what(e)}; {fix} and run it again") from e
 
 
 class Space:
@@ -110,6 +119,7 @@ class Space:
         # Reentrant: a signal handler may stop the daemon while its thread holds the lock.
         self._cond = threading.Condition(threading.RLock())
         self._full = False
+        self._fault = ""
         self._since = 0.0
         self._prober: threading.Thread | None = None
         self.give_up = False
@@ -125,17 +135,18 @@ class Space:
         with self._cond:
             if self.give_up:
                 if self.error is None:
-                    self.error = DiskFull(f"no space left on device ({where}): stopped; free some space and run "
-                                          "the command again (running attempts go on; their ends are recorded then)")
-                    self._log(f"no space left on device: {where}: {_reason(e)}; stopping")
+                    self.error = DiskFull(f"{fault(e)} ({where}): stopped; free some space or make it writable, "
+                                          "and run the command again (running attempts go on; their ends are "
+                                          "recorded then)")
+                    self._log(f"{fault(e)}: {where}: {_reason(e)}; stopping")
                     if self.on_give_up is not None:
                         self.on_give_up()
                 return
             if self._full:
                 return
-            self._full, self._since = True, time.monotonic()
-            self._log(f"no space left on device: {where}: {_reason(e)}; launching paused, and what could not "
-                      "be written is retried until space is freed")
+            self._full, self._since, self._fault = True, time.monotonic(), fault(e)
+            self._log(f"{self._fault}: {where}: {_reason(e)}; launching paused, and what could not "
+                      "be written is retried until the disk takes writes again")
             if self._prober is None:
                 self._prober = threading.Thread(target=self._probe, daemon=True, name="clowder-space")
                 self._prober.start()
@@ -162,7 +173,8 @@ class Space:
                 self._full, self._prober = False, None
                 self._cond.notify_all()
                 waited = time.monotonic() - self._since
-            self._log(f"space is back: resuming after {waited:.1f} s")
+            back = "space is back" if self._fault == "no space left on device" else "the disk is writable again"
+            self._log(f"{back}: resuming after {waited:.1f} s")
             if self._on_space is not None:
                 self._on_space()
             return

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _counter = itertools.count()
-SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # a full disk: wait for space, not an error
+# A full disk, or one turned read-only (remounted, or by the kernel after an error): wait until it
+# takes writes again, not an error.
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def atomic_write(path: Path, data: str | bytes, tmp_dir: Path | None = None) -> None:

@@ -401,7 +401,7 @@ def _step_job(
             return status, "", None
         return _within_budget(view, spec, status, jobs, cand)
     if state is JobState.RETRYING:
-        if status.retry_at is not None and status.retry_at > now:
+        if status.retry_at is not None and status.retry_at > now and not _clock_went_back(status, now):
             plan.wake(status.retry_at)
             return status, "", None
         if blocked:
@@ -422,6 +422,13 @@ def _step_job(
         return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "manual", request))
     return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "start"))
 
+
+def _clock_went_back(status: JobStatus, now: datetime) -> bool:
+    """Whether the wall clock is now before the end of the attempt that failed: it was set back, and
+    the backoff measured from that end could last as long as the jump (years). The retry is then
+    due at once: early by at most its backoff, never stuck."""
+    ended = status.attempts[-1].ended_at if status.attempts else None
+    return ended is not None and now < ended
 
 def _within_budget(view: PipelineView, spec: JobSpec, status: JobStatus, jobs: Mapping[str, JobStatus],
                    cand: Candidate) -> tuple[JobStatus, str, Candidate | None]:

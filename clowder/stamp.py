@@ -38,11 +38,9 @@ def spec_stamp(pipeline_dir: str) -> Stamp:
     driver re-reads a pipeline's spec exactly when this changes. Plain strings, no pathlib:
     `clowder status` stamps every pipeline of the root."""
     out = []
-    try:
-        st = os.stat(pipeline_dir + "/pipeline.toml")
+    st = _stat(pipeline_dir + "/pipeline.toml")
+    if st is not None:
         out.append(("pipeline.toml", st.st_mtime_ns, st.st_size))
-    except (FileNotFoundError, NotADirectoryError):
-        pass
     try:
         with os.scandir(pipeline_dir + "/jobs") as it:
             entries = [e for e in it if e.name.endswith(".toml")]
@@ -50,12 +48,24 @@ def spec_stamp(pipeline_dir: str) -> Stamp:
         return tuple(out)
     entries.sort(key=_name)
     for entry in entries:
-        try:
-            st = entry.stat()
-        except FileNotFoundError:
-            continue
-        out.append((entry.name, st.st_mtime_ns, st.st_size))
+        st = _stat(entry.path)
+        if st is not None:
+            out.append((entry.name, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """What a spec file's stamp is made of; None if there is none. A link that cannot be followed
+    (a loop, no permission) is stamped by the link itself: reading it reports the problem."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        try:
+            return os.lstat(path)
+        except OSError:
+            return None
 
 
 def _name(entry: os.DirEntry[str]) -> str:

@@ -60,10 +60,12 @@ class Watcher:
 
     def start(self) -> None:
         wake = self._root.state_dir / "wake"
-        wake.mkdir(parents=True, exist_ok=True)
-        self._root.pipelines_dir.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(self._handler, str(self._root.pipelines_dir))
-        self._observer.schedule(self._handler, str(wake))
+        for d in (wake, self._root.pipelines_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError:  # a read-only root: the daemon says so and waits; the sweep finds what changes
+                continue
+            self._observer.schedule(self._handler, str(d))
         self._observer.start()
 
     def watch(self, pipeline: str) -> None:
