@@ -49,6 +49,7 @@ from clowder.diskfull import no_space
 from clowder.errors import DiskFull
 from clowder.spec import Source
 from clowder.state import Artifact
+from clowder.workspace.copy import copy_checkout
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
@@ -172,7 +173,8 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
             first = upstreams[0]
             repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
             ensure_published(repo, first)
-            checkout(repo)
+            if not copy_checkout(repo, Repo(first.path), first.commit):
+                checkout(repo)
             carry_submodules(repo, Repo(first.path))
         elif source is not None:
             repo, record, fresh = clone(tmp, job, source, root, identity or Identity())
