@@ -516,3 +516,51 @@ def test_the_spawner_is_told_which_of_its_fixups_changed_nothing(root: Root, mak
     assert result.exit_code == 0, result.output
     prompt = (root.pipeline("p").workspace("test") / ".clowder" / "test" / "prompt.md").read_text()
     assert "# Your fix-ups" in prompt and "- `dev.r1`: succeeded (no changes)" in prompt, prompt
+
+
+# -- independence: a downstream's files are copied from its upstream's checkout -------------------
+
+FAN_OUT = {
+    "base": ('command = "printf \'*.log\\\\n\' > .gitignore; echo shared > shared.txt; echo built > build.log; '
+             'printf \'#!/bin/sh\\\\necho hi\\\\n\' > run.sh; chmod +x run.sh; ln -s shared.txt link"\n'),
+    "left": 'command = "echo left >> shared.txt; echo l > left.txt"\nneeds = ["base"]\n',
+    "right": 'command = "echo right >> shared.txt; echo r > right.txt"\nneeds = ["base"]\n',
+}
+
+
+def test_what_a_job_writes_never_appears_in_another_jobs_files(root: Root, make_pipeline: MakePipeline,
+                                                                 cli: Invoke) -> None:
+    make_pipeline("p", FAN_OUT)
+    assert cli("run", "p").exit_code == 0
+    base, left, right = ws(root, "base"), ws(root, "left"), ws(root, "right")
+    assert (base / "shared.txt").read_text() == "shared\n"
+    assert (left / "shared.txt").read_text() == "shared\nleft\n"
+    assert (right / "shared.txt").read_text() == "shared\nright\n"
+    assert not (left / "right.txt").exists() and not (right / "left.txt").exists()
+    assert not (base / "left.txt").exists() and not (base / "right.txt").exists()
+    for job in (left, right):
+        assert not (job / "build.log").exists()  # ignored, never committed: not the downstream's
+        assert os.access(job / "run.sh", os.X_OK) and os.readlink(job / "link") == "shared.txt"
+        for name in ("run.sh", ".gitignore"):  # copies, never hard links to the upstream's files
+            assert (job / name).stat().st_nlink == 1 and (job / name).stat().st_ino != (base / name).stat().st_ino
+        # git finds the copy clean by its stat data alone (diff-files never refreshes the index)
+        assert git(job, "diff-files", "--name-only") == ""
+        assert git(job, "status", "--porcelain") == ""
+
+
+def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commit(tmp_path: Path) -> None:
+    me = workspace.Identity()
+    up = tmp_path / "workspaces" / "up"
+    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    (up / "a.txt").write_text("committed\n")
+    (up / "b.txt").write_text("also committed\n")
+    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    # Someone edits the upstream's checkout, same size and mtime: only its ctime tells.
+    st = (up / "a.txt").stat()
+    (up / "a.txt").write_text("EDITED!!!\n")
+    os.utime(up / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    down = tmp_path / "workspaces" / "down"
+    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit),), identity=me)
+    assert (down / "a.txt").read_text() == "committed\n"
+    assert (down / "b.txt").read_text() == "also committed\n"
+    assert git(down, "status", "--porcelain") == ""

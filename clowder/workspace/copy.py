@@ -222,11 +222,14 @@ def _undo(top: Path, entries: list[_Entry]) -> None:
     for e in entries:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             os.unlink(top / e.path)
-    for dirpath, dirs, _ in os.walk(top, topdown=False):
-        for d in dirs:
-            if dirpath != str(top) or d != ".git":
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(dirpath, d))
+    made = []
+    for dirpath, dirs, _ in os.walk(top):
+        if dirpath == str(top):
+            dirs[:] = [d for d in dirs if d != ".git"]
+        made += [os.path.join(dirpath, d) for d in dirs]
+    for d in reversed(made):  # deepest first
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def _write_index(path: Path, data: bytes, entries: list[_Entry], stats: list[tuple[int, os.stat_result]],
