@@ -564,3 +564,26 @@ def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commi
     assert (down / "a.txt").read_text() == "committed\n"
     assert (down / "b.txt").read_text() == "also committed\n"
     assert git(down, "status", "--porcelain") == ""
+
+
+def test_a_first_job_copies_only_the_sources_committed_files_and_writes_nothing_there(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    git(src, "init", "-q")
+    write(src / "a.txt", "committed a\n")
+    write(src / "b.txt", "committed b\n")
+    git(src, "add", "-A")
+    git(src, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "one")
+    st = (src / "a.txt").stat()
+    (src / "a.txt").write_text("uncommitted\n")  # same size, same mtime: only ctime tells
+    os.utime(src / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    write(src / "untracked.txt", "not mine\n")
+    index = (src / ".git" / "index").read_bytes()
+    make_pipeline("p", {"dev": 'command = "cat a.txt b.txt > out.txt"\n'},
+                  spec=f'prompt = "x"\nsource = {{ repo = "{src}" }}\n')
+    assert cli("run", "p").exit_code == 0
+    assert (ws(root, "dev") / "out.txt").read_text() == "committed a\ncommitted b\n"
+    assert not (ws(root, "dev") / "untracked.txt").exists()
+    assert (src / ".git" / "index").read_bytes() == index
+    assert (src / "a.txt").read_text() == "uncommitted\n"

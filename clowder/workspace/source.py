@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clowder.fsio import atomic_write, read_input
 from clowder.spec import Source, is_url
+from clowder.workspace.copy import copy_checkout
 from clowder.workspace.repo import (
     BRANCH_PREFIX,
     SHALLOW,
@@ -95,8 +96,11 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
             record = SourceRecord(source.repo, source.ref, commit, None, _uncommitted(local, source, root))
         if recorded != record:
             write_record(path.parent, record)
-    if repo.head() is not None:
-        git(path, "read-tree", "-u", "--reset", "HEAD")
+    head = repo.head()
+    if head is not None:
+        # A checkout of the source on this machine at that very commit: its files are copied.
+        if local is None or not (local / ".git").is_dir() or not copy_checkout(repo, Repo(local), head):
+            git(path, "read-tree", "-u", "--reset", "HEAD")
         _submodules(repo)
     git(path, "remote", "remove", "origin")  # a job's `git push` has nowhere to go
     return repo, record, recorded is None
