@@ -587,3 +587,32 @@ def test_a_first_job_copies_only_the_sources_committed_files_and_writes_nothing_
     assert not (ws(root, "dev") / "untracked.txt").exists()
     assert (src / ".git" / "index").read_bytes() == index
     assert (src / "a.txt").read_text() == "uncommitted\n"
+
+
+def test_a_url_source_is_fetched_into_one_cache_per_root_and_every_pipeline_clones_it(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    git(origin, "init", "-q")
+    write(origin / "v.txt", "one\n")
+    git(origin, "add", "-A")
+    git(origin, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "one")
+    spec = f'prompt = "x"\nsource = {{ repo = "file://{origin}" }}\n'
+    jobs = {"a": 'command = "cat v.txt > seen.txt"\n', "b": 'command = "cat v.txt > seen.txt"\n'}
+    make_pipeline("p1", jobs, spec=spec)
+    assert cli("run", "p1").exit_code == 0
+    caches = list((root.path / ".clowder" / "sources").glob("*.git"))
+    assert len(caches) == 1
+    write(origin / "v.txt", "two\n")
+    git(origin, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qam", "two")
+    make_pipeline("p2", jobs, spec=spec)
+    assert cli("run", "p2").exit_code == 0  # a new pipeline starts from the URL's newest commit
+    assert list((root.path / ".clowder" / "sources").glob("*.git")) == caches
+    for job in jobs:
+        assert (ws(root, job, "p1") / "seen.txt").read_text() == "one\n"
+        assert (ws(root, job, "p2") / "seen.txt").read_text() == "two\n"
+        assert git(ws(root, job, "p2"), "remote") == ""  # a job's `git push` has nowhere to go
+    # The objects are the cache's (hard-linked), not a second download.
+    pack = next((caches[0] / "objects" / "pack").glob("*.pack"))
+    linked = [p for p in (ws(root, "a", "p1") / ".git" / "objects" / "pack").glob("*.pack")]
+    assert linked and linked[0].stat().st_ino == pack.stat().st_ino
