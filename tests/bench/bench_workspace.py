@@ -134,12 +134,37 @@ def big_chain(src: Path, base: Path, jobs: int = 4) -> tuple[float, list[float],
     return first, down, disk(src, base / "workspaces") - disk(src), tree
 
 
+def checkout_before(up: Upstream, base: Path) -> float:
+    """A downstream's prepare as before this change: a checkout of the commit (the copy refused)."""
+    saved = workspace.copy_checkout
+    workspace.copy_checkout = lambda *a: False  # type: ignore[assignment]
+    try:
+        ws = base / "workspaces" / "before"
+        t = time.perf_counter()
+        workspace.prepare(ws, "p", ws.name, 1, (up,), identity=ME)
+        return ms(t)
+    finally:
+        workspace.copy_checkout = saved
+
+
+def url_source(src: Path, base: Path) -> tuple[float, float]:
+    """A first job's prepare from a file:// URL: the root's first pipeline (the cache is cloned)
+    and its second (the cache is fetched, nothing new)."""
+    out = []
+    for name in ("p1", "p2"):
+        ws = base / "pipelines" / name / "workspaces" / "j"
+        t = time.perf_counter()
+        workspace.prepare(ws, name, "j", 1, (), identity=ME, source=Source(f"file://{src}"), root=base)
+        out.append(ms(t))
+    return out[0], out[1]
+
+
 def big(files: int, runs: int) -> None:
     top = Path(tempfile.mkdtemp(prefix="clowder-bench-big-"))
     try:
         src = top / "src"
         make_source(src, files)
-        plain, firsts, downs, news, tree = [], [], [], [], 0
+        plain, firsts, downs, news, tree, befores, urls = [], [], [], [], 0, [], []
         for r in range(runs):
             base = top / f"run{r}"
             base.mkdir()
@@ -148,13 +173,19 @@ def big(files: int, runs: int) -> None:
             firsts.append(first)
             downs.append(statistics.median(down))
             news.append(new)
+            befores.append(checkout_before(Upstream("j3", base / "workspaces" / "j3",
+                                                    workspace.Repo(base / "workspaces" / "j3").head() or ""), base))
+            urls.append(url_source(src, base))
             shutil.rmtree(base)
         mb = 1 << 20
         print(f"{files:>6} files: plain git clone+checkout {statistics.median(plain):7.0f} ms | "
               f"first job (from source) {statistics.median(firsts):7.0f} ms | "
               f"downstream job {statistics.median(downs):7.0f} ms | "
               f"4-job chain new disk {statistics.median(news) / mb:6.1f} MB "
-              f"(one working tree {tree / mb:.1f} MB, x{statistics.median(news) / tree:.2f})")
+              f"(one working tree {tree / mb:.1f} MB, x{statistics.median(news) / tree:.2f})\n"
+              f"{'':>12}downstream job by checkout (before) {statistics.median(befores):7.0f} ms | "
+              f"file:// URL source: first pipeline {statistics.median(u[0] for u in urls):7.0f} ms, "
+              f"next pipeline {statistics.median(u[1] for u in urls):7.0f} ms")
     finally:
         shutil.rmtree(top)
 
