@@ -554,7 +554,9 @@ def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commi
     workspace.prepare(up, "p", "up", 1, (), identity=me)
     (up / "a.txt").write_text("committed\n")
     (up / "b.txt").write_text("also committed\n")
+    (up / "0.txt").write_text("deleted after\n")
     done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    (up / "0.txt").unlink()
     # Someone edits the upstream's checkout, same size and mtime: only its ctime tells.
     st = (up / "a.txt").stat()
     (up / "a.txt").write_text("EDITED!!!\n")
@@ -563,6 +565,7 @@ def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commi
     workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit),), identity=me)
     assert (down / "a.txt").read_text() == "committed\n"
     assert (down / "b.txt").read_text() == "also committed\n"
+    assert (down / "0.txt").read_text() == "deleted after\n"
     assert git(down, "status", "--porcelain") == ""
 
 

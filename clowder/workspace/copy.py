@@ -124,11 +124,17 @@ def _tree(data: bytes, extensions: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def _check_names(entries: list[_Entry]) -> None:
-    """Paths git itself would refuse: they come from a commit, which anyone may have written."""
+    """Paths git itself would refuse, twice the same path, or a path below another entry (a file
+    or symlink): the index is a file in a job's workspace, which the job may have written."""
+    paths = {e.path for e in entries}
+    if len(paths) != len(entries):
+        raise Unsuitable("duplicate paths")
     for e in entries:
         parts = e.path.split("/")
         if e.path.startswith("/") or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts):
             raise Unsuitable(f"path {e.path!r}")
+        if any("/".join(parts[:i]) in paths for i in range(1, len(parts))):
+            raise Unsuitable(f"path {e.path!r} below a file")
 
 
 def _same(st: os.stat_result, e: _Entry) -> bool:
@@ -154,7 +160,10 @@ def _copy_all(src_top: Path, dst_top: Path, entries: list[_Entry],
             made.add(parent)
         src, dst = os.path.join(src_root, e.path), os.path.join(dst_root, e.path)
         if e.mode == _SYMLINK:
-            before = os.lstat(src)
+            try:
+                before = os.lstat(src)
+            except OSError as err:
+                raise Unsuitable(e.path) from err
             if not stat.S_ISLNK(before.st_mode) or not _fresh(before, e, index_mtime, src):
                 raise Unsuitable(e.path)
             os.symlink(os.readlink(src), dst)
@@ -180,7 +189,10 @@ def _fresh(st: os.stat_result, e: _Entry, index_mtime: int, path: str) -> bool:
 
 
 def _copy_file(src: str, dst: str, e: _Entry, index_mtime: int) -> os.stat_result:
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:  # gone, or a symlink now (ELOOP): not what the index says
+        raise Unsuitable(e.path) from err
     try:
         before = os.fstat(fd_in)
         if not stat.S_ISREG(before.st_mode) or not _fresh(before, e, index_mtime, src):
