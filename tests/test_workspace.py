@@ -528,8 +528,10 @@ FAN_OUT = {
 }
 
 
-def test_what_a_job_writes_never_appears_in_another_jobs_files(root: Root, make_pipeline: MakePipeline,
-                                                                 cli: Invoke) -> None:
+@pytest.mark.parametrize("copy", ["always", "auto"])
+def test_what_a_job_writes_never_appears_in_another_jobs_files(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                                 monkeypatch: pytest.MonkeyPatch, copy: str) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", copy)  # always: copied even where reflinks do not work
     make_pipeline("p", FAN_OUT)
     assert cli("run", "p").exit_code == 0
     base, left, right = ws(root, "base"), ws(root, "left"), ws(root, "right")
@@ -548,7 +550,9 @@ def test_what_a_job_writes_never_appears_in_another_jobs_files(root: Root, make_
         assert git(job, "status", "--porcelain") == ""
 
 
-def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commit(tmp_path: Path) -> None:
+def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", "always")
     me = workspace.Identity()
     up = tmp_path / "workspaces" / "up"
     workspace.prepare(up, "p", "up", 1, (), identity=me)
@@ -570,7 +574,8 @@ def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commi
 
 
 def test_a_first_job_copies_only_the_sources_committed_files_and_writes_nothing_there(
-        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", "always")
     src = tmp_path / "src"
     src.mkdir()
     git(src, "init", "-q")
