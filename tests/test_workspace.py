@@ -516,3 +516,111 @@ def test_the_spawner_is_told_which_of_its_fixups_changed_nothing(root: Root, mak
     assert result.exit_code == 0, result.output
     prompt = (root.pipeline("p").workspace("test") / ".clowder" / "test" / "prompt.md").read_text()
     assert "# Your fix-ups" in prompt and "- `dev.r1`: succeeded (no changes)" in prompt, prompt
+
+
+# -- independence: a downstream's files are copied from its upstream's checkout -------------------
+
+FAN_OUT = {
+    "base": ('command = "printf \'*.log\\\\n\' > .gitignore; echo shared > shared.txt; echo built > build.log; '
+             'printf \'#!/bin/sh\\\\necho hi\\\\n\' > run.sh; chmod +x run.sh; ln -s shared.txt link"\n'),
+    "left": 'command = "echo left >> shared.txt; echo l > left.txt"\nneeds = ["base"]\n',
+    "right": 'command = "echo right >> shared.txt; echo r > right.txt"\nneeds = ["base"]\n',
+}
+
+
+@pytest.mark.parametrize("copy", ["always", "auto"])
+def test_what_a_job_writes_never_appears_in_another_jobs_files(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                                 monkeypatch: pytest.MonkeyPatch, copy: str) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", copy)  # always: copied even where reflinks do not work
+    make_pipeline("p", FAN_OUT)
+    assert cli("run", "p").exit_code == 0
+    base, left, right = ws(root, "base"), ws(root, "left"), ws(root, "right")
+    assert (base / "shared.txt").read_text() == "shared\n"
+    assert (left / "shared.txt").read_text() == "shared\nleft\n"
+    assert (right / "shared.txt").read_text() == "shared\nright\n"
+    assert not (left / "right.txt").exists() and not (right / "left.txt").exists()
+    assert not (base / "left.txt").exists() and not (base / "right.txt").exists()
+    for job in (left, right):
+        assert not (job / "build.log").exists()  # ignored, never committed: not the downstream's
+        assert os.access(job / "run.sh", os.X_OK) and os.readlink(job / "link") == "shared.txt"
+        for name in ("run.sh", ".gitignore"):  # copies, never hard links to the upstream's files
+            assert (job / name).stat().st_nlink == 1 and (job / name).stat().st_ino != (base / name).stat().st_ino
+        # git finds the copy clean by its stat data alone (diff-files never refreshes the index)
+        assert git(job, "diff-files", "--name-only") == ""
+        assert git(job, "status", "--porcelain") == ""
+
+
+def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", "always")
+    me = workspace.Identity()
+    up = tmp_path / "workspaces" / "up"
+    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    (up / "a.txt").write_text("committed\n")
+    (up / "b.txt").write_text("also committed\n")
+    (up / "0.txt").write_text("deleted after\n")
+    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    (up / "0.txt").unlink()
+    # Someone edits the upstream's checkout, same size and mtime: only its ctime tells.
+    st = (up / "a.txt").stat()
+    (up / "a.txt").write_text("EDITED!!!\n")
+    os.utime(up / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    down = tmp_path / "workspaces" / "down"
+    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit),), identity=me)
+    assert (down / "a.txt").read_text() == "committed\n"
+    assert (down / "b.txt").read_text() == "also committed\n"
+    assert (down / "0.txt").read_text() == "deleted after\n"
+    assert git(down, "status", "--porcelain") == ""
+
+
+def test_a_first_job_copies_only_the_sources_committed_files_and_writes_nothing_there(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", "always")
+    src = tmp_path / "src"
+    src.mkdir()
+    git(src, "init", "-q")
+    write(src / "a.txt", "committed a\n")
+    write(src / "b.txt", "committed b\n")
+    git(src, "add", "-A")
+    git(src, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "one")
+    st = (src / "a.txt").stat()
+    (src / "a.txt").write_text("uncommitted\n")  # same size, same mtime: only ctime tells
+    os.utime(src / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    write(src / "untracked.txt", "not mine\n")
+    index = (src / ".git" / "index").read_bytes()
+    make_pipeline("p", {"dev": 'command = "cat a.txt b.txt > out.txt"\n'},
+                  spec=f'prompt = "x"\nsource = {{ repo = "{src}" }}\n')
+    assert cli("run", "p").exit_code == 0
+    assert (ws(root, "dev") / "out.txt").read_text() == "committed a\ncommitted b\n"
+    assert not (ws(root, "dev") / "untracked.txt").exists()
+    assert (src / ".git" / "index").read_bytes() == index
+    assert (src / "a.txt").read_text() == "uncommitted\n"
+
+
+def test_a_url_source_is_fetched_into_one_cache_per_root_and_every_pipeline_clones_it(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    git(origin, "init", "-q")
+    write(origin / "v.txt", "one\n")
+    git(origin, "add", "-A")
+    git(origin, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "one")
+    spec = f'prompt = "x"\nsource = {{ repo = "file://{origin}" }}\n'
+    jobs = {"a": 'command = "cat v.txt > seen.txt"\n', "b": 'command = "cat v.txt > seen.txt"\n'}
+    make_pipeline("p1", jobs, spec=spec)
+    assert cli("run", "p1").exit_code == 0
+    caches = list((root.path / ".clowder" / "sources").glob("*.git"))
+    assert len(caches) == 1
+    write(origin / "v.txt", "two\n")
+    git(origin, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qam", "two")
+    make_pipeline("p2", jobs, spec=spec)
+    assert cli("run", "p2").exit_code == 0  # a new pipeline starts from the URL's newest commit
+    assert list((root.path / ".clowder" / "sources").glob("*.git")) == caches
+    for job in jobs:
+        assert (ws(root, job, "p1") / "seen.txt").read_text() == "one\n"
+        assert (ws(root, job, "p2") / "seen.txt").read_text() == "two\n"
+        assert git(ws(root, job, "p2"), "remote") == ""  # a job's `git push` has nowhere to go
+    # The objects are the cache's (hard-linked), not a second download.
+    pack = next((caches[0] / "objects" / "pack").glob("*.pack"))
+    linked = [p for p in (ws(root, "a", "p1") / ".git" / "objects" / "pack").glob("*.pack")]
+    assert linked and linked[0].stat().st_ino == pack.stat().st_ino

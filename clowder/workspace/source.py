@@ -6,6 +6,8 @@ into the user's repository), and nothing is ever written to the source."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from clowder.fsio import atomic_write, read_input
 from clowder.spec import Source, is_url
+from clowder.workspace.copy import copy_checkout
 from clowder.workspace.repo import (
     BRANCH_PREFIX,
     SHALLOW,
@@ -73,8 +76,11 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
             recorded = None  # the pipeline's source was changed by hand: start from the new one
         wanted = recorded.commit if recorded else _local_commit(local, source) if local is not None else None
         # `--`: the URL is the user's text, which git must never read as an option (--upload-pack=...).
-        git(path.parent, "clone", "-q", "--no-checkout", "--template=", "--", url, str(path))
+        fetched = url if local is not None else str(_cached(root, url, fetch=recorded is None))
+        git(path.parent, "clone", "-q", "--no-checkout", "--template=", "--", fetched, str(path))
         repo = Repo(path)
+        if local is None:  # relative submodule URLs resolve against the source's, not the cache's
+            git(path, "config", "--", "remote.origin.url", url)
         commit = wanted if local is not None or recorded else _cloned_commit(repo, source)
         _only_our_branch(repo, job, commit)
         _dissociate(repo)
@@ -95,11 +101,42 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
             record = SourceRecord(source.repo, source.ref, commit, None, _uncommitted(local, source, root))
         if recorded != record:
             write_record(path.parent, record)
-    if repo.head() is not None:
-        git(path, "read-tree", "-u", "--reset", "HEAD")
+    head = repo.head()
+    if head is not None:
+        # A checkout of the source on this machine at that very commit: its files are copied.
+        if local is None or not (local / ".git").is_dir() or not copy_checkout(repo, Repo(local), head):
+            git(path, "read-tree", "-u", "--reset", "HEAD")
         _submodules(repo)
     git(path, "remote", "remove", "origin")  # a job's `git push` has nowhere to go
     return repo, record, recorded is None
+
+
+CACHE = "sources"  # <root>/.clowder/sources/<hash>.git: a bare clone of each URL source, shared by the root
+_cache_locks: dict[Path, threading.Lock] = {}
+
+
+def _cached(root: Path, url: str, fetch: bool) -> Path:
+    """The root's bare clone of `url`, cloned on first use; with `fetch` (a pipeline starting),
+    brought up to date (only what is new crosses the network). Every workspace of every pipeline
+    of the root is then a local clone of it: objects hard-linked, no copy of the history."""
+    cache = root / ".clowder" / CACHE / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".git")
+    with _locks_lock:
+        lock = _cache_locks.setdefault(cache, threading.Lock())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with lock, open(cache.parent / (cache.name + ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another Clowder process on the same root (`clowder run`)
+        if not (cache / "HEAD").is_file():
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                git(cache.parent, "clone", "-q", "--bare", "--template=", "--", url, str(tmp))
+                os.rename(tmp, cache)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        elif fetch:
+            git(cache, "fetch", "-q", "--prune", "--force", "origin", "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*")
+    return cache
 
 
 def _has(repo: Repo, commit: str) -> bool:
