@@ -202,6 +202,13 @@ def test_an_output_json_the_agent_wrote_itself_wins_and_must_be_json(tmp_path: P
     assert agent.collect(tmp_path, "dev").problem.startswith("output.json: not JSON (")
 
 
+def test_output_from_text_never_pairs_a_code_block_with_the_json_block_after_it() -> None:
+    # An agent that shows code first and then its answer: each fence closes its own block.
+    text = "I wrote:\n```python\ndef add(a, b):\n    return a + b\n```\nResult:\n```json\n{\"ok\": true}\n```\n"
+    assert output_from_text(text) == {"ok": True}
+    assert output_from_text("```python\nx = [1]\n```\n") == {"text": "```python\nx = [1]\n```\n"}
+
+
 def test_output_from_text_takes_json_or_the_last_json_block_or_the_text() -> None:
     assert output_from_text('{"a": 1}') == {"a": 1}
     assert output_from_text('first\n```json\n{"a": 1}\n```\nthen\n```json\n{"a": 2}\n```\n') == {"a": 2}

@@ -40,7 +40,10 @@ TYPES = ("message", "command", "file_changed", "usage", "result", "failure")
 FAILURE_KINDS = ("transient", "config", "agent")
 CHANGES = ("add", "update", "delete")
 OUTPUT_TAIL = 4000  # characters of a command's output kept in its `command` line
-_FENCED_JSON = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
+# A fenced block: its opening fence at the start of a line with an info string, up to the next
+# closing fence. Blocks are taken in order, so a ```python block is never paired with the fence
+# that opens the ```json one after it.
+_FENCED = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)\n[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
 def now() -> str:
@@ -74,7 +77,8 @@ def output_from_text(text: str) -> Any:
     """An agent's structured output from its final message: the whole text if it is a JSON
     object or array, else the last fenced ```json block that parses, else {"text": text}."""
     stripped = text.strip()
-    candidates = [stripped] + [m.strip() for m in reversed(_FENCED_JSON.findall(text))]
+    blocks = [body.strip() for info, body in _FENCED.findall(text) if info.lower() in ("json", "")]
+    candidates = [stripped, *reversed(blocks)]
     for candidate in candidates:
         if candidate[:1] in ("{", "["):
             try:
