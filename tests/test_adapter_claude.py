@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clowder.harness.actions import describe
 from clowder.harness.adapters.claude import Translator
 
 CAPTURES = Path(__file__).parent / "fixtures" / "claude"
@@ -108,6 +109,8 @@ def test_api_retries_are_logged_as_they_come_and_an_unreachable_api_is_transient
     text = "API Error: Unable to connect to API (ConnectionRefused)"
     assert [e["text"] for e in of_type(events, "message")] == [text]
     assert events[-1] == {"type": "failure", "kind": "transient", "text": text}
+    # The attempt's log shows why it waits, not a bare "[api_retry]".
+    assert describe(retries[0][0]) == "[api_retry] API call failed (unknown): retry 1 of 10 in 0.5 s"
 
 
 def test_http_statuses_and_api_errors_say_the_kind_of_failure() -> None:

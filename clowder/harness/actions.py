@@ -107,7 +107,9 @@ def describe(event: dict[str, Any]) -> str:
         return f"[result] {_one_line(json.dumps(event.get('output'), ensure_ascii=False))}"
     if kind == "failure":
         return f"[failure] {event.get('kind')}: {_one_line(str(event.get('text', '')))}"
-    return f"[{kind}]"
+    # Any other kind (an adapter's `api_retry`, say) is shown with its text where it has one.
+    text = _one_line(str(event.get("text", "")))
+    return f"[{kind}] {text}" if text else f"[{kind}]"
 
 
 def _one_line(text: str, limit: int = 200) -> str:
