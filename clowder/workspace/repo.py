@@ -83,6 +83,13 @@ def git(cwd: Path, *args: str, identity: Identity | None = None, stdin: str | No
     return proc
 
 
+def read_git(cwd: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run one read-only git command in `cwd`, bytes in and out (blobs are not text), under the same
+    policy as `git`; never raises: the caller says what a failure means."""
+    return subprocess.run(["git", *GIT_OPTIONS, *args], cwd=cwd, env=_env(), input=stdin, capture_output=True,
+                          check=False)
+
+
 # -- refs and objects, read in-process --------------------------------------------------------
 
 _PACKED: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # packed-refs path -> (version, refs)
