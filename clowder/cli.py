@@ -195,15 +195,14 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
 @root_option
 def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
-    from clowder import graph as graph_mod
-    from clowder import known, report
+    from clowder import drawing, known, report
     from clowder.validate import load_config, load_pipeline
 
     root = find_root(root_dir)
     paths = known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
     loaded = load_pipeline(paths, load_config(root))
     states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
-    render = graph_mod.to_dot if fmt == "dot" else graph_mod.to_mermaid
+    render = drawing.to_dot if fmt == "dot" else drawing.to_mermaid
     click.echo(render(loaded, states), nl=False)
 
 

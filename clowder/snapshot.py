@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from clowder import stamp
 from clowder.errors import Problem, SpecError
+from clowder.metadata import MODEL_OUTPUT as MODEL_OUTPUT
 from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.workspace.objects import check_objects as check_objects
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 Row = tuple[Any, ...]
 
-MODEL_OUTPUT = "model_output"
 MAX_OUTPUT_BYTES = 1 << 20  # model outputs are small JSON documents; a bigger one is noted, not stored
 
 

@@ -7,7 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clowder.graph import ancestors, dependents, find_cycle, to_mermaid, topo_order
+from clowder.drawing import to_mermaid
+from clowder.graph import ancestors, dependents, find_cycle, topo_order
 from clowder.tree import Root
 from clowder.validate import load_pipeline
 from tests.conftest import Invoke, MakePipeline, write

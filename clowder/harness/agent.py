@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clowder.artifacts import metadata_path, write_metadata
 from clowder.errors import ClowderError
 from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE, output_schema, prices
 from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
+from clowder.metadata import metadata_path, write_metadata
 from clowder.spec import Config, JobSpec, Pipeline
 from clowder.state import FailureKind, JobStatus, Usage, total_usage
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clowder.errors import EXIT_WORK_FAILED, ClowderError
+from clowder.errors import WorkspaceError as WorkspaceError
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 STORE = ".objects"  # workspaces/.objects: the pipeline's shared object store
@@ -41,12 +41,6 @@ GIT_OPTIONS = (
 # Variables that would point git at another repository than the one we pass in `cwd`.
 _REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
               "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
-
-
-class WorkspaceError(ClowderError):
-    """A git operation on a workspace failed."""
-
-    exit_code = EXIT_WORK_FAILED
 
 
 @dataclass(frozen=True)
