@@ -76,14 +76,5 @@ def topo_order(deps: Deps) -> list[str]:
     return order
 
 
-def dependents(pipeline: Pipeline) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {name: [] for name in pipeline.jobs}
-    for job in pipeline.jobs.values():
-        for need in job.needs:
-            if need.job in out:
-                out[need.job].append(job.name)
-    return out
-
-
 def pipeline_deps(pipeline: Pipeline) -> dict[str, list[str]]:
     return {name: [n.job for n in job.needs] for name, job in pipeline.jobs.items()}
