@@ -175,3 +175,44 @@ def test_the_run_metadata_names_are_defined_once() -> None:
     for name in ("metadata_dir", "metadata_path", "write_metadata", "kind_of", "OUTPUT_FILE", "ERROR_FILE",
                  "MODEL_OUTPUT", "ERROR_CONTEXT"):
         assert definitions(name) == ["clowder.metadata"], f"{name} is defined in {definitions(name)}"
+
+
+def _git_argv(node: ast.AST) -> bool:
+    """Whether `node` starts a git command line: `["git", ...]`, `("git", ...)`, or "git" given
+    to a call that runs or finds a program (subprocess.*, os.exec*, shutil.which)."""
+    def is_git(value: ast.AST) -> bool:
+        return isinstance(value, ast.Constant) and isinstance(value.value, str) and (
+            value.value == "git" or value.value.endswith("/git"))
+
+    if isinstance(node, ast.List | ast.Tuple):
+        return bool(node.elts) and is_git(node.elts[0])
+    if isinstance(node, ast.Call) and node.args:
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        runs = name in {"run", "Popen", "call", "check_call", "check_output", "which"} or name.startswith(("exec",
+                                                                                                            "spawn"))
+        return runs and is_git(node.args[0])
+    return False
+
+
+def git_command_lines() -> list[str]:
+    """Where a module outside clowder/workspace/ starts git itself (module:line)."""
+    return [f"{m.name}:{node.lineno}" for m in modules().values() if not m.name.startswith("clowder.workspace")
+            for node in ast.walk(m.tree) if _git_argv(node)]
+
+
+def test_the_git_finder_sees_an_argv() -> None:
+    def finds(code: str) -> bool:
+        return any(_git_argv(node) for node in ast.walk(ast.parse(code)))
+
+    assert finds('subprocess.run(["git", "-c", "x", *args], cwd=ws)')
+    assert finds('shutil.which("git")') and finds('os.execvp("/usr/bin/git", argv)')
+    assert not finds('data.get("git", {})')
+    assert any(_git_argv(node) for node in ast.walk(modules()["clowder.workspace.repo"].tree))
+
+
+def test_git_runs_only_in_the_workspace_package() -> None:
+    """One place runs git, with one environment policy (clowder.workspace.repo: which GIT_*
+    variables are cleared, the config that is turned off, the identity); others call it."""
+    found = git_command_lines()
+    assert not found, f"git started outside clowder/workspace/ at {found}: call clowder.workspace.repo.git or read_git"
