@@ -57,8 +57,15 @@ class Identity:
 
 # -- running git ------------------------------------------------------------------------------
 
+def job_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the variables that point git at another repository than the one it runs
+    in: what Clowder's git and every job start from. Run from a git hook (or after `export
+    GIT_DIR=...`), a job's `git commit` would otherwise land in the user's repository."""
+    return {k: v for k, v in environ.items() if k not in _REPO_VARS}
+
+
 def _env(identity: Identity | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
+    env = job_environ(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
     if identity is not None:
         env.update(identity.env())
