@@ -545,7 +545,7 @@ def export(pipeline: str, job: str | None, branch: str | None, patch: str | None
     from clowder import export as export_mod
 
     root = find_root(root_dir)
-    request = export_mod.Request(pipeline, job, branch, patch, squash, repo, force)
+    request = export_mod.ExportRequest(pipeline, job, branch, patch, squash, repo, force)
     done = export_mod.export(root, request)
     if patch is not None:
         export_mod.write_patch(patch, done.patch)
