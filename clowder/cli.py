@@ -195,15 +195,14 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
 @root_option
 def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
-    from clowder import graph as graph_mod
-    from clowder import known, report
+    from clowder import drawing, known, report
     from clowder.validate import load_config, load_pipeline
 
     root = find_root(root_dir)
     paths = known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
     loaded = load_pipeline(paths, load_config(root))
     states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
-    render = graph_mod.to_dot if fmt == "dot" else graph_mod.to_mermaid
+    render = drawing.to_dot if fmt == "dot" else drawing.to_mermaid
     click.echo(render(loaded, states), nl=False)
 
 
@@ -546,7 +545,7 @@ def export(pipeline: str, job: str | None, branch: str | None, patch: str | None
     from clowder import export as export_mod
 
     root = find_root(root_dir)
-    request = export_mod.Request(pipeline, job, branch, patch, squash, repo, force)
+    request = export_mod.ExportRequest(pipeline, job, branch, patch, squash, repo, force)
     done = export_mod.export(root, request)
     if patch is not None:
         export_mod.write_patch(patch, done.patch)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from clowder.errors import DiskFull
+from clowder.errors import DiskFull, WorkspaceError
 from clowder.fsio import SPACE_ERRNOS
 
 PROBE_BYTES = 256 * 1024  # free space that counts as "space is back": a status file, a small commit
@@ -72,8 +72,6 @@ def caused_by_full_disk(e: BaseException, directory: Path) -> bool:
 
 
 def _is_git_failure(e: BaseException) -> bool:
-    from clowder.workspace.repo import WorkspaceError  # git is the workspace's business
-
     return isinstance(e, WorkspaceError)
 
 

@@ -62,6 +62,7 @@ from clowder.state import (
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
+from clowder.workspace.repo import job_environ
 
 Log = Callable[[str], None]
 
@@ -845,7 +846,7 @@ class Driver:
             # An agent job's prompt is composed now that its workspace holds its upstreams' outputs.
             harness = harness_agent.start(self.config, agent, self.root.path) if agent else None
             argv = harness.argv if harness else _argv(spec)
-            env = {**os.environ, **self._identity().env(), **(harness.env if harness else {}), **spec.env,
+            env = {**job_environ(os.environ), **self._identity().env(), **(harness.env if harness else {}), **spec.env,
                    "CLOWDER_ROOT": str(self.root.path),
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)

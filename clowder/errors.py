@@ -60,3 +60,10 @@ class DiskFull(ClowderError):
     to write: the work could not be done, and can be once space is freed."""
 
     exit_code = EXIT_WORK_FAILED
+
+
+class WorkspaceError(ClowderError):
+    """A git operation on a workspace failed (raised by clowder.workspace; defined here so that
+    what tells failures apart, clowder.diskfull, does not import the workspace package)."""
+
+    exit_code = EXIT_WORK_FAILED

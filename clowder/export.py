@@ -39,7 +39,7 @@ class NothingToExport(ClowderError):
 
 
 @dataclass(frozen=True)
-class Request:
+class ExportRequest:
     """What `clowder export` was asked for: a branch (in `repo`, else the source) or a patch."""
 
     pipeline: str
@@ -92,7 +92,7 @@ def default_job(statuses: Mapping[str, JobStatus], order: Sequence[str]) -> str:
     return (sinks or done)[-1]
 
 
-def _job(paths: PipelinePaths, request: Request, statuses: Mapping[str, JobStatus], order: Sequence[str]) -> str:
+def _job(paths: PipelinePaths, request: ExportRequest, statuses: Mapping[str, JobStatus], order: Sequence[str]) -> str:
     if request.job is None:
         return default_job(statuses, order)
     job = known.job(paths, request.job)
@@ -244,7 +244,7 @@ def build(scratch: Path, pipeline: str, job: str, steps: Sequence[Step], exclude
 
 # -- where it goes --------------------------------------------------------------------------------
 
-def _target(root: Root, paths: PipelinePaths, request: Request, source: str | None) -> Path:
+def _target(root: Root, paths: PipelinePaths, request: ExportRequest, source: str | None) -> Path:
     if request.repo is not None:
         target = request.repo.expanduser().resolve()
     elif source is None:
@@ -295,7 +295,7 @@ def _patch(scratch: Path, base: str | None, tip: str) -> str:
 
 # -- the command ----------------------------------------------------------------------------------
 
-def export(root: Root, request: Request) -> Exported:
+def export(root: Root, request: ExportRequest) -> Exported:
     """Export a job's work as `request` says; see the module's docstring."""
     from clowder.validate import load_config, load_pipeline
 
@@ -341,4 +341,4 @@ def command_line(pipeline: str, job: str) -> str:
     return f"clowder export {pipeline} {job} --branch clowder/{pipeline}-{job}"
 
 
-__all__ = ["Exported", "NothingToExport", "Request", "command_line", "default_job", "export", "write_patch"]
+__all__ = ["ExportRequest", "Exported", "NothingToExport", "command_line", "default_job", "export", "write_patch"]

@@ -8,7 +8,6 @@ import fcntl
 import itertools
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,25 +163,6 @@ class Writer:
         self._thread.join()
 
 
-def write_new(path: Path, data: str, tmp_dir: Path | None = None) -> None:
-    """Create `path` atomically; raise FileExistsError instead of replacing an existing file."""
-    raw = data.encode()
-    directory = tmp_dir if tmp_dir is not None else path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        # link() fails if the target exists, which rename() would silently replace.
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 @contextlib.contextmanager
 def try_lock(path: Path) -> Iterator[bool]:
     """Hold an exclusive flock on `path` if nobody else does; yield whether we got it.
@@ -205,14 +185,6 @@ def try_lock(path: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
-
-
-def read_text(path: Path) -> str | None:
-    """The file's text, or None when it does not exist."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
 
 
 MAX_SPEC_BYTES = 1024 * 1024  # hand-written files and requests: far above any real one

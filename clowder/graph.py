@@ -1,10 +1,14 @@
-"""The dependency graph of a pipeline's jobs: cycles, ancestry, order, and drawings."""
+"""The dependency graph of a pipeline's jobs: cycles, ancestry, order. Pure functions of a
+mapping from each job to what it needs, so that clowder.spec can order a pipeline's jobs without
+an import cycle (the drawings, which need the spec's types, are clowder.drawing)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from clowder.spec import Pipeline, When
+if TYPE_CHECKING:
+    from clowder.spec import Pipeline
 
 Deps = Mapping[str, Sequence[str]]
 
@@ -72,51 +76,5 @@ def topo_order(deps: Deps) -> list[str]:
     return order
 
 
-def dependents(pipeline: Pipeline) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {name: [] for name in pipeline.jobs}
-    for job in pipeline.jobs.values():
-        for need in job.needs:
-            if need.job in out:
-                out[need.job].append(job.name)
-    return out
-
-
 def pipeline_deps(pipeline: Pipeline) -> dict[str, list[str]]:
     return {name: [n.job for n in job.needs] for name, job in pipeline.jobs.items()}
-
-
-def _edges(pipeline: Pipeline) -> Iterable[tuple[str, str, When]]:
-    for name in topo_order(pipeline_deps(pipeline)):
-        for need in pipeline.jobs[name].needs:
-            yield need.job, name, need.when
-
-
-def to_dot(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
-    states = states or {}
-    lines = [f'digraph "{pipeline.name}" {{', "  rankdir=LR;", "  node [shape=box];"]
-    for name in topo_order(pipeline_deps(pipeline)):
-        label = f"{name}\\n{states[name]}" if name in states else name
-        lines.append(f'  "{name}" [label="{label}"];')
-    for up, down, when in _edges(pipeline):
-        attr = "" if when is When.SUCCESS else f' [label="{when.value}", style=dashed]'
-        lines.append(f'  "{up}" -> "{down}"{attr};')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _mermaid_id(name: str) -> str:
-    # Mermaid ids cannot hold '.', so map each name to a safe id and show the name as label.
-    # Escape rather than replace ('_' too), so that `a.b` and `a_b` stay two nodes.
-    return "j_" + "".join(c if c.isalnum() else f"_{ord(c):02x}" for c in name)
-
-
-def to_mermaid(pipeline: Pipeline, states: Mapping[str, str] | None = None) -> str:
-    states = states or {}
-    lines = ["flowchart LR"]
-    for name in topo_order(pipeline_deps(pipeline)):
-        label = f"{name}<br/>{states[name]}" if name in states else name
-        lines.append(f'  {_mermaid_id(name)}["{label}"]')
-    for up, down, when in _edges(pipeline):
-        arrow = "-->" if when is When.SUCCESS else f"-.->|{when.value}|"
-        lines.append(f"  {_mermaid_id(up)} {arrow} {_mermaid_id(down)}")
-    return "\n".join(lines) + "\n"

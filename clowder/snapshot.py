@@ -5,11 +5,8 @@ through the same functions, which is why the kept index and a rebuilt one can be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from clowder import stamp
 from clowder.errors import Problem, SpecError
+from clowder.metadata import MODEL_OUTPUT as MODEL_OUTPUT
 from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
+from clowder.workspace.objects import check_objects as check_objects
+from clowder.workspace.objects import read_blob
 
 if TYPE_CHECKING:
     from clowder.spec import Config, Pipeline
 
 Row = tuple[Any, ...]
 
-MODEL_OUTPUT = "model_output"
 MAX_OUTPUT_BYTES = 1 << 20  # model outputs are small JSON documents; a bigger one is noted, not stored
 
 
@@ -248,74 +247,3 @@ def _model_output(ws: Path, path: str, blob: str, size: int) -> Row:
     except ValueError as e:
         return (blob, None, f"not JSON: {e}")
     return (blob, text, None)
-
-
-def blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def read_blob(ws: Path, blob: str, path: str | None = None) -> bytes | None:
-    """A blob's content from a workspace, cheapest way first: the working-tree file when it still
-    has that content, a loose object (of the repository or of a store it borrows from), then
-    `git cat-file` (packs). None if it is nowhere. Read-only; never raises for a missing repo."""
-    if path is not None:
-        try:
-            data = (ws / path).read_bytes()
-        except OSError:
-            data = None
-        if data is not None and blob_id(data) == blob:
-            return data
-    for objects in _object_dirs(ws):
-        try:
-            raw = zlib.decompress((objects / blob[:2] / blob[2:]).read_bytes())
-        except (OSError, zlib.error):
-            continue
-        header, _, content = raw.partition(b"\0")
-        if header.startswith(b"blob "):
-            return content
-    if not (ws / ".git").exists():
-        return None
-    proc = _git(ws, "cat-file", "blob", blob)
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def _object_dirs(ws: Path) -> list[Path]:
-    objects = ws / ".git" / "objects"
-    dirs = [objects]
-    try:
-        lines = (objects / "info" / "alternates").read_text().splitlines()
-    except OSError:
-        lines = []
-    dirs += [(objects / line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")]
-    return dirs
-
-
-# Object checks are read-only git plumbing. They run git directly rather than through
-# clowder.workspace so that the index works on any repository, with or without Clowder's object store.
-def _git(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    return subprocess.run(["git", "-c", "core.fsmonitor=false", *args], cwd=ws, input=stdin, env=env,
-                          capture_output=True, check=False)
-
-
-def check_objects(ws: Path, wanted: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
-    """Which of `wanted` (object id -> (type, size or None)) the repository at `ws` lacks or
-    holds differently, with why. One `git cat-file --batch-check` for the whole repository."""
-    if not (ws / ".git").exists():
-        return dict.fromkeys(wanted, "no workspace repository")
-    ids = sorted(wanted)
-    proc = _git(ws, "cat-file", "--batch-check", stdin="".join(f"{i}\n" for i in ids).encode())
-    if proc.returncode != 0:
-        return dict.fromkeys(wanted, f"git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
-    out = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] == "missing":
-            out[parts[0]] = "missing from the repository"
-        elif len(parts) == 3 and parts[0] in wanted:
-            kind, size = wanted[parts[0]]
-            if parts[1] != kind:
-                out[parts[0]] = f"is a {parts[1]}, recorded as a {kind}"
-            elif size is not None and int(parts[2]) != size:
-                out[parts[0]] = f"has {parts[2]} bytes, recorded as {size}"
-    return out

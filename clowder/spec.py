@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from clowder.errors import UsageError
+from clowder.graph import topo_order
 from clowder.state import FailureKind
 from clowder.tree import NAME_PATTERN as NAME_PATTERN
 from clowder.tree import NAME_RE as NAME_RE
@@ -254,8 +255,6 @@ class Pipeline:
     @cached_property
     def order(self) -> tuple[str, ...]:
         """Job names, each after everything it needs; computed once per loaded spec."""
-        from clowder.graph import topo_order  # graph builds on this module
-
         return tuple(topo_order({n: [x.job for x in j.needs] for n, j in self.jobs.items()}))
 
     @cached_property

@@ -7,7 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clowder.graph import ancestors, dependents, find_cycle, to_mermaid, topo_order
+from clowder.drawing import to_mermaid
+from clowder.graph import ancestors, find_cycle, topo_order
 from clowder.tree import Root
 from clowder.validate import load_pipeline
 from tests.conftest import Invoke, MakePipeline, write
@@ -92,8 +93,8 @@ FAN = {
 
 def test_dependents_are_the_reverse_of_needs(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", FAN)
-    assert dependents(load_pipeline(root.pipeline("p"))) == {
-        "split": ["left", "right"], "left": ["join"], "right": ["join"], "join": ["undo"], "undo": [],
+    assert load_pipeline(root.pipeline("p")).dependents == {
+        "split": ("left", "right"), "left": ("join",), "right": ("join",), "join": ("undo",), "undo": (),
     }
 
 

@@ -10,18 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clowder.artifacts import metadata_path, write_metadata
 from clowder.errors import ClowderError
 from clowder.harness import ACTIONS_FILE, OUTPUT_FILE, PROMPT_FILE, SCRIPT_FILE, output_schema, prices
 from clowder.harness import config as harness_config
 from clowder.harness.actions import read_log
 from clowder.harness.prompt import Context, compose
+from clowder.metadata import metadata_path, write_metadata
 from clowder.spec import Config, JobSpec, Pipeline
 from clowder.state import FailureKind, JobStatus, Usage, total_usage
 
 
 @dataclass(frozen=True)
-class Launch:
+class AgentCommand:
+    """How to run an agent job's harness: what the executor's Launch gets as argv, and adds to its env."""
+
     argv: tuple[str, ...]
     env: Mapping[str, str]
 
@@ -63,7 +65,7 @@ def _fixups(own: JobStatus, statuses: Mapping[str, JobStatus]) -> tuple[tuple[st
     return tuple(out)
 
 
-def start(config: Config, ctx: Context, root: Path) -> Launch:
+def start(config: Config, ctx: Context, root: Path) -> AgentCommand:
     """Write the attempt's prompt (and script) into the prepared workspace, clear what the last
     attempt logged, and say how to run the job's harness."""
     job, ws = ctx.job, ctx.workspace
@@ -93,7 +95,7 @@ def start(config: Config, ctx: Context, root: Path) -> Launch:
     if job.regression_of or job.regression_context:
         env["CLOWDER_REGRESSION_OF"] = job.regression_of or job.name
     env["PATH"] = _with_clowder(env.get("PATH", os.environ.get("PATH", "")))
-    return Launch(harness_config.argv(harness, values, _extras(ctx, root)), env)
+    return AgentCommand(harness_config.argv(harness, values, _extras(ctx, root)), env)
 
 
 def remaining_budget(ctx: Context) -> float | None:

@@ -50,9 +50,9 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
-from clowder.artifacts import ERROR_FILE, kind_of, metadata_dir, write_metadata
 from clowder.diskfull import no_space
 from clowder.errors import DiskFull
+from clowder.metadata import ERROR_FILE, kind_of, metadata_dir, write_metadata
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.copy import copy_checkout

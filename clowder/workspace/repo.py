@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clowder.errors import EXIT_WORK_FAILED, ClowderError
+from clowder.errors import WorkspaceError as WorkspaceError
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 STORE = ".objects"  # workspaces/.objects: the pipeline's shared object store
@@ -43,12 +43,6 @@ _REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTOR
               "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
 
 
-class WorkspaceError(ClowderError):
-    """A git operation on a workspace failed."""
-
-    exit_code = EXIT_WORK_FAILED
-
-
 @dataclass(frozen=True)
 class Identity:
     """Author and committer of Clowder's commits (clowder.toml [git])."""
@@ -63,8 +57,15 @@ class Identity:
 
 # -- running git ------------------------------------------------------------------------------
 
+def job_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the variables that point git at another repository than the one it runs
+    in: what Clowder's git and every job start from. Run from a git hook (or after `export
+    GIT_DIR=...`), a job's `git commit` would otherwise land in the user's repository."""
+    return {k: v for k, v in environ.items() if k not in _REPO_VARS}
+
+
 def _env(identity: Identity | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
+    env = job_environ(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
     if identity is not None:
         env.update(identity.env())
@@ -81,6 +82,13 @@ def git(cwd: Path, *args: str, identity: Identity | None = None, stdin: str | No
         message = (proc.stderr or proc.stdout).strip().splitlines()
         raise WorkspaceError(f"{cwd}: git {args[0]} failed: {message[-1] if message else proc.returncode}")
     return proc
+
+
+def read_git(cwd: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run one read-only git command in `cwd`, bytes in and out (blobs are not text), under the same
+    policy as `git`; never raises: the caller says what a failure means."""
+    return subprocess.run(["git", *GIT_OPTIONS, *args], cwd=cwd, env=_env(), input=stdin, capture_output=True,
+                          check=False)
 
 
 # -- refs and objects, read in-process --------------------------------------------------------
