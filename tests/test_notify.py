@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,11 @@ import pytest
 
 from clowder.driver import Driver
 from clowder.notify.events import job_events, pipeline_events
+from clowder.schema import load_schema
 from clowder.spec import NotifyEvent
 from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus
 from clowder.tree import Root
-from tests.conftest import Invoke, MakePipeline, wait_for
+from tests.conftest import REPO, Invoke, MakePipeline, wait_for
 from tests.test_driver import jstatus, pstate
 
 ONE_JOB = {"a": 'command = ["true"]\n'}
@@ -350,3 +352,27 @@ def test_the_outbox_is_under_the_state_directory(root: Root, make_pipeline: Make
     shutil.rmtree(root.state_dir / "notify")  # gone: nothing is sent again, nothing breaks
     assert run(root, only=["p"])[0]
     assert len(received(tmp_path / "events")) == 1
+
+
+def test_the_readme_example_is_valid_and_its_command_runs(root: Root, make_pipeline: MakePipeline,
+                                                           cli: Invoke) -> None:
+    readme = (REPO / "README.md").read_text().split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    root.config_file.write_text(root.config_file.read_text() + "\n" + example.replace(
+        "https://hooks.slack.com/services/T000/B000/XXXX", "http://127.0.0.1:9/"))  # nothing listens there
+    make_pipeline("p", {"test": 'command = ["false"]\n'})
+    result = cli("validate")
+    assert result.exit_code == 0, result.output
+    ok, lines = run(root, only=["p"])
+    assert not ok
+    (event,) = received(root.path / "notifications.jsonl")
+    assert (event["event"], event["job"]) == ("job_failed", "test")
+    assert any(line.startswith("p: notification pipeline_failed to clowder.toml notify[0] failed: cannot reach")
+               for line in lines)
+
+
+def test_clowder_toml_and_pipeline_toml_share_one_notify_schema() -> None:
+    # The validator checks both files' tables against clowder.toml's; editors read each file's own.
+    assert load_schema("clowder")["properties"]["notify"] == load_schema("pipeline")["properties"]["notify"]
+    events = load_schema("clowder")["properties"]["notify"]["items"]["properties"]["on"]["items"]["enum"]
+    assert events == [e.value for e in NotifyEvent]
