@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ from typing import Any
 import pytest
 
 from clowder.driver import Driver
-from clowder.notify.events import job_events, pipeline_events
+from clowder.notify import notifier
+from clowder.notify.events import Event, job_events, pipeline_events
+from clowder.notify.outbox import Delivery, Outbox, Record, Send
 from clowder.schema import load_schema
-from clowder.spec import NotifyEvent
+from clowder.spec import NotifyEvent, NotifyTarget
 from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, wait_for
@@ -272,7 +275,8 @@ def test_a_restart_that_derives_an_event_again_does_not_send_it_twice(
         # the outbox has the events, the status writes did not reach the disk.
         before = {f: f.read_bytes() for f in (paths.status_file, paths.job_status_file("a"))}
         gate.touch()
-        wait_for(lambda: len(received(out)) == 2, what="both events sent")
+        wait_for(lambda: [s["state"] for r in records(root) for s in r["sends"]] == ["sent", "sent"],
+                 what="both events sent and recorded so")
     finally:
         first.kill()
         first.communicate()
@@ -376,3 +380,44 @@ def test_clowder_toml_and_pipeline_toml_share_one_notify_schema() -> None:
     assert load_schema("clowder")["properties"]["notify"] == load_schema("pipeline")["properties"]["notify"]
     events = load_schema("clowder")["properties"]["notify"]["items"]["properties"]["on"]["items"]["enum"]
     assert events == [e.value for e in NotifyEvent]
+
+
+def test_a_daemon_stopping_kills_a_hanging_command_and_the_next_one_sends_it(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notifier, "DRAIN_SECONDS", 0.5)  # the hanging command has an hour; stopping waits this
+    out, gate, pid_file = tmp_path / "events", tmp_path / "gate", tmp_path / "hung.pid"
+    script = f"if [ ! -f {gate} ]; then echo $$ > {pid_file}; exec sleep 60; fi; cat >> {out}; echo >> {out}"
+    notify_config(root, f'on = ["pipeline_succeeded"]\ncommand = {json.dumps(["sh", "-c", script])}\n'
+                        'timeout = "1h"\n')
+    make_pipeline("p", ONE_JOB)
+    lines: list[str] = []
+    driver = Driver(root, log=lines.append)
+    thread = threading.Thread(target=driver.serve, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="the notify command to start")
+    finally:
+        driver.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert not _alive(int(pid_file.read_text()))  # it did not outlive the daemon
+    assert "p: notification pipeline_succeeded to clowder.toml notify[0] left to the next daemon" in lines
+    assert [s["state"] for r in records(root) for s in r["sends"]] == ["pending"]
+    gate.touch()
+    assert run(root, only=["p"])[0]
+    assert [e["event"] for e in received(out)] == ["pipeline_succeeded"]
+    assert [s["state"] for r in records(root) for s in r["sends"]] == ["sent"]
+
+
+def test_records_done_a_month_ago_are_deleted_and_pending_ones_kept(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "notify", tmp_path)
+    target = NotifyTarget((NotifyEvent.JOB_FAILED,), ("true",))
+    old = Event(NotifyEvent.JOB_FAILED, "p", "", NOW, "a", 1, "failed")
+    done = Record(old, (Send(target, "clowder.toml", Delivery.SENT),))
+    waiting = Record(replace(old, job="b"), (Send(target, "clowder.toml"),))
+    box.save(done)
+    box.save(waiting)
+    assert box.pending(NOW + timedelta(days=1)) == ([waiting], [])
+    assert box.has(old)
+    assert box.pending(NOW + timedelta(days=31)) == ([waiting], [])
+    assert not box.has(old) and box.has(waiting.event)

@@ -109,7 +109,7 @@ class Notifier:
         left = self.senders.end_leftovers()
         if left:
             self.log(f"killed {left} notify process(es) an earlier daemon left running")
-        records, bad = self.outbox.pending()
+        records, bad = self.outbox.pending(utcnow())
         for path, why in bad:
             self.log(f"cannot read notification record {path}: {why}")
         for record in records:
@@ -144,6 +144,9 @@ class Notifier:
             if self._abort.is_set():
                 return
             result = self._send(send.target, event)
+            if self._abort.is_set():  # killed because the daemon is stopping: the next one sends it
+                self.log(f"{event.pipeline}: notification {event.kind.value} to {send.name} left to the next daemon")
+                return
             record = record.with_send(i, replace(send, state=Delivery.SENT if result.ok else Delivery.FAILED,
                                                  reason=result.reason, at=utcnow()))
             try:

@@ -4,9 +4,10 @@ loses a notification nor sends one twice: the next one sends what is still pendi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from clowder.fsio import atomic_write
 from clowder.notify.events import Event
 from clowder.spec import NotifyEvent, NotifyTarget
+
+KEEP = timedelta(days=30)  # a record all of whose deliveries were made is deleted this long after its event
 
 
 class Delivery(StrEnum):
@@ -64,9 +67,10 @@ class Outbox:
     def save(self, record: Record) -> None:
         atomic_write(self.path(record.event), json.dumps(_record_to_dict(record), indent=2) + "\n", self._tmp_dir)
 
-    def pending(self) -> tuple[list[Record], list[tuple[Path, str]]]:
+    def pending(self, now: datetime) -> tuple[list[Record], list[tuple[Path, str]]]:
         """Every record with a delivery still to make, oldest event first; and the files that
-        could not be read (with why)."""
+        could not be read (with why). Records done for KEEP are deleted: no restart derives
+        an event that old again, and the daemon reads the outbox at each start."""
         records, bad = [], []
         for path in sorted(self.dir.glob("*/*/*.json")):
             try:
@@ -76,7 +80,16 @@ class Outbox:
                 continue
             if record.pending:
                 records.append(record)
+            elif now - record.event.at > KEEP:
+                _remove(path)
         return sorted(records, key=lambda r: r.event.at), bad
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+        path.parent.rmdir()  # the pipeline run's last record: fails (and is let be) while others are left
+        path.parent.parent.rmdir()
 
 
 def _record_to_dict(record: Record) -> dict[str, Any]:
