@@ -45,17 +45,18 @@ class Notifier:
     def job(self, name: str, pipeline: Pipeline | None, status: PipelineStatus, old: JobStatus | None,
             new: JobStatus) -> None:
         """A job's status is about to be written."""
-        self._observe(name, pipeline, job_events(name, status, old, new, utcnow()))
+        self._observe(name, pipeline, lambda: job_events(name, status, old, new, utcnow()))
 
     def pipeline(self, name: str, pipeline: Pipeline | None, old: PipelineStatus, new: PipelineStatus,
                  jobs: Iterable[JobStatus]) -> None:
         """A pipeline's status is about to be written (`jobs`: its jobs' statuses)."""
-        self._observe(name, pipeline, pipeline_events(name, old, new, jobs, utcnow()))
+        self._observe(name, pipeline, lambda: pipeline_events(name, old, new, jobs, utcnow()))
 
-    def _observe(self, name: str, pipeline: Pipeline | None, events: list[Event]) -> None:
-        if not events:
-            return
+    def _observe(self, name: str, pipeline: Pipeline | None, derive: Callable[[], list[Event]]) -> None:
         try:
+            events = derive()
+            if not events:
+                return
             self._say_problems(name, pipeline)
             for event in events:
                 self._record(event, pipeline)
