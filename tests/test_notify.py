@@ -123,7 +123,7 @@ def test_a_spawned_fixup_and_a_spent_budget_are_told(root: Root, make_pipeline: 
     assert spent["message"].startswith("budget spent: a has cost $1.2000 of its max_cost_usd $1.00")
 
 
-def test_a_blocked_pipeline_is_told_once_per_problem(root: Root, make_pipeline: MakePipeline,
+def test_a_blocked_pipeline_is_told_once_and_not_again_by_the_next_daemon(root: Root, make_pipeline: MakePipeline,
                                                     tmp_path: Path) -> None:
     out = tmp_path / "events"
     # Blocked at once, not after the file has settled.
