@@ -27,6 +27,7 @@ from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
+from clowder.notify.notifier import Notifier
 from clowder.recorder import Recorder
 from clowder.scheduler import (
     NO_CHANGES,
@@ -217,6 +218,7 @@ class Driver:
         # A full disk pauses launching; what it held back waits here until space is back.
         self.space = diskfull.Space(root.tmp_dir, self.log, on_space=self._space_back, stopping=self.stopping)
         self._held: queue.SimpleQueue[_Held | SpawnJob] = queue.SimpleQueue()
+        self.notifier = Notifier(root, self.config.notify, self.log)  # [[notify]]: told each status written
 
     # -- events ---------------------------------------------------------------------------
 
@@ -280,6 +282,7 @@ class Driver:
         self.watcher = Watcher(self.root, self._notify, poll=self.poll)
         self.watcher.start()
         self.recorder.start()
+        self.notifier.start()
         try:
             self._rescan()
             next_sweep = utcnow() + timedelta(seconds=sweep)
@@ -303,6 +306,7 @@ class Driver:
                 self.log(f"{self.writer.dropped} status write(s) not made for lack of space; the next start "
                          "re-derives them from the attempts' own records")
             self.recorder.close()  # after the writer: it stamps the status files as they are on disk
+            self.notifier.stop()  # sends what is queued, for a while at most
         if self.space.error is not None:
             raise self.space.error
         return self._selected_succeeded()
@@ -737,6 +741,8 @@ class Driver:
     def _apply(self, action: object, now: datetime) -> None:
         if isinstance(action, SetJob):
             cache = self.pipelines[action.pipeline]
+            self.notifier.job(action.pipeline, cache.pipeline, cache.status, cache.jobs.get(action.status.job),
+                              action.status)
             cache.set_job(action.status)
             self._write(cache.paths.job_status_file(action.status.job), partial(job_status_to_toml, action.status))
             self.recorder.job(action.pipeline, action.status)
@@ -744,6 +750,7 @@ class Driver:
                 self.log(f"{action.pipeline}/{action.event}")
         elif isinstance(action, SetPipeline):
             cache = self.pipelines[action.pipeline]
+            self.notifier.pipeline(action.pipeline, cache.pipeline, cache.status, action.status, cache.jobs.values())
             cache.status = action.status
             status = _with_source_warning(cache.paths, action.status)
             self._write(cache.paths.status_file, pipeline_status_to_toml(status))

@@ -171,6 +171,7 @@ class Config:
     # A spec file found invalid that changed less than this ago is being written: read it again
     # once it has been quiet this long before blocking its pipeline.
     settle: float = 2.0
+    notify: tuple[NotifyTarget, ...] = ()  # [[notify]]: told of every pipeline's events
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class PipelineSpec:
     created_at: datetime | None = None
     max_cost_usd: float | None = None
     export_exclude: tuple[str, ...] = ()  # `export = { exclude = [...] }`: gitignore patterns clowder export leaves out
+    notify: tuple[NotifyTarget, ...] = ()  # [[notify]]: told of this pipeline's events
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         heartbeat_timeout=parse_duration(data.get("heartbeat_timeout", Config.heartbeat_timeout)),
         kill_grace=parse_duration(data.get("kill_grace", Config.kill_grace)),
         settle=parse_duration(data.get("settle", Config.settle)),
+        notify=notify_targets(data.get("notify", [])),
     )
 
 
@@ -403,6 +406,7 @@ def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
         created_at=created if isinstance(created, datetime) else None,
         max_cost_usd=data.get("max_cost_usd"),
         export_exclude=tuple(data.get("export", {}).get("exclude", ())),
+        notify=notify_targets(data.get("notify", [])),
     )
 
 
@@ -433,3 +437,44 @@ def parse_assignment(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
     return key.strip(), value
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+class NotifyEvent(StrEnum):
+    """What a `[[notify]]` table can ask to be told of (`on = [...]`)."""
+
+    PIPELINE_SUCCEEDED = "pipeline_succeeded"
+    PIPELINE_FAILED = "pipeline_failed"
+    PIPELINE_BLOCKED = "pipeline_blocked"
+    JOB_FAILED = "job_failed"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"  # accepted now; sent once approval gates exist
+    BUDGET_SPENT = "budget_spent"
+    FIXUP_SPAWNED = "fixup_spawned"
+
+
+NOTIFY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One `[[notify]]` table: the events it wants, and a command (argv) or a webhook URL."""
+
+    on: tuple[NotifyEvent, ...]
+    command: tuple[str, ...] = ()
+    webhook: str = ""
+    timeout: float = NOTIFY_TIMEOUT
+    index: int = 0  # its place among the file's tables: `notify[0]` in log lines
+
+    @property
+    def name(self) -> str:
+        return f"notify[{self.index}]"
+
+
+def notify_targets(tables: list[Mapping[str, Any] | None]) -> tuple[NotifyTarget, ...]:
+    """The `[[notify]]` tables the validator found sound; it puts None in place of a broken one,
+    which is left out (never an error: a notification must not stop a pipeline)."""
+    return tuple(
+        NotifyTarget(on=tuple(NotifyEvent(e) for e in t["on"]), command=tuple(t.get("command", ())),
+                     webhook=t.get("webhook", ""), timeout=parse_duration(t.get("timeout", NOTIFY_TIMEOUT)), index=i)
+        for i, t in enumerate(tables) if t is not None)

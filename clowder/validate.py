@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +18,7 @@ from clowder.harness import config as harness_config
 from clowder.spec import (
     NAME_RULE,
     Config,
+    NotifyEvent,
     Pipeline,
     config_from_dict,
     is_name,
@@ -259,7 +261,7 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
     data, problems = schema.load_toml(path)
     if data is None:
         return None, problems
-    problems = schema.check("clowder", data, path)
+    problems = schema.check("clowder", without_notify(data), path)
     durations: list[tuple[str, ...]] = [
         ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("settle",), ("retry", "backoff", "initial"),
         ("retry", "backoff", "max"),
@@ -271,7 +273,7 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
         problems += _check_harnesses(path, harnesses, data.get("default_harness"))
     if problems:
         return None, problems
-    return config_from_dict(data), []
+    return config_from_dict(sound_notify(data)), []
 
 
 # Below a second, a sweep (which re-reads every pipeline) would keep the daemon busy, and a
@@ -398,9 +400,9 @@ def check_pipeline_data(
     `spec_data` is None when pipeline.toml did not parse (its syntax error is reported already)."""
     problems: list[Problem] = []
     if spec_data is not None:
-        problems += schema.check("pipeline", spec_data, paths.spec_file)
+        problems += schema.check("pipeline", without_notify(spec_data), paths.spec_file)
         problems += check_variables(
-            {k: v for k, v in spec_data.items() if k != "roles"}, _Where(paths.spec_file), None)
+            {k: v for k, v in spec_data.items() if k not in ("roles", "notify")}, _Where(paths.spec_file), None)
         problems += [Problem(paths.spec_file, schema.key_path(parts), NUL_MESSAGE)  # clowder export's git arguments
                      for parts, text in strings(spec_data.get("export"), ("export",)) if "\0" in text]
         problems += _check_source(paths.spec_file, spec_data.get("source"))
@@ -473,7 +475,7 @@ def _check_output_schemas(jobs: Mapping[str, Any], roles: object, where: Callabl
 
 
 def build_pipeline(name: str, spec_data: Mapping[str, Any], jobs: Mapping[str, Any], config: Config) -> Pipeline:
-    spec = pipeline_spec_from_dict(name, spec_data)
+    spec = pipeline_spec_from_dict(name, sound_notify(spec_data))
     records = {n: job_from_dict(n, d, config.retry) for n, d in jobs.items()}
     return Pipeline(spec, with_stage_needs(records, spec.stages))
 
@@ -496,12 +498,13 @@ def check_status_files(paths: PipelinePaths) -> list[Problem]:
 
 def validate_root(root: Root) -> list[Problem]:
     config, problems = check_config(root.config_file)
+    problems += notify_problems(root.config_file)
     for name in root.template_names():
         problems += check_template(root.templates_dir / f"{name}.toml", config)[1]
     for name in root.pipeline_names():
         paths = PipelinePaths(root.pipelines_dir / name)
         problems += check_pipeline(paths, config)[1]
-        problems += check_status_files(paths)
+        problems += check_status_files(paths) + notify_problems(paths.spec_file)
     return problems
 
 
@@ -516,11 +519,12 @@ def validate_path(path: Path, root: Root | None) -> tuple[str, list[Problem]]:
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return f"root {path}", validate_root(Root(path))
     if path.is_file() and path.name == CONFIG_FILE:
-        return f"settings {path}", check_config(path)[1]
+        return f"settings {path}", check_config(path)[1] + notify_problems(path)
     pipeline = _enclosing_pipeline(path)
     if pipeline is not None:
         paths = PipelinePaths(pipeline)
-        return f"pipeline {pipeline.name}", check_pipeline(paths, config)[1] + check_status_files(paths)
+        return f"pipeline {pipeline.name}", (check_pipeline(paths, config)[1] + check_status_files(paths)
+                                             + notify_problems(paths.spec_file))
     if path.is_dir() and path.name in ("templates", "pipelines") and (path.parent / CONFIG_FILE).is_file():
         r = Root(path.parent)
         problems: list[Problem] = []
@@ -529,7 +533,7 @@ def validate_path(path: Path, root: Root | None) -> tuple[str, list[Problem]]:
                 problems += check_template(r.templates_dir / f"{name}.toml", config)[1]
         for name in r.pipeline_names() if path.name == "pipelines" else []:
             paths = PipelinePaths(r.pipelines_dir / name)
-            problems += check_pipeline(paths, config)[1] + check_status_files(paths)
+            problems += check_pipeline(paths, config)[1] + check_status_files(paths) + notify_problems(paths.spec_file)
         return f"{path.name} {path}", problems
     if path.is_file() and path.suffix == ".toml":
         return f"template {path.stem}", check_template(path, config)[1]
@@ -549,3 +553,88 @@ def _enclosing_pipeline(path: Path) -> Path | None:
         if candidate.parent.name == "pipelines" and candidate.is_dir():
             return candidate
     return None
+
+
+# -- [[notify]] tables ----------------------------------------------------------------------
+# A broken table is left out where files are loaded (the daemon logs why: a notification must
+# never stop a pipeline) and reported here, for `clowder validate`.
+
+_EVENTS = [e.value for e in NotifyEvent]
+MAX_NOTIFY_TIMEOUT = 3600.0
+
+
+def notify_problems(path: Path) -> list[Problem]:
+    """Every problem of the `[[notify]]` tables in clowder.toml or a pipeline.toml (a file that
+    does not parse has none of its own: its syntax error is reported where it is loaded)."""
+    data, _ = schema.load_toml(path, missing_ok=True)
+    return check_notify(path, data.get("notify")) if data is not None else []
+
+
+def check_notify(path: Path, value: object) -> list[Problem]:
+    if value is None:
+        return []
+    problems = schema.check("clowder", {"notify": value}, path)
+    own: list[Problem] = []
+    for i, table in enumerate(value if isinstance(value, list) else []):
+        if isinstance(table, dict):
+            own += _check_notify_table(path, i, table)
+    # An unknown event is said once, with a did-you-mean, not also as the schema's enum.
+    said = {p.key for p in own}
+    return sorted({*[p for p in problems if p.key not in said], *own}, key=lambda p: (p.key, p.message))
+
+
+def _check_notify_table(path: Path, i: int, table: Mapping[str, Any]) -> list[Problem]:
+    def key(*parts: str | int) -> str:
+        return schema.key_path(["notify", i, *parts])
+
+    events = table.get("on")
+    problems = [Problem(path, key("on", j), f"unknown event '{e}'{_did_you_mean(e, _EVENTS)}; "
+                        f"the events are {', '.join(_EVENTS)}")
+                for j, e in enumerate(events if isinstance(events, list) else [])
+                if isinstance(e, str) and e not in _EVENTS]
+    has_command, has_webhook = "command" in table, "webhook" in table
+    if has_command == has_webhook:
+        which = "both" if has_command else "neither"
+        problems.append(Problem(path, key("command"),
+                                f"a [[notify]] table needs exactly one of 'command' and 'webhook'; it has {which}"))
+    problems += [Problem(path, key(*parts), NUL_MESSAGE)
+                 for parts, text in strings(table.get("command"), ("command",)) if "\0" in text]
+    webhook = table.get("webhook")
+    if isinstance(webhook, str) and webhook and not _is_http_url(webhook):
+        problems.append(Problem(path, key("webhook"),
+                                f"must be an http:// or https:// URL, got {schema.show(webhook)}"))
+    timeout = table.get("timeout")
+    if isinstance(timeout, str):  # the schema bounds a number
+        try:
+            if not 0 < parse_duration(timeout) <= MAX_NOTIFY_TIMEOUT:
+                problems.append(Problem(path, key("timeout"), f"must be more than 0 and at most 1h, got {timeout!r}"))
+        except ValueError as e:
+            problems.append(Problem(path, key("timeout"), str(e)))
+    return problems
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = urllib.parse.urlsplit(text)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.netloc) and not any(c.isspace() or c == "\0" for c in text)
+
+
+def without_notify(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's data for its schema check: `[[notify]]` tables are judged on their own."""
+    return {k: v for k, v in data.items() if k != "notify"}
+
+
+def sound_notify(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's data with each broken `[[notify]]` table replaced by None, for the builders."""
+    value = data.get("notify")
+    if value is None:
+        return dict(data)
+    tables = value if isinstance(value, list) else []
+    problems = check_notify(Path(), value)
+    if any(p.key == "notify" for p in problems):
+        tables = []
+    broken = {p.key.split("]", 1)[0] + "]" for p in problems}
+    sound = [t if f"notify[{i}]" not in broken else None for i, t in enumerate(tables)]
+    return {**data, "notify": sound}

@@ -38,6 +38,9 @@ clowder diff calc test@1 test@2 --stat
 echo "== the test's history: git log in its workspace"
 git -C "$(clowder path calc test)" log --format='%h %s%n%(trailers:only,unfold)' | grep -v '^$'
 
+echo "== notifications: what the [[notify]] table of clowder.toml was told (notifications.log)"
+cat notifications.log
+
 echo "== agent-dev: plan -> dev -> test -> verify with the built-in scripted agent (no model, no network)"
 clowder new agent-dev --name agents --prompt "Write calc.py with add(a, b), and a test that proves it"
 clowder run agents

@@ -43,6 +43,7 @@ def test_the_demo_runs_both_examples_to_the_end(tmp_path: Path) -> None:
     assert "Clowder-State: failed" in out and "Clowder-Job: dev.r1" in out
     assert "agents: succeeded" in result.stderr and "spent: $0.0298" in out
     assert "Reason: test_add fails: add(2, 2) does not return 4" in out
+    assert "\nfixup_spawned calc/test: waiting for fix-up dev.r1\npipeline_succeeded calc\n" in out  # [[notify]]
     assert "exported calc/test to branch clowder/calc of" in out and " calc/dev.r1: attempt 1 succeeded\n" in out
 
 
