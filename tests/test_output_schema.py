@@ -5,6 +5,7 @@ output, and the schema reaches the CLIs that take one (Claude --json-schema, Cod
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from clowder.harness import agent
@@ -74,6 +75,21 @@ def test_a_bad_schema_is_reported_by_validate_naming_the_file_and_key(
     assert f"{jobs / 'a.toml'}: output_schema: not a valid JSON Schema: 'nonsense' is not valid" in result.output
     assert f"{jobs / 'b.toml'}: output_schema: cannot read {root.path / 'schemas' / 'missing.json'}" in result.output
     assert f"{jobs / 'c.toml'}: output_schema: leaves the root" in result.output
+
+
+
+def test_a_schema_path_with_a_nul_or_naming_a_fifo_is_a_clear_error_not_a_crash_or_a_hang(
+    root: Root, make_pipeline: MakePipeline, cli: Invoke
+) -> None:
+    os.mkfifo(root.path / "fifo.json")
+    make_pipeline("p", {"a": 'agent = "dev"\noutput_schema = "a\\u0000b.json"\n',
+                        "b": 'agent = "dev"\noutput_schema = "fifo.json"\n'})
+    result = cli("validate")
+    assert result.exit_code == 2, result.output
+    jobs = root.pipelines_dir / "p" / "jobs"
+    assert f"{jobs / 'a.toml'}: output_schema: contains a NUL character" in result.output
+    fifo = root.path / "fifo.json"
+    assert f"{jobs / 'b.toml'}: output_schema: cannot read {fifo}: not a regular file" in result.output
 
 
 # -- the schema reaches the CLI ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clowder import fsio
 from clowder.errors import ClowderError
 from clowder.spec import JobSpec, PipelineSpec
 
@@ -26,7 +27,7 @@ def load(value: Mapping[str, Any] | str, root: Path) -> dict[str, Any]:
     if isinstance(value, str):
         path = resolve(value, root)
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(fsio.read_input(path))  # a regular file under the root, never a FIFO
         except OSError as e:
             raise ClowderError(f"output_schema {value!r}: cannot read {path}: {e.strerror or e}") from e
         except ValueError as e:
@@ -41,6 +42,8 @@ def load(value: Mapping[str, Any] | str, root: Path) -> dict[str, Any]:
 
 def resolve(value: str, root: Path) -> Path:
     """A schema file's path: relative to the root and inside it (no `..` out, no absolute path)."""
+    if "\0" in value:
+        raise ClowderError(f"output_schema {value!r}: contains a NUL character, which no path can hold")
     if Path(value).is_absolute():
         raise ClowderError(f"output_schema {value!r}: must be a path relative to the root")
     path = (root / value).resolve()
