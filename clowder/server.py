@@ -29,9 +29,8 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clowder import logfile, monitor, runner
+from clowder import known, logfile, monitor, requests
 from clowder.errors import ClowderError
-from clowder.requests import Refused
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
 
@@ -300,6 +299,21 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
     app.add_middleware(Guard, hosts=hosts)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     _errors(app)
+    _page_routes(app, root)
+    _read_routes(app, root)
+    _log_routes(app, root)
+
+    @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
+    def events(pipeline: NameQuery = None) -> StreamingResponse:
+        """State changes as Server-Sent Events: `job` ({pipeline, job, state, attempt}) and `pipeline`
+        ({pipeline, state}; `removed` when it went); `resync` asks to refetch everything."""
+        return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
+
+    _action_routes(app, root)
+    return app
+
+
+def _page_routes(app: FastAPI, root: Root) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse((WEB_DIR / "index.html").read_text())
@@ -309,6 +323,8 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         """The root this server reads."""
         return Info(root=str(root.path), version=_version())
 
+
+def _read_routes(app: FastAPI, root: Root) -> None:
     @app.get("/api/pipelines", response_model=list[monitor.PipelineSummary], responses=ERRORS)
     def pipelines(state: monitor.ReportState | None = None) -> list[monitor.PipelineSummary]:
         """Every pipeline with its state and job counts, as `clowder status` shows them."""
@@ -325,6 +341,14 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         the jobs that consumed its commits, and its regression context."""
         return monitor.job_detail(root, pipeline, job)
 
+    @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
+    def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
+        """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
+        `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
+        return monitor.diff_text(root, pipeline, a, b)
+
+
+def _log_routes(app: FastAPI, root: Root) -> None:
     @app.get("/api/pipelines/{pipeline}/jobs/{job}/logs", response_class=PlainTextResponse, response_model=None,
              responses={**ERRORS, 200: {"content": SSE, "description": "The log, or with follow, its stream"}})
     def logs(
@@ -339,9 +363,7 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         ref = monitor.log_ref(root, pipeline, job, attempt)
         f = open_log(root, ref)
         if follow:
-            last = request.headers.get("last-event-id", "")
-            resume = last.isascii() and last.isdigit() and len(last) < 19 and int(last) <= MAX_OFFSET
-            return StreamingResponse(follow_log(root, ref, int(last) if resume else offset, f),
+            return StreamingResponse(follow_log(root, ref, _resume_offset(request, offset), f),
                                      media_type="text/event-stream")
         if f is None:
             return PlainTextResponse("")
@@ -350,41 +372,43 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
             data = f.read()
         return PlainTextResponse(data.decode(errors="replace"))
 
-    @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
-    def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
-        """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
-        `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
-        return monitor.diff_text(root, pipeline, a, b)
 
-    @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
-    def events(pipeline: NameQuery = None) -> StreamingResponse:
-        """State changes as Server-Sent Events: `job` ({pipeline, job, state, attempt}) and `pipeline`
-        ({pipeline, state}; `removed` when it went); `resync` asks to refetch everything."""
-        return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
+def _resume_offset(request: Request, offset: int) -> int:
+    """Where a followed log starts: a reconnecting EventSource's Last-Event-ID, else `offset`."""
+    last = request.headers.get("last-event-id", "")
+    resume = last.isascii() and last.isdigit() and len(last) < 19 and int(last) <= MAX_OFFSET
+    return int(last) if resume else offset
 
-    def drop(pipeline: str, action: str, job: str | None) -> RequestView:
-        r = runner.request(root, pipeline, action, job)
-        return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
 
+def drop_request(root: Root, pipeline: str, action: str, job: str | None) -> RequestView:
+    """Drop a cancel or retry request file, with the checks `clowder cancel` / `retry` make."""
+    paths = known.pipeline(root, pipeline)
+    if job is not None:
+        known.job(paths, job, with_spec=True)
+    requests.check(paths, action, job)
+    r = requests.drop(root, paths, action, job)
+    requests.wake(root, pipeline)
+    return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
+
+
+def _action_routes(app: FastAPI, root: Root) -> None:
     @app.post("/api/pipelines/{pipeline}/cancel", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def cancel_pipeline(pipeline: Name) -> RequestView:
         """Cancel the whole pipeline (drops a request file, like `clowder cancel PIPELINE`)."""
-        return drop(pipeline, "cancel", None)
+        return drop_request(root, pipeline, "cancel", None)
 
     @app.post("/api/pipelines/{pipeline}/jobs/{job}/cancel", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def cancel_job(pipeline: Name, job: Name) -> RequestView:
         """Cancel a job: its running attempt gets SIGTERM, then SIGKILL after the grace period."""
-        return drop(pipeline, "cancel", job)
+        return drop_request(root, pipeline, "cancel", job)
 
     @app.post("/api/pipelines/{pipeline}/jobs/{job}/retry", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def retry_job(pipeline: Name, job: Name) -> RequestView:
         """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
-        return drop(pipeline, "retry", job)
-
-    return app
+        return drop_request(root, pipeline, "retry", job)
 
 
 def _errors(app: FastAPI) -> None:
@@ -399,7 +423,7 @@ def _errors(app: FastAPI) -> None:
 
     app.add_exception_handler(monitor.NotFound, not_found)
     app.add_exception_handler(ClowderError, bad_request)
-    app.add_exception_handler(Refused, conflict)
+    app.add_exception_handler(requests.Refused, conflict)
 
 
 def _version() -> str:

@@ -466,6 +466,19 @@ def test_serve_refuses_a_port_in_use(root: Root, cli: Invoke) -> None:
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
+# -- layers ---------------------------------------------------------------------------------------
+
+def test_the_server_drops_requests_without_loading_the_scheduler_or_rich() -> None:
+    """A face never imports another face: dropping a cancel needs clowder.requests, not the runner
+    (which brings rich, the driver and watchdog)."""
+    code = ("import sys, clowder.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' "
+            "or m in ('clowder.runner', 'clowder.driver', 'watchdog')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
+
+
 # -- the OpenAPI document, tested by schemathesis -------------------------------------------------
 
 def test_the_openapi_document_describes_every_api_route(root: Root) -> None:
