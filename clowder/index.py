@@ -648,12 +648,38 @@ def fresh(conn: sqlite3.Connection, root: Root, names: Iterable[str], ended: Con
 
 # -- answering questions ----------------------------------------------------------------------------
 
+class PipelineHeadRow(NamedTuple):
+    """A pipeline's status columns, as `clowder status` reads them."""
+
+    state: str
+    message: str
+    started_at: str | None
+    ended_at: str | None
+    problem: str | None  # why status.toml cannot be read: JSON [path, key, message]
+    problems: str | None  # JSON list of the spec's problems
+
+
+class JobStatusRow(NamedTuple):
+    """A job's spec and status columns, as `clowder status PIPELINE` reads them (state None: a
+    job file the scheduler has not seen yet)."""
+
+    job: str
+    stage: str | None
+    state: str | None
+    attempt: int | None
+    message: str | None
+    problem: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration: float | None
+    open_started: str | None  # JSON: starts of attempts that have not ended
+
+
 class StatusRows(NamedTuple):
     """What `clowder status` shows of the fresh pipelines, in display order."""
 
-    pipelines: dict[str, Row]  # name -> (state, message, started_at, ended_at, problem, problems)
-    jobs: dict[str, list[Row]]  # name -> (job, stage, state, attempt, message, problem, started_at,
-    #                                      ended_at, duration, open_started), by position
+    pipelines: dict[str, PipelineHeadRow]
+    jobs: dict[str, list[JobStatusRow]]  # by position
     needs: dict[tuple[str, str], list[str]]  # (pipeline, job) -> what it needs, in spec order
 
 
@@ -672,16 +698,16 @@ def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
         few = sorted(ok) if len(ok) <= 100 else None
         where = f" WHERE pipeline IN ({_placeholders(len(few))})" if few else ""
         args = few or []
-        pipelines = {r[0]: r[1:] for r in conn.execute(
+        pipelines = {r[0]: PipelineHeadRow(*r[1:]) for r in conn.execute(
             "SELECT pipeline, state, message, started_at, ended_at, problem, problems FROM pipelines" + where, args)
             if r[0] in ok}
-        jobs: dict[str, list[Row]] = {name: [] for name in pipelines}
+        jobs: dict[str, list[JobStatusRow]] = {name: [] for name in pipelines}
         for r in conn.execute(
                 "SELECT s.pipeline, s.job, s.stage, j.state, j.attempt, j.message, j.problem, j.started_at, "
                 "j.ended_at, j.duration, j.open_started FROM job_specs s LEFT JOIN jobs j USING (pipeline, job)"
                 + where.replace("pipeline IN", "s.pipeline IN") + " ORDER BY s.pipeline, s.position", args):
             if r[0] in jobs:
-                jobs[r[0]].append(r[1:])
+                jobs[r[0]].append(JobStatusRow(*r[1:]))
         needs: dict[tuple[str, str], list[str]] = {}
         for p, job, upstream in conn.execute(
                 "SELECT pipeline, job, upstream FROM edges" + where + " ORDER BY pipeline, job, ord", args):
@@ -694,17 +720,33 @@ def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
         conn.close()
 
 
-def overview_rows(root: Root, names: Sequence[str]) -> dict[str, tuple[Row, dict[str, int]]]:
-    """For `clowder status` over every pipeline: the status columns (state, message, problem,
-    problems) and the count of jobs in each state of those of `names` the index holds fresh.
-    A job the scheduler has not seen, or whose status file is unreadable, counts as pending."""
+class OverviewRow(NamedTuple):
+    """A pipeline's line in `clowder status`: its status columns and how many of its jobs are in
+    each state."""
+
+    state: str
+    message: str
+    started_at: str | None
+    ended_at: str | None
+    problem: str | None
+    problems: str | None
+    counts: dict[str, int]
+
+
+def overview_rows(root: Root, names: Sequence[str], ended_from_status: bool = True) -> dict[str, OverviewRow]:
+    """For `clowder status` over every pipeline: the status columns and the count of jobs in each
+    state of those of `names` the index holds fresh. A job the scheduler has not seen, or whose
+    status file is unreadable, counts as pending. `ended_from_status`: pipelines that have ended
+    are fresh if their status files are (see `fresh`)."""
     try:
         conn = connect_readonly(root)
     except IndexUnavailable:
         return {}
     try:
-        heads = {r[0]: r[1:] for r in conn.execute("SELECT pipeline, state, message, problem, problems FROM pipelines")}
-        ok = fresh(conn, root, names, ended={name for name, h in heads.items() if h[0] in ENDED})
+        heads = {r[0]: PipelineHeadRow(*r[1:]) for r in conn.execute(
+            "SELECT pipeline, state, message, started_at, ended_at, problem, problems FROM pipelines")}
+        ended = {name for name, h in heads.items() if h.state in ENDED} if ended_from_status else set()
+        ok = fresh(conn, root, names, ended=ended)
         heads = {name: h for name, h in heads.items() if name in ok}
         counts: dict[str, dict[str, int]] = {name: {} for name in heads}
         for pipeline, state, n in conn.execute(
@@ -712,7 +754,7 @@ def overview_rows(root: Root, names: Sequence[str]) -> dict[str, tuple[Row, dict
                 "ELSE j.state END, count(*) FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2"):
             if pipeline in counts:
                 counts[pipeline][state] = n
-        return {name: (head, counts[name]) for name, head in heads.items()}
+        return {name: OverviewRow(*head, counts=counts[name]) for name, head in heads.items()}
     except sqlite3.Error:
         return {}
     finally:
@@ -835,10 +877,23 @@ def recorded_objects(fresh_file: Path) -> tuple[list[Row], list[Row]]:
         conn.close()
 
 
-def artifact_rows(root: Root, pipeline: str, job: str | None = None, sha: str | None = None) -> list[Row] | None:
-    """(job, attempt, state, commit, path, blob, size, kind) of the pipeline's artifacts (of one
-    job; whose blob id starts with `sha`), by job, attempt and path; None if the index does
-    not hold the pipeline fresh."""
+class ArtifactRow(NamedTuple):
+    """An artifact with its attempt's state and commit, as `clowder artifacts` lists it."""
+
+    job: str
+    attempt: int
+    state: str
+    commit: str
+    path: str
+    blob: str
+    size: int
+    kind: str
+
+
+def artifact_rows(root: Root, pipeline: str, job: str | None = None,
+                  sha: str | None = None) -> list[ArtifactRow] | None:
+    """The pipeline's artifacts (of one job; whose blob id starts with `sha`), by job, attempt and
+    path; None if the index does not hold the pipeline fresh."""
     try:
         conn = connect_readonly(root)
     except IndexUnavailable:
@@ -856,7 +911,7 @@ def artifact_rows(root: Root, pipeline: str, job: str | None = None, sha: str | 
         if sha is not None:  # hex ids: every id starting with `sha` sorts in [sha, sha + "g")
             sql += " AND a.blob >= ? AND a.blob < ?"
             args += [sha.lower(), sha.lower() + "g"]
-        return conn.execute(sql + " ORDER BY a.job, a.attempt, a.path", args).fetchall()
+        return [ArtifactRow(*r) for r in conn.execute(sql + " ORDER BY a.job, a.attempt, a.path", args)]
     except sqlite3.Error:
         return None
     finally:

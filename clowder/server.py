@@ -4,7 +4,6 @@ It reads the tree and writes nothing but request files, through the function the
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ipaddress
 import json
@@ -29,10 +28,14 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clowder import known, logfile, monitor, requests
+from clowder import known, requests
 from clowder.errors import ClowderError
+from clowder.known import NotFound
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
+from clowder.views import diffs, reader, records
+from clowder.views.changes import Scanner
+from clowder.views.logs import AttemptLog, LogFollower, locate
 
 logger = logging.getLogger("uvicorn.error")
 WEB_DIR = Path(__file__).parent / "web"
@@ -44,7 +47,7 @@ MAX_OFFSET = 1 << 40
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64, description="A pipeline or job name.")]
-Point = Annotated[str, Query(pattern=monitor.POINT_PATTERN, max_length=71,
+Point = Annotated[str, Query(pattern=diffs.POINT_PATTERN, max_length=71,
                               description="A job (its final commit) or JOB@ATTEMPT, e.g. dev or test@2.")]
 NameQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64, description="Only this pipeline.")]
 
@@ -125,11 +128,11 @@ class Hub:
     """One scanner for all subscribers of the events stream: it runs only while someone listens."""
 
     def __init__(self, root: Root) -> None:
-        self.scanner = monitor.Scanner(root)
-        self.queues: set[asyncio.Queue[monitor.Change | None]] = set()
+        self.scanner = Scanner(root)
+        self.queues: set[asyncio.Queue[records.Change | None]] = set()
         self.lock = asyncio.Lock()  # one scan at a time: a scan updates what the next compares to
 
-    async def scan(self) -> list[monitor.Change]:
+    async def scan(self) -> list[records.Change]:
         async with self.lock:
             return await asyncio.to_thread(self.scanner.scan)
 
@@ -147,7 +150,7 @@ class Hub:
             await asyncio.sleep(POLL_SECONDS)
 
     @staticmethod
-    def _put(q: asyncio.Queue[monitor.Change | None], change: monitor.Change) -> None:
+    def _put(q: asyncio.Queue[records.Change | None], change: records.Change) -> None:
         try:
             q.put_nowait(change)
         except asyncio.QueueFull:  # a client that does not read: tell it to refetch everything
@@ -156,7 +159,7 @@ class Hub:
             q.put_nowait(None)
 
     async def stream(self, pipeline: str | None) -> AsyncIterator[str]:
-        q: asyncio.Queue[monitor.Change | None] = asyncio.Queue(maxsize=1000)
+        q: asyncio.Queue[records.Change | None] = asyncio.Queue(maxsize=1000)
         self.queues.add(q)
         try:
             if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
@@ -176,46 +179,24 @@ class Hub:
             self.queues.discard(q)
 
 
-def open_log(root: Root, ref: monitor.LogRef) -> BinaryIO | None:
-    """The attempt's log, read as `clowder logs` reads it (clowder.logfile)."""
-    return logfile.open_log(root, ref.paths, ref.job, ref.attempt)
-
-
-async def follow_log(root: Root, ref: monitor.LogRef, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
+async def follow_log(log: AttemptLog, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
     """The log from byte `offset` as `log` events (each with the offset it reaches, which is
     also its event id, so a reconnecting EventSource resumes there), then one `end` event.
-    `f`: the log, if it was there when the request came."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    `f`: the log, if it was there when the request came. Read by the follower `clowder logs -f`
+    uses (clowder.views.logs), waiting between looks without holding the event loop."""
     yield "retry: 1000\n\n"
-    while f is None:
-        try:
-            f = open_log(root, ref)
-        except monitor.NotFound as e:  # the headers are sent: say why in the stream
-            yield sse("end", {"attempt": ref.attempt, "offset": offset, "error": str(e)})
-            return
-        if f is None and ref.over():
-            yield sse("end", {"attempt": ref.attempt, "offset": offset})
-            return
-        if f is None:
-            await asyncio.sleep(POLL_SECONDS)
-    with f:
-        f.seek(offset)
-        pos = offset
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                pos += len(chunk)
-                yield sse("log", {"text": decoder.decode(chunk), "offset": pos}, str(pos))
-                continue
-            # Ended and read to the end: whatever it wrote before its exit record is in.
-            if ref.over():
-                rest = f.read()
-                if rest:
-                    pos += len(rest)
-                    yield sse("log", {"text": decoder.decode(rest, final=True), "offset": pos}, str(pos))
-                yield sse("end", {"attempt": ref.attempt, "offset": pos}, str(pos))
-                return
-            await asyncio.sleep(POLL_SECONDS)
+    follower = LogFollower(log, offset, f)
+    try:
+        for chunk in follower:
+            if chunk is None:
+                await asyncio.sleep(POLL_SECONDS)
+            else:
+                yield sse("log", {"text": chunk.text, "offset": chunk.offset}, str(chunk.offset))
+    except NotFound as e:  # the headers are sent: say why in the stream
+        yield sse("end", {"attempt": log.attempt, "offset": follower.offset, "error": str(e)})
+        return
+    end_id = str(follower.offset) if follower.opened else None
+    yield sse("end", {"attempt": log.attempt, "offset": follower.offset}, end_id)
 
 
 # -- the app --------------------------------------------------------------------------------------
@@ -325,27 +306,27 @@ def _page_routes(app: FastAPI, root: Root) -> None:
 
 
 def _read_routes(app: FastAPI, root: Root) -> None:
-    @app.get("/api/pipelines", response_model=list[monitor.PipelineSummary], responses=ERRORS)
-    def pipelines(state: monitor.ReportState | None = None) -> list[monitor.PipelineSummary]:
+    @app.get("/api/pipelines", response_model=list[records.PipelineEntry], responses=ERRORS)
+    def pipelines(state: records.ReportState | None = None) -> list[records.PipelineEntry]:
         """Every pipeline with its state and job counts, as `clowder status` shows them."""
-        return monitor.pipelines(root, state)
+        return reader.entries(root, state)
 
-    @app.get("/api/pipelines/{pipeline}", response_model=monitor.PipelineDetail, responses=ERRORS)
-    def pipeline_detail(pipeline: Name) -> monitor.PipelineDetail:
+    @app.get("/api/pipelines/{pipeline}", response_model=records.PipelineDetail, responses=ERRORS)
+    def pipeline_detail(pipeline: Name) -> records.PipelineDetail:
         """A pipeline's jobs (states, attempts, durations, graph levels) and the edges between them."""
-        return monitor.pipeline_detail(root, pipeline)
+        return reader.pipeline_detail(root, pipeline)
 
-    @app.get("/api/pipelines/{pipeline}/jobs/{job}", response_model=monitor.JobDetail, responses=ERRORS)
-    def job_detail(pipeline: Name, job: Name) -> monitor.JobDetail:
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}", response_model=records.JobDetail, responses=ERRORS)
+    def job_detail(pipeline: Name, job: Name) -> records.JobDetail:
         """A job's spec, status, attempts with artifacts (git blob ids) and consumed upstream commits,
         the jobs that consumed its commits, and its regression context."""
-        return monitor.job_detail(root, pipeline, job)
+        return reader.job_detail(root, pipeline, job)
 
     @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
     def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
         """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
         `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
-        return monitor.diff_text(root, pipeline, a, b)
+        return diffs.diff_text(root, pipeline, a, b)
 
 
 def _log_routes(app: FastAPI, root: Root) -> None:
@@ -360,10 +341,10 @@ def _log_routes(app: FastAPI, root: Root) -> None:
         """What an attempt wrote. With `follow`, `log` events carry new text as it is written (each
         event's id is the byte offset reached, so a reconnecting EventSource resumes) and an `end`
         event closes the stream once the attempt has ended."""
-        ref = monitor.log_ref(root, pipeline, job, attempt)
-        f = open_log(root, ref)
+        log = locate(root, pipeline, job, attempt)
+        f = log.open()
         if follow:
-            return StreamingResponse(follow_log(root, ref, _resume_offset(request, offset), f),
+            return StreamingResponse(follow_log(log, _resume_offset(request, offset), f),
                                      media_type="text/event-stream")
         if f is None:
             return PlainTextResponse("")
@@ -421,7 +402,7 @@ def _errors(app: FastAPI) -> None:
     async def conflict(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    app.add_exception_handler(monitor.NotFound, not_found)
+    app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(ClowderError, bad_request)
     app.add_exception_handler(requests.Refused, conflict)
 

@@ -1,4 +1,4 @@
-"""Monitoring views and the change scanner, without the web extra."""
+"""The read model's views for the page, logs and the change scanner, without the web extra."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import shutil
 
 import pytest
 
-from clowder import monitor
 from clowder.driver import Driver
 from clowder.errors import UsageError
+from clowder.known import NotFound
 from clowder.state import JobState, JobStatus, job_status_to_toml
 from clowder.tree import Root
+from clowder.views import reader
+from clowder.views.changes import Scanner
+from clowder.views.logs import locate
+from clowder.views.records import Change
 from tests.conftest import MakePipeline, write
 
 
@@ -22,13 +26,13 @@ def run_to_end(root: Root) -> None:
 def test_the_first_scan_is_a_baseline_and_later_ones_report_what_changed(root: Root,
                                                                          make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
-    scanner = monitor.Scanner(root)
+    scanner = Scanner(root)
     assert scanner.scan() == []
     run_to_end(root)
     changes = scanner.scan()
     # Jobs first: whoever sees the pipeline end has seen how its jobs ended.
-    assert changes == [monitor.Change("p", "a", "succeeded", 1), monitor.Change("p", "b", "succeeded", 1),
-                       monitor.Change("p", None, "succeeded")]
+    assert changes == [Change("p", "a", "succeeded", 1), Change("p", "b", "succeeded", 1),
+                       Change("p", None, "succeeded")]
     assert scanner.scan() == []
 
 
@@ -36,50 +40,50 @@ def test_a_rewritten_status_file_is_seen_even_within_one_mtime_tick(root: Root, 
     make_pipeline("p", {"a": 'command = ["true"]\n'})
     status = root.pipeline("p").job_status_file("a")
     write(status, job_status_to_toml(JobStatus("a", JobState.RUNNING, 1)))
-    scanner = monitor.Scanner(root)
+    scanner = Scanner(root)
     scanner.scan()
     before = status.parent.stat()
     write(status, job_status_to_toml(JobStatus("a", JobState.FAILED, 1)))
     # As if the write had landed in the same tick of the coarse file-system clock as the scan.
     os.utime(status.parent, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert scanner.scan() == [monitor.Change("p", "a", "failed", 1)]
+    assert scanner.scan() == [Change("p", "a", "failed", 1)]
 
 
 def test_new_and_removed_pipelines_are_changes(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = ["true"]\n'})
-    scanner = monitor.Scanner(root)
+    scanner = Scanner(root)
     scanner.scan()
     make_pipeline("q", {"a": 'command = ["true"]\n'})
-    assert scanner.scan() == [monitor.Change("q", None, "pending")]
+    assert scanner.scan() == [Change("q", None, "pending")]
     shutil.rmtree(root.pipeline("p").dir)
-    assert scanner.scan() == [monitor.Change("p", None, "removed")]
+    assert scanner.scan() == [Change("p", None, "removed")]
 
 
 def test_pipelines_are_filtered_by_a_known_state(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = ["true"]\n'})
     make_pipeline("bad", {"a": 'command = 3\n'})
-    assert [(p.name, p.state) for p in monitor.pipelines(root)] == [("bad", "invalid"), ("p", "pending")]
-    assert [p.name for p in monitor.pipelines(root, "invalid")] == ["bad"]
+    assert [(p.name, p.state) for p in reader.entries(root)] == [("bad", "invalid"), ("p", "pending")]
+    assert [p.name for p in reader.entries(root, "invalid")] == ["bad"]
     with pytest.raises(UsageError, match="unknown state 'sideways'"):
-        monitor.pipelines(root, "sideways")
+        reader.entries(root, "sideways")
 
 
 def test_unknown_names_are_not_found_and_bad_ones_refused(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = ["true"]\n'})
-    with pytest.raises(monitor.NotFound, match="pipelines/q: no such pipeline"):
-        monitor.pipeline_detail(root, "q")
-    with pytest.raises(monitor.NotFound, match=r"'b': not a job of p \(jobs: a\)"):
-        monitor.job_detail(root, "p", "b")
+    with pytest.raises(NotFound, match="pipelines/q: no such pipeline"):
+        reader.pipeline_detail(root, "q")
+    with pytest.raises(NotFound, match=r"'b': not a job of p \(jobs: a\)"):
+        reader.job_detail(root, "p", "b")
     with pytest.raises(UsageError, match=r"invalid job name '\.\./x'"):
-        monitor.job_detail(root, "p", "../x")
-    with pytest.raises(monitor.NotFound, match=r"p/a has not run yet \(it is pending\)"):
-        monitor.log_ref(root, "p", "a", None)
+        reader.job_detail(root, "p", "../x")
+    with pytest.raises(NotFound, match=r"p/a has not run yet \(it is pending\)"):
+        locate(root, "p", "a", None)
 
 
 def test_a_finished_attempts_log_is_over(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = "echo hi"\n'})
     run_to_end(root)
-    ref = monitor.log_ref(root, "p", "a", None)
+    ref = locate(root, "p", "a", None)
     assert (ref.attempt, ref.file.read_text(), ref.over()) == (1, "hi\n", True)
-    with pytest.raises(monitor.NotFound, match="no log for attempt 2 of p/a"):
-        monitor.log_ref(root, "p", "a", 2)
+    with pytest.raises(NotFound, match="no log for attempt 2 of p/a"):
+        locate(root, "p", "a", 2)
