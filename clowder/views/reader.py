@@ -45,14 +45,15 @@ def _entry(r: PipelineReport) -> PipelineEntry:
                          dict(r.counts()), list(r.problems))
 
 
-def entries(root: Root, state: str | None = None, ended_from_status: bool = False) -> list[PipelineEntry]:
+def entries(root: Root, state: str | None = None, ended_from_status: bool = False,
+            use_index: bool = True) -> list[PipelineEntry]:
     """Every pipeline as a line of a list (with `state`, only those in it). `ended_from_status`:
     a pipeline that has ended is fresh in the index while its status files are, whatever its spec
     files say since (the table of `clowder status`, which shows nothing a spec could change then)."""
     if state is not None and state not in REPORT_STATES:
         raise UsageError(f"unknown state {state!r}: one of {', '.join(REPORT_STATES)}")
     names = pipeline_names(root)
-    fresh = indexed.entries(root, names, ended_from_status)
+    fresh = indexed.entries(root, names, ended_from_status) if use_index else {}
     out = [fresh.get(name) or _entry(tree.pipeline_report(root, root.pipeline(name))) for name in names]
     return [e for e in out if state is None or e.state == state]
 
