@@ -27,7 +27,7 @@ from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
-from clowder.recorder import Recorder
+from clowder.index.recorder import Recorder
 from clowder.scheduler import (
     NO_CHANGES,
     Action,

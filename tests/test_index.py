@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from clowder import index, recorder
+from clowder import index
 from clowder.driver import Driver
 from clowder.fsio import atomic_write
+from clowder.index import recorder
 from clowder.stamp import RACY_NS
 from clowder.state import (
     Artifact,
@@ -513,6 +514,20 @@ def test_each_migration_is_recorded_and_an_old_file_is_migrated(root: Root) -> N
     opened.close()
 
 
+def test_each_table_has_a_named_record_of_its_columns(root: Root) -> None:
+    """The rows the tree and the daemon write are records whose fields are the table's columns,
+    in order: a migration that adds a column without its field (or the reverse) fails here."""
+    from clowder.index.rows import RECORDS
+
+    conn = sqlite3.connect(":memory:")
+    index.migrate(conn)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert set(RECORDS) == tables - {"schema_migrations"}
+    for table, record in RECORDS.items():
+        columns = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+        assert record._fields == columns, table
+
+
 def test_an_index_from_a_newer_clowder_is_not_used(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", {"a": 'command = "true"\n'})
     settle()
@@ -551,7 +566,7 @@ def test_each_readme_query_runs(root: Root, number: int) -> None:
 
 
 def test_batches_gathered_by_the_recorder_keep_their_order() -> None:
-    from clowder.recorder import _Batch, _merged
+    from clowder.index.recorder import _Batch, _merged
 
     def batch(forgets: set[str] | None = None, jobs: dict[tuple[str, str], JobStatus] | None = None) -> _Batch:
         return _Batch(forgets or set(), {}, {}, {}, jobs or {}, False)

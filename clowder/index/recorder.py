@@ -16,8 +16,10 @@ from pathlib import Path
 
 from clowder import snapshot
 from clowder.errors import Problem
-from clowder.index import Index, IndexUnavailable
-from clowder.snapshot import JobRows, Row
+from clowder.index.db import Index
+from clowder.index.errors import IndexUnavailable
+from clowder.index.rows import ArtifactRow
+from clowder.snapshot import JobRows
 from clowder.spec import Pipeline, is_name
 from clowder.stamp import RACY_NS, Stamp, signature, status_signature
 from clowder.state import JobStatus, PipelineStatus
@@ -246,7 +248,7 @@ class Recorder:
             self.index = None
 
     def _write(self, index: Index, batches: list[_Batch]) -> None:
-        outputs: dict[str, tuple[PipelinePaths, list[Row]]] = {}
+        outputs: dict[str, tuple[PipelinePaths, list[ArtifactRow]]] = {}
         dropped = False
         with index.transaction():
             for batch in batches:
@@ -255,7 +257,7 @@ class Recorder:
             if dropped:
                 index.drop_unused_outputs()
 
-    def _apply(self, index: Index, batch: _Batch, outputs: dict[str, tuple[PipelinePaths, list[Row]]]) -> bool:
+    def _apply(self, index: Index, batch: _Batch, outputs: dict[str, tuple[PipelinePaths, list[ArtifactRow]]]) -> bool:
         """Write one batch; True if a model output may no longer be used."""
         dropped = False
         for name in sorted(batch.forgets):
@@ -281,13 +283,14 @@ class Recorder:
         index.derive(changed)
         moved = set(changed)
         for new, old in changes:
-            if (new.job[0], new.job[1]) in moved:
-                outputs.setdefault(new.job[0], (self.root.pipeline(new.job[0]), []))[1].extend(new.artifacts)
+            if (new.job.pipeline, new.job.job) in moved:
+                outputs.setdefault(new.job.pipeline, (self.root.pipeline(new.job.pipeline), []))[1].extend(
+                    new.artifacts)
                 dropped = dropped or _has_output(old)
         return dropped
 
     def _put_loaded(self, index: Index, paths: PipelinePaths, jobs: Mapping[str, JobStatus],
-                    status: PipelineStatus | None) -> list[Row]:
+                    status: PipelineStatus | None) -> list[ArtifactRow]:
         name, root = paths.name, self.root.path
         problem = None
         if status is None:
@@ -302,14 +305,14 @@ class Recorder:
                 rows.append(snapshot.job_rows(name, read, why))
         for key in [k for k in self._recorded if k[0] == name]:
             del self._recorded[key]
-        self._recorded.update({(name, r.job[1]): r for r in rows})
+        self._recorded.update({(name, r.job.job): r for r in rows})
         index.put_statuses(name, snapshot.pipeline_status_row(status, problem), rows)
         index.set_fresh(name, None, pid=os.getpid(), spec=False)
         self._live[name] = paths
         return [a for r in rows for a in r.artifacts]
 
-    def _put_outputs(self, index: Index, outputs: Mapping[str, tuple[PipelinePaths, list[Row]]]) -> None:
-        blobs = [a[4] for _, arts in outputs.values() for a in arts if a[6] == snapshot.MODEL_OUTPUT]
+    def _put_outputs(self, index: Index, outputs: Mapping[str, tuple[PipelinePaths, list[ArtifactRow]]]) -> None:
+        blobs = [a.blob for _, arts in outputs.values() for a in arts if a.kind == snapshot.MODEL_OUTPUT]
         if not blobs:
             return
         known = index.known_outputs(blobs)
@@ -363,4 +366,4 @@ def _merged(batches: list[_Batch]) -> list[_Batch]:
 
 
 def _has_output(rows: JobRows | None) -> bool:
-    return rows is not None and any(a[6] == snapshot.MODEL_OUTPUT for a in rows.artifacts)
+    return rows is not None and any(a.kind == snapshot.MODEL_OUTPUT for a in rows.artifacts)
