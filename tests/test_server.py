@@ -316,6 +316,25 @@ def test_bad_requests_get_a_4xx_json_error(root: Root, make_pipeline: MakePipeli
     assert "detail" in r.json()
 
 
+def test_a_missing_pipeline_or_job_is_404_in_the_words_of_the_cli(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("alpha", {"dev": 'command = ["true"]\n'})
+    no_pipeline = f"{root.pipelines_dir}/alpa: no such pipeline; did you mean alpha?"
+    no_job = "'dve': not a job of alpha; did you mean dev? (jobs: dev)"
+    token = server.load_token(root)
+    with client(root) as (c, _):
+        for method, path, words in [
+            ("GET", "/api/pipelines/alpa", no_pipeline), ("GET", "/api/pipelines/alpa/jobs/dev", no_pipeline),
+            ("GET", "/api/pipelines/alpa/jobs/dev/logs", no_pipeline),
+            ("GET", "/api/pipelines/alpa/diff?a=dev", no_pipeline), ("POST", "/api/pipelines/alpa/cancel", no_pipeline),
+            ("POST", "/api/pipelines/alpa/jobs/dev/retry", no_pipeline),
+            ("GET", "/api/pipelines/alpha/jobs/dve", no_job),
+            ("GET", "/api/pipelines/alpha/jobs/dve/logs", no_job), ("GET", "/api/pipelines/alpha/diff?a=dve", no_job),
+            ("POST", "/api/pipelines/alpha/jobs/dve/cancel", no_job),
+        ]:
+            r = c.request(method, path, headers={"Authorization": f"Bearer {token}"})
+            assert (r.status_code, r.json()) == (404, {"detail": words}), path
+
+
 def test_requests_for_another_host_name_are_refused(root: Root) -> None:
     with client(root) as (c, _):
         r = c.get("/api/pipelines", headers={"Host": "attacker.example:8765"})
