@@ -9,12 +9,13 @@ import pytest
 
 from clowder.driver import Driver
 from clowder.errors import UsageError
+from clowder.executor import run_file
 from clowder.known import NotFound
 from clowder.state import JobState, JobStatus, job_status_to_toml
 from clowder.tree import Root
 from clowder.views import reader
 from clowder.views.changes import Scanner
-from clowder.views.logs import locate
+from clowder.views.logs import LogChunk, LogFollower, locate
 from clowder.views.records import Change
 from tests.conftest import MakePipeline, write
 
@@ -87,3 +88,25 @@ def test_a_finished_attempts_log_is_over(root: Root, make_pipeline: MakePipeline
     assert (ref.attempt, ref.file.read_text(), ref.over()) == (1, "hi\n", True)
     with pytest.raises(NotFound, match="no log for attempt 2 of p/a"):
         locate(root, "p", "a", 2)
+
+
+def test_the_log_follower_reads_as_the_log_grows_until_the_attempt_records_its_end(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    """The one follower behind `clowder logs -f` and the server's stream: what is written arrives
+    in order, a character split between two writes arrives whole, and the end is the exit record."""
+    make_pipeline("p", {"a": 'command = ["true"]\n'})
+    paths = root.pipeline("p")
+    write(paths.job_status_file("a"), job_status_to_toml(JobStatus("a", JobState.RUNNING, 1)))
+    log_file = paths.log_file("a", 1)
+    log_file.parent.mkdir(parents=True)
+    log_file.write_bytes(b"one\n\xc3")  # the first byte of an é
+    run_file(log_file).write_text("4242\n")
+    follower = iter(LogFollower(locate(root, "p", "a", None)))
+    assert next(follower) == LogChunk("one\n", 5)
+    assert next(follower) is None  # nothing new yet: the caller waits
+    with log_file.open("ab") as f:
+        f.write(b"\xa9t\xc3\xa9\n")
+    assert next(follower) == LogChunk("été\n", 10)
+    assert next(follower) is None
+    run_file(log_file).write_text("4242\nexit 0\n")
+    assert list(follower) == []  # ended: nothing more, and no waiting
