@@ -3,7 +3,6 @@ compares with."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -49,6 +48,8 @@ def _read_chunk(names: list[str]) -> list[PipelineRows]:
 def read_tree(root: Root) -> Iterator[PipelineRows]:
     """Every pipeline of the tree as rows. Parsing TOML dominates (DESIGN §5: ~0.5 s per 10,000
     small files), so a large root is read by one forked process per core."""
+    import multiprocessing  # only a rebuild forks: `clowder status` does not pay for importing it
+
     from clowder import snapshot
     from clowder.validate import check_config
 
