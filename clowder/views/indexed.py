@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from clowder.index.read import JobStatusRow
 from clowder.state import JobState, PipelineState, utcnow
 from clowder.tree import Root
-from clowder.views.records import ArtifactLine, JobReport, PipelineEntry, PipelineReport
+from clowder.views.records import ArtifactLine, JobReport, PipelineEntry, PipelineReport, report_state
 from clowder.views.tree import mended
 
 
@@ -52,10 +53,7 @@ def reports(root: Root, names: list[str]) -> dict[str, PipelineReport]:
     return out
 
 
-def _job(row: object, needs: tuple[str, ...], now: datetime, root: Root) -> JobReport:
-    from clowder.index import JobStatusRow
-
-    assert isinstance(row, JobStatusRow)
+def _job(row: JobStatusRow, needs: tuple[str, ...], now: datetime, root: Root) -> JobReport:
     if row.state is None:  # a job file the scheduler has not seen yet
         return JobReport(row.job, JobState.PENDING.value, 0, row.stage, needs, None, "")
     if row.problem is not None:
@@ -74,7 +72,6 @@ def entries(root: Root, names: list[str], ended_from_status: bool) -> dict[str, 
     """List entries of those of `names` the index holds fresh: one grouped query, no per-job rows
     (`ended_from_status`: see clowder.index.overview_rows)."""
     from clowder.index import overview_rows
-    from clowder.views.reader import report_state
 
     out = {}
     for name, o in overview_rows(root, names, ended_from_status).items():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import cast
 
 from clowder import known
 from clowder.errors import UsageError
@@ -26,12 +25,8 @@ from clowder.views.records import (
     PipelineEntry,
     PipelineReport,
     Regression,
-    ReportState,
+    report_state,
 )
-
-
-def report_state(state: str) -> ReportState:
-    return cast(ReportState, state) if state in REPORT_STATES else "broken"
 
 
 def pipeline_names(root: Root) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from clowder.state import JobState, Usage
 
@@ -15,6 +15,11 @@ from clowder.state import JobState, Usage
 ReportState = Literal["pending", "running", "blocked", "succeeded", "failed", "cancelled", "invalid", "broken"]
 REPORT_STATES: tuple[str, ...] = get_args(ReportState)
 JOB_STATES = tuple(s.value for s in JobState)
+
+
+def report_state(state: str) -> ReportState:
+    """A state as a list shows it: one it does not know is `broken`."""
+    return cast(ReportState, state) if state in REPORT_STATES else "broken"
 
 
 def summarize(counts: dict[str, int] | Counter[str]) -> str:

@@ -7,12 +7,16 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from clowder.errors import ClowderError, SpecError
 from clowder.state import JobStatus, PipelineState, PipelineStatus, Usage, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.views.records import JobReport, PipelineReport
+
+if TYPE_CHECKING:  # specs are checked only where a page or the tree needs them
+    from clowder.errors import Problem
+    from clowder.spec import Pipeline
 
 BLOCKED_BY_SPEC = "invalid spec: "  # how scheduler._blocked_reason words a pipeline blocked by a spec file
 
@@ -93,7 +97,7 @@ def spending(paths: PipelinePaths) -> dict[str, Usage]:
 
 # -- specs ----------------------------------------------------------------------------------------
 
-def load_specs(root: Root, paths: PipelinePaths) -> tuple[Any, list[Any]]:
+def load_specs(root: Root, paths: PipelinePaths) -> tuple[Pipeline | None, list[Problem]]:
     """The pipeline's specs as records (None while they have problems) and the problems,
     remembered while clowder.toml and the spec files are unchanged."""
     from clowder.validate import check_config, check_pipeline

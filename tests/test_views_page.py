@@ -1,4 +1,5 @@
-"""The read model's views for the page, logs and the change scanner, without the web extra."""
+"""The read model for the page: a pipeline's and a job's views, logs and their follower, and the change
+scanner, without the web extra."""
 
 from __future__ import annotations
 
