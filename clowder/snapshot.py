@@ -197,13 +197,13 @@ def read_pipeline(root: Root, name: str, config: Config | None) -> PipelineRows:
 
     pipeline, problems = check_pipeline(paths, config)
     head, job_specs, edges = spec_rows(paths, pipeline, problems, root.path)
-    pstatus, pproblem = read_status(paths.status_file, root.path)
+    pstatus, pproblem = pipeline_status_or_problem(paths.status_file, root.path)
     rows = PipelineRows(name, pipeline_status_row(pstatus, pproblem), head, job_specs, edges,
                         status_sig=status_sig, spec_sig=spec_sig)
     status_dir = paths.status_dir
     for job in stems(status_dir):
         if is_name(job):
-            status, problem = read_job(status_dir / f"{job}.toml", job, root.path)
+            status, problem = job_status_or_problem(status_dir / f"{job}.toml", job, root.path)
             add_job(rows, status, problem)
     rows.outputs = model_outputs(paths, rows.artifacts)
     return rows
@@ -217,7 +217,7 @@ def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -
     rows.consumed += j.consumed
 
 
-def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
+def pipeline_status_or_problem(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
     """status.toml through the one status parser, or None and why it cannot be read."""
     try:
         return read_pipeline_status(path), None
@@ -225,7 +225,7 @@ def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | No
         return None, problem_json(e.problems[0], root)
 
 
-def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
+def job_status_or_problem(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
     """A job's status file through the one status parser; if it cannot be read, a fresh status
     and why (as clowder.views.tree.job_status shows it)."""
     try:
