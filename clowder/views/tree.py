@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from clowder.errors import ClowderError, SpecError
 from clowder.state import JobStatus, PipelineState, PipelineStatus, Usage, read_job_status, read_pipeline_status
@@ -27,7 +27,16 @@ BLOCKED_BY_SPEC = "invalid spec: "  # how scheduler._blocked_reason words a pipe
 # it settles (git's "racy" index entries have the same cure).
 RACY_SECONDS = 1.0
 _CACHE_LIMIT = 20_000
-FileKey = tuple[int, int, int]  # (inode, mtime_ns, size)
+
+
+class FileKey(NamedTuple):
+    """What says a file changed: a status file is replaced whole (a new inode) when written."""
+
+    inode: int
+    mtime_ns: int
+    size: int
+
+
 _cache: dict[tuple[str, str], tuple[tuple[FileKey | None, ...], Any]] = {}
 T = TypeVar("T")
 
@@ -37,11 +46,11 @@ def file_key(path: Path | str) -> FileKey | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    return FileKey(st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def racy(keys: Iterable[FileKey | None], now_ns: int) -> bool:
-    return any(k is not None and now_ns - k[1] < RACY_SECONDS * 1e9 for k in keys)
+    return any(k is not None and now_ns - k.mtime_ns < RACY_SECONDS * 1e9 for k in keys)
 
 
 def cached(kind: str, name: str, files: Iterable[Path], compute: Callable[[], T]) -> T:
