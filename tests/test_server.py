@@ -383,6 +383,18 @@ def test_a_log_that_is_a_symlink_out_of_the_pipeline_is_not_served(root: Root, m
             assert "outside" in r.json()["detail"]
 
 
+def test_a_hand_broken_status_file_is_named_not_taken_for_a_job_that_never_ran(root: Root,
+                                                                              make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi"\n'})
+    run_to_end(root)
+    status = root.pipeline("p").job_status_file("a")
+    status.write_text(status.read_text().replace("+00:00\n", "\n", 1))  # a time without its UTC offset
+    with client(root) as (c, _):
+        r = c.get("/api/pipelines/p/jobs/a/logs")
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith(f"{status}: attempts[0].started_at: expected a date-time with a UTC offset")
+
+
 def test_a_log_that_is_a_fifo_is_not_read(root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'command = "echo hi"\n'})
     run_to_end(root)
