@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from clowder.errors import ClowderError
 from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
-from clowder.views.tree import FileKey, file_key
+from clowder.views.cache import FileKey, file_key
 
 
 @dataclass

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from clowder.tree import Root, is_name
+from clowder.views.cache import FileKey, file_key, racy
 from clowder.views.records import Change
-from clowder.views.tree import FileKey, file_key, pipeline_state, racy, read_job
+from clowder.views.tree import pipeline_state, read_job
 
 
 class Scanner:

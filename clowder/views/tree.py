@@ -3,15 +3,13 @@ specs through the one spec checker, remembered while their files are unchanged."
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING
 
 from clowder.errors import ClowderError, SpecError
 from clowder.state import JobStatus, PipelineState, PipelineStatus, Usage, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
+from clowder.views.cache import cached
 from clowder.views.records import JobReport, PipelineReport
 
 if TYPE_CHECKING:  # specs are checked only where a page or the tree needs them
@@ -19,54 +17,6 @@ if TYPE_CHECKING:  # specs are checked only where a page or the tree needs them
     from clowder.spec import Pipeline
 
 BLOCKED_BY_SPEC = "invalid spec: "  # how scheduler._blocked_reason words a pipeline blocked by a spec file
-
-# -- a cache of what files say --------------------------------------------------------------------
-
-# Directory and file mtimes tick coarsely (a few ms on ext4): a file rewritten in the same tick
-# as the last look keeps its mtime. What changed this recently is read again each time, until
-# it settles (git's "racy" index entries have the same cure).
-RACY_SECONDS = 1.0
-_CACHE_LIMIT = 20_000
-
-
-class FileKey(NamedTuple):
-    """What says a file changed: a status file is replaced whole (a new inode) when written."""
-
-    inode: int
-    mtime_ns: int
-    size: int
-
-
-_cache: dict[tuple[str, str], tuple[tuple[FileKey | None, ...], Any]] = {}
-T = TypeVar("T")
-
-
-def file_key(path: Path | str) -> FileKey | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return FileKey(st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def racy(keys: Iterable[FileKey | None], now_ns: int) -> bool:
-    return any(k is not None and now_ns - k.mtime_ns < RACY_SECONDS * 1e9 for k in keys)
-
-
-def cached(kind: str, name: str, files: Iterable[Path], compute: Callable[[], T]) -> T:
-    """`compute()`, or its value from the last call while `files` are unchanged. Every page
-    refetches a pipeline on every state change; parsing and checking its files each time would
-    cost ~0.5 ms per job."""
-    keys = tuple(file_key(f) for f in files)
-    hit = _cache.get((kind, name))
-    if hit is not None and hit[0] == keys and not racy(keys, time.time_ns()):
-        return cast(T, hit[1])
-    value = compute()
-    if len(_cache) > _CACHE_LIMIT:
-        _cache.clear()
-    _cache[(kind, name)] = (keys, value)
-    return value
-
 
 # -- status files ---------------------------------------------------------------------------------
 
