@@ -467,11 +467,12 @@ def serve(host: str, port: int, root_dir: Path | None) -> None:
 def reindex(root_dir: Path | None) -> None:
     """Rebuild the index (.clowder/index.sqlite) from the tree alone, into a new file swapped in
     atomically. Safe while `clowder watch` runs: the daemon notices and records its pipelines again."""
-    from clowder import diskfull, index
+    from clowder import diskfull
+    from clowder.index.reindex import rebuild
 
     root = find_root(root_dir)
     with diskfull.reported("reindex", root.path):
-        counts = index.rebuild(root)
+        counts = rebuild(root)
     click.echo(f"indexed {counts}")
 
 

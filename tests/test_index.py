@@ -21,7 +21,7 @@ import pytest
 from clowder import index
 from clowder.driver import Driver
 from clowder.fsio import atomic_write
-from clowder.index import recorder
+from clowder.index import recorder, reindex
 from clowder.stamp import RACY_NS
 from clowder.state import (
     Artifact,
@@ -59,7 +59,7 @@ def run(root: Root, name: str = "p") -> bool:
 
 
 def rebuilt(root: Root) -> dict[str, list[tuple[Any, ...]]]:
-    index.rebuild(root)
+    reindex.rebuild(root)
     return index.dump_index(root)
 
 
@@ -120,7 +120,7 @@ def recorded(root: Root) -> Root:
         last = attempts[-1]
         write(paths.job_status_file(job), job_status_to_toml(JobStatus(job, last.state, last.number, "", attempts)))
     write(paths.status_file, pipeline_status_to_toml(PipelineStatus(PipelineState.SUCCEEDED)))
-    index.rebuild(root)
+    reindex.rebuild(root)
     return root
 
 
@@ -194,7 +194,7 @@ def test_a_reindex_under_a_running_daemon_is_noticed(root: Root, make_pipeline: 
     thread.start()
     try:
         wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("a"), "a").state.value == "running")
-        index.rebuild(root)  # swaps the file under the daemon
+        reindex.rebuild(root)  # swaps the file under the daemon
         gate.touch()
         wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("b"), "b").state.value == "succeeded")
         wait_for(lambda: ("q", "b", "succeeded") in
@@ -363,7 +363,7 @@ def test_status_from_the_index_equals_status_from_the_tree(root: Root, make_pipe
     make_pipeline("bad", {"a": 'comand = "true"\n'})
     run(root, "p")
     settle()  # a pipeline written within the last moment is read from the tree (clowder.stamp)
-    index.rebuild(root)
+    reindex.rebuild(root)
     names = ["bad", "p", "q"]
     assert sorted(indexed.reports(root, names)) == names
     assert reader.reports(root) == reader.reports(root, use_index=False)
@@ -387,7 +387,7 @@ def test_status_of_every_pipeline_reads_counts_from_the_index(root: Root, make_p
     make_pipeline("waiting", {"a": 'command = "true"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
     run(root, "p")
     settle()
-    index.rebuild(root)
+    reindex.rebuild(root)
     expected = overview_from_tree(root)
     assert [row[:3] for row in expected] == [
         ("bad", "invalid", "1 pending"), ("broken", "broken", "no jobs"),
@@ -403,7 +403,7 @@ def test_status_of_an_ended_pipeline_ignores_spec_edits_in_place_but_not_new_job
     make_pipeline("q", {"a": 'command = "true"\n'})
     run(root, "p")
     settle()
-    index.rebuild(root)
+    reindex.rebuild(root)
     write(root.pipeline("p").job_file("c"), 'command = "echo C > c.txt"\nneeds = ["b"]\nretries = 2\n')
     write(root.pipeline("q").job_file("a"), 'comand = "true"\n')  # q has not ended: now invalid
     assert index.overview_rows(root, ["p", "q"]).keys() == {"p"}  # p's row cannot have changed

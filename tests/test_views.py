@@ -3,7 +3,7 @@ otherwise, with the same records either way."""
 
 from __future__ import annotations
 
-from clowder import index
+from clowder.index import reindex
 from clowder.tree import Root
 from clowder.views import indexed, reader
 from tests.conftest import MakePipeline, write
@@ -18,7 +18,7 @@ def make_root(root: Root, make_pipeline: MakePipeline) -> list[str]:
     make_pipeline("q", {"a": 'command = ["true"]\n'})
     make_pipeline("bad", {"a": "command = 3\n"})
     settle()  # a stamp taken as its files are written is racy, and never fresh
-    index.rebuild(root)  # q and bad too, as `clowder watch` would have recorded them
+    reindex.rebuild(root)  # q and bad too, as `clowder watch` would have recorded them
     return ["bad", "p", "q"]
 
 

@@ -1,11 +1,11 @@
 """The index: `.clowder/index.sqlite`, a cache of the tree for fast questions (DESIGN §6).
 This package alone opens the file: `schema` creates and migrates it, `rows` names the record of
-each table, `db` opens it and writes it, `build` rebuilds it from the tree, `freshness` says
-which of its rows still match the tree, `read` and `query` answer questions, `compare` sets it
-beside the tree for fsck, and `recorder` keeps it as the daemon decides. Delete it and nothing
-is lost."""
+each table, `db` opens it and writes it, `freshness` says which of its rows still match the tree,
+`read` and `query` answer questions, `compare` sets it beside the tree for fsck, `reindex`
+rebuilds it from the tree and `recorder` keeps it as the daemon decides. Those two are imported
+on their own: they read the tree through clowder.snapshot, which builds its rows with `rows`
+(importing them here would make a cycle). Delete the file and nothing is lost."""
 
-from clowder.index.build import Counts, build, read_tree, rebuild
 from clowder.index.compare import RowDifference, compare, recorded_objects
 from clowder.index.db import Index, connect_readonly
 from clowder.index.errors import IndexUnavailable, QueryError
@@ -27,8 +27,8 @@ from clowder.index.read import (
 from clowder.index.schema import LATEST, MIGRATIONS, TABLES, Migration, migrate
 
 __all__ = [
-    "ENDED", "LATEST", "MIGRATIONS", "TABLES", "ArtifactListRow", "Counts", "Index", "IndexUnavailable",
+    "ENDED", "LATEST", "MIGRATIONS", "TABLES", "ArtifactListRow", "Index", "IndexUnavailable",
     "JobStatusRow", "Migration", "OverviewRow", "PipelineHeadRow", "QueryError", "Result", "RowDifference",
-    "StatusRows", "artifact_rows", "build", "compare", "connect_readonly", "dump", "dump_index", "fresh",
-    "live_daemon", "migrate", "overview_rows", "query", "read_tree", "rebuild", "recorded_objects", "status_rows",
+    "StatusRows", "artifact_rows", "compare", "connect_readonly", "dump", "dump_index", "fresh",
+    "live_daemon", "migrate", "overview_rows", "query", "recorded_objects", "status_rows",
 ]
