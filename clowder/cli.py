@@ -195,13 +195,14 @@ def validate(path: Path | None, root_dir: Path | None) -> None:
 @root_option
 def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
     """Print PIPELINE's job graph with each job's state. Dashed edges are `failure`/`always`."""
-    from clowder import drawing, known, report
+    from clowder import drawing, known
     from clowder.validate import load_config, load_pipeline
+    from clowder.views import tree
 
     root = find_root(root_dir)
     paths = known.pipeline(root, pipeline, with_spec=False)  # a missing pipeline.toml is a problem to show
     loaded = load_pipeline(paths, load_config(root))
-    states = {j.name: j.state for j in report.pipeline_report(root, paths).jobs}
+    states = {j.name: j.state for j in tree.pipeline_report(root, paths).jobs}
     render = drawing.to_dot if fmt == "dot" else drawing.to_mermaid
     click.echo(render(loaded, states), nl=False)
 
@@ -213,19 +214,20 @@ def graph(pipeline: str, fmt: str, root_dir: Path | None) -> None:
 def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
     """Show every pipeline's state, or PIPELINE's jobs with their states, attempts, durations and
     what their agents spent."""
-    from clowder import report
+    from clowder.views import jsonout, reader
 
     root = find_root(root_dir)
     if pipeline is None and not as_json:
-        overview = report.overview(root)
-        if not overview:
+        entries = reader.entries(root, ended_from_status=True)
+        if not entries:
             click.echo("no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`")
             return
-        print_table(("PIPELINE", "STATE", "JOBS", "MESSAGE"), overview)
+        print_table(("PIPELINE", "STATE", "JOBS", "MESSAGE"),
+                    [(e.name, e.state, e.summary, e.message) for e in entries])
         return
-    reports = report.collect(root, pipeline)
+    reports = reader.reports(root, pipeline)
     if as_json:
-        click.echo(json.dumps(report.to_json(reports), indent=2))
+        click.echo(json.dumps(jsonout.reports_json(reports), indent=2))
         return
     from clowder.spec import format_duration
 
@@ -241,7 +243,7 @@ def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
         rows.append((j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, *cost, j.message))
     print_table(("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", *(["COST"] if spent else []), "MESSAGE"), rows)
     if spent:
-        click.echo(f"spent: {report.format_usage(spent)}")
+        click.echo(f"spent: {jsonout.format_usage(spent)}")
 
 
 def _driver_options(f: F) -> F:
@@ -356,9 +358,10 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
 @root_option
 def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: Path | None) -> None:
     """Print what an attempt of JOB wrote to stdout and stderr."""
-    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    from clowder.views.logs import text_chunks
+
     root = find_root(root_dir)
-    for chunk in runner.log_chunks(root, pipeline, job, attempt, follow):
+    for chunk in text_chunks(root, pipeline, job, attempt, follow):
         click.echo(chunk, nl=False)
 
 
@@ -405,12 +408,12 @@ def diff(pipeline: str, a: str, rest: tuple[str, ...], root_dir: Path | None) ->
 def artifacts(pipeline: str, job: str | None, sha: str | None, as_json: bool, root_dir: Path | None) -> None:
     """List the artifacts of PIPELINE's attempts (or JOB's): each file an attempt's commit
     changed or declared as an output, with its git blob id, size and kind."""
-    from clowder import artifacts as artifacts_mod
+    from clowder.views import jsonout, reader
 
     root = find_root(root_dir)
-    rows = artifacts_mod.list_artifacts(root.pipeline(pipeline), job, sha)
+    rows = reader.artifacts(root, pipeline, job, sha)
     if as_json:
-        click.echo(json.dumps(artifacts_mod.to_json(rows), indent=2))
+        click.echo(json.dumps(jsonout.artifacts_json(rows), indent=2))
         return
     if not rows:
         click.echo("no artifacts" + (f" with blob {sha}" if sha else ""))
@@ -463,11 +466,12 @@ def serve(host: str, port: int, root_dir: Path | None) -> None:
 def reindex(root_dir: Path | None) -> None:
     """Rebuild the index (.clowder/index.sqlite) from the tree alone, into a new file swapped in
     atomically. Safe while `clowder watch` runs: the daemon notices and records its pipelines again."""
-    from clowder import diskfull, index
+    from clowder import diskfull
+    from clowder.index.reindex import rebuild
 
     root = find_root(root_dir)
     with diskfull.reported("reindex", root.path):
-        counts = index.rebuild(root)
+        counts = rebuild(root)
     click.echo(f"indexed {counts}")
 
 

@@ -21,14 +21,14 @@ from typing import TextIO, assert_never
 
 from clowder import diskfull, regression, schema, workspace
 from clowder import requests as req_mod
-from clowder.artifacts import write_metadata
 from clowder.crash import describe, write_crash_log
 from clowder.errors import ClowderError, DiskFull, LockHeld
 from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
+from clowder.index.recorder import Recorder
+from clowder.metadata import write_metadata
 from clowder.notify.notifier import Notifier
-from clowder.recorder import Recorder
 from clowder.scheduler import (
     NO_CHANGES,
     Action,

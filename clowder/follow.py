@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from clowder.errors import ClowderError
 from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root
-
-Stamp = tuple[int, int, int]  # (inode, size, mtime_ns): a status file is replaced whole when written
+from clowder.views.cache import FileKey, file_key
 
 
 @dataclass
@@ -19,9 +18,9 @@ class _Seen:
 
     paths: PipelinePaths
     status: PipelineStatus | None = None
-    stamp: Stamp | None = None
+    stamp: FileKey | None = None
     jobs: dict[str, JobStatus] = field(default_factory=dict)
-    stamps: dict[str, Stamp] = field(default_factory=dict)
+    stamps: dict[str, FileKey] = field(default_factory=dict)
 
 
 class Follower:
@@ -55,7 +54,7 @@ class Follower:
 
     def _look_pipeline(self, name: str, seen: _Seen) -> list[str]:
         old_status = seen.status
-        stamp = _stamp(seen.paths.status_file)
+        stamp = file_key(seen.paths.status_file)
         if seen.status is None or stamp != seen.stamp:
             try:
                 seen.status = read_pipeline_status(seen.paths.status_file)
@@ -71,7 +70,7 @@ class Follower:
             except ClowderError:
                 continue
             seen.stamps[job] = job_stamp
-            events.extend(job_events(seen.jobs.get(job), new, job_stamp[2] / 1e9))
+            events.extend(job_events(seen.jobs.get(job), new, job_stamp.mtime_ns / 1e9))
             seen.jobs[job] = new
         # Several jobs may have moved since the last look: tell it in the order it happened.
         job_lines = [f"{name}/{line}" for _, line in sorted(events, key=lambda e: e[0])]
@@ -133,16 +132,8 @@ def _pipeline_line(old: PipelineStatus | None, new: PipelineStatus | None) -> st
     return f"pipeline {new.state.value}" + (f": {new.message}" if new.message and new.state.terminal else "")
 
 
-def _stamp(path: os.PathLike[str] | str) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _status_stamps(paths: PipelinePaths) -> dict[str, Stamp]:
-    out: dict[str, Stamp] = {}
+def _status_stamps(paths: PipelinePaths) -> dict[str, FileKey]:
+    out: dict[str, FileKey] = {}
     try:
         with os.scandir(paths.status_dir) as it:
             for e in it:
@@ -151,7 +142,7 @@ def _status_stamps(paths: PipelinePaths) -> dict[str, Stamp]:
                         st = e.stat()
                     except FileNotFoundError:
                         continue
-                    out[e.name[:-5]] = (st.st_ino, st.st_size, st.st_mtime_ns)
+                    out[e.name[:-5]] = FileKey(st.st_ino, st.st_mtime_ns, st.st_size)
     except FileNotFoundError:
         pass
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clowder import index, snapshot
+from clowder.index import reindex
 from clowder.tree import Root
 
 
@@ -29,7 +30,7 @@ def fsck(root: Root) -> list[Difference]:
     root.state_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fsck-", dir=root.state_dir) as tmp:
         fresh = Path(tmp) / "tree.sqlite"
-        index.build(root, fresh)
+        reindex.build(root, fresh)
         return [*_rows(root, fresh), *_objects(root, fresh)]
 
 

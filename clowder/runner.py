@@ -1,13 +1,12 @@
-"""What `clowder run`, `watch`, `cancel`, `retry` and `logs` do, behind the CLI."""
+"""What `clowder run`, `watch`, `cancel`, `retry` and `spawn` do, behind the CLI."""
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -19,13 +18,11 @@ from rich.table import Table
 from clowder import known
 from clowder import requests as req_mod
 from clowder.errors import UsageError
-from clowder.executor import read_exit, run_file
 from clowder.follow import Follower
 from clowder.fsio import read_input, try_lock
-from clowder.logfile import open_log
 from clowder.spec import format_duration
-from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus, read_job_status, read_pipeline_status
-from clowder.tree import PipelinePaths, Root
+from clowder.state import JobStatus, PipelineState, PipelineStatus, read_pipeline_status
+from clowder.tree import Root
 
 if TYPE_CHECKING:
     from clowder.driver import Driver
@@ -223,39 +220,3 @@ def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple
                      context=context)
     req_mod.wake(root, pipeline)
     return pipeline, r
-
-
-def log_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
-    paths = known.pipeline(root, pipeline)
-    known.job(paths, job)
-    status = read_job_status(paths.job_status_file(job), job)
-    number = attempt or status.attempt
-    if not number:
-        raise UsageError(f"{pipeline}/{job} has not run yet (it is {status.state.value})")
-    record = run_file(paths.log_file(job, number))
-    f = open_log(root, paths, job, number)
-    while follow and f is None and not _attempt_over(paths, job, number, record):
-        time.sleep(0.1)
-        f = open_log(root, paths, job, number)
-    if f is None:
-        raise UsageError(f"{paths.log_file(job, number)}: no log for attempt {number}")
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with f:
-        while True:
-            chunk = decoder.decode(f.read(1 << 16))
-            if chunk:
-                yield chunk
-            elif not follow or _attempt_over(paths, job, number, record):
-                rest = decoder.decode(f.read(), final=True)
-                if rest:
-                    yield rest
-                return
-            else:
-                time.sleep(0.1)
-
-
-def _attempt_over(paths: PipelinePaths, job: str, number: int, record: Path) -> bool:
-    if read_exit(record) is not None:
-        return True
-    status = read_job_status(paths.job_status_file(job), job)
-    return not (status.attempt == number and status.state is JobState.RUNNING)

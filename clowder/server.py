@@ -4,7 +4,6 @@ It reads the tree and writes nothing but request files, through the function the
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ipaddress
 import json
@@ -29,11 +28,14 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clowder import logfile, monitor, runner
+from clowder import known, requests
 from clowder.errors import ClowderError
-from clowder.requests import Refused
+from clowder.known import NotFound
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
+from clowder.views import diffs, reader, records
+from clowder.views.changes import Scanner
+from clowder.views.logs import AttemptLog, LogFollower, locate
 
 logger = logging.getLogger("uvicorn.error")
 WEB_DIR = Path(__file__).parent / "web"
@@ -45,7 +47,7 @@ MAX_OFFSET = 1 << 40
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64, description="A pipeline or job name.")]
-Point = Annotated[str, Query(pattern=monitor.POINT_PATTERN, max_length=71,
+Point = Annotated[str, Query(pattern=diffs.POINT_PATTERN, max_length=71,
                               description="A job (its final commit) or JOB@ATTEMPT, e.g. dev or test@2.")]
 NameQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64, description="Only this pipeline.")]
 
@@ -126,11 +128,11 @@ class Hub:
     """One scanner for all subscribers of the events stream: it runs only while someone listens."""
 
     def __init__(self, root: Root) -> None:
-        self.scanner = monitor.Scanner(root)
-        self.queues: set[asyncio.Queue[monitor.Change | None]] = set()
+        self.scanner = Scanner(root)
+        self.queues: set[asyncio.Queue[records.Change | None]] = set()
         self.lock = asyncio.Lock()  # one scan at a time: a scan updates what the next compares to
 
-    async def scan(self) -> list[monitor.Change]:
+    async def scan(self) -> list[records.Change]:
         async with self.lock:
             return await asyncio.to_thread(self.scanner.scan)
 
@@ -148,7 +150,7 @@ class Hub:
             await asyncio.sleep(POLL_SECONDS)
 
     @staticmethod
-    def _put(q: asyncio.Queue[monitor.Change | None], change: monitor.Change) -> None:
+    def _put(q: asyncio.Queue[records.Change | None], change: records.Change) -> None:
         try:
             q.put_nowait(change)
         except asyncio.QueueFull:  # a client that does not read: tell it to refetch everything
@@ -157,7 +159,7 @@ class Hub:
             q.put_nowait(None)
 
     async def stream(self, pipeline: str | None) -> AsyncIterator[str]:
-        q: asyncio.Queue[monitor.Change | None] = asyncio.Queue(maxsize=1000)
+        q: asyncio.Queue[records.Change | None] = asyncio.Queue(maxsize=1000)
         self.queues.add(q)
         try:
             if not self.scanner.started:  # the baseline, so that nothing after `hello` goes unseen
@@ -177,46 +179,24 @@ class Hub:
             self.queues.discard(q)
 
 
-def open_log(root: Root, ref: monitor.LogRef) -> BinaryIO | None:
-    """The attempt's log, read as `clowder logs` reads it (clowder.logfile)."""
-    return logfile.open_log(root, ref.paths, ref.job, ref.attempt)
-
-
-async def follow_log(root: Root, ref: monitor.LogRef, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
+async def follow_log(log: AttemptLog, offset: int, f: BinaryIO | None) -> AsyncIterator[str]:
     """The log from byte `offset` as `log` events (each with the offset it reaches, which is
     also its event id, so a reconnecting EventSource resumes there), then one `end` event.
-    `f`: the log, if it was there when the request came."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    `f`: the log, if it was there when the request came. Read by the follower `clowder logs -f`
+    uses (clowder.views.logs), waiting between looks without holding the event loop."""
     yield "retry: 1000\n\n"
-    while f is None:
-        try:
-            f = open_log(root, ref)
-        except monitor.NotFound as e:  # the headers are sent: say why in the stream
-            yield sse("end", {"attempt": ref.attempt, "offset": offset, "error": str(e)})
-            return
-        if f is None and ref.over():
-            yield sse("end", {"attempt": ref.attempt, "offset": offset})
-            return
-        if f is None:
-            await asyncio.sleep(POLL_SECONDS)
-    with f:
-        f.seek(offset)
-        pos = offset
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                pos += len(chunk)
-                yield sse("log", {"text": decoder.decode(chunk), "offset": pos}, str(pos))
-                continue
-            # Ended and read to the end: whatever it wrote before its exit record is in.
-            if ref.over():
-                rest = f.read()
-                if rest:
-                    pos += len(rest)
-                    yield sse("log", {"text": decoder.decode(rest, final=True), "offset": pos}, str(pos))
-                yield sse("end", {"attempt": ref.attempt, "offset": pos}, str(pos))
-                return
-            await asyncio.sleep(POLL_SECONDS)
+    follower = LogFollower(log, offset, f)
+    try:
+        for chunk in follower:
+            if chunk is None:
+                await asyncio.sleep(POLL_SECONDS)
+            else:
+                yield sse("log", {"text": chunk.text, "offset": chunk.offset}, str(chunk.offset))
+    except NotFound as e:  # the headers are sent: say why in the stream
+        yield sse("end", {"attempt": log.attempt, "offset": follower.offset, "error": str(e)})
+        return
+    end_id = str(follower.offset) if follower.opened else None
+    yield sse("end", {"attempt": log.attempt, "offset": follower.offset}, end_id)
 
 
 # -- the app --------------------------------------------------------------------------------------
@@ -300,6 +280,21 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
     app.add_middleware(Guard, hosts=hosts)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     _errors(app)
+    _page_routes(app, root)
+    _read_routes(app, root)
+    _log_routes(app, root)
+
+    @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
+    def events(pipeline: NameQuery = None) -> StreamingResponse:
+        """State changes as Server-Sent Events: `job` ({pipeline, job, state, attempt}) and `pipeline`
+        ({pipeline, state}; `removed` when it went); `resync` asks to refetch everything."""
+        return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
+
+    _action_routes(app, root)
+    return app
+
+
+def _page_routes(app: FastAPI, root: Root) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse((WEB_DIR / "index.html").read_text())
@@ -309,22 +304,32 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         """The root this server reads."""
         return Info(root=str(root.path), version=_version())
 
-    @app.get("/api/pipelines", response_model=list[monitor.PipelineSummary], responses=ERRORS)
-    def pipelines(state: monitor.ReportState | None = None) -> list[monitor.PipelineSummary]:
+
+def _read_routes(app: FastAPI, root: Root) -> None:
+    @app.get("/api/pipelines", response_model=list[records.PipelineEntry], responses=ERRORS)
+    def pipelines(state: records.ReportState | None = None) -> list[records.PipelineEntry]:
         """Every pipeline with its state and job counts, as `clowder status` shows them."""
-        return monitor.pipelines(root, state)
+        return reader.entries(root, state)
 
-    @app.get("/api/pipelines/{pipeline}", response_model=monitor.PipelineDetail, responses=ERRORS)
-    def pipeline_detail(pipeline: Name) -> monitor.PipelineDetail:
+    @app.get("/api/pipelines/{pipeline}", response_model=records.PipelineDetail, responses=ERRORS)
+    def pipeline_detail(pipeline: Name) -> records.PipelineDetail:
         """A pipeline's jobs (states, attempts, durations, graph levels) and the edges between them."""
-        return monitor.pipeline_detail(root, pipeline)
+        return reader.pipeline_detail(root, pipeline)
 
-    @app.get("/api/pipelines/{pipeline}/jobs/{job}", response_model=monitor.JobDetail, responses=ERRORS)
-    def job_detail(pipeline: Name, job: Name) -> monitor.JobDetail:
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}", response_model=records.JobDetail, responses=ERRORS)
+    def job_detail(pipeline: Name, job: Name) -> records.JobDetail:
         """A job's spec, status, attempts with artifacts (git blob ids) and consumed upstream commits,
         the jobs that consumed its commits, and its regression context."""
-        return monitor.job_detail(root, pipeline, job)
+        return reader.job_detail(root, pipeline, job)
 
+    @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
+    def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
+        """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
+        `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
+        return diffs.diff_text(root, pipeline, a, b)
+
+
+def _log_routes(app: FastAPI, root: Root) -> None:
     @app.get("/api/pipelines/{pipeline}/jobs/{job}/logs", response_class=PlainTextResponse, response_model=None,
              responses={**ERRORS, 200: {"content": SSE, "description": "The log, or with follow, its stream"}})
     def logs(
@@ -336,12 +341,10 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         """What an attempt wrote. With `follow`, `log` events carry new text as it is written (each
         event's id is the byte offset reached, so a reconnecting EventSource resumes) and an `end`
         event closes the stream once the attempt has ended."""
-        ref = monitor.log_ref(root, pipeline, job, attempt)
-        f = open_log(root, ref)
+        log = locate(root, pipeline, job, attempt)
+        f = log.open()
         if follow:
-            last = request.headers.get("last-event-id", "")
-            resume = last.isascii() and last.isdigit() and len(last) < 19 and int(last) <= MAX_OFFSET
-            return StreamingResponse(follow_log(root, ref, int(last) if resume else offset, f),
+            return StreamingResponse(follow_log(log, _resume_offset(request, offset), f),
                                      media_type="text/event-stream")
         if f is None:
             return PlainTextResponse("")
@@ -350,41 +353,43 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
             data = f.read()
         return PlainTextResponse(data.decode(errors="replace"))
 
-    @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
-    def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
-        """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
-        `clowder diff` shows it. A point is a job (its final commit) or `job@attempt`."""
-        return monitor.diff_text(root, pipeline, a, b)
 
-    @app.get("/api/events", response_class=StreamingResponse, responses={**ERRORS, 200: {"content": SSE}})
-    def events(pipeline: NameQuery = None) -> StreamingResponse:
-        """State changes as Server-Sent Events: `job` ({pipeline, job, state, attempt}) and `pipeline`
-        ({pipeline, state}; `removed` when it went); `resync` asks to refetch everything."""
-        return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
+def _resume_offset(request: Request, offset: int) -> int:
+    """Where a followed log starts: a reconnecting EventSource's Last-Event-ID, else `offset`."""
+    last = request.headers.get("last-event-id", "")
+    resume = last.isascii() and last.isdigit() and len(last) < 19 and int(last) <= MAX_OFFSET
+    return int(last) if resume else offset
 
-    def drop(pipeline: str, action: str, job: str | None) -> RequestView:
-        r = runner.request(root, pipeline, action, job)
-        return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
 
+def drop_request(root: Root, pipeline: str, action: str, job: str | None) -> RequestView:
+    """Drop a cancel or retry request file, with the checks `clowder cancel` / `retry` make."""
+    paths = known.pipeline(root, pipeline)
+    if job is not None:
+        known.job(paths, job, with_spec=True)
+    requests.check(paths, action, job)
+    r = requests.drop(root, paths, action, job)
+    requests.wake(root, pipeline)
+    return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
+
+
+def _action_routes(app: FastAPI, root: Root) -> None:
     @app.post("/api/pipelines/{pipeline}/cancel", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def cancel_pipeline(pipeline: Name) -> RequestView:
         """Cancel the whole pipeline (drops a request file, like `clowder cancel PIPELINE`)."""
-        return drop(pipeline, "cancel", None)
+        return drop_request(root, pipeline, "cancel", None)
 
     @app.post("/api/pipelines/{pipeline}/jobs/{job}/cancel", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def cancel_job(pipeline: Name, job: Name) -> RequestView:
         """Cancel a job: its running attempt gets SIGTERM, then SIGKILL after the grace period."""
-        return drop(pipeline, "cancel", job)
+        return drop_request(root, pipeline, "cancel", job)
 
     @app.post("/api/pipelines/{pipeline}/jobs/{job}/retry", response_model=RequestView, status_code=202,
               responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
     def retry_job(pipeline: Name, job: Name) -> RequestView:
         """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
-        return drop(pipeline, "retry", job)
-
-    return app
+        return drop_request(root, pipeline, "retry", job)
 
 
 def _errors(app: FastAPI) -> None:
@@ -397,9 +402,9 @@ def _errors(app: FastAPI) -> None:
     async def conflict(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    app.add_exception_handler(monitor.NotFound, not_found)
+    app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(ClowderError, bad_request)
-    app.add_exception_handler(Refused, conflict)
+    app.add_exception_handler(requests.Refused, conflict)
 
 
 def _version() -> str:

@@ -15,6 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from clowder import stamp
 from clowder.errors import Problem, SpecError
+from clowder.index.rows import (
+    ArtifactRow,
+    AttemptRow,
+    ConsumedRow,
+    EdgeRow,
+    JobRow,
+    JobSpecRow,
+    ModelOutputRow,
+    PipelineSpecCols,
+    PipelineStatusCols,
+)
 from clowder.metadata import MODEL_OUTPUT as MODEL_OUTPUT
 from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
@@ -24,8 +35,6 @@ from clowder.workspace.objects import read_blob
 if TYPE_CHECKING:
     from clowder.spec import Config, Pipeline
 
-Row = tuple[Any, ...]
-
 MAX_OUTPUT_BYTES = 1 << 20  # model outputs are small JSON documents; a bigger one is noted, not stored
 
 
@@ -34,25 +43,27 @@ class PipelineRows:
     """Everything the index holds for one pipeline, as rows of its tables (see clowder.index)."""
 
     name: str
-    status: Row  # the pipeline's status columns
-    spec: Row  # the pipeline's spec columns
-    job_specs: list[Row] = field(default_factory=list)
-    edges: list[Row] = field(default_factory=list)
-    jobs: list[Row] = field(default_factory=list)
-    attempts: list[Row] = field(default_factory=list)
-    artifacts: list[Row] = field(default_factory=list)
-    consumed: list[Row] = field(default_factory=list)
-    outputs: list[Row] = field(default_factory=list)  # model_outputs: (blob, content, error)
+    status: PipelineStatusCols
+    spec: PipelineSpecCols
+    job_specs: list[JobSpecRow] = field(default_factory=list)
+    edges: list[EdgeRow] = field(default_factory=list)
+    jobs: list[JobRow] = field(default_factory=list)
+    attempts: list[AttemptRow] = field(default_factory=list)
+    artifacts: list[ArtifactRow] = field(default_factory=list)
+    consumed: list[ConsumedRow] = field(default_factory=list)
+    outputs: list[ModelOutputRow] = field(default_factory=list)
     status_sig: str = ""
     spec_sig: str = ""
 
 
 @dataclass
 class JobRows:
-    job: Row
-    attempts: list[Row]
-    artifacts: list[Row]
-    consumed: list[Row]
+    """Everything the index holds for one job, from its status file."""
+
+    job: JobRow
+    attempts: list[AttemptRow]
+    artifacts: list[ArtifactRow]
+    consumed: list[ConsumedRow]
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -110,13 +121,13 @@ def stems(directory: Path) -> list[str]:
 
 # -- status rows ---------------------------------------------------------------------------------
 
-def pipeline_status_row(status: PipelineStatus | None, problem: str | None) -> Row:
-    """(state, message, started_at, ended_at, prompt_hash, problem); `problem` says why
-    status.toml could not be read, and the state is then `broken`."""
+def pipeline_status_row(status: PipelineStatus | None, problem: str | None) -> PipelineStatusCols:
+    """The pipeline's status columns; `problem` says why status.toml could not be read, and the
+    state is then `broken`."""
     if status is None:
-        return ("broken", "", None, None, None, problem)
-    return (status.state.value, status.message, ts(status.started_at), ts(status.ended_at),
-            status.prompt_hash or None, None)
+        return PipelineStatusCols("broken", "", None, None, None, problem)
+    return PipelineStatusCols(status.state.value, status.message, ts(status.started_at), ts(status.ended_at),
+                              status.prompt_hash or None, None)
 
 
 def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> JobRows:
@@ -124,26 +135,30 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
     open_starts = [ts(a.started_at) for a in status.attempts if a.started_at is not None and a.ended_at is None]
     first = status.attempts[0] if status.attempts else None
     last = status.last
-    job = (pipeline, status.job, status.state.value, status.attempt, status.message, ts(status.retry_at),
-           _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
-           ts(first.started_at) if first else None, ts(last.ended_at) if last else None,
-           sum(closed) if closed else None, _json(open_starts))
-    attempts, artifacts, consumed = [], [], []
+    job = JobRow(pipeline, status.job, status.state.value, status.attempt, status.message, ts(status.retry_at),
+                 _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
+                 ts(first.started_at) if first else None, ts(last.ended_at) if last else None,
+                 sum(closed) if closed else None, _json(open_starts))
+    attempts: list[AttemptRow] = []
+    artifacts: list[ArtifactRow] = []
+    consumed: list[ConsumedRow] = []
     for a in status.attempts:
-        attempts.append((pipeline, status.job, a.number, a.state.value, ts(a.started_at), ts(a.ended_at),
-                         _span(a.started_at, a.ended_at), a.exit_code, a.signal, a.pid, a.spec_hash or None,
-                         a.base_commit, a.commit, a.message, a.trigger, a.request,
-                         *((a.usage.input_tokens, a.usage.output_tokens, a.usage.cost_usd) if a.usage else
-                           (None, None, None))))
-        artifacts += [(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
-        consumed += [(pipeline, status.job, a.number, up, commit) for up, commit in sorted(a.consumed.items())]
+        u = a.usage
+        attempts.append(AttemptRow(pipeline, status.job, a.number, a.state.value, ts(a.started_at), ts(a.ended_at),
+                                   _span(a.started_at, a.ended_at), a.exit_code, a.signal, a.pid, a.spec_hash or None,
+                                   a.base_commit, a.commit, a.message, a.trigger, a.request,
+                                   u.input_tokens if u else None, u.output_tokens if u else None,
+                                   u.cost_usd if u else None))
+        artifacts += [ArtifactRow(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
+        consumed += [ConsumedRow(pipeline, status.job, a.number, up, commit)
+                     for up, commit in sorted(a.consumed.items())]
     return JobRows(job, attempts, artifacts, consumed)
 
 
 # -- spec rows -----------------------------------------------------------------------------------
 
 def spec_rows(paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Problem],
-              root: Path) -> tuple[Row, list[Row], list[Row]]:
+              root: Path) -> tuple[PipelineSpecCols, list[JobSpecRow], list[EdgeRow]]:
     """The pipeline's spec columns (template, stages, valid, problems), its jobs' spec rows and
     its dependency edges. An invalid pipeline lists its job files' names and nothing more, as
     `clowder status` does."""
@@ -152,18 +167,20 @@ def spec_rows(paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Pr
     name = paths.name
     stored = [problem_json(p, root) for p in problems]
     if pipeline is None:
-        head: Row = (None, None, 0, _json(stored))
-        return head, [(name, job, i, *([None] * 12)) for i, job in enumerate(paths.job_names())], []
-    head = (pipeline.spec.template, _json(list(pipeline.spec.stages)), 1, _json(stored))
-    jobs, edges = [], []
+        return (PipelineSpecCols(None, None, 0, _json(stored)),
+                [JobSpecRow._make((name, job, i, *([None] * 12))) for i, job in enumerate(paths.job_names())], [])
+    head = PipelineSpecCols(pipeline.spec.template, _json(list(pipeline.spec.stages)), 1, _json(stored))
+    jobs: list[JobSpecRow] = []
+    edges: list[EdgeRow] = []
     for i, job in enumerate(topo_order(pipeline_deps(pipeline))):
         spec = pipeline.jobs[job]
         command = list(spec.command) if isinstance(spec.command, tuple) else spec.command
-        jobs.append((name, job, i, spec.stage, "agent" if spec.agent else "command",
-                     json.dumps(command) if command is not None else None, spec.agent,
-                     _json(list(spec.sources)), _json(list(spec.outputs)), spec.retries, int(spec.allow_failure),
-                     spec.timeout, spec.parent, spec.regression_of, spec.spec_hash or None))
-        edges += [(name, job, n.job, n.when.value, k) for k, n in enumerate(spec.needs)]
+        jobs.append(JobSpecRow(name, job, i, spec.stage, "agent" if spec.agent else "command",
+                               json.dumps(command) if command is not None else None, spec.agent,
+                               _json(list(spec.sources)), _json(list(spec.outputs)), spec.retries,
+                               int(spec.allow_failure), spec.timeout, spec.parent, spec.regression_of,
+                               spec.spec_hash or None))
+        edges += [EdgeRow(name, job, n.job, n.when.value, k) for k, n in enumerate(spec.needs)]
     return head, jobs, edges
 
 
@@ -179,13 +196,13 @@ def read_pipeline(root: Root, name: str, config: Config | None) -> PipelineRows:
 
     pipeline, problems = check_pipeline(paths, config)
     head, job_specs, edges = spec_rows(paths, pipeline, problems, root.path)
-    pstatus, pproblem = read_status(paths.status_file, root.path)
+    pstatus, pproblem = pipeline_status_or_problem(paths.status_file, root.path)
     rows = PipelineRows(name, pipeline_status_row(pstatus, pproblem), head, job_specs, edges,
                         status_sig=status_sig, spec_sig=spec_sig)
     status_dir = paths.status_dir
     for job in stems(status_dir):
         if is_name(job):
-            status, problem = read_job(status_dir / f"{job}.toml", job, root.path)
+            status, problem = job_status_or_problem(status_dir / f"{job}.toml", job, root.path)
             add_job(rows, status, problem)
     rows.outputs = model_outputs(paths, rows.artifacts)
     return rows
@@ -199,17 +216,17 @@ def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -
     rows.consumed += j.consumed
 
 
-def read_status(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
-    """status.toml as `clowder status` reads it from the tree, or None and why it cannot be read."""
+def pipeline_status_or_problem(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:
+    """status.toml through the one status parser, or None and why it cannot be read."""
     try:
         return read_pipeline_status(path), None
     except SpecError as e:
         return None, problem_json(e.problems[0], root)
 
 
-def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
-    """A job's status file as `clowder status` reads it from the tree (clowder.report.job_status);
-    if it cannot be read, a fresh status and why."""
+def job_status_or_problem(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
+    """A job's status file through the one status parser; if it cannot be read, a fresh status
+    and why (as clowder.views.tree.job_status shows it)."""
     try:
         return read_job_status(path, job), None
     except SpecError as e:
@@ -218,32 +235,33 @@ def read_job(path: Path, job: str, root: Path) -> tuple[JobStatus, str | None]:
 
 # -- model outputs: the content of small JSON artifacts ------------------------------------------
 
-def model_outputs(paths: PipelinePaths, artifacts: Iterable[Row], known: Mapping[str, Any] | None = None) -> list[Row]:
+def model_outputs(paths: PipelinePaths, artifacts: Iterable[ArtifactRow],
+                  known: Mapping[str, Any] | None = None) -> list[ModelOutputRow]:
     """(blob, content, error) for each model_output artifact whose blob is not in `known`.
     Content is JSON text, so SQLite's JSON functions can search it; when the blob cannot be
     read or is not JSON, content is NULL and error says why."""
-    out: dict[str, Row] = {}
+    out: dict[str, ModelOutputRow] = {}
     repos: dict[str, bool] = {}
-    for row in artifacts:
-        _, job, _, path, blob, size, kind = row
-        if kind != MODEL_OUTPUT or blob in out or (known is not None and blob in known):
+    for a in artifacts:
+        if a.kind != MODEL_OUTPUT or a.blob in out or (known is not None and a.blob in known):
             continue
-        ws = paths.workspace(job)
-        if job not in repos:
-            repos[job] = (ws / ".git").exists()
-        out[blob] = _model_output(ws, path, blob, size) if repos[job] else (blob, None, "no workspace repository")
+        ws = paths.workspace(a.job)
+        if a.job not in repos:
+            repos[a.job] = (ws / ".git").exists()
+        out[a.blob] = (_model_output(ws, a.path, a.blob, a.size) if repos[a.job]
+                       else ModelOutputRow(a.blob, None, "no workspace repository"))
     return [out[b] for b in sorted(out)]
 
 
-def _model_output(ws: Path, path: str, blob: str, size: int) -> Row:
+def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
     if size > MAX_OUTPUT_BYTES:
-        return (blob, None, f"larger than {MAX_OUTPUT_BYTES} bytes")
+        return ModelOutputRow(blob, None, f"larger than {MAX_OUTPUT_BYTES} bytes")
     data = read_blob(ws, blob, path)
     if data is None:
-        return (blob, None, "blob not found in the workspace")
+        return ModelOutputRow(blob, None, "blob not found in the workspace")
     try:
         text = data.decode()
         json.loads(text)
     except ValueError as e:
-        return (blob, None, f"not JSON: {e}")
-    return (blob, text, None)
+        return ModelOutputRow(blob, None, f"not JSON: {e}")
+    return ModelOutputRow(blob, text, None)

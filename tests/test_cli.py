@@ -352,3 +352,29 @@ def test_retry_of_a_job_that_has_not_run_is_refused(make_pipeline: MakePipeline,
     assert (result.exit_code, result.stderr) == (2, "error: p/a is pending; only a failed or cancelled job can be "
                                                     "retried\n")
     assert cli("cancel", "p", "a").exit_code == 0
+
+
+# -- naming what does not exist -----------------------------------------------------------------
+
+ON_A_PIPELINE = [("status", "{p}"), ("graph", "{p}"), ("logs", "{p}", "dev"), ("artifacts", "{p}"),
+                 ("path", "{p}", "dev"), ("diff", "{p}", "dev"), ("cancel", "{p}"), ("retry", "{p}", "dev"),
+                 ("run", "{p}"), ("export", "{p}", "--branch", "x")]
+ON_A_JOB = [("logs", "p", "{j}"), ("artifacts", "p", "{j}"), ("path", "p", "{j}"), ("diff", "p", "{j}"),
+            ("cancel", "p", "{j}"), ("retry", "p", "{j}"), ("export", "p", "{j}", "--branch", "x")]
+
+
+@pytest.mark.parametrize("args", ON_A_PIPELINE, ids=lambda a: a[0])
+def test_every_command_says_the_same_of_a_missing_pipeline(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                           args: tuple[str, ...]) -> None:
+    make_pipeline("alpha", {"dev": 'command = ["true"]\n'})
+    result = cli(*(a.format(p="alpa") for a in args))
+    assert (result.exit_code, result.stderr) == (
+        2, f"error: {root.pipelines_dir}/alpa: no such pipeline; did you mean alpha?\n")
+
+
+@pytest.mark.parametrize("args", ON_A_JOB, ids=lambda a: a[0])
+def test_every_command_says_the_same_of_a_missing_job(make_pipeline: MakePipeline, cli: Invoke,
+                                                      args: tuple[str, ...]) -> None:
+    make_pipeline("p", {"dev": 'command = ["true"]\n'})
+    result = cli(*(a.format(j="dve") for a in args))
+    assert (result.exit_code, result.stderr) == (2, "error: 'dve': not a job of p; did you mean dev? (jobs: dev)\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from clowder import monitor
 from clowder.state import read_job_status
 from clowder.tree import Root
+from clowder.views import reader
 from tests.conftest import Invoke, MakePipeline, write
 
 USER = {"GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.com",
@@ -252,9 +252,9 @@ def test_export_exclude_is_validated(root: Root, make_pipeline: MakePipeline, cl
 
 
 def test_the_job_page_shows_the_export_command(root: Root, ran: Path) -> None:
-    assert monitor.job_detail(root, "p", "test").export_command == "clowder export p test --branch clowder/p-test"
+    assert reader.job_detail(root, "p", "test").export_command == "clowder export p test --branch clowder/p-test"
     root.pipeline("p").job_file("later").write_text('command = "true"\nneeds = ["test"]\n')
-    assert monitor.job_detail(root, "p", "later").export_command == ""  # nothing to bring back yet
+    assert reader.job_detail(root, "p", "later").export_command == ""  # nothing to bring back yet
 
 
 def test_export_of_a_fan_in_holds_every_upstream_s_work(

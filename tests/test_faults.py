@@ -15,6 +15,7 @@ import pytest
 
 from clowder import index
 from clowder.executor import read_pid, run_file
+from clowder.index import reindex
 from clowder.state import JobState, PipelineState
 from clowder.template import init_root
 from clowder.tree import Root
@@ -48,7 +49,7 @@ def nothing_lost(root: Root, once: str) -> None:
     fsck = clowder(root, "fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     kept = index.dump_index(root)
-    index.rebuild(root)
+    reindex.rebuild(root)
     assert kept == index.dump_index(root)
 
 

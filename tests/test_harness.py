@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from clowder import report
 from clowder.errors import ClowderError
 from clowder.harness import agent, prompt
 from clowder.harness.actions import output_from_text, read_log
@@ -22,6 +21,7 @@ from clowder.spec import Config, Harness, JobSpec, Pipeline
 from clowder.state import Attempt, JobState, JobStatus, Usage, job_status_to_toml, read_job_status
 from clowder.tree import Root
 from clowder.validate import build_pipeline
+from clowder.views import jsonout, reader
 from tests.conftest import EXAMPLES, Invoke, MakePipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -548,10 +548,10 @@ def test_status_of_one_pipeline_reports_what_its_agents_spent(root: Root, make_p
             500, 50, 0.5))))))
     (d / "status" / "b.toml").write_text(job_status_to_toml(JobStatus("b", JobState.SUCCEEDED, 1, attempts=(
         Attempt(1, JobState.SUCCEEDED),))))
-    [r] = report.collect(root, "p")
+    [r] = reader.reports(root, "p")
     assert [(j.name, j.usage) for j in r.jobs] == [("a", Usage(1500, 150, 0.75)), ("b", None)]
     assert r.usage == Usage(1500, 150, 0.75)
-    assert report.format_usage(r.usage) == "$0.7500 (1,500 tokens in, 150 out)"
-    [data] = report.to_json([r])
+    assert jsonout.format_usage(r.usage) == "$0.7500 (1,500 tokens in, 150 out)"
+    [data] = jsonout.reports_json([r])
     assert data["usage"] == {"input_tokens": 1500, "output_tokens": 150, "cost_usd": 0.75}
     assert data["jobs"][0]["usage"] == data["usage"] and "usage" not in data["jobs"][1]

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from clowder import artifacts as artifacts_mod
-from clowder import index, recorder, report
+from clowder import index
 from clowder.driver import Driver
 from clowder.fsio import atomic_write
+from clowder.index import recorder, reindex
 from clowder.stamp import RACY_NS
 from clowder.state import (
     Artifact,
@@ -36,6 +36,8 @@ from clowder.state import (
     read_job_status,
 )
 from clowder.tree import Root
+from clowder.views import indexed, reader
+from clowder.views.records import summarize
 from tests.conftest import REPO, Invoke, MakePipeline, write
 from tests.test_cli import rows
 from tests.test_driver import wait_for
@@ -57,7 +59,7 @@ def run(root: Root, name: str = "p") -> bool:
 
 
 def rebuilt(root: Root) -> dict[str, list[tuple[Any, ...]]]:
-    index.rebuild(root)
+    reindex.rebuild(root)
     return index.dump_index(root)
 
 
@@ -118,7 +120,7 @@ def recorded(root: Root) -> Root:
         last = attempts[-1]
         write(paths.job_status_file(job), job_status_to_toml(JobStatus(job, last.state, last.number, "", attempts)))
     write(paths.status_file, pipeline_status_to_toml(PipelineStatus(PipelineState.SUCCEEDED)))
-    index.rebuild(root)
+    reindex.rebuild(root)
     return root
 
 
@@ -192,7 +194,7 @@ def test_a_reindex_under_a_running_daemon_is_noticed(root: Root, make_pipeline: 
     thread.start()
     try:
         wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("a"), "a").state.value == "running")
-        index.rebuild(root)  # swaps the file under the daemon
+        reindex.rebuild(root)  # swaps the file under the daemon
         gate.touch()
         wait_for(lambda: read_job_status(root.pipeline("q").job_status_file("b"), "b").state.value == "succeeded")
         wait_for(lambda: ("q", "b", "succeeded") in
@@ -245,7 +247,7 @@ def test_a_broken_index_never_stops_the_scheduler(root: Root, make_pipeline: Mak
     assert Driver(root, only=["p"], log=lines.append).serve(until_done=True)
     assert any(line.startswith("index: ") for line in lines)
     assert [line for line in (REPO / "README.md").read_text().splitlines() if "clowder reindex" in line]
-    assert report.collect(root)[0].state == "succeeded"  # from the tree
+    assert reader.reports(root)[0].state == "succeeded"  # from the tree
 
 
 # -- fsck -----------------------------------------------------------------------------------------
@@ -361,14 +363,19 @@ def test_status_from_the_index_equals_status_from_the_tree(root: Root, make_pipe
     make_pipeline("bad", {"a": 'comand = "true"\n'})
     run(root, "p")
     settle()  # a pipeline written within the last moment is read from the tree (clowder.stamp)
-    index.rebuild(root)
+    reindex.rebuild(root)
     names = ["bad", "p", "q"]
-    assert sorted(report.from_index(root, names)) == names
-    assert report.collect(root) == report.collect(root, use_index=False)
+    assert sorted(indexed.reports(root, names)) == names
+    assert reader.reports(root) == reader.reports(root, use_index=False)
+
+
+def overview(root: Root) -> list[tuple[str, str, str, str]]:
+    """The lines of `clowder status` over every pipeline."""
+    return [(e.name, e.state, e.summary, e.message) for e in reader.entries(root, ended_from_status=True)]
 
 
 def overview_from_tree(root: Root) -> list[tuple[str, str, str, str]]:
-    return [(r.name, r.state, report.summary(r), r.message) for r in report.collect(root, use_index=False)]
+    return [(r.name, r.state, summarize(r.counts()), r.message) for r in reader.reports(root, use_index=False)]
 
 
 def test_status_of_every_pipeline_reads_counts_from_the_index(root: Root, make_pipeline: MakePipeline,
@@ -380,13 +387,13 @@ def test_status_of_every_pipeline_reads_counts_from_the_index(root: Root, make_p
     make_pipeline("waiting", {"a": 'command = "true"\n', "b": 'command = "true"\nneeds = ["a"]\n'})
     run(root, "p")
     settle()
-    index.rebuild(root)
+    reindex.rebuild(root)
     expected = overview_from_tree(root)
     assert [row[:3] for row in expected] == [
         ("bad", "invalid", "1 pending"), ("broken", "broken", "no jobs"),
         ("p", "succeeded", "4 succeeded, 1 failed"), ("waiting", "pending", "2 pending")]
     assert index.overview_rows(root, [r[0] for r in expected]).keys() == {"bad", "broken", "p", "waiting"}
-    assert report.overview(root) == expected
+    assert overview(root) == expected
     assert rows(cli("status").stdout)[3] == ["p", "succeeded", "4", "succeeded,", "1", "failed"]
 
 
@@ -396,15 +403,15 @@ def test_status_of_an_ended_pipeline_ignores_spec_edits_in_place_but_not_new_job
     make_pipeline("q", {"a": 'command = "true"\n'})
     run(root, "p")
     settle()
-    index.rebuild(root)
+    reindex.rebuild(root)
     write(root.pipeline("p").job_file("c"), 'command = "echo C > c.txt"\nneeds = ["b"]\nretries = 2\n')
     write(root.pipeline("q").job_file("a"), 'comand = "true"\n')  # q has not ended: now invalid
     assert index.overview_rows(root, ["p", "q"]).keys() == {"p"}  # p's row cannot have changed
-    assert report.overview(root) == overview_from_tree(root)
-    assert report.overview(root)[1][1] == "invalid"
+    assert overview(root) == overview_from_tree(root)
+    assert overview(root)[1][1] == "invalid"
     write(root.pipeline("p").job_file("d"), 'command = "true"\n')  # a new job changes p's counts
     assert index.overview_rows(root, ["p", "q"]) == {}
-    assert report.overview(root)[0][2] == "1 pending, 4 succeeded, 1 failed"
+    assert overview(root)[0][2] == "1 pending, 4 succeeded, 1 failed"
 
 
 def test_status_falls_back_to_the_tree_without_an_index(root: Root, make_pipeline: MakePipeline,
@@ -413,7 +420,7 @@ def test_status_falls_back_to_the_tree_without_an_index(root: Root, make_pipelin
     run(root)
     from_index = cli("status", "p").output
     root.index_file.unlink()
-    assert report.from_index(root, ["p"]) == {}
+    assert indexed.reports(root, ["p"]) == {}
     assert cli("status", "p").output == from_index
     assert cli("status", "--json").exit_code == 0
 
@@ -424,14 +431,14 @@ def test_status_reads_the_tree_where_the_index_is_stale(root: Root, make_pipelin
     make_pipeline("q", {"a": 'command = "true"\n'})
     run(root, "p")
     run(root, "q")
-    assert sorted(report.from_index(root, ["p", "q"])) == ["p", "q"]
+    assert sorted(indexed.reports(root, ["p", "q"])) == ["p", "q"]
     f = root.pipeline("p").job_status_file("c")
     text = f.read_text()
     atomic_write(f, text.replace('message = ""', 'message = "edited by hand"', 1))  # as vim or sed -i save
-    assert sorted(report.from_index(root, ["p", "q"])) == ["q"]
+    assert sorted(indexed.reports(root, ["p", "q"])) == ["q"]
     assert "edited by hand" in cli("status", "p").output
     write(root.pipeline("q").job_file("a"), 'command = "true"\nstage = "x"\n')  # a spec edit in place is seen too
-    assert report.from_index(root, ["p", "q"]) == {}
+    assert indexed.reports(root, ["p", "q"]) == {}
 
 
 def test_a_status_file_written_in_place_is_not_seen_by_status_but_by_fsck(root: Root, make_pipeline: MakePipeline,
@@ -457,27 +464,26 @@ def test_status_trusts_a_live_daemon_and_not_a_dead_one(root: Root, make_pipelin
     conn.execute("UPDATE freshness SET status_sig = NULL, pid = 999999999")
     conn.commit()
     conn.close()
-    assert report.from_index(root, ["p"]) == {}
+    assert indexed.reports(root, ["p"]) == {}
     root.lock_file.write_text(f"{os.getpid()}\n")
     conn = sqlite3.connect(root.index_file)
     conn.execute("UPDATE freshness SET pid = ?", (os.getpid(),))
     conn.commit()
     conn.close()
-    assert list(report.from_index(root, ["p"])) == ["p"]
+    assert list(indexed.reports(root, ["p"])) == ["p"]
 
 
 def test_artifacts_read_the_index_and_fall_back_to_the_tree(root: Root, make_pipeline: MakePipeline,
                                                             cli: Invoke) -> None:
     make_pipeline("p", JOBS)
     run(root)
-    paths = root.pipeline("p")
     blob = blob_of_job(root, "a", "a.txt")
-    assert artifacts_mod._from_index(paths, None, None) is not None
-    indexed = [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))]
-    assert blob[:12] in indexed[2]
+    assert indexed.artifacts(root, "p", None, None) is not None
+    shown = [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))]
+    assert blob[:12] in shown[2]
     root.index_file.unlink()
-    assert artifacts_mod._from_index(paths, None, None) is None
-    assert [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))] == indexed
+    assert indexed.artifacts(root, "p", None, None) is None
+    assert [cli("artifacts", "p", *args).output for args in ((), ("a",), ("--sha", blob[:6]), ("--json",))] == shown
 
 
 def settle() -> None:
@@ -508,6 +514,20 @@ def test_each_migration_is_recorded_and_an_old_file_is_migrated(root: Root) -> N
     opened.close()
 
 
+def test_each_table_has_a_named_record_of_its_columns(root: Root) -> None:
+    """The rows the tree and the daemon write are records whose fields are the table's columns,
+    in order: a migration that adds a column without its field (or the reverse) fails here."""
+    from clowder.index.rows import RECORDS
+
+    conn = sqlite3.connect(":memory:")
+    index.migrate(conn)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert set(RECORDS) == tables - {"schema_migrations"}
+    for table, record in RECORDS.items():
+        columns = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+        assert record._fields == columns, table
+
+
 def test_an_index_from_a_newer_clowder_is_not_used(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", {"a": 'command = "true"\n'})
     settle()
@@ -516,11 +536,11 @@ def test_an_index_from_a_newer_clowder_is_not_used(root: Root, make_pipeline: Ma
     conn.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 'later')", (index.LATEST + 1,))
     conn.commit()
     conn.close()
-    assert report.from_index(root, ["p"]) == {}
+    assert indexed.reports(root, ["p"]) == {}
     result = cli("query", "SELECT 1")
     assert result.exit_code == 2 and f"schema version {index.LATEST + 1}" in result.output
     assert cli("reindex").exit_code == 0
-    assert list(report.from_index(root, ["p"])) == ["p"]
+    assert list(indexed.reports(root, ["p"])) == ["p"]
 
 
 # -- the README's queries -------------------------------------------------------------------------
@@ -546,7 +566,7 @@ def test_each_readme_query_runs(root: Root, number: int) -> None:
 
 
 def test_batches_gathered_by_the_recorder_keep_their_order() -> None:
-    from clowder.recorder import _Batch, _merged
+    from clowder.index.recorder import _Batch, _merged
 
     def batch(forgets: set[str] | None = None, jobs: dict[tuple[str, str], JobStatus] | None = None) -> _Batch:
         return _Batch(forgets or set(), {}, {}, {}, jobs or {}, False)

@@ -19,12 +19,14 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
-from clowder.report import collect, summary, to_json
 from clowder.spec import MAX_DURATION, parse_duration
 from clowder.state import check_status_file
 from clowder.template import DEFAULT_CONFIG, new_pipeline
 from clowder.tree import PipelinePaths, Root
 from clowder.validate import check_config, check_pipeline, check_template, validate_path
+from clowder.views.jsonout import reports_json as to_json
+from clowder.views.reader import reports as collect
+from clowder.views.records import summarize
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -147,7 +149,7 @@ def check_everything(root: Root, paths: PipelinePaths | None = None) -> None:
         return
     json.dumps(to_json(reports))
     for report in reports:
-        summary(report)
+        summarize(report.counts())
 
 
 @SETTINGS

@@ -316,6 +316,25 @@ def test_bad_requests_get_a_4xx_json_error(root: Root, make_pipeline: MakePipeli
     assert "detail" in r.json()
 
 
+def test_a_missing_pipeline_or_job_is_404_in_the_words_of_the_cli(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("alpha", {"dev": 'command = ["true"]\n'})
+    no_pipeline = f"{root.pipelines_dir}/alpa: no such pipeline; did you mean alpha?"
+    no_job = "'dve': not a job of alpha; did you mean dev? (jobs: dev)"
+    token = server.load_token(root)
+    with client(root) as (c, _):
+        for method, path, words in [
+            ("GET", "/api/pipelines/alpa", no_pipeline), ("GET", "/api/pipelines/alpa/jobs/dev", no_pipeline),
+            ("GET", "/api/pipelines/alpa/jobs/dev/logs", no_pipeline),
+            ("GET", "/api/pipelines/alpa/diff?a=dev", no_pipeline), ("POST", "/api/pipelines/alpa/cancel", no_pipeline),
+            ("POST", "/api/pipelines/alpa/jobs/dev/retry", no_pipeline),
+            ("GET", "/api/pipelines/alpha/jobs/dve", no_job),
+            ("GET", "/api/pipelines/alpha/jobs/dve/logs", no_job), ("GET", "/api/pipelines/alpha/diff?a=dve", no_job),
+            ("POST", "/api/pipelines/alpha/jobs/dve/cancel", no_job),
+        ]:
+            r = c.request(method, path, headers={"Authorization": f"Bearer {token}"})
+            assert (r.status_code, r.json()) == (404, {"detail": words}), path
+
+
 def test_requests_for_another_host_name_are_refused(root: Root) -> None:
     with client(root) as (c, _):
         r = c.get("/api/pipelines", headers={"Host": "attacker.example:8765"})
@@ -362,6 +381,18 @@ def test_a_log_that_is_a_symlink_out_of_the_pipeline_is_not_served(root: Root, m
             assert "secret" not in r.text
             assert r.status_code == 404, r.text
             assert "outside" in r.json()["detail"]
+
+
+def test_a_hand_broken_status_file_is_named_not_taken_for_a_job_that_never_ran(root: Root,
+                                                                              make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo hi"\n'})
+    run_to_end(root)
+    status = root.pipeline("p").job_status_file("a")
+    status.write_text(status.read_text().replace("+00:00\n", "\n", 1))  # a time without its UTC offset
+    with client(root) as (c, _):
+        r = c.get("/api/pipelines/p/jobs/a/logs")
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith(f"{status}: attempts[0].started_at: expected a date-time with a UTC offset")
 
 
 def test_a_log_that_is_a_fifo_is_not_read(root: Root, make_pipeline: MakePipeline) -> None:
@@ -464,6 +495,19 @@ def test_serve_refuses_a_port_in_use(root: Root, cli: Invoke) -> None:
         result = cli("serve", "--port", str(port))
     assert result.exit_code == 2
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+# -- layers ---------------------------------------------------------------------------------------
+
+def test_the_server_drops_requests_without_loading_the_scheduler_or_rich() -> None:
+    """A face never imports another face: dropping a cancel needs clowder.requests, not the runner
+    (which brings rich, the driver and watchdog)."""
+    code = ("import sys, clowder.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' "
+            "or m in ('clowder.runner', 'clowder.driver', 'watchdog')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
 
 
 # -- the OpenAPI document, tested by schemathesis -------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from clowder import index, report
+from clowder import index
 from clowder.state import (
     Artifact,
     Attempt,
@@ -44,6 +44,7 @@ from clowder.state import (
 )
 from clowder.template import init_root
 from clowder.tree import Root
+from clowder.views import reader
 
 PIPELINES = 1000
 JOBS = 10  # per pipeline: a chain of 4, a fan-out of 4, a join, a report
@@ -261,12 +262,12 @@ def main() -> None:
     overview, detail = [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        rows = report.overview(root)
+        rows = reader.entries(root, ended_from_status=True)
         overview.append(time.perf_counter() - t)
         t = time.perf_counter()
-        reports = report.collect(root)
+        reports = reader.reports(root)
         detail.append(time.perf_counter() - t)
-    assert len(rows) == PIPELINES and all(r[2] for r in rows)
+    assert len(rows) == PIPELINES and all(r.summary for r in rows)
     assert len(reports) == PIPELINES and sum(len(r.jobs) for r in reports) == PIPELINES * JOBS
     baseline = statistics.median(t for t, _ in (clowder(root, "--version") for _ in range(args.repeat)))
     print(f"  of which reading the index (freshness checks included): {ms(statistics.median(overview))} "
@@ -277,7 +278,7 @@ def main() -> None:
     tree = []
     for _ in range(2):
         t = time.perf_counter()
-        report.collect(root, use_index=False)
+        reader.reports(root, use_index=False)
         tree.append(time.perf_counter() - t)
     print(f"  the same from the tree, without the index: {ms(statistics.median(tree))} in-process")
 

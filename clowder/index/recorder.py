@@ -16,8 +16,10 @@ from pathlib import Path
 
 from clowder import snapshot
 from clowder.errors import Problem
-from clowder.index import Index, IndexUnavailable
-from clowder.snapshot import JobRows, Row
+from clowder.index.db import Index
+from clowder.index.errors import IndexUnavailable
+from clowder.index.rows import ArtifactRow
+from clowder.snapshot import JobRows
 from clowder.spec import Pipeline, is_name
 from clowder.stamp import RACY_NS, Stamp, signature, status_signature
 from clowder.state import JobStatus, PipelineStatus
@@ -31,13 +33,40 @@ GATHER = 0.01
 CHECK_EVERY = 1.0  # seconds between looks at whether the file was swapped (a stat per tick adds up)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """The statuses the driver holds of a pipeline (`status` None: read status.toml here)."""
+
+    paths: PipelinePaths
+    jobs: dict[str, JobStatus]
+    status: PipelineStatus | None
+
+
+@dataclass(frozen=True)
+class _SpecRead:
+    """What the spec files gave, stamped before they were read."""
+
+    paths: PipelinePaths
+    pipeline: Pipeline | None
+    problems: list[Problem]
+    stamp: Stamp
+
+
+@dataclass
+class _Outputs:
+    """Artifacts written in a transaction, whose model outputs the index may lack."""
+
+    paths: PipelinePaths
+    artifacts: list[ArtifactRow]
+
+
 @dataclass
 class _Batch:
     """What one tick changed."""
 
     forgets: set[str]
-    loads: dict[str, tuple[PipelinePaths, dict[str, JobStatus], PipelineStatus | None]]
-    specs: dict[str, tuple[PipelinePaths, Pipeline | None, list[Problem], Stamp]]
+    loads: dict[str, _Loaded]
+    specs: dict[str, _SpecRead]
     statuses: dict[str, PipelineStatus]
     jobs: dict[tuple[str, str], JobStatus]
     handover: bool  # carries every pipeline again, after the index was recreated
@@ -76,8 +105,8 @@ class Recorder:
 
     def _clear(self) -> None:
         self._forgets: set[str] = set()
-        self._loads: dict[str, tuple[PipelinePaths, dict[str, JobStatus], PipelineStatus | None]] = {}
-        self._specs: dict[str, tuple[PipelinePaths, Pipeline | None, list[Problem], Stamp]] = {}
+        self._loads: dict[str, _Loaded] = {}
+        self._specs: dict[str, _SpecRead] = {}
         self._statuses: dict[str, PipelineStatus] = {}
         self._jobs: dict[tuple[str, str], JobStatus] = {}
 
@@ -107,7 +136,7 @@ class Recorder:
         None: read status.toml from the tree."""
         if self.active:
             self._forgets.discard(paths.name)
-            self._loads[paths.name] = (paths, dict(jobs), status)
+            self._loads[paths.name] = _Loaded(paths, dict(jobs), status)
             self._statuses.pop(paths.name, None)
             for key in [k for k in self._jobs if k[0] == paths.name]:
                 del self._jobs[key]
@@ -115,7 +144,7 @@ class Recorder:
     def spec(self, paths: PipelinePaths, pipeline: Pipeline | None, problems: list[Problem], stamp: Stamp) -> None:
         """The spec files, stamped `stamp` before they were read, gave this pipeline (or these problems)."""
         if self.active:
-            self._specs[paths.name] = (paths, pipeline, problems, stamp)
+            self._specs[paths.name] = _SpecRead(paths, pipeline, problems, stamp)
 
     def pipeline_status(self, pipeline: str, status: PipelineStatus) -> None:
         if self.active:
@@ -246,7 +275,7 @@ class Recorder:
             self.index = None
 
     def _write(self, index: Index, batches: list[_Batch]) -> None:
-        outputs: dict[str, tuple[PipelinePaths, list[Row]]] = {}
+        outputs: dict[str, _Outputs] = {}
         dropped = False
         with index.transaction():
             for batch in batches:
@@ -255,7 +284,7 @@ class Recorder:
             if dropped:
                 index.drop_unused_outputs()
 
-    def _apply(self, index: Index, batch: _Batch, outputs: dict[str, tuple[PipelinePaths, list[Row]]]) -> bool:
+    def _apply(self, index: Index, batch: _Batch, outputs: dict[str, _Outputs]) -> bool:
         """Write one batch; True if a model output may no longer be used."""
         dropped = False
         for name in sorted(batch.forgets):
@@ -263,13 +292,13 @@ class Recorder:
             self._live.pop(name, None)
             for key in [k for k in self._recorded if k[0] == name]:
                 del self._recorded[key]
-        for name, (paths, jobs, read) in batch.loads.items():
-            outputs.setdefault(name, (paths, []))[1].extend(self._put_loaded(index, paths, jobs, read))
+        for name, loaded in batch.loads.items():
+            outputs.setdefault(name, _Outputs(loaded.paths, [])).artifacts.extend(self._put_loaded(index, loaded))
             dropped = True
-        for name, (paths, pipeline, problems, stamp) in batch.specs.items():
-            head, job_specs, edges = snapshot.spec_rows(paths, pipeline, problems, self.root.path)
+        for name, read in batch.specs.items():
+            head, job_specs, edges = snapshot.spec_rows(read.paths, read.pipeline, read.problems, self.root.path)
             index.put_spec(name, head, job_specs, edges)
-            index.set_spec_fresh(name, signature(stamp))
+            index.set_spec_fresh(name, signature(read.stamp))
         for name, pstatus in batch.statuses.items():
             index.put_status(name, snapshot.pipeline_status_row(pstatus, None))
         changes = []
@@ -281,40 +310,41 @@ class Recorder:
         index.derive(changed)
         moved = set(changed)
         for new, old in changes:
-            if (new.job[0], new.job[1]) in moved:
-                outputs.setdefault(new.job[0], (self.root.pipeline(new.job[0]), []))[1].extend(new.artifacts)
+            if (new.job.pipeline, new.job.job) in moved:
+                name = new.job.pipeline
+                outputs.setdefault(name, _Outputs(self.root.pipeline(name), [])).artifacts.extend(new.artifacts)
                 dropped = dropped or _has_output(old)
         return dropped
 
-    def _put_loaded(self, index: Index, paths: PipelinePaths, jobs: Mapping[str, JobStatus],
-                    status: PipelineStatus | None) -> list[Row]:
+    def _put_loaded(self, index: Index, loaded: _Loaded) -> list[ArtifactRow]:
+        paths, jobs, status = loaded.paths, loaded.jobs, loaded.status
         name, root = paths.name, self.root.path
         problem = None
         if status is None:
-            status, problem = snapshot.read_status(paths.status_file, root)
+            status, problem = snapshot.pipeline_status_or_problem(paths.status_file, root)
         on_disk = set(snapshot.stems(paths.status_dir))
         rows = []
         for job in sorted(set(jobs) | {j for j in on_disk if is_name(j)}):
             if job in jobs:
                 rows.append(snapshot.job_rows(name, jobs[job]))
             else:
-                read, why = snapshot.read_job(paths.job_status_file(job), job, root)
+                read, why = snapshot.job_status_or_problem(paths.job_status_file(job), job, root)
                 rows.append(snapshot.job_rows(name, read, why))
         for key in [k for k in self._recorded if k[0] == name]:
             del self._recorded[key]
-        self._recorded.update({(name, r.job[1]): r for r in rows})
+        self._recorded.update({(name, r.job.job): r for r in rows})
         index.put_statuses(name, snapshot.pipeline_status_row(status, problem), rows)
         index.set_fresh(name, None, pid=os.getpid(), spec=False)
         self._live[name] = paths
         return [a for r in rows for a in r.artifacts]
 
-    def _put_outputs(self, index: Index, outputs: Mapping[str, tuple[PipelinePaths, list[Row]]]) -> None:
-        blobs = [a[4] for _, arts in outputs.values() for a in arts if a[6] == snapshot.MODEL_OUTPUT]
+    def _put_outputs(self, index: Index, outputs: Mapping[str, _Outputs]) -> None:
+        blobs = [a.blob for o in outputs.values() for a in o.artifacts if a.kind == snapshot.MODEL_OUTPUT]
         if not blobs:
             return
         known = index.known_outputs(blobs)
-        for paths, arts in outputs.values():
-            index.put_outputs(snapshot.model_outputs(paths, arts, dict.fromkeys(known)))
+        for o in outputs.values():
+            index.put_outputs(snapshot.model_outputs(o.paths, o.artifacts, dict.fromkeys(known)))
 
     def close(self) -> None:
         """Write what is left and mark the pipelines this daemon kept live as read now: call it
@@ -363,4 +393,4 @@ def _merged(batches: list[_Batch]) -> list[_Batch]:
 
 
 def _has_output(rows: JobRows | None) -> bool:
-    return rows is not None and any(a[6] == snapshot.MODEL_OUTPUT for a in rows.artifacts)
+    return rows is not None and any(a.kind == snapshot.MODEL_OUTPUT for a in rows.artifacts)

@@ -1,0 +1,58 @@
+"""Whether the index's rows of a pipeline still match its files (see clowder.stamp)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Container, Iterable
+
+from clowder import stamp
+from clowder.tree import Root
+
+
+def live_daemon(root: Root) -> int | None:
+    """The pid of the daemon that holds the root's lock, if it is alive."""
+    try:
+        pid = int(root.lock_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def fresh(conn: sqlite3.Connection, root: Root, names: Iterable[str], ended: Container[str] = ()) -> set[str]:
+    """The pipelines among `names` whose rows match their files.
+
+    A pipeline's rows are stale when its spec files (pipeline.toml, jobs/*.toml) changed since
+    they were read (any file's mtime or size, a file added or removed), or when its status
+    files did (see clowder.stamp) — unless a daemon keeps them live: it writes the rows as it
+    decides each change, before the status file lands, so its rows are never older than the
+    files. Rows a daemon kept live that died (kill -9) are stale until a daemon or `clowder
+    reindex` reads the pipeline again. Pipelines in `ended` are fresh if their status files
+    are: the caller needs nothing of them that the content of spec files could change.
+    Cost: three stats per pipeline, and one per spec file of those not in `ended`."""
+    known = {p: (status, spec, pid) for p, status, spec, pid in
+             conn.execute("SELECT pipeline, status_sig, spec_sig, pid FROM freshness")}
+    daemon = -1
+    pipelines = str(root.pipelines_dir)
+    out = set()
+    for name in names:
+        status_sig, spec_sig, pid = known.get(name, (None, None, None))
+        if not spec_sig:
+            continue
+        where = f"{pipelines}/{name}"
+        if status_sig is None:
+            if daemon == -1:
+                daemon = live_daemon(root) or 0
+            if pid is None or pid != daemon:
+                continue
+        elif not stamp.is_current(status_sig, stamp.status_signature(where)):
+            continue
+        if name in ended or stamp.is_current(spec_sig, stamp.spec_signature(where)):
+            out.add(name)
+    return out

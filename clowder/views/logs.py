@@ -1,0 +1,130 @@
+"""Attempts' logs as the read model sees them: which log a user means, whether it can still grow,
+and the one follower that reads it as it is written, for `clowder logs -f` and `clowder serve`."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from clowder import known
+from clowder.executor import read_exit, run_file
+from clowder.known import NotFound
+from clowder.logfile import open_log
+from clowder.state import JobState, read_job_status
+from clowder.tree import PipelinePaths, Root
+from clowder.views.tree import read_job
+
+POLL_SECONDS = 0.1  # how often a follower looks for new bytes and for the attempt's end
+CHUNK_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """The log of one attempt: `logs/<job>/<attempt>.log` (which may not exist yet)."""
+
+    root: Root
+    paths: PipelinePaths
+    job: str
+    attempt: int
+
+    @property
+    def file(self) -> Path:
+        return self.paths.log_file(self.job, self.attempt)
+
+    def over(self) -> bool:
+        """Whether the attempt has ended, so the log will not grow any more: its own exit record
+        says so, or its job has moved on."""
+        if read_exit(run_file(self.file)) is not None:
+            return True
+        status = read_job(self.paths, self.job)
+        return not (status.attempt == self.attempt and status.state is JobState.RUNNING)
+
+    def open(self) -> BinaryIO | None:
+        """The log opened the one safe way (clowder.logfile), or None if it is not there (yet)."""
+        return open_log(self.root, self.paths, self.job, self.attempt)
+
+    def missing(self) -> NotFound:
+        return NotFound(f"no log for attempt {self.attempt} of {self.paths.name}/{self.job}")
+
+
+def locate(root: Root, pipeline: str, job: str, attempt: int | None) -> AttemptLog:
+    """The log of an attempt of an existing job (default: its latest attempt). The file may not
+    exist yet for an attempt that is just starting; one that never will is NotFound."""
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job)
+    status = read_job_status(paths.job_status_file(job), job)  # a broken one is named, not taken for pending
+    number = attempt or status.attempt
+    if not number:
+        raise NotFound(f"{pipeline}/{job} has not run yet (it is {status.state.value})")
+    log = AttemptLog(root, paths, job, number)
+    # A FIFO or a link is there to be refused by name when it is opened, not reported missing.
+    if not os.path.lexists(log.file) and (number > status.attempt or log.over()):
+        raise log.missing()
+    return log
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    offset: int  # the byte of the log reached after this text
+
+
+class LogFollower:
+    """Reads a log from a byte offset as it grows, until its attempt has ended (or, without
+    `until_over`, to its current end). Iterating yields LogChunks, and None whenever there is
+    nothing new yet: the caller waits POLL_SECONDS its own way (a sleep, or an await)."""
+
+    def __init__(self, log: AttemptLog, offset: int = 0, f: BinaryIO | None = None, until_over: bool = True) -> None:
+        self.log = log
+        self.offset = offset
+        self.f = f  # the log, if the caller opened it already
+        self.until_over = until_over
+        self.opened = f is not None
+
+    def __iter__(self) -> Iterator[LogChunk | None]:
+        while self.f is None:
+            self.f = self.log.open()
+            if self.f is not None:
+                break
+            if not self.until_over or self.log.over():
+                return
+            yield None
+        self.opened = True
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with self.f:
+            self.f.seek(self.offset)
+            while True:
+                data = self.f.read(CHUNK_BYTES)
+                if data:
+                    self.offset += len(data)
+                    yield LogChunk(decoder.decode(data), self.offset)
+                    continue
+                # Ended and read to the end: whatever it wrote before its exit record is in.
+                if not self.until_over or self.log.over():
+                    rest = self.f.read()
+                    self.offset += len(rest)
+                    text = decoder.decode(rest, final=True)
+                    if text:
+                        yield LogChunk(text, self.offset)
+                    return
+                yield None
+
+
+def text_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
+    """`clowder logs [-f]`: the log's text, and with `follow`, what it writes until it ends."""
+    log = locate(root, pipeline, job, attempt)
+    follower = LogFollower(log, f=log.open(), until_over=follow)
+    if not follow and follower.f is None:
+        raise log.missing()
+    for chunk in follower:
+        if chunk is None:
+            time.sleep(POLL_SECONDS)
+        elif chunk.text:
+            yield chunk.text
+    if not follower.opened:
+        raise log.missing()

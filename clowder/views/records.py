@@ -1,0 +1,211 @@
+"""The read model's records: what every face (the CLI's tables and `--json`, the API's models, the
+web page) shows of a root. One family, built by clowder.views.reader from the index or the tree."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, cast, get_args
+
+from clowder.state import JobState, Usage
+
+# What `clowder status` can say of a pipeline: its states (`blocked` by a spec file, `broken`:
+# Clowder failed on a file), or `invalid` / `broken` files.
+ReportState = Literal["pending", "running", "blocked", "succeeded", "failed", "cancelled", "invalid", "broken"]
+REPORT_STATES: tuple[str, ...] = get_args(ReportState)
+JOB_STATES = tuple(s.value for s in JobState)
+
+
+def report_state(state: str) -> ReportState:
+    """A state as a list shows it: one it does not know is `broken`."""
+    return cast(ReportState, state) if state in REPORT_STATES else "broken"
+
+
+def summarize(counts: dict[str, int] | Counter[str]) -> str:
+    """Job counts in the order of the states' life: "2 running, 3 succeeded"."""
+    return ", ".join(f"{counts[s]} {s}" for s in JOB_STATES if counts.get(s)) or "no jobs"
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    """One pipeline in a list: `clowder status` without a pipeline, `GET /api/pipelines`."""
+
+    name: str
+    state: ReportState
+    message: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    jobs: int
+    counts: dict[str, int]  # jobs in each state
+    problems: list[str]
+
+    @property
+    def summary(self) -> str:
+        return summarize(self.counts)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One job as `clowder status PIPELINE` (and its `--json`) shows it."""
+
+    name: str
+    state: str
+    attempt: int
+    stage: str | None
+    needs: tuple[str, ...]
+    duration: float | None
+    message: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    usage: Usage | None = None  # what its agent reported spending, summed over its attempts
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """One pipeline with its jobs, as `clowder status PIPELINE` (and `--json`) shows it."""
+
+    name: str
+    state: str
+    message: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    jobs: tuple[JobReport, ...] = ()
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    def counts(self) -> Counter[str]:
+        return Counter(j.state for j in self.jobs)
+
+    @property
+    def usage(self) -> Usage | None:
+        spent = [j.usage for j in self.jobs if j.usage is not None]
+        return sum(spent[1:], spent[0]) if spent else None
+
+
+@dataclass(frozen=True)
+class ArtifactView:
+    """One artifact of an attempt, within the attempt."""
+
+    path: str
+    blob: str
+    size: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ArtifactLine:
+    """One artifact of one attempt in a listing: `clowder artifacts`."""
+
+    job: str
+    attempt: int
+    state: str
+    commit: str
+    path: str
+    blob: str
+    size: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    state: str
+    trigger: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    base_commit: str | None = None
+    commit: str | None = None
+    consumed: dict[str, str] = field(default_factory=dict)
+    artifacts: list[ArtifactView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str  # upstream
+    target: str  # the job that needs it
+    when: str
+
+
+@dataclass(frozen=True)
+class JobNode:
+    """One job in a pipeline's detail: its line of `clowder status`, its place in the graph and
+    its attempts."""
+
+    name: str
+    state: str
+    attempt: int
+    stage: str | None
+    needs: list[str]
+    level: int  # longest path from a job that needs nothing: the DAG's column
+    duration: float | None
+    message: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    regression_of: str | None  # a fix-up: the job it is a copy of
+    parent: str | None  # a fix-up: the job that spawned it, and runs again from its commit
+    attempts: list[AttemptView]
+    actions: list[str]  # what may be asked of it now: `cancel`, `retry`
+
+
+@dataclass(frozen=True)
+class PipelineDetail:
+    name: str
+    state: ReportState
+    message: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    problems: list[str]
+    prompt: str | None
+    jobs: list[JobNode]
+    edges: list[Edge]
+    actions: list[str]  # `cancel` while it has not ended
+
+
+@dataclass(frozen=True)
+class Consumer:
+    job: str
+    attempt: int
+    commit: str  # this job's commit that the consumer started from
+
+
+@dataclass(frozen=True)
+class Regression:
+    of: str | None  # the job this one is a fix-up of
+    parent: str | None  # the job that spawned it
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    pipeline: str
+    name: str
+    state: str
+    attempt: int
+    message: str
+    spec: dict[str, Any]  # jobs/<job>.toml as written
+    spec_problems: list[str]
+    needs: list[Edge]
+    dependents: list[str]
+    attempts: list[AttemptView]
+    consumers: list[Consumer]
+    regression: Regression | None
+    spawned: list[str]
+    waiting_for: list[str]
+    retry_at: datetime | None
+    actions: list[str]  # what may be asked of it now: `cancel`, `retry`
+    export_command: str = ""  # for a succeeded job: the `clowder export` line that brings its work back
+
+
+@dataclass(frozen=True)
+class Change:
+    """A state change the server streams: a job's, or the pipeline's own (`job` None; `removed`
+    when its directory went)."""
+
+    pipeline: str
+    job: str | None
+    state: str
+    attempt: int = 0
