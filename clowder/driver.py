@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -24,7 +23,7 @@ from clowder import requests as req_mod
 from clowder.artifacts import write_metadata
 from clowder.crash import describe, write_crash_log
 from clowder.errors import ClowderError, DiskFull, LockHeld
-from clowder.executor import Executor, Launch, LocalExecutor, read_exit, read_pid, run_file
+from clowder.executor import Executor, Exited, Launch, LocalExecutor, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
@@ -41,7 +40,7 @@ from clowder.scheduler import (
     SetPipeline,
     SpawnJob,
     Start,
-    killed_why,
+    attempt_ending,
     prompt_hash,
     reconcile,
 )
@@ -51,6 +50,7 @@ from clowder.state import (
     Attempt,
     JobState,
     JobStatus,
+    KillReason,
     PipelineState,
     PipelineStatus,
     job_status_to_toml,
@@ -210,6 +210,9 @@ class Driver:
         self.writer: Writer | None = None
         self._launcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clowder-launch")
         self._launching: dict[tuple[str, str, int], Future[None]] = {}
+        # What a waiter thread needs to record an attempt's end, handed over by the loop thread.
+        self._launched: dict[tuple[str, str, int], _Launched] = {}
+        self._launched_lock = threading.Lock()
         self.on_tick: Callable[[Driver], None] | None = None
         # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
         self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(("wake", "", "", 0, None)))
@@ -222,15 +225,26 @@ class Driver:
     def _notify(self, kind: str, pipeline: str) -> None:
         self.events.put((kind, pipeline, "", 0, None))
 
-    def _on_exit(self, pipeline: str, job: str, attempt: int) -> None:
-        """Called from a waiter thread when an attempt's process is gone."""
+    def _on_exit(self, exited: Exited) -> None:
+        """Called from a waiter thread when an attempt's process is gone. It reads nothing the
+        loop thread owns: what it needs came with the event, or was handed over at the start."""
+        pipeline, job, attempt = exited.pipeline, exited.job, exited.attempt
+        with self._launched_lock:
+            launched = self._launched.pop((pipeline, job, attempt), None)
         try:
-            outcome = self._observe_end(pipeline, job, attempt)
+            outcome = self._observe_end(self.root.pipeline(pipeline), job, attempt, exited.killed_for, launched)
         except Exception as e:  # the attempt still ends, failed, with why: never left `running`
             path = write_crash_log(self.root.state_dir, e, f"clowder daemon: the end of {pipeline}/{job} #{attempt}")
             outcome = Outcome(None, utcnow(), problem=f"Clowder failed recording how it ended: {describe(e)}"
-                              + (f"; traceback in {path}" if path else ""))
+                              + (f"; traceback in {path}" if path else ""), killed_for=exited.killed_for)
         self.events.put(("exit", pipeline, job, attempt, outcome))
+
+    def _hand_over(self, cache: _Pipeline, job: str, attempt: int) -> None:
+        """Note, for the waiter thread that sees the attempt end, the specs it ran with."""
+        spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
+        if spec is not None and cache.pipeline is not None:
+            with self._launched_lock:
+                self._launched[(cache.paths.name, job, attempt)] = _Launched(cache.pipeline, spec)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -655,9 +669,14 @@ class Driver:
         key = (cache.paths.name, job, status.attempt)
         if key in self._own:  # ours: the executor reports its end
             return
+        killing = status.extra.get("killing")
+        killed_for = KillReason(killing["reason"]) if isinstance(killing, dict) else None
         if read_exit(launch.run_file) is not None:
             self.executor.end(launch)  # what it left running (`sleep 37 &`) does not outlive it
-            cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths.name, job, status.attempt))
+            spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
+            launched = _Launched(cache.pipeline, spec) if cache.pipeline and spec else None
+            cache.outcomes[job] = (status.attempt, self._observe_end(cache.paths, job, status.attempt, killed_for,
+                                                                     launched))
             return
         pid = read_pid(launch.run_file)
         if pid is None and not self.executor.running(launch):
@@ -671,40 +690,37 @@ class Driver:
         if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
             # Its wrapper may have gone (kill -9) while its command runs on: the executor ends
             # what is left before reporting it lost, so no retry ever runs beside it.
-            self.executor.adopt(launch, pid)
+            self._hand_over(cache, job, status.attempt)
+            self.executor.adopt(launch, pid, killed_for)
             self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt}"
                      + (f" (pid {pid})" if pid is not None else " (starting)"))
         cache.alive[job] = True
 
-    def _observe_end(self, pipeline: str, job: str, attempt: int) -> Outcome:
+    def _observe_end(self, paths: PipelinePaths, job: str, attempt: int, killed_for: KillReason | None,
+                     launched: _Launched | None) -> Outcome:
         """How an attempt ended, from its exit record and its workspace. Runs in a waiter thread."""
-        paths = self.root.pipeline(pipeline)
         record = read_exit(self._launch_paths(paths, job, attempt).run_file)
-        cache = self.pipelines.get(pipeline)
-        spec = cache.pipeline.jobs.get(job) if cache and cache.pipeline else None
+        spec = launched.spec if launched else None
         # An agent's output.json is extracted from its action log first: it may be a declared output.
         collected = _collect(paths.workspace(job), job) if spec is not None and spec.agent else None
-        if collected is not None and spec is not None and cache is not None and cache.pipeline is not None:
-            collected = harness_agent.settle(self.config, cache.pipeline, spec, paths.workspace(job),
+        if collected is not None and spec is not None and launched is not None:
+            collected = harness_agent.settle(self.config, launched.pipeline, spec, paths.workspace(job),
                                              self.root.path, collected)  # prices, output_schema
         if record is None:
-            outcome = Outcome(None, utcnow())
+            outcome = Outcome(None, utcnow(), killed_for=killed_for)
         else:
             problem = _missing_outputs(paths.workspace(job), spec) if record.exit_code == 0 and spec else ""
             if collected is not None and record.exit_code == 0 and collected.problem:
                 problem = collected.problem  # a malformed action log fails the attempt
-            outcome = Outcome(record.exit_code, record.ended_at, record.signal, problem)
+            outcome = Outcome(record.exit_code, record.ended_at, record.signal, problem, killed_for=killed_for)
         if collected is not None:
             outcome = replace(outcome, usage=collected.usage, failure_kind=collected.failure_kind,
                               failure_text=collected.failure_text)
-        status = cache.jobs.get(job) if cache else None
-        killing = status.extra.get("killing") if status else None
-        killed_for = killing.get("reason") if isinstance(killing, dict) else None
-        state, reason = _attempt_end(outcome, killed_for, spec)
-        error = None if state == "succeeded" else workspace.ErrorContext(
-            reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
+        end = attempt_ending(outcome, spec)
+        error = None if end.state is JobState.SUCCEEDED else workspace.ErrorContext(
+            end.reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
         # The commit is made here, in the attempt's waiter thread: jobs commit in parallel.
-        return self._commit_attempt(paths, spec or JobSpec(job), attempt, outcome, state, error)
+        return self._commit_attempt(paths, spec or JobSpec(job), attempt, outcome, end.state.value, error)
 
     def _commit_attempt(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome, state: str,
                         error: workspace.ErrorContext | None) -> Outcome:
@@ -756,7 +772,7 @@ class Driver:
             if launching is not None:
                 launching.result()  # kill what was started, not a process still being forked
             paths = self.root.pipeline(action.pipeline)
-            self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal)
+            self.executor.kill(self._launch_paths(paths, action.job, action.attempt), action.signal, action.reason)
         elif isinstance(action, SpawnJob):
             self._spawn(action)
         elif isinstance(action, DoneRequest):
@@ -813,6 +829,7 @@ class Driver:
         paths = cache.paths
         key = (paths.name, action.job, action.attempt)
         self._own.add(key)
+        self._hand_over(cache, action.job, action.attempt)
         cache.alive[action.job] = True
         trigger = cache.jobs[action.job].attempts[-1].trigger
         upstreams = self._upstreams(cache, spec, action.sources)
@@ -899,9 +916,10 @@ class Driver:
             if status is None or status.state is not JobState.RUNNING or status.attempt != item.attempt:
                 continue
             key = (item.pipeline, item.spec.name, item.attempt)
-            if status.extra.get("killing"):  # cancelled while it waited
+            killing = status.extra.get("killing")
+            if isinstance(killing, dict):  # cancelled while it waited
                 self._launcher.submit(self._end_unstarted, item.spec, item.paths, item.attempt,
-                                      "cancelled before it started")
+                                      "cancelled before it started", (), KillReason(killing["reason"]))
             else:
                 self._launching[key] = self._launcher.submit(item.launch)
 
@@ -925,12 +943,15 @@ class Driver:
         return tuple(out)
 
     def _end_unstarted(self, spec: JobSpec, paths: PipelinePaths, attempt: int, problem: str,
-                       conflicts: tuple[str, ...] = ()) -> None:
+                       conflicts: tuple[str, ...] = (), killed_for: KillReason | None = None) -> None:
         """An attempt that failed before its process ran still ends with a commit (error.json)."""
-        error = workspace.ErrorContext(problem, conflicts=conflicts)
-        outcome = Outcome(None, utcnow(), problem=problem)
+        with self._launched_lock:
+            self._launched.pop((paths.name, spec.name, attempt), None)
+        outcome = Outcome(None, utcnow(), problem=problem, killed_for=killed_for)
+        end = attempt_ending(outcome, spec)
+        error = workspace.ErrorContext(end.reason, conflicts=conflicts)
         self.events.put(("exit", paths.name, spec.name, attempt,
-                         self._commit_attempt(paths, spec, attempt, outcome, "failed", error)))
+                         self._commit_attempt(paths, spec, attempt, outcome, end.state.value, error)))
 
     # -- results --------------------------------------------------------------------------
 
@@ -960,6 +981,14 @@ def _before(status: JobStatus) -> JobStatus:
 
 
 @dataclass(frozen=True)
+class _Launched:
+    """The specs an attempt was launched with: its end is judged by them, even after an edit."""
+
+    pipeline: Pipeline
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
 class _Held:
     """An attempt whose start a full disk held back."""
 
@@ -983,26 +1012,6 @@ def _argv(spec: JobSpec) -> tuple[str, ...]:
     if spec.command:
         return spec.command
     raise ClowderError(f"job {spec.name}: agent jobs need a harness (agent = {spec.agent!r})")
-
-
-def _attempt_end(outcome: Outcome, killed_for: str | None, spec: JobSpec | None) -> tuple[str, str]:
-    """The attempt's state for its commit trailer, and why it ended so (as `_finish` records it)."""
-    if outcome.exit_code == 0 and not outcome.problem:
-        return "succeeded", ""
-    if killed_for == "cancel":
-        return "cancelled", "cancelled by request"
-    if outcome.exit_code is None and not outcome.problem:
-        return "lost", "the process vanished without an exit record"
-    if killed_why(killed_for, spec):
-        return "failed", killed_why(killed_for, spec)
-    if outcome.problem:
-        return "failed", outcome.problem
-    if outcome.failure_text:
-        return "failed", outcome.failure_text
-    if outcome.signal is not None:
-        name = signal.Signals(outcome.signal).name if outcome.signal in signal.valid_signals() else "unknown"
-        return "failed", f"killed by signal {outcome.signal} ({name})"
-    return "failed", f"exit code {outcome.exit_code}"
 
 
 def _show(argv: tuple[str, ...]) -> str:

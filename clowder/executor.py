@@ -19,6 +19,7 @@ from typing import Protocol
 
 from clowder.fsio import read_input
 from clowder.processes import AttemptProcesses
+from clowder.state import KillReason
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP COMMAND...
 # The run file is the attempt's own record: the wrapper's pid on its first line, then, once the
@@ -143,7 +144,18 @@ def signal_group(pid: int, sig: int) -> bool:
         return False
 
 
-OnExit = Callable[[str, str, int], None]
+@dataclass(frozen=True)
+class Exited:
+    """An attempt's processes are gone: what the executor tells whoever waits for it. Why it was
+    killed travels with it, so the end is judged from what the executor saw, in one place."""
+
+    pipeline: str
+    job: str
+    attempt: int
+    killed_for: KillReason | None = None
+
+
+OnExit = Callable[[Exited], None]
 
 
 class Executor(Protocol):
@@ -152,9 +164,9 @@ class Executor(Protocol):
 
     def start(self, launch: Launch) -> int: ...
 
-    def adopt(self, launch: Launch, pid: int | None) -> None: ...
+    def adopt(self, launch: Launch, pid: int | None, killed_for: KillReason | None = None) -> None: ...
 
-    def kill(self, launch: Launch, sig: int) -> None: ...
+    def kill(self, launch: Launch, sig: int, reason: KillReason) -> None: ...
 
     def alive(self, launch: Launch) -> bool: ...
 
@@ -169,7 +181,7 @@ class _Reaper:
     """One thread that waits for every child at once through pidfds (a thread per child costs
     more than the child itself on this path), reaps it, and hands its end to a small pool."""
 
-    def __init__(self, on_exit: OnExit) -> None:
+    def __init__(self, on_exit: Callable[[Launch], None]) -> None:
         self._on_exit = on_exit
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -207,7 +219,7 @@ class _Reaper:
         # the group is killed first, with everything else of the attempt.
         launch.processes.end(group=proc.pid)
         proc.wait()  # reaps the wrapper: no zombies
-        self._on_exit(launch.pipeline, launch.job, launch.attempt)
+        self._on_exit(launch)
 
     def stop(self) -> None:
         self._stopped = True
@@ -216,8 +228,8 @@ class _Reaper:
 
 
 class LocalExecutor:
-    """Runs attempts as process groups on this machine. `on_exit(pipeline, job, attempt)` is
-    called from a worker thread once an attempt has ended and its exit record is on disk."""
+    """Runs attempts as process groups on this machine. `on_exit(Exited)` is called from a worker
+    thread once an attempt has ended and its exit record (if any) is on disk."""
 
     def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
         self._on_exit = on_exit
@@ -226,8 +238,9 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._reaper = _Reaper(on_exit)
+        self._reaper = _Reaper(self._exited)
         self._made: set[Path] = set()
+        self._kills: dict[str, KillReason] = {}  # launch id -> why it is being killed
 
     def _mkdir(self, d: Path) -> None:
         if d not in self._made:
@@ -255,10 +268,18 @@ class LocalExecutor:
         self._reaper.add(proc, launch)
         return proc.pid
 
-    def adopt(self, launch: Launch, pid: int | None) -> None:
-        """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
-        pid yet, its wrapper may still be starting: it has ended when nothing of it runs."""
+    def _exited(self, launch: Launch) -> None:
         with self._lock:
+            killed_for = self._kills.pop(launch.id, None)
+        self._on_exit(Exited(launch.pipeline, launch.job, launch.attempt, killed_for))
+
+    def adopt(self, launch: Launch, pid: int | None, killed_for: KillReason | None = None) -> None:
+        """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
+        pid yet, its wrapper may still be starting: it has ended when nothing of it runs.
+        `killed_for`: the earlier daemon was killing it, for that reason."""
+        with self._lock:
+            if killed_for is not None:
+                self._kills[launch.id] = killed_for
             self._adopted[(launch.pipeline, launch.job, launch.attempt)] = (pid, launch)
             if self._poller is None:
                 self._poller = threading.Thread(target=self._poll_adopted, daemon=True, name="adopted")
@@ -280,9 +301,12 @@ class LocalExecutor:
                 ended.append(launch)
             for launch in ended:
                 self.end(launch)
-                self._on_exit(launch.pipeline, launch.job, launch.attempt)
+                self._exited(launch)
 
-    def kill(self, launch: Launch, sig: int) -> None:
+    def kill(self, launch: Launch, sig: int, reason: KillReason) -> None:
+        # Noted before the signal: the end it causes is reported with its reason.
+        with self._lock:
+            self._kills[launch.id] = reason
         pid = read_pid(launch.run_file)
         if pid is not None and pid_runs(pid, launch.run_file):
             signal_group(pid, sig)

@@ -24,6 +24,7 @@ from clowder.state import (
     FailureKind,
     JobState,
     JobStatus,
+    KillReason,
     PipelineState,
     PipelineStatus,
     Usage,
@@ -55,6 +56,41 @@ class Outcome:
     failure_kind: FailureKind | None = None  # the last failure the agent reported (its action log)
     failure_text: str = ""
     note: str = ""  # what the attempt's record says of a success ("no changes": a fix-up that changed nothing)
+    killed_for: KillReason | None = None  # why Clowder was killing it when it ended, as the executor reported
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ended: its state (succeeded, failed, lost, cancelled) and why."""
+
+    state: JobState
+    reason: str
+
+
+def attempt_ending(outcome: Outcome, spec: JobSpec | None) -> Ending:
+    """The one decision of how an attempt ended, from what the executor observed: its commit
+    trailer, its error.json and its status all say this."""
+    if outcome.exit_code == 0 and not outcome.problem:
+        return Ending(JobState.SUCCEEDED, "")
+    if outcome.killed_for is KillReason.CANCEL:
+        return Ending(JobState.CANCELLED, "cancelled by request")
+    # No exit record is `lost`, unless the attempt failed before its process ran (a merge conflict).
+    state = JobState.LOST if outcome.exit_code is None and not outcome.problem else JobState.FAILED
+    return Ending(state, _why(outcome, spec))
+
+
+def _why(outcome: Outcome, spec: JobSpec | None) -> str:
+    if killed_why(outcome.killed_for, spec):  # killed for a limit: the missing record is a consequence
+        return killed_why(outcome.killed_for, spec)
+    if outcome.problem:
+        return outcome.problem
+    if outcome.failure_text:
+        return outcome.failure_text
+    if outcome.exit_code is None:
+        return "the process vanished without an exit record"
+    if outcome.signal is not None:
+        return f"killed by signal {outcome.signal} ({_signal_name(outcome.signal)})"
+    return f"exit code {outcome.exit_code}"
 
 
 NO_CHANGES = "no changes"
@@ -124,6 +160,7 @@ class Kill:
     job: str
     attempt: int
     signal: int
+    reason: KillReason
 
 
 @dataclass(frozen=True)
@@ -522,23 +559,23 @@ def _step_running(
     if outcome is not None:
         spawns = [r for r in view.requests if r.action == "spawn" and r.data.get("spawner") == status.job
                   and r.data.get("attempt") == last.number]
-        if spawns and outcome.exit_code is not None and killing.get("reason") != "cancel":
+        if spawns and outcome.exit_code is not None and outcome.killed_for is not KillReason.CANCEL:
             return _spawn(view, spec, status, last, outcome, spawns, now, plan)
-        new, event = _finish(spec, status, last, outcome, killing.get("reason"), now)
+        new, event = _finish(spec, status, last, outcome, now)
         return new, event, None
     started = last.started_at or now
     alive = view.alive.get(status.job)
     lost_at = started + timedelta(seconds=limits.heartbeat_timeout)
     if alive is False or (alive is None and lost_at <= now):
-        attempt = replace(last, state=JobState.LOST, ended_at=now,
-                          message="the process vanished without an exit record")
+        lost = attempt_ending(Outcome(None, now), spec)
+        attempt = replace(last, state=lost.state, ended_at=now, message=lost.reason)
         new, event = fail_or_retry(spec, _without_killing(status), attempt, now)
         return new, event, None
     if alive is None:
         plan.wake(lost_at)
     event = ""
     if not killing and cancel:
-        killing = {"reason": "cancel", "at": now}
+        killing = {"reason": KillReason.CANCEL, "at": now}
         event = f"{status.job} cancelling attempt {last.number} (SIGTERM)"
     elif not killing and spec is not None:
         reason = _overdue(spec, started, view.output_at.get(status.job), now, plan)
@@ -546,12 +583,13 @@ def _step_running(
             killing = {"reason": reason, "at": now}
             event = f"{status.job} {killed_why(reason, spec)} (SIGTERM)"
     if event:
-        plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM))
+        plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM, KillReason(killing["reason"])))
         return replace(status, extra={**status.extra, "killing": killing}), event, None
     if killing and not killing.get("sigkill"):
         hard = killing["at"] + timedelta(seconds=limits.kill_grace)
         if hard <= now:
-            plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGKILL))
+            plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGKILL,
+                                     KillReason(killing["reason"])))
             killing["sigkill"] = True
             return replace(status, extra={**status.extra, "killing": killing}), \
                 f"{status.job} still running after {format_duration(limits.kill_grace)}: SIGKILL", None
@@ -559,28 +597,29 @@ def _step_running(
     return status, "", None
 
 
-def _overdue(spec: JobSpec, started: datetime, output_at: datetime | None, now: datetime, plan: Plan) -> str:
+def _overdue(spec: JobSpec, started: datetime, output_at: datetime | None, now: datetime,
+             plan: Plan) -> KillReason | None:
     """Why a running attempt must be killed now (`timeout`, `idle`), or '' after asking to be
     woken at its next deadline."""
     if spec.timeout is not None:
         deadline = started + timedelta(seconds=spec.timeout)
         if deadline <= now:
-            return "timeout"
+            return KillReason.TIMEOUT
         plan.wake(deadline)
     if spec.idle_timeout is not None:
         quiet_since = max(started, output_at) if output_at is not None else started
         deadline = quiet_since + timedelta(seconds=spec.idle_timeout)
         if deadline <= now:
-            return "idle"
+            return KillReason.IDLE
         plan.wake(deadline)
-    return ""
+    return None
 
 
-def killed_why(reason: str | None, spec: JobSpec | None) -> str:
+def killed_why(reason: KillReason | None, spec: JobSpec | None) -> str:
     """Why an attempt Clowder killed for `reason` ended, or '' if it was not killed for a limit."""
-    if reason == "timeout" and spec is not None and spec.timeout is not None:
+    if reason is KillReason.TIMEOUT and spec is not None and spec.timeout is not None:
         return f"timed out after {format_duration(spec.timeout)}"
-    if reason == "idle" and spec is not None and spec.idle_timeout is not None:
+    if reason is KillReason.IDLE and spec is not None and spec.idle_timeout is not None:
         return f"idle: no output for {format_duration(spec.idle_timeout)}"
     return ""
 
@@ -624,7 +663,7 @@ def _spawn(
         plan.actions.append(DoneRequest(view.name, req.id))
     refusal = "spawn refused: " + "; ".join(refused) if refused else ""
     if not names:
-        new, event = _finish(spec, status, last, outcome, None, now)
+        new, event = _finish(spec, status, last, outcome, now)
         new = replace(new, message=f"{new.message} ({refusal})" if new.message else refusal,
                       extra={**new.extra, "spawn_refused": refusal})
         return new, f"{event}; {refusal}", None
@@ -644,7 +683,7 @@ def _without_killing(status: JobStatus) -> JobStatus:
     return replace(status, extra={k: v for k, v in status.extra.items() if k != "killing"})
 
 
-def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome, killed_for: str | None,
+def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome,
             now: datetime) -> tuple[JobStatus, str]:
     """Record how the running attempt ended."""
     status = _without_killing(status)
@@ -652,31 +691,17 @@ def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Out
                     usage=outcome.usage or last.usage, failure_kind=outcome.failure_kind,
                     commit=outcome.commit or last.commit, base_commit=outcome.base_commit or last.base_commit,
                     artifacts=outcome.artifacts or last.artifacts, consumed=outcome.consumed or last.consumed)
-    ok = outcome.exit_code == 0 and not outcome.problem
-    if killed_for == "cancel" and not ok:
-        attempt = replace(ended, state=JobState.CANCELLED, message="cancelled by request")
+    end = attempt_ending(outcome, spec)
+    if end.state is JobState.CANCELLED:
+        attempt = replace(ended, state=JobState.CANCELLED, message=end.reason)
         return replace(status, state=JobState.CANCELLED, attempts=(*status.attempts[:-1], attempt),
-                       message="cancelled by request"), f"{status.job} cancelled"
-    if ok:
+                       message=end.reason), f"{status.job} cancelled"
+    if end.state is JobState.SUCCEEDED:
         attempt = replace(ended, state=JobState.SUCCEEDED, failure_kind=None, message=outcome.note or ended.message)
         return replace(status, state=JobState.SUCCEEDED, attempts=(*status.attempts[:-1], attempt),
                        message=outcome.note), \
             f"{status.job} succeeded (attempt {last.number})" + (f": {outcome.note}" if outcome.note else "")
-    if killed_why(killed_for, spec):
-        why = killed_why(killed_for, spec)
-    elif outcome.problem:
-        why = outcome.problem
-    elif outcome.failure_text:
-        why = outcome.failure_text
-    elif outcome.exit_code is None:
-        why = "the process vanished without an exit record"
-    elif outcome.signal is not None:
-        why = f"killed by signal {outcome.signal} ({_signal_name(outcome.signal)})"
-    else:
-        why = f"exit code {outcome.exit_code}"
-    # No exit record is `lost`, unless the attempt failed before its process ran (a merge conflict).
-    state = JobState.LOST if outcome.exit_code is None and not outcome.problem else JobState.FAILED
-    return fail_or_retry(spec, status, replace(ended, state=state, message=why), now)
+    return fail_or_retry(spec, status, replace(ended, state=end.state, message=end.reason), now)
 
 
 def _signal_name(sig: int) -> str:

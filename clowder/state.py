@@ -56,6 +56,14 @@ class PipelineState(StrEnum):
         return self in (PipelineState.BLOCKED, PipelineState.BROKEN)
 
 
+class KillReason(StrEnum):
+    """Why Clowder killed a running attempt: a cancel request, its `timeout`, its `idle_timeout`."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

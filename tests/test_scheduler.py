@@ -12,6 +12,7 @@ import pytest
 from clowder.requests import Request
 from clowder.scheduler import (
     DoneRequest,
+    Ending,
     Kill,
     Limits,
     Outcome,
@@ -20,11 +21,21 @@ from clowder.scheduler import (
     SetPipeline,
     SpawnJob,
     Start,
+    attempt_ending,
     prompt_hash,
     reconcile,
 )
 from clowder.spec import Config, Pipeline
-from clowder.state import Attempt, FailureKind, JobState, JobStatus, PipelineState, PipelineStatus, Usage
+from clowder.state import (
+    Attempt,
+    FailureKind,
+    JobState,
+    JobStatus,
+    KillReason,
+    PipelineState,
+    PipelineStatus,
+    Usage,
+)
 from clowder.validate import build_pipeline
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -205,12 +216,14 @@ def test_timeout_sends_sigterm_then_sigkill_after_the_grace() -> None:
     assert not [x for x in plan.actions if isinstance(x, Kill)]
     assert plan.wake_at == T0 + timedelta(seconds=5)
     plan = reconcile([view(p, {"a": running("a")})], T0 + timedelta(seconds=5), LIMITS)
-    assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
+    assert [(x.signal, x.reason) for x in plan.actions if isinstance(x, Kill)] == [
+        (signal.SIGTERM, KillReason.TIMEOUT)]
     killing = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
     plan = reconcile([view(p, {"a": killing})], T0 + timedelta(seconds=15), LIMITS)
     assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGKILL]
-    plan = reconcile([view(p, {"a": killing}, outcomes={"a": Outcome(143, T0 + timedelta(seconds=6), 15)})],
-                     T0 + timedelta(seconds=6), LIMITS)
+    # The executor reports the end with the reason it was killed for (the Kill said it).
+    out = Outcome(143, T0 + timedelta(seconds=6), 15, killed_for=KillReason.TIMEOUT)
+    plan = reconcile([view(p, {"a": killing}, outcomes={"a": out})], T0 + timedelta(seconds=6), LIMITS)
     done = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
     assert done.state is JobState.FAILED
     assert done.attempts[-1].message == "timed out after 5.0s"
@@ -237,12 +250,13 @@ def test_cancelling_a_pipeline_kills_running_and_cancels_pending() -> None:
     p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
     req = Request("r1", "cancel")
     plan = reconcile([view(p, {"a": running("a")}, requests=(req,))], T0, LIMITS)
-    assert [(x.job, x.signal) for x in plan.actions if isinstance(x, Kill)] == [("a", signal.SIGTERM)]
+    assert [(x.job, x.signal, x.reason) for x in plan.actions if isinstance(x, Kill)] == [
+        ("a", signal.SIGTERM, KillReason.CANCEL)]
     assert job_states(plan.actions)["b"] is JobState.CANCELLED
     assert [x.request for x in plan.actions if isinstance(x, DoneRequest)] == ["r1"]
     killing = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
     plan = reconcile([view(p, {"a": killing, "b": JobStatus("b", JobState.CANCELLED)},
-                           outcomes={"a": Outcome(143, T0, 15)})], T0, LIMITS)
+                           outcomes={"a": Outcome(143, T0, 15, killed_for=KillReason.CANCEL)})], T0, LIMITS)
     assert job_states(plan.actions)["a"] is JobState.CANCELLED
     assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.CANCELLED]
 
@@ -568,7 +582,7 @@ def test_an_agent_job_quiet_for_ten_minutes_is_killed_as_idle() -> None:
     assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
     [killing] = [x for x in plan.actions if isinstance(x, SetJob)]
     assert killing.event == "a idle: no output for 10m00s (SIGTERM)"
-    done = ended_with(p, killing.status, Outcome(143, now, 15), now)
+    done = ended_with(p, killing.status, Outcome(143, now, 15, killed_for=KillReason.IDLE), now)
     assert (done.state, done.message) == (JobState.FAILED, "attempt 1 failed: idle: no output for 10m00s")
 
 
@@ -578,3 +592,15 @@ def test_command_jobs_have_no_idle_timeout_unless_asked() -> None:
     jobs = {n: running(n) for n in "abc"}
     plan = reconcile([view(p, jobs, alive=dict.fromkeys("abc", True))], T0 + timedelta(hours=1), LIMITS)
     assert [x.job for x in plan.actions if isinstance(x, Kill)] == ["b"]
+
+
+def test_an_attempt_killed_for_its_timeout_without_an_exit_record_is_lost_for_its_timeout() -> None:
+    # One decision: the commit trailer, error.json and the status all take it from attempt_ending.
+    spec = pipeline({"a": {"command": ["x"], "timeout": "5s"}}).jobs["a"]
+    end = attempt_ending(Outcome(None, T0, killed_for=KillReason.TIMEOUT), spec)
+    assert (end.state, end.reason) == (JobState.LOST, "timed out after 5.0s")
+    vanished = Ending(JobState.LOST, "the process vanished without an exit record")
+    assert attempt_ending(Outcome(None, T0), spec) == vanished
+    assert attempt_ending(Outcome(0, T0, killed_for=KillReason.CANCEL), spec) == Ending(JobState.SUCCEEDED, "")
+    assert attempt_ending(Outcome(143, T0, 15, killed_for=KillReason.CANCEL), spec).state is JobState.CANCELLED
+    assert attempt_ending(Outcome(143, T0, 15), spec) == Ending(JobState.FAILED, "killed by signal 15 (SIGTERM)")
