@@ -23,7 +23,7 @@ from clowder import requests as req_mod
 from clowder.artifacts import write_metadata
 from clowder.crash import describe, write_crash_log
 from clowder.errors import ClowderError, DiskFull, LockHeld
-from clowder.executor import Executor, Exited, Launch, LocalExecutor, read_exit, read_pid, run_file
+from clowder.executor import Executor, Exited, LocalExecutor, Run, read_exit, read_pid, run_file
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.harness import agent as harness_agent
 from clowder.recorder import Recorder
@@ -36,6 +36,7 @@ from clowder.scheduler import (
     Outcome,
     PipelineView,
     Plan,
+    Request,
     SetJob,
     SetPipeline,
     SpawnJob,
@@ -53,6 +54,7 @@ from clowder.state import (
     KillReason,
     PipelineState,
     PipelineStatus,
+    Trigger,
     job_status_to_toml,
     pipeline_status_to_toml,
     read_job_status,
@@ -64,6 +66,58 @@ from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
 
 Log = Callable[[str], None]
+
+
+# -- what wakes the loop ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Tick again (the index was swapped: its specs are read there)."""
+
+
+@dataclass(frozen=True)
+class WriteFailed:
+    """The writer thread could not write a file of the tree: see `_write_failures`."""
+
+
+@dataclass(frozen=True)
+class SpaceBack:
+    """A full disk has room again: resume what it held back."""
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """A pipeline directory appeared or went."""
+
+
+@dataclass(frozen=True)
+class FilesChanged:
+    """A spec or request file of the pipeline changed."""
+
+    pipeline: str
+
+
+@dataclass(frozen=True)
+class SourceWarning:
+    """Preparing a workspace found something to say about the pipeline's source."""
+
+    pipeline: str
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    pipeline: str
+    job: str
+    attempt: int
+    outcome: Outcome
+
+
+Event = Stop | Wake | WriteFailed | SpaceBack | Rescan | FilesChanged | SourceWarning | AttemptEnded
 
 
 def _with_source_warning(paths: PipelinePaths, status: PipelineStatus) -> PipelineStatus:
@@ -107,7 +161,7 @@ class _Pipeline:
     problems: tuple[str, ...] = ()
     status: PipelineStatus = field(default_factory=PipelineStatus)
     jobs: dict[str, JobStatus] = field(default_factory=dict)
-    requests: tuple[req_mod.Request, ...] = ()
+    requests: tuple[Request, ...] = ()
     outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)
     alive: dict[str, bool | None] = field(default_factory=dict)
     loaded: bool = False
@@ -198,7 +252,7 @@ class Driver:
         self.only = set(only) if only is not None else None
         self.log = log or stderr_log()
         self.poll = poll
-        self.events: queue.SimpleQueue[tuple[str, str, str, int, Outcome | None]] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.executor: Executor = executor or LocalExecutor(self._on_exit)
         self.pipelines: dict[str, _Pipeline] = {}
         self.dirty: set[str] = set()
@@ -215,7 +269,7 @@ class Driver:
         self._launched_lock = threading.Lock()
         self.on_tick: Callable[[Driver], None] | None = None
         # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
-        self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(("wake", "", "", 0, None)))
+        self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(Wake()))
         # A full disk pauses launching; what it held back waits here until space is back.
         self.space = diskfull.Space(root.tmp_dir, self.log, on_space=self._space_back, stopping=self.stopping)
         self._held: queue.SimpleQueue[_Held | SpawnJob] = queue.SimpleQueue()
@@ -223,7 +277,8 @@ class Driver:
     # -- events ---------------------------------------------------------------------------
 
     def _notify(self, kind: str, pipeline: str) -> None:
-        self.events.put((kind, pipeline, "", 0, None))
+        """Called from the watcher's threads: `kind` is spec, request or pipelines."""
+        self.events.put(Rescan() if kind == "pipelines" else FilesChanged(pipeline))
 
     def _on_exit(self, exited: Exited) -> None:
         """Called from a waiter thread when an attempt's process is gone. It reads nothing the
@@ -237,7 +292,7 @@ class Driver:
             path = write_crash_log(self.root.state_dir, e, f"clowder daemon: the end of {pipeline}/{job} #{attempt}")
             outcome = Outcome(None, utcnow(), problem=f"Clowder failed recording how it ended: {describe(e)}"
                               + (f"; traceback in {path}" if path else ""), killed_for=exited.killed_for)
-        self.events.put(("exit", pipeline, job, attempt, outcome))
+        self.events.put(AttemptEnded(pipeline, job, attempt, outcome))
 
     def _hand_over(self, cache: _Pipeline, job: str, attempt: int) -> None:
         """Note, for the waiter thread that sees the attempt end, the specs it ran with."""
@@ -248,7 +303,7 @@ class Driver:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.events.put(("stop", "", "", 0, None))
+        self.events.put(Stop())
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -336,7 +391,7 @@ class Driver:
         """Called from the writer's thread: a file of the tree could not be written (not for lack
         of space). Its pipeline is marked broken in the loop's thread."""
         self._write_failures.put((path, error))
-        self.events.put(("write-failed", "", "", 0, None))
+        self.events.put(WriteFailed())
 
     def _handle_write_failures(self) -> None:
         while True:
@@ -355,29 +410,38 @@ class Driver:
             # The error names the temp file os.replace moved from; the user knows the target.
             self._break(cache, "writing its status", OSError(error.errno, error.strerror, str(path)))
 
-    def _handle(self, event: tuple[str, str, str, int, Outcome | None]) -> None:
-        kind, pipeline, job, attempt, outcome = event
-        if kind == "stop":
-            self.stopping.set()
-        elif kind == "write-failed":
-            self._handle_write_failures()
-        elif kind == "space":
-            self._resume()
-        elif kind == "pipelines":
-            self._rescan()
-        elif kind == "source":  # a warning about the pipeline's source: its status says it now
-            cache = self.pipelines.get(pipeline)
-            if cache is not None and cache.loaded:
-                self._apply(SetPipeline(pipeline, cache.status), utcnow())
-        elif kind == "exit" and outcome is not None:
-            cache = self.pipelines.get(pipeline)
-            if cache is not None:  # no re-read of the specs: only the job's state changed
-                cache.outcomes[job] = (attempt, outcome)
-        elif kind in ("spec", "request") and self._selected(pipeline):
-            if pipeline not in self.pipelines and is_name(pipeline) and (self.root.pipelines_dir / pipeline).is_dir():
-                self.pipelines[pipeline] = _Pipeline(self.root.pipeline(pipeline))
-            if pipeline in self.pipelines:
-                self.dirty.add(pipeline)
+    def _handle(self, event: Event) -> None:
+        match event:
+            case Stop():
+                self.stopping.set()
+            case WriteFailed():
+                self._handle_write_failures()
+            case SpaceBack():
+                self._resume()
+            case Rescan():
+                self._rescan()
+            case Wake():
+                pass  # the loop ticks after any event
+            case SourceWarning(pipeline=pipeline):  # a warning about the pipeline's source: its status says it now
+                cache = self.pipelines.get(pipeline)
+                if cache is not None and cache.loaded:
+                    self._apply(SetPipeline(pipeline, cache.status), utcnow())
+            case AttemptEnded(pipeline=pipeline, job=job, attempt=attempt, outcome=outcome):
+                cache = self.pipelines.get(pipeline)
+                if cache is not None:  # no re-read of the specs: only the job's state changed
+                    cache.outcomes[job] = (attempt, outcome)
+            case FilesChanged(pipeline=pipeline):
+                self._files_changed(pipeline)
+            case _:
+                assert_never(event)
+
+    def _files_changed(self, pipeline: str) -> None:
+        if not self._selected(pipeline):
+            return
+        if pipeline not in self.pipelines and is_name(pipeline) and (self.root.pipelines_dir / pipeline).is_dir():
+            self.pipelines[pipeline] = _Pipeline(self.root.pipeline(pipeline))
+        if pipeline in self.pipelines:
+            self.dirty.add(pipeline)
 
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
@@ -516,7 +580,7 @@ class Driver:
                 cache.stamp = ()  # re-read the spec, which records it
                 self.dirty.add(name)
         self.recorder.flush()
-        self.events.put(("wake", "", "", 0, None))  # tick again soon: the specs are read there
+        self.events.put(Wake())  # tick again soon: the specs are read there
 
     # -- reading the tree -----------------------------------------------------------------
 
@@ -648,7 +712,7 @@ class Driver:
             for n in missing:
                 log = d / f"{n}.log"
                 started = datetime.fromtimestamp(log.stat().st_mtime, UTC)
-                trigger = "start" if n == 1 else "retry"
+                trigger = Trigger.START if n == 1 else Trigger.RETRY
                 if n == missing[-1]:
                     attempts.append(Attempt(n, JobState.RUNNING, started, trigger=trigger))
                     continue
@@ -669,8 +733,7 @@ class Driver:
         key = (cache.paths.name, job, status.attempt)
         if key in self._own:  # ours: the executor reports its end
             return
-        killing = status.extra.get("killing")
-        killed_for = KillReason(killing["reason"]) if isinstance(killing, dict) else None
+        killed_for = status.killing.reason if status.killing else None
         if read_exit(launch.run_file) is not None:
             self.executor.end(launch)  # what it left running (`sleep 37 &`) does not outlive it
             spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
@@ -818,9 +881,9 @@ class Driver:
         else:
             atomic_write(path, text if isinstance(text, str) else text(), self.root.tmp_dir)
 
-    def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Launch:
+    def _launch_paths(self, paths: PipelinePaths, job: str, attempt: int) -> Run:
         log = paths.log_file(job, attempt)
-        return Launch(paths.name, job, attempt, (), paths.workspace(job), {}, log, run_file(log))
+        return Run(paths.name, job, attempt, (), paths.workspace(job), {}, log, run_file(log))
 
     def _start(self, action: Start, now: datetime) -> None:
         cache = self.pipelines[action.pipeline]
@@ -841,7 +904,7 @@ class Driver:
         self._launching[key] = self._launcher.submit(self._launch, spec, paths, action.attempt, trigger, upstreams,
                                                      cache.pipeline.spec.source, agent)
 
-    def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: str,
+    def _launch(self, spec: JobSpec, paths: PipelinePaths, attempt: int, trigger: Trigger,
                 upstreams: tuple[workspace.Upstream, ...], source: Source | None,
                 agent: harness_agent.Context | None = None) -> None:
         held: BaseException | None = None
@@ -850,7 +913,7 @@ class Driver:
                                          identity=self._identity(), source=source, root=self.root.path)
             if prepared.warning:  # said once, here and in the pipeline's status message (_apply)
                 self.log(f"{paths.name}: warning: {prepared.warning}")
-                self.events.put(("source", paths.name, "", 0, None))
+                self.events.put(SourceWarning(paths.name))
             if prepared.problem:  # a merge conflict: the attempt fails without running
                 self.log(f"{paths.name}/{spec.name}: attempt {attempt} cannot start: {prepared.problem}")
                 self._end_unstarted(spec, paths, attempt, prepared.problem, prepared.conflicts)
@@ -866,10 +929,10 @@ class Driver:
                    "CLOWDER_ROOT": str(self.root.path),
                    "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
             base = self._launch_paths(paths, spec.name, attempt)
-            launch = Launch(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
+            launch = Run(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
             diskfull.ensure_room(paths.dir)
             pid = self.executor.start(launch)
-            how = "" if trigger == "start" else f" ({trigger})"
+            how = "" if trigger is Trigger.START else f" ({trigger})"
             self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
         except Exception as e:  # whatever stops a start (Popen's ValueError too) fails the attempt now, saying why
             if diskfull.caused_by_full_disk(e, paths.workspaces_dir):
@@ -899,7 +962,7 @@ class Driver:
     def _space_back(self) -> None:
         """Called from the space prober: wake the loop, and let the index be made again at once."""
         self.recorder.retry_now()
-        self.events.put(("space", "", "", 0, None))
+        self.events.put(SpaceBack())
 
     def _resume(self) -> None:
         """Space is back: start the attempts a full disk held back, write the fix-ups' specs."""
@@ -916,10 +979,9 @@ class Driver:
             if status is None or status.state is not JobState.RUNNING or status.attempt != item.attempt:
                 continue
             key = (item.pipeline, item.spec.name, item.attempt)
-            killing = status.extra.get("killing")
-            if isinstance(killing, dict):  # cancelled while it waited
+            if status.killing is not None:  # cancelled while it waited
                 self._launcher.submit(self._end_unstarted, item.spec, item.paths, item.attempt,
-                                      "cancelled before it started", (), KillReason(killing["reason"]))
+                                      "cancelled before it started", (), status.killing.reason)
             else:
                 self._launching[key] = self._launcher.submit(item.launch)
 
@@ -950,8 +1012,8 @@ class Driver:
         outcome = Outcome(None, utcnow(), problem=problem, killed_for=killed_for)
         end = attempt_ending(outcome, spec)
         error = workspace.ErrorContext(end.reason, conflicts=conflicts)
-        self.events.put(("exit", paths.name, spec.name, attempt,
-                         self._commit_attempt(paths, spec, attempt, outcome, end.state.value, error)))
+        self.events.put(AttemptEnded(paths.name, spec.name, attempt,
+                                     self._commit_attempt(paths, spec, attempt, outcome, end.state.value, error)))
 
     # -- results --------------------------------------------------------------------------
 
@@ -970,13 +1032,13 @@ def _before(status: JobStatus) -> JobStatus:
     if last is None:  # a hand-edited status: the scheduler starts the job over
         return status
     before = replace(status, attempt=status.attempt - 1, attempts=status.attempts[:-1], message="", retry_at=None,
-                     extra={k: v for k, v in status.extra.items() if k != "killing"})
-    if last.trigger == "retry":
+                     killing=None)
+    if last.trigger is Trigger.RETRY:
         return replace(before, state=JobState.RETRYING)
-    if last.trigger == "regression":
+    if last.trigger is Trigger.REGRESSION:
         return replace(before, state=JobState.WAITING, waiting_for=status.spawned)
-    if last.trigger == "manual" and last.request:
-        return replace(before, state=JobState.PENDING, extra={**before.extra, "retry_request": last.request})
+    if last.trigger is Trigger.MANUAL and last.request:
+        return replace(before, state=JobState.PENDING, retry_request=last.request)
     return replace(before, state=JobState.PENDING)
 
 

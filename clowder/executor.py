@@ -45,8 +45,8 @@ def run_file(log_file: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Launch:
-    """Everything needed to start one attempt."""
+class Run:
+    """One attempt to run: everything needed to start it, and to find it again (a restart)."""
 
     pipeline: str
     job: str
@@ -162,17 +162,17 @@ class Executor(Protocol):
     """Starts attempts and says when they end. The scheduler never assumes an attempt is its
     own child: it may have been started by an earlier daemon, or run on another machine."""
 
-    def start(self, launch: Launch) -> int: ...
+    def start(self, launch: Run) -> int: ...
 
-    def adopt(self, launch: Launch, pid: int | None, killed_for: KillReason | None = None) -> None: ...
+    def adopt(self, launch: Run, pid: int | None, killed_for: KillReason | None = None) -> None: ...
 
-    def kill(self, launch: Launch, sig: int, reason: KillReason) -> None: ...
+    def kill(self, launch: Run, sig: int, reason: KillReason) -> None: ...
 
-    def alive(self, launch: Launch) -> bool: ...
+    def alive(self, launch: Run) -> bool: ...
 
-    def running(self, launch: Launch) -> bool: ...
+    def running(self, launch: Run) -> bool: ...
 
-    def end(self, launch: Launch) -> None: ...
+    def end(self, launch: Run) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -181,19 +181,19 @@ class _Reaper:
     """One thread that waits for every child at once through pidfds (a thread per child costs
     more than the child itself on this path), reaps it, and hands its end to a small pool."""
 
-    def __init__(self, on_exit: Callable[[Launch], None]) -> None:
+    def __init__(self, on_exit: Callable[[Run], None]) -> None:
         self._on_exit = on_exit
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._incoming: list[tuple[int, subprocess.Popen[bytes], Launch]] = []
+        self._incoming: list[tuple[int, subprocess.Popen[bytes], Run]] = []
         # Ending an attempt may mean git work: let a few run side by side.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clowder-end")
         self._stopped = False
         threading.Thread(target=self._run, daemon=True, name="clowder-reaper").start()
 
-    def add(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+    def add(self, proc: subprocess.Popen[bytes], launch: Run) -> None:
         fd = os.pidfd_open(proc.pid)
         with self._lock:
             self._incoming.append((fd, proc, launch))
@@ -214,7 +214,7 @@ class _Reaper:
                 os.close(key.fd)
                 self._pool.submit(self._ended, proc, launch)
 
-    def _ended(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+    def _ended(self, proc: subprocess.Popen[bytes], launch: Run) -> None:
         # The wrapper is a zombie until reaped, so its pid, the group's id, cannot be reused yet:
         # the group is killed first, with everything else of the attempt.
         launch.processes.end(group=proc.pid)
@@ -234,7 +234,7 @@ class LocalExecutor:
     def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
         self._on_exit = on_exit
         self._poll = poll_interval
-        self._adopted: dict[tuple[str, str, int], tuple[int | None, Launch]] = {}
+        self._adopted: dict[tuple[str, str, int], tuple[int | None, Run]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -247,7 +247,7 @@ class LocalExecutor:
             d.mkdir(parents=True, exist_ok=True)
             self._made.add(d)
 
-    def start(self, launch: Launch) -> int:
+    def start(self, launch: Run) -> int:
         self._mkdir(launch.log_file.parent)
         self._mkdir(launch.cwd)
         processes = launch.processes
@@ -268,12 +268,12 @@ class LocalExecutor:
         self._reaper.add(proc, launch)
         return proc.pid
 
-    def _exited(self, launch: Launch) -> None:
+    def _exited(self, launch: Run) -> None:
         with self._lock:
             killed_for = self._kills.pop(launch.id, None)
         self._on_exit(Exited(launch.pipeline, launch.job, launch.attempt, killed_for))
 
-    def adopt(self, launch: Launch, pid: int | None, killed_for: KillReason | None = None) -> None:
+    def adopt(self, launch: Run, pid: int | None, killed_for: KillReason | None = None) -> None:
         """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
         pid yet, its wrapper may still be starting: it has ended when nothing of it runs.
         `killed_for`: the earlier daemon was killing it, for that reason."""
@@ -303,7 +303,7 @@ class LocalExecutor:
                 self.end(launch)
                 self._exited(launch)
 
-    def kill(self, launch: Launch, sig: int, reason: KillReason) -> None:
+    def kill(self, launch: Run, sig: int, reason: KillReason) -> None:
         # Noted before the signal: the end it causes is reported with its reason.
         with self._lock:
             self._kills[launch.id] = reason
@@ -316,15 +316,15 @@ class LocalExecutor:
         # Children that left the group (setsid, a daemon's double fork) are told too.
         launch.processes.signal(sig, pid)
 
-    def alive(self, launch: Launch) -> bool:
+    def alive(self, launch: Run) -> bool:
         pid = read_pid(launch.run_file)
         return pid is not None and pid_runs(pid, launch.run_file)
 
-    def running(self, launch: Launch) -> bool:
+    def running(self, launch: Run) -> bool:
         """Whether anything of the attempt runs: its wrapper or anything it started."""
         return self.alive(launch) or launch.processes.running()
 
-    def end(self, launch: Launch) -> None:
+    def end(self, launch: Run) -> None:
         """Kill whatever of an attempt whose wrapper has ended still runs, and wait for it."""
         launch.processes.end()
 

@@ -13,10 +13,9 @@ import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import assert_never
 
 from clowder.regression import fixup_name
-from clowder.requests import Request
 from clowder.spec import JobSpec, Pipeline, When, format_duration
 from clowder.state import (
     Artifact,
@@ -24,16 +23,53 @@ from clowder.state import (
     FailureKind,
     JobState,
     JobStatus,
+    Killing,
     KillReason,
     PipelineState,
     PipelineStatus,
+    Trigger,
     Usage,
     total_usage,
 )
 
 ACTIVE = frozenset({JobState.RUNNING})
-# A job that is waiting to start (for its dependencies, a slot or its backoff).
-WAITING_TO_START = frozenset({JobState.PENDING, JobState.QUEUED, JobState.RETRYING})
+
+
+# -- requests (read from requests/ by clowder.requests) ---------------------------------------
+
+@dataclass(frozen=True)
+class Cancel:
+    id: str  # the file's stem: sortable by creation time
+    job: str | None = None  # None: the whole pipeline
+
+
+@dataclass(frozen=True)
+class Retry:
+    id: str
+    job: str
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """A running attempt asks for a fix-up of `job` (clowder spawn)."""
+
+    id: str
+    job: str
+    spawner: str
+    attempt: int
+    reason: str = ""
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A request file that could not be read: reported and removed, never tripped on again."""
+
+    id: str
+    error: str
+
+
+Request = Cancel | Retry | Spawn | Invalid
 
 
 def prompt_hash(prompt: str) -> str:
@@ -206,7 +242,7 @@ class Candidate:
     pipeline: str
     job: JobSpec
     status: JobStatus
-    trigger: str
+    trigger: Trigger
     request: str | None = None
     sources: tuple[str, ...] = ()
 
@@ -265,15 +301,15 @@ def _plan_pipeline(
     blocked = _blocked_reason(view)
     cancel_all, cancel_jobs = False, set()
     for req in view.requests:
-        if req.action == "cancel" and req.job is None:
+        if isinstance(req, Cancel) and req.job is None:
             cancel_all = True
-        elif req.action == "cancel" and req.job is not None:
+        elif isinstance(req, Cancel) and req.job is not None:
             cancel_jobs.add(req.job)
             waiting = jobs.get(req.job)
             if waiting is not None and waiting.state is JobState.WAITING:
                 cancel_jobs.update(waiting.waiting_for)  # its fix-ups exist only for it
     for req in view.requests:
-        if req.action == "spawn":
+        if isinstance(req, Spawn):
             event = _check_spawn(req, jobs)
             if event is None:
                 continue  # handled when the spawner's attempt ends
@@ -365,25 +401,31 @@ def _blocked_reason(view: PipelineView) -> str:
     return ""
 
 
-def _apply_request(req: Request, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
+def _apply_request(req: Cancel | Retry | Invalid, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec],
+                   cancel_all: bool) -> str:
     """Apply a retry request to `jobs` in place; cancels are applied per job in `_step_job`."""
-    if req.action == "invalid":
-        return f"ignored unreadable request {req.id}: {req.data.get('error', '')}"
-    if req.action == "cancel":
-        return f"cancel requested for {req.job or 'the whole pipeline'}"
-    if req.action != "retry" or req.job is None:
-        return ""  # spawn requests are handled when the spawner's attempt ends
+    match req:
+        case Invalid():
+            return f"ignored unreadable request {req.id}: {req.error}"
+        case Cancel():
+            return f"cancel requested for {req.job or 'the whole pipeline'}"
+        case Retry():
+            return _apply_retry(req, jobs, specs, cancel_all)
+        case _:
+            assert_never(req)
+
+
+def _apply_retry(req: Retry, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
     status = jobs.get(req.job)
     if status is None or req.job not in specs:
         return f"retry of unknown job {req.job!r} ignored"
-    if any(a.request == req.id for a in status.attempts) or status.extra.get("retry_request") == req.id:
+    if any(a.request == req.id for a in status.attempts) or status.retry_request == req.id:
         return ""  # replayed after a crash: already applied
     if status.state not in (JobState.FAILED, JobState.CANCELLED):
         return f"retry of {req.job} ignored: it is {status.state.value} (only failed or cancelled jobs can be retried)"
     if cancel_all:
         return f"retry of {req.job} ignored: the pipeline is being cancelled"
-    jobs[req.job] = replace(status, state=JobState.PENDING, message="retry requested",
-                            extra={**status.extra, "retry_request": req.id})
+    jobs[req.job] = replace(status, state=JobState.PENDING, message="retry requested", retry_request=req.id)
     for name in _descendants(req.job, specs):
         d = jobs.get(name)
         if d is not None and d.state in (JobState.SKIPPED, JobState.CANCELLED):
@@ -391,16 +433,15 @@ def _apply_request(req: Request, jobs: dict[str, JobStatus], specs: Mapping[str,
     return f"retry of {req.job} requested"
 
 
-def _check_spawn(req: Request, jobs: Mapping[str, JobStatus]) -> str | None:
+def _check_spawn(req: Spawn, jobs: Mapping[str, JobStatus]) -> str | None:
     """None while the spawn request waits for its spawner's attempt to end; else why it is
     dropped unused."""
-    spawner, attempt = req.data.get("spawner"), req.data.get("attempt")
-    status = jobs.get(spawner) if isinstance(spawner, str) else None
+    status = jobs.get(req.spawner)
     if status is None:
-        return f"spawn request {req.id} ignored: unknown spawner {spawner!r}"
-    if status.state is JobState.RUNNING and status.attempt == attempt:
+        return f"spawn request {req.id} ignored: unknown spawner {req.spawner!r}"
+    if status.state is JobState.RUNNING and status.attempt == req.attempt:
         return None
-    return f"spawn request from {spawner} attempt {attempt} ignored: that attempt is not running"
+    return f"spawn request from {req.spawner} attempt {req.attempt} ignored: that attempt is not running"
 
 
 def _descendants(job: str, specs: Mapping[str, JobSpec]) -> list[str]:
@@ -443,7 +484,7 @@ def _step_job(
             return status, "", None
         if blocked:
             return status, "", None
-        return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "retry"))
+        return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, Trigger.RETRY))
     # pending or queued
     verdict = _dependencies(spec, jobs, specs)
     if verdict is None:
@@ -454,10 +495,10 @@ def _step_job(
         return replace(status, state=JobState.SKIPPED, message=verdict), f"{spec.name} skipped: {verdict}", None
     if blocked:
         return status, "", None
-    request = status.extra.get("retry_request")
-    if isinstance(request, str):
-        return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "manual", request))
-    return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, "start"))
+    if status.retry_request is not None:
+        cand = Candidate(pipeline, spec, status, Trigger.MANUAL, status.retry_request)
+        return _within_budget(view, spec, status, jobs, cand)
+    return _within_budget(view, spec, status, jobs, Candidate(pipeline, spec, status, Trigger.START))
 
 
 def _clock_went_back(status: JobStatus, now: datetime) -> bool:
@@ -532,7 +573,7 @@ def _step_waiting(pipeline: str, spec: JobSpec, status: JobStatus,
         message = f"fix-up {', '.join(failed)} did not succeed"
         return replace(status, state=JobState.FAILED, message=message), f"{spec.name} failed: {message}", None
     status = _note_unchanged(status, [w for w in waited if w is not None])
-    return status, "", Candidate(pipeline, spec, status, "regression", sources=status.waiting_for)
+    return status, "", Candidate(pipeline, spec, status, Trigger.REGRESSION, sources=status.waiting_for)
 
 
 def _note_unchanged(status: JobStatus, fixups: Sequence[JobStatus]) -> JobStatus:
@@ -554,11 +595,11 @@ def _step_running(
     last = status.last
     if last is None or last.number != status.attempt:  # a hand-edited status: start over
         return replace(status, state=JobState.PENDING, message="status had no running attempt"), "", None
-    killing: dict[str, Any] = dict(status.extra.get("killing") or {})
+    killing = status.killing
     outcome = view.outcomes.get(status.job)
     if outcome is not None:
-        spawns = [r for r in view.requests if r.action == "spawn" and r.data.get("spawner") == status.job
-                  and r.data.get("attempt") == last.number]
+        spawns = [r for r in view.requests if isinstance(r, Spawn) and r.spawner == status.job
+                  and r.attempt == last.number]
         if spawns and outcome.exit_code is not None and outcome.killed_for is not KillReason.CANCEL:
             return _spawn(view, spec, status, last, outcome, spawns, now, plan)
         new, event = _finish(spec, status, last, outcome, now)
@@ -569,29 +610,27 @@ def _step_running(
     if alive is False or (alive is None and lost_at <= now):
         lost = attempt_ending(Outcome(None, now), spec)
         attempt = replace(last, state=lost.state, ended_at=now, message=lost.reason)
-        new, event = fail_or_retry(spec, _without_killing(status), attempt, now)
+        new, event = fail_or_retry(spec, replace(status, killing=None), attempt, now)
         return new, event, None
     if alive is None:
         plan.wake(lost_at)
     event = ""
-    if not killing and cancel:
-        killing = {"reason": KillReason.CANCEL, "at": now}
+    if killing is None and cancel:
+        killing = Killing(KillReason.CANCEL, now)
         event = f"{status.job} cancelling attempt {last.number} (SIGTERM)"
-    elif not killing and spec is not None:
+    elif killing is None and spec is not None:
         reason = _overdue(spec, started, view.output_at.get(status.job), now, plan)
-        if reason:
-            killing = {"reason": reason, "at": now}
+        if reason is not None:
+            killing = Killing(reason, now)
             event = f"{status.job} {killed_why(reason, spec)} (SIGTERM)"
-    if event:
-        plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM, KillReason(killing["reason"])))
-        return replace(status, extra={**status.extra, "killing": killing}), event, None
-    if killing and not killing.get("sigkill"):
-        hard = killing["at"] + timedelta(seconds=limits.kill_grace)
+    if event and killing is not None:
+        plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGTERM, killing.reason))
+        return replace(status, killing=killing), event, None
+    if killing is not None and not killing.sigkill:
+        hard = killing.at + timedelta(seconds=limits.kill_grace)
         if hard <= now:
-            plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGKILL,
-                                     KillReason(killing["reason"])))
-            killing["sigkill"] = True
-            return replace(status, extra={**status.extra, "killing": killing}), \
+            plan.actions.append(Kill(view.name, status.job, last.number, signal.SIGKILL, killing.reason))
+            return replace(status, killing=replace(killing, sigkill=True)), \
                 f"{status.job} still running after {format_duration(limits.kill_grace)}: SIGKILL", None
         plan.wake(hard)
     return status, "", None
@@ -626,7 +665,7 @@ def killed_why(reason: KillReason | None, spec: JobSpec | None) -> str:
 
 def _spawn(
     view: PipelineView, spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome,
-    requests: list[Request], now: datetime, plan: Plan,
+    requests: list[Spawn], now: datetime, plan: Plan,
 ) -> tuple[JobStatus, str, Candidate | None]:
     """The spawner's attempt ended with fix-ups asked for: write them and wait for them, or
     refuse what its `max_regressions` does not allow (the attempt then ends as usual)."""
@@ -639,7 +678,7 @@ def _spawn(
     budget = over_budget(spec, view.pipeline.spec.max_cost_usd if view.pipeline else None, status, view.jobs,
                          outcome.usage.cost_usd if outcome.usage else 0.0) if spec else ""
     for req in requests:
-        target = req.job or ""
+        target = req.job
         done = next((n for n, j in specs.items() if j.regression_context
                      and j.regression_context.get("request") == req.id), None)
         if done is not None:  # written before a crash: reuse it
@@ -659,13 +698,13 @@ def _spawn(
             names.append(name)
             new_names.append(name)
             plan.actions.append(SpawnJob(view.name, name, target, status.job, last.number, outcome.commit, req.id,
-                                         str(req.data.get("reason", "")), str(req.data.get("context", ""))))
+                                         req.reason, req.context))
         plan.actions.append(DoneRequest(view.name, req.id))
     refusal = "spawn refused: " + "; ".join(refused) if refused else ""
     if not names:
         new, event = _finish(spec, status, last, outcome, now)
         new = replace(new, message=f"{new.message} ({refusal})" if new.message else refusal,
-                      extra={**new.extra, "spawn_refused": refusal})
+                      spawn_refused=refusal)
         return new, f"{event}; {refusal}", None
     ok = outcome.exit_code == 0 and not outcome.problem
     ended = replace(last, state=JobState.SUCCEEDED if ok else JobState.FAILED, ended_at=outcome.ended_at,
@@ -674,19 +713,15 @@ def _spawn(
                     consumed=outcome.consumed or last.consumed, message=f"spawned {', '.join(names)}",
                     usage=outcome.usage or last.usage)
     message = f"waiting for fix-up {', '.join(names)}" + (f" ({refusal})" if refusal else "")
-    new = replace(_without_killing(status), state=JobState.WAITING, attempts=(*status.attempts[:-1], ended),
+    new = replace(status, killing=None, state=JobState.WAITING, attempts=(*status.attempts[:-1], ended),
                   waiting_for=tuple(names), spawned=(*status.spawned, *new_names), message=message)
     return new, f"{status.job} {message}", None
-
-
-def _without_killing(status: JobStatus) -> JobStatus:
-    return replace(status, extra={k: v for k, v in status.extra.items() if k != "killing"})
 
 
 def _finish(spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome,
             now: datetime) -> tuple[JobStatus, str]:
     """Record how the running attempt ended."""
-    status = _without_killing(status)
+    status = replace(status, killing=None)
     ended = replace(last, ended_at=outcome.ended_at, exit_code=outcome.exit_code, signal=outcome.signal,
                     usage=outcome.usage or last.usage, failure_kind=outcome.failure_kind,
                     commit=outcome.commit or last.commit, base_commit=outcome.base_commit or last.base_commit,
@@ -714,7 +749,7 @@ def _signal_name(sig: int) -> str:
 def _auto_retries_used(status: JobStatus) -> int:
     used = 0
     for attempt in reversed(status.attempts):
-        if attempt.trigger != "retry":
+        if attempt.trigger is not Trigger.RETRY:
             break
         used += 1
     return used
@@ -828,9 +863,8 @@ def _allocate(
         number = cand.status.attempt + 1
         attempt = Attempt(number=number, state=JobState.RUNNING, started_at=now, spec_hash=cand.job.spec_hash,
                           trigger=cand.trigger, request=cand.request)
-        extra = {k: v for k, v in cand.status.extra.items() if k not in ("retry_request", "killing")}
         status = replace(cand.status, state=JobState.RUNNING, attempt=number, message="", retry_at=None,
-                         attempts=(*cand.status.attempts, attempt), extra=extra, waiting_for=())
+                         attempts=(*cand.status.attempts, attempt), retry_request=None, killing=None, waiting_for=())
         plan.actions.append(SetJob(cand.pipeline, status))
         plan.actions.append(Start(cand.pipeline, cand.job.name, number, cand.sources))
         started.add((cand.pipeline, cand.job.name))

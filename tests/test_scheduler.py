@@ -9,16 +9,18 @@ from typing import Any
 
 import pytest
 
-from clowder.requests import Request
 from clowder.scheduler import (
+    Cancel,
     DoneRequest,
     Ending,
     Kill,
     Limits,
     Outcome,
     PipelineView,
+    Retry,
     SetJob,
     SetPipeline,
+    Spawn,
     SpawnJob,
     Start,
     attempt_ending,
@@ -248,7 +250,7 @@ def test_unknown_process_becomes_lost_only_after_the_heartbeat_timeout() -> None
 
 def test_cancelling_a_pipeline_kills_running_and_cancels_pending() -> None:
     p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
-    req = Request("r1", "cancel")
+    req = Cancel("r1")
     plan = reconcile([view(p, {"a": running("a")}, requests=(req,))], T0, LIMITS)
     assert [(x.job, x.signal, x.reason) for x in plan.actions if isinstance(x, Kill)] == [
         ("a", signal.SIGTERM, KillReason.CANCEL)]
@@ -265,14 +267,14 @@ def test_retry_request_reruns_a_failed_job_and_what_it_gated() -> None:
     p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
     jobs = {"a": ended("a", JobState.FAILED), "b": JobStatus("b", JobState.SKIPPED, message="needs a")}
     status = PipelineStatus(PipelineState.FAILED, T0, T0, prompt_hash=prompt_hash("do it"))
-    plan = reconcile([view(p, jobs, status=status, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    plan = reconcile([view(p, jobs, status=status, requests=(Retry("r1", "a"),))], T0, LIMITS)
     assert starts(plan.actions) == ["a"]
     a = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
     assert a.attempt == 2 and a.attempts[-1].trigger == "manual" and a.attempts[-1].request == "r1"
     assert job_states(plan.actions)["b"] is JobState.PENDING
     assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.RUNNING]
     # The same request seen again (a crash before it was consumed) does nothing more.
-    plan = reconcile([view(p, {"a": a, "b": JobStatus("b")}, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    plan = reconcile([view(p, {"a": a, "b": JobStatus("b")}, requests=(Retry("r1", "a"),))], T0, LIMITS)
     assert starts(plan.actions) == []
 
 
@@ -346,9 +348,8 @@ def test_unchanged_state_writes_nothing() -> None:
     assert plan.actions == []
 
 
-def spawn_request(rid: str, target: str, spawner: str = "test", attempt: int = 1) -> Request:
-    return Request(rid, "spawn", target, {"spawner": spawner, "attempt": attempt, "reason": "bug in add()",
-                                          "context": "assert 1 + 1 == 3"})
+def spawn_request(rid: str, target: str, spawner: str = "test", attempt: int = 1) -> Spawn:
+    return Spawn(rid, target, spawner, attempt, "bug in add()", "assert 1 + 1 == 3")
 
 
 def regression_pipeline(**test: Any) -> Pipeline:
@@ -437,7 +438,7 @@ def test_cancelling_a_waiting_spawner_cancels_its_fixups() -> None:
     waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
                         waiting_for=("dev.r1",), spawned=("dev.r1",))
     plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": waiting, "dev.r1": running("dev.r1")},
-                           requests=(Request("c1", "cancel", "test"),))], T0, LIMITS)
+                           requests=(Cancel("c1", "test"),))], T0, LIMITS)
     assert [(a.job, a.signal) for a in plan.actions if isinstance(a, Kill)] == [("dev.r1", signal.SIGTERM)]
     assert job_states(plan.actions)["test"] is JobState.CANCELLED
 
