@@ -1,5 +1,5 @@
 """Regression loops: a running job asks for a fix-up of another job. The scheduler decides
-when (clowder.scheduler); this module names fix-ups and writes their specs."""
+when and names it (clowder.scheduler.regression); this module writes its spec, for the driver."""
 
 from __future__ import annotations
 
@@ -11,20 +11,13 @@ import tomli as tomllib  # the standard library's parser, compiled with mypyc: t
 
 from clowder.errors import SpecError
 from clowder.fsio import read_input
+from clowder.scheduler import fixup_name as fixup_name  # named by the scheduler, which decides the spawn
 from clowder.template import write_job_spec
 from clowder.tree import PipelinePaths, Root
 
 # Keys of the target's spec a fix-up does not inherit: it is unhooked from the graph (it
 # starts at once, from the spawner's commit) and gets its own lineage.
 _NOT_INHERITED = ("stage", "from", "parent", "regression_of", "regression_context")
-
-
-def fixup_name(target: str, known: set[str]) -> str:
-    """`dev.r1`, `dev.r2`, ...: the first name of that shape not taken."""
-    k = 1
-    while f"{target}.r{k}" in known:
-        k += 1
-    return f"{target}.r{k}"
 
 
 def fixup_spec(target_spec: Mapping[str, Any], spawner: str, target: str, context: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from clowder.errors import Problem, SpecError
-from clowder.fsio import MAX_STATUS_BYTES
+
+# The records here are the pure scheduler's vocabulary: importing this module must load nothing
+# that does I/O (a test checks it), so the TOML writer and the file reader are imported where used.
 
 
 class JobState(StrEnum):
@@ -256,6 +256,7 @@ _JOB_KEYS = {"state", "attempt", "message", "attempts", "retry_at", "waiting_for
 
 
 def job_status_to_toml(s: JobStatus) -> str:
+    import tomli_w
     data = _clean({
         "schema_version": 1,
         "job": s.job,
@@ -304,6 +305,7 @@ def _killing_from_dict(d: Mapping[str, Any] | None) -> Killing | None:
 
 
 def pipeline_status_to_toml(s: PipelineStatus) -> str:
+    import tomli_w
     data = _clean({
         "schema_version": 1,
         "state": s.state.value,
@@ -338,6 +340,7 @@ def check_status_file(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]
     but humans can edit them, and readers must not trip over what they wrote. A file that does
     not exist has no data and no problems."""
     from clowder import schema  # jsonschema: imported only by what reads status files
+    from clowder.fsio import MAX_STATUS_BYTES
 
     data, problems = schema.load_toml(path, missing_ok=True, limit=MAX_STATUS_BYTES)
     if data is None:

@@ -403,7 +403,7 @@ def test_an_attempt_recorded_but_never_launched_is_started_afresh(root: Root, ma
 PLANTED = """\
 import json
 import os
-import clowder.scheduler as scheduler
+import clowder.scheduler.step as scheduler
 import clowder.validate as validate
 def planted(module, name, pipeline_name):
     real = getattr(module, name)
@@ -413,7 +413,7 @@ def planted(module, name, pipeline_name):
         return real(first, *args, **kwargs)
     setattr(module, name, broken)
 if {where!r} == "scheduling":
-    planted(scheduler, "_step_job", lambda view: view.name)
+    planted(scheduler, "step_job", lambda scope: scope.view.name)
 else:  # reading: before clowder.driver imports it
     planted(validate, "check_pipeline", lambda paths: paths.name)
 """

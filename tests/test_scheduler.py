@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -605,3 +608,14 @@ def test_an_attempt_killed_for_its_timeout_without_an_exit_record_is_lost_for_it
     assert attempt_ending(Outcome(0, T0, killed_for=KillReason.CANCEL), spec) == Ending(JobState.SUCCEEDED, "")
     assert attempt_ending(Outcome(143, T0, 15, killed_for=KillReason.CANCEL), spec).state is JobState.CANCELLED
     assert attempt_ending(Outcome(143, T0, 15), spec) == Ending(JobState.FAILED, "killed by signal 15 (SIGTERM)")
+
+
+def test_the_pure_scheduler_imports_nothing_that_does_io() -> None:
+    # A fresh interpreter: what importing the scheduler loads, and nothing a test loaded before.
+    code = "import clowder.scheduler, sys; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    io = {"jsonschema", "tomli_w", "subprocess", "fsio", "clowder.fsio", "clowder.validate", "clowder.template",
+          "clowder.requests", "clowder.schema", "watchdog", "git"}
+    assert "clowder.scheduler.step" in loaded
+    assert loaded & io == set()
