@@ -1,0 +1,686 @@
+"""The driver's loop: feeds `reconcile` from the tree, applies its actions (status writes,
+process starts and kills), and sleeps until a file event, a process exit or a deadline."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TextIO, assert_never
+
+from clowder import diskfull, regression, schema, workspace
+from clowder import requests as req_mod
+from clowder.crash import describe, write_crash_log
+from clowder.driver.cache import PipelineCache, before_last, catch_up, settle_until, with_source_warning
+from clowder.driver.events import (
+    AttemptEnded,
+    Event,
+    FilesChanged,
+    Rescan,
+    SourceWarning,
+    SpaceBack,
+    Stop,
+    Wake,
+    WriteFailed,
+)
+from clowder.driver.launcher import Launcher, run_of
+from clowder.errors import ClowderError, LockHeld
+from clowder.executor import Executor, LocalExecutor, OnExit, read_exit, read_pid
+from clowder.fsio import Writer, atomic_write, try_lock
+from clowder.recorder import Recorder
+from clowder.scheduler import (
+    Action,
+    DoneRequest,
+    Kill,
+    Limits,
+    PipelineView,
+    Plan,
+    SetJob,
+    SetPipeline,
+    SpawnJob,
+    Start,
+    reconcile,
+)
+from clowder.spec import Config, format_duration, is_name
+from clowder.stamp import spec_stamp
+from clowder.state import (
+    JobState,
+    JobStatus,
+    PipelineState,
+    job_status_to_toml,
+    pipeline_status_to_toml,
+    read_job_status,
+    read_pipeline_status,
+    utcnow,
+)
+from clowder.tree import PipelinePaths, Root
+from clowder.validate import check_pipeline, load_config
+from clowder.watcher import Watcher
+
+Log = Callable[[str], None]
+
+
+def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Log:
+    """Timestamped decision lines to stderr and, if given, appended to a file."""
+    out = stream or sys.stderr
+    handle = log_file.open("a", buffering=1) if log_file else None
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        text = f"{utcnow().isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {line}"
+        with lock:
+            print(text, file=out, flush=True)
+            if handle:
+                try:
+                    print(text, file=handle)
+                except OSError:  # a full disk: the line is on stderr; the daemon goes on
+                    pass
+
+    return log
+
+
+class Driver:
+    """Runs the scheduler over a root: `serve()` until stopped (the daemon), or until the
+    selected pipelines end (`clowder run`)."""
+
+    def __init__(
+        self,
+        root: Root,
+        config: Config | None = None,
+        max_parallel: int | None = None,
+        only: Iterable[str] | None = None,
+        log: Log | None = None,
+        poll: bool = False,
+        make_executor: Callable[[OnExit], Executor] | None = None,
+    ) -> None:
+        self.root = root
+        self.config = config or load_config(root)
+        self.limits = Limits(
+            max_parallel=max_parallel or self.config.max_parallel,
+            resources=self.config.resources,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+            kill_grace=self.config.kill_grace,
+        )
+        self.only = set(only) if only is not None else None
+        self.log = log or stderr_log()
+        self.poll = poll
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.pipelines: dict[str, PipelineCache] = {}
+        self.dirty: set[str] = set()
+        self.stopping = threading.Event()
+        self.watcher: Watcher | None = None
+        self._own: set[tuple[str, str, int]] = set()
+        self._write_failures: queue.SimpleQueue[tuple[Path, OSError]] = queue.SimpleQueue()
+        self._crashes: dict[str, tuple[str, str]] = {}  # pipeline -> (what failed, its status message)
+        self.writer: Writer | None = None
+        self.on_tick: Callable[[Driver], None] | None = None
+        # The index; inactive until serve(). Its thread wakes the loop when the file was swapped.
+        self.recorder = Recorder(root, self.log, wake=lambda: self.events.put(Wake()))
+        # A full disk pauses launching; what it held back waits here until space is back.
+        self.space = diskfull.Space(root.tmp_dir, self.log, on_space=self._space_back, stopping=self.stopping)
+        self._held: queue.SimpleQueue[SpawnJob] = queue.SimpleQueue()  # fix-ups a full disk held back
+        # Starts attempts and records their ends (the executor's waiter threads).
+        self.launcher = Launcher(root, self.config, self.log, self.events, self.space,
+                                 make_executor or LocalExecutor)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _notify(self, kind: str, pipeline: str) -> None:
+        """Called from the watcher's threads: `kind` is spec, request or pipelines."""
+        self.events.put(Rescan() if kind == "pipelines" else FilesChanged(pipeline))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.events.put(Stop())
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self, until_done: bool = False, sweep: float | None = None, announce: str = "") -> bool:
+        """Schedule until stopped, or (until_done) until every selected pipeline has ended.
+        Returns True if all selected pipelines succeeded. `announce` is logged once the lock is
+        held: a daemon that does not get it never said it served."""
+        # The lock is on the root directory itself: a lock on .clowder/watch.lock was undone by
+        # deleting the file (a second daemon then ran attempts twice). The file only says who holds it.
+        with try_lock(self.root.path) as got:
+            if not got:
+                raise LockHeld(f"{self.root.lock_file}: another clowder daemon is serving this root "
+                               f"(pid {self._lock_owner()}); stop it first or let it run the pipelines")
+            self._claim_lock_file()
+            if announce:
+                self.log(announce)
+            return self._serve_locked(until_done, sweep if sweep is not None else self.config.sweep_interval)
+
+    def _claim_lock_file(self) -> None:
+        """Say in .clowder/watch.lock that this process serves the root (messages, the index)."""
+        mine = f"{os.getpid()}\n"
+        try:
+            if self.root.lock_file.read_text() == mine:
+                return
+        except OSError:
+            pass
+        try:
+            atomic_write(self.root.lock_file, mine, self.root.tmp_dir)
+        except OSError as e:  # only information: the lock itself is held
+            self.log(f"cannot write {self.root.lock_file}: {e}")
+
+    def _lock_owner(self) -> str:
+        try:
+            return self.root.lock_file.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def _serve_locked(self, until_done: bool, sweep: float) -> bool:
+        self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.space.give_up, self.space.on_give_up = until_done, self.stop  # `clowder run` stops on a full disk
+        self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space, on_error=self._write_failed)
+        self.watcher = Watcher(self.root, self._notify, poll=self.poll)
+        self.watcher.start()
+        self.recorder.start()
+        try:
+            self._rescan()
+            next_sweep = utcnow() + timedelta(seconds=sweep)
+            while not self.stopping.is_set():
+                wake_at = self.tick()
+                if until_done and self._selected_done():
+                    break
+                now = utcnow()
+                if now >= next_sweep:
+                    self._sweep()
+                    next_sweep = now + timedelta(seconds=sweep)
+                    continue
+                deadline = min(x for x in (wake_at, next_sweep) if x is not None)
+                self._wait((deadline - now).total_seconds())
+        finally:
+            self.watcher.stop()
+            self.launcher.shutdown()
+            self.writer.close()
+            if self.writer.dropped:
+                self.log(f"{self.writer.dropped} status write(s) not made for lack of space; the next start "
+                         "re-derives them from the attempts' own records")
+            self.recorder.close()  # after the writer: it stamps the status files as they are on disk
+        if self.space.error is not None:
+            raise self.space.error
+        return self._selected_succeeded()
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            event = self.events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        self._handle(event)
+        while True:  # drain whatever else arrived: one reconcile for a burst of events
+            try:
+                self._handle(self.events.get_nowait())
+            except queue.Empty:
+                return
+
+    def _write_failed(self, path: Path, error: OSError) -> None:
+        """Called from the writer's thread: a file of the tree could not be written (not for lack
+        of space). Its pipeline is marked broken in the loop's thread."""
+        self._write_failures.put((path, error))
+        self.events.put(WriteFailed())
+
+    def _handle_write_failures(self) -> None:
+        while True:
+            try:
+                path, error = self._write_failures.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                name = path.relative_to(self.root.pipelines_dir).parts[0]
+            except (ValueError, IndexError):
+                name = ""
+            cache = self.pipelines.get(name)
+            if cache is None:
+                self.log(f"cannot write {path}: {error.strerror or error}")
+                continue
+            # The error names the temp file os.replace moved from; the user knows the target.
+            self._break(cache, "writing its status", OSError(error.errno, error.strerror, str(path)))
+
+    def _handle(self, event: Event) -> None:
+        match event:
+            case Stop():
+                self.stopping.set()
+            case WriteFailed():
+                self._handle_write_failures()
+            case SpaceBack():
+                self._resume()
+            case Rescan():
+                self._rescan()
+            case Wake():
+                pass  # the loop ticks after any event
+            case SourceWarning(pipeline=pipeline):  # a warning about the pipeline's source: its status says it now
+                cache = self.pipelines.get(pipeline)
+                if cache is not None and cache.loaded:
+                    self._apply(SetPipeline(pipeline, cache.status), utcnow())
+            case AttemptEnded(pipeline=pipeline, job=job, attempt=attempt, outcome=outcome):
+                cache = self.pipelines.get(pipeline)
+                if cache is not None:  # no re-read of the specs: only the job's state changed
+                    cache.outcomes[job] = (attempt, outcome)
+            case FilesChanged(pipeline=pipeline):
+                self._files_changed(pipeline)
+            case _:
+                assert_never(event)
+
+    def _files_changed(self, pipeline: str) -> None:
+        if not self._selected(pipeline):
+            return
+        if pipeline not in self.pipelines and is_name(pipeline) and (self.root.pipelines_dir / pipeline).is_dir():
+            self.pipelines[pipeline] = PipelineCache(self.root.pipeline(pipeline))
+        if pipeline in self.pipelines:
+            self.dirty.add(pipeline)
+
+    def tick(self, now: datetime | None = None) -> datetime | None:
+        """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
+        now = now or utcnow()
+        for name, cache in self.pipelines.items():
+            if cache.settle_until is not None and cache.settle_until <= now:
+                self.dirty.add(name)  # its invalid spec has had time to settle: read it again
+        for name in sorted(self.dirty):
+            if name in self.pipelines:
+                try:
+                    self._read(self.pipelines[name])
+                except Exception as e:  # one pipeline's files must not stop the others
+                    self._break(self.pipelines[name], "reading its files", e)
+        self.dirty.clear()
+        # A settled pipeline is looked at again only when something was re-read (a spec edit may
+        # mend it, a request may retry it).
+        active = [c for c in self.pipelines.values()
+                  if not c.broken and (not c.settled() or c.requests or c.outcomes or c.full)]
+        for cache in active:
+            cache.look_for_output(now)
+        plan = self._reconcile(active, now)
+        active = [c for c in active if not c.broken]
+        for cache in active:
+            cache.full = False
+            cache.ready = []
+            if self._crashes:
+                self._crashes.pop(cache.paths.name, None)  # scheduled again: a new crash is news
+        for pipeline, job in plan.ready:
+            self.pipelines[pipeline].ready.append(job)
+        for action in plan.actions:
+            self._apply_isolated(action, now)
+        for cache in active:
+            cache.outcomes = {j: o for j, o in cache.outcomes.items()
+                              if cache.jobs.get(j) and cache.jobs[j].state is JobState.RUNNING}
+            try:
+                self._watch(cache)
+            except Exception as e:
+                self._break(cache, "watching its directories", e)
+        if self.recorder.flush():  # the index was swapped or recreated: hand everything over again
+            self._record_all()
+        if self.on_tick:
+            self.on_tick(self)
+        return min((t for t in (plan.wake_at, *(c.settle_until for c in self.pipelines.values())) if t is not None),
+                   default=None)
+
+    def _watch(self, cache: PipelineCache) -> None:
+        if cache.settled() and self.watcher and not cache.requests:
+            self.watcher.unwatch(cache.paths.name)
+        elif self.watcher and not cache.settled() and cache.paths.name not in self.watcher.watched():
+            self.watcher.watch(cache.paths.name)
+
+    # -- one broken pipeline never stops the others -----------------------------------------
+
+    def _reconcile(self, active: list[PipelineCache], now: datetime) -> Plan:
+        """reconcile() over the active pipelines; if it raises, the pipelines it raises on are
+        marked broken and the others are scheduled without them."""
+        views = [c.view() for c in active]
+        limits = replace(self.limits, max_parallel=0) if self.space.full else self.limits  # a full disk: none start
+        try:
+            return reconcile(views, now, limits)
+        except Exception:
+            pass  # find which pipeline it fails on: rare, so each is tried alone
+        kept: list[PipelineView] = []
+        for view in views:
+            try:
+                reconcile([view], now, limits)
+            except Exception as e:
+                cache = self.pipelines[view.name]
+                self._break(cache, "scheduling it", _located(e, view, cache.paths, now, limits))
+            else:
+                kept.append(view)
+        try:
+            return reconcile(kept, now, limits)
+        except Exception:
+            pass  # it fails only with others: add them one at a time
+        together: list[PipelineView] = []
+        for view in kept:
+            try:
+                reconcile([*together, view], now, limits)
+            except Exception as e:
+                self._break(self.pipelines[view.name], "scheduling it with the others", e)
+            else:
+                together.append(view)
+        return reconcile(together, now, limits)
+
+    def _apply_isolated(self, action: Action, now: datetime) -> None:
+        cache = self.pipelines.get(action.pipeline)
+        if cache is None or cache.broken:  # an earlier action of its pipeline failed this step
+            return
+        try:
+            self._apply(action, now)
+        except Exception as e:
+            if isinstance(action, Start):  # not launched: a fresh read starts it again
+                self._own.discard((action.pipeline, action.job, action.attempt))
+            job = _job_of(action)
+            if job is not None:
+                e.add_note(f"job {job}: {cache.paths.job_file(job)}, {cache.paths.job_status_file(job)}")
+            self._break(cache, f"applying {type(action).__name__}", e)
+
+    def _break(self, cache: PipelineCache, what: str, error: Exception) -> None:
+        """Mark the pipeline broken: it is left out of scheduling until its files change (or the
+        sweep), its status says why, and the traceback goes to a crash log (once per cause)."""
+        name = cache.paths.name
+        cause = f"{what}: {describe(error)}"
+        if name not in self._crashes or self._crashes[name][0] != cause:
+            path = write_crash_log(self.root.state_dir, error, f"clowder daemon, pipeline {name}: {what}")
+            message = (f"Clowder failed {cause}; " + (f"traceback in {path}; " if path else "")
+                       + "it is tried again when its files change")
+            self._crashes[name] = (cause, message)
+            self.log(f"{name}: broken: {message}")
+        cache.broken = self._crashes[name][1]
+        status = replace(cache.status, state=PipelineState.BROKEN, message=cache.broken, ended_at=None)
+        if status == cache.status:
+            return
+        cache.status = status
+        try:
+            self._write(cache.paths.status_file, pipeline_status_to_toml(status))
+            self.recorder.pipeline_status(name, status)
+        except Exception as e:
+            self.log(f"{name}: cannot record that it is broken: {describe(e)}")
+
+    def _read(self, cache: PipelineCache) -> None:
+        """Refresh a pipeline; a broken one is read anew from the tree, once this daemon's
+        writes have reached it (attempts it launched or saw end are kept)."""
+        if cache.broken:
+            if self.writer is not None:
+                self.writer.flush()
+            cache = PipelineCache(cache.paths, outcomes=cache.outcomes, alive=cache.alive)
+            self.pipelines[cache.paths.name] = cache
+        self._refresh(cache)
+
+    def _record_all(self) -> None:
+        for name, cache in self.pipelines.items():
+            if cache.loaded:
+                self.recorder.loaded(cache.paths, cache.jobs, cache.status)
+                cache.stamp = ()  # re-read the spec, which records it
+                self.dirty.add(name)
+        self.recorder.flush()
+        self.events.put(Wake())  # tick again soon: the specs are read there
+
+    # -- reading the tree -----------------------------------------------------------------
+
+    def _selected(self, name: str) -> bool:
+        return self.only is None or name in self.only
+
+    def _rescan(self) -> None:
+        names = [n for n in self.root.pipeline_names() if is_name(n) and self._selected(n)]
+        for name in names:
+            if name not in self.pipelines:
+                self.pipelines[name] = PipelineCache(self.root.pipeline(name))
+                self.dirty.add(name)
+        for name in list(self.pipelines):
+            if name not in names and not any(j.state is JobState.RUNNING for j in self.pipelines[name].jobs.values()):
+                del self.pipelines[name]
+                self.recorder.forget(name)
+                if self.watcher:
+                    self.watcher.unwatch(name)
+
+    def _sweep(self) -> None:
+        """Repair missed events: re-read every pipeline's specs, requests and processes."""
+        self._claim_lock_file()  # deleted or overwritten by hand: say again who serves the root
+        self._rescan()
+        for name, cache in self.pipelines.items():
+            self.dirty.add(name)
+            cache.full = True
+            for job, status in list(cache.jobs.items()) if not cache.broken else ():
+                if status.state is JobState.RUNNING and (name, job, status.attempt) not in self._own:
+                    try:
+                        self._check_process(cache, job, status)
+                    except Exception as e:
+                        e.add_note(f"job {job}: {cache.paths.log_file(job, status.attempt)}")
+                        self._break(cache, "checking its processes", e)
+                        break
+
+    def _refresh(self, cache: PipelineCache) -> None:
+        paths = cache.paths
+        if not paths.dir.is_dir():
+            return
+        if not cache.loaded:
+            self._load(cache)
+        # A finished pipeline is not watched (watchdog runs a thread per watch): a request wakes
+        # it through .clowder/wake, and `tick` watches it again if it runs again.
+        if self.watcher and paths.name not in self.watcher.watched() and not cache.settled():
+            self.watcher.watch(paths.name)
+        cache.full = True
+        stamp = spec_stamp(str(paths.dir))
+        if stamp != cache.stamp or cache.settle_until is not None:
+            cache.stamp = stamp
+            try:
+                pipeline, problems = check_pipeline(paths, self.config)
+            except Exception as e:
+                _note_spec_file(e, paths)
+                raise
+            self.recorder.spec(paths, pipeline, problems, stamp)
+            cache.problems = tuple(str(p) for p in problems)
+            if pipeline is not None:
+                cache.pipeline = pipeline
+            settling = cache.settle_until is not None
+            cache.settle_until = settle_until(paths, stamp, self.config.settle) if problems else None
+            if problems and cache.settle_until is None:
+                self.log(f"{paths.name}: invalid spec: {cache.problems[0]}")
+            elif problems and not settling:
+                self.log(f"{paths.name}: spec invalid while being written ({cache.problems[0]}); "
+                         f"reading it again once it is unchanged for {format_duration(self.config.settle)}")
+        cache.requests = tuple(req_mod.pending(paths))
+
+    def _load(self, cache: PipelineCache) -> None:
+        """First sight of a pipeline (or a restart): read its statuses and find out what became
+        of attempts that were running when the last daemon stopped."""
+        cache.loaded = True
+        paths = cache.paths
+        try:
+            cache.status = read_pipeline_status(paths.status_file)
+        except ClowderError as e:
+            self.log(f"{paths.name}: {e}; starting its status afresh")
+        if paths.status_dir.is_dir():
+            for f in sorted(paths.status_dir.glob("*.toml")):
+                if not is_name(f.stem):
+                    continue
+                try:
+                    cache.jobs[f.stem] = read_job_status(f, f.stem)
+                except ClowderError as e:
+                    self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+                except Exception as e:
+                    e.add_note(str(f))  # the pipeline is marked broken, naming this file
+                    raise
+        self.recorder.loaded(paths, cache.jobs)  # as read, before catching up with what is not on disk
+        catch_up(cache, self.log)
+        for status in cache.jobs.values():
+            cache.set_job(status)
+        for job, status in list(cache.jobs.items()):
+            # This daemon's own attempts (a broken pipeline read again) end through their waiters.
+            if status.state is JobState.RUNNING and (paths.name, job, status.attempt) not in self._own:
+                self._check_process(cache, job, status)
+
+    def _check_process(self, cache: PipelineCache, job: str, status: JobStatus) -> None:
+        """What became of an attempt this daemon did not start. It is over only once nothing of
+        it runs: until then the executor watches it, and ends what it left when its wrapper ends."""
+        launch = run_of(cache.paths, job, status.attempt)
+        key = (cache.paths.name, job, status.attempt)
+        if key in self._own:  # ours: the executor reports its end
+            return
+        killed_for = status.killing.reason if status.killing else None
+        if read_exit(launch.run_file) is not None:
+            self.launcher.executor.end(launch)  # what it left running (`sleep 37 &`) does not outlive it
+            cache.outcomes[job] = (status.attempt, self.launcher.end_adopted(cache, job, status.attempt, killed_for))
+            return
+        pid = read_pid(launch.run_file)
+        if pid is None and not self.launcher.executor.running(launch):
+            # No pid and no process with its marker: the last daemon died before the wrapper ran
+            # (its log file, made before the process, may exist). It never started: start it again.
+            cache.jobs[job] = before_last(status)
+            cache.set_job(cache.jobs[job])
+            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never started; "
+                     "starting it again")
+            return
+        if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
+            # Its wrapper may have gone (kill -9) while its command runs on: the executor ends
+            # what is left before reporting it lost, so no retry ever runs beside it.
+            self.launcher.hand_over(cache, job, status.attempt)
+            self.launcher.executor.adopt(launch, pid, killed_for)
+            self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt}"
+                     + (f" (pid {pid})" if pid is not None else " (starting)"))
+        cache.alive[job] = True
+
+    # -- applying actions -----------------------------------------------------------------
+
+    def _apply(self, action: Action, now: datetime) -> None:
+        match action:
+            case SetJob():
+                self._set_job(action)
+            case SetPipeline():
+                cache = self.pipelines[action.pipeline]
+                cache.status = action.status
+                status = with_source_warning(cache.paths, action.status)
+                self._write(cache.paths.status_file, pipeline_status_to_toml(status))
+                self.recorder.pipeline_status(action.pipeline, status)
+                if action.event:
+                    self.log(f"{action.pipeline}: {action.event}")
+            case Start():
+                cache = self.pipelines[action.pipeline]
+                self._own.add((action.pipeline, action.job, action.attempt))
+                cache.alive[action.job] = True
+                self.launcher.start(cache, action)
+            case Kill():
+                run = run_of(self.root.pipeline(action.pipeline), action.job, action.attempt)
+                self.launcher.kill(run, action.signal, action.reason)
+            case SpawnJob():
+                self._spawn(action)
+            case DoneRequest():
+                self._done_request(action)
+            case _:
+                assert_never(action)
+
+    def _set_job(self, action: SetJob) -> None:
+        cache = self.pipelines[action.pipeline]
+        cache.set_job(action.status)
+        self._write(cache.paths.job_status_file(action.status.job), partial(job_status_to_toml, action.status))
+        self.recorder.job(action.pipeline, action.status)
+        if action.event:
+            self.log(f"{action.pipeline}/{action.event}")
+
+    def _done_request(self, action: DoneRequest) -> None:
+        cache = self.pipelines[action.pipeline]
+        # Through the writer, after the status writes that record what the request did.
+        path = req_mod.request_file(cache.paths, action.request)
+        if self.writer is not None:
+            self.writer.delete(path)
+        else:
+            path.unlink(missing_ok=True)
+        cache.requests = tuple(r for r in cache.requests if r.id != action.request)
+        if action.event:
+            self.log(f"{action.pipeline}: {action.event}")
+
+    def _spawn(self, action: SpawnJob) -> None:
+        paths = self.pipelines[action.pipeline].paths
+        context = {"reason": action.reason, "spawner": action.spawner, "spawner_attempt": action.attempt,
+                   "request": action.request, "context": action.context,
+                   "log_tail": "\n".join(workspace.log_tail(paths.log_file(action.spawner, action.attempt)))}
+        if action.commit:
+            context["commit"] = action.commit
+        try:
+            regression.write_fixup(self.root, paths, action.name, action.target, action.spawner, context)
+        except OSError as e:
+            if not diskfull.says_full(e):
+                raise
+            self._held.put(action)  # written when space is back
+            self.space.hit(f"writing {paths.job_file(action.name)}", e)
+            return
+        except ClowderError as e:
+            self.log(f"{action.pipeline}/{action.spawner}: cannot spawn {action.name}: {e}")
+            return
+        self.log(f"{action.pipeline}/{action.spawner} spawned {action.name} (a fix-up of {action.target}): "
+                 f"{action.reason}")
+        self.dirty.add(action.pipeline)
+
+    def _write(self, path: Path, text: str | Callable[[], str]) -> None:
+        # Status writes go through a background writer so the loop never waits on fsync. A
+        # crash may lose the newest ones; a restart re-derives them from the attempts' own
+        # records (log, pid and exit files), which the processes write themselves.
+        if self.writer is not None:
+            self.writer.write(path, text)
+        else:
+            atomic_write(path, text if isinstance(text, str) else text(), self.root.tmp_dir)
+
+    def _space_back(self) -> None:
+        """Called from the space prober: wake the loop, and let the index be made again at once."""
+        self.recorder.retry_now()
+        self.events.put(SpaceBack())
+
+    def _resume(self) -> None:
+        """Space is back: write the fix-ups' specs, start the attempts a full disk held back."""
+        while True:
+            try:
+                self._spawn(self._held.get_nowait())
+            except queue.Empty:
+                break
+        self.launcher.resume(lambda name: self.pipelines[name].jobs if name in self.pipelines else {})
+
+    # -- results --------------------------------------------------------------------------
+
+    def _selected_done(self) -> bool:
+        chosen = [c for n, c in self.pipelines.items() if self._selected(n)]
+        return all(c.stopped() and not c.requests for c in chosen) and not self.dirty
+
+    def _selected_succeeded(self) -> bool:
+        return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
+
+
+def _located(error: Exception, view: PipelineView, paths: PipelinePaths, now: datetime, limits: Limits) -> Exception:
+    """The error with a note naming the job whose files the step fails on, found by stepping
+    one job at a time (dependents first: a job's change also steps its dependents)."""
+    try:
+        reconcile([replace(view, focus=frozenset(), ready=())], now, limits)
+    except Exception:
+        error.add_note(f"{paths.status_file} or {paths.requests_dir}")
+        return error
+    order = list(reversed(view.pipeline.order)) if view.pipeline else []
+    for job in order + sorted(set(view.jobs) - set(order)):
+        try:
+            reconcile([replace(view, focus=frozenset({job}), ready=())], now, limits)
+        except Exception:
+            error.add_note(f"job {job}: {paths.job_status_file(job)}, {paths.job_file(job)}")
+            break
+    return error
+
+
+def _note_spec_file(error: Exception, paths: PipelinePaths) -> None:
+    """Add a note naming the spec file that reading fails on, if one alone does."""
+    for path in (paths.spec_file, *(paths.job_file(name) for name in paths.job_names() if is_name(name))):
+        try:
+            schema.load_toml(path)
+        except Exception:
+            error.add_note(str(path))
+            return
+
+
+def _job_of(action: Action) -> str | None:
+    match action:
+        case SetJob(status=status):
+            return status.job
+        case Start(job=job) | Kill(job=job):
+            return job
+        case SpawnJob(spawner=spawner):
+            return spawner
+        case SetPipeline() | DoneRequest():
+            return None
+        case _:
+            assert_never(action)
