@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -158,19 +159,28 @@ class Exited:
 OnExit = Callable[[Exited], None]
 
 
+class Probe(StrEnum):
+    """What became of an attempt, as its executor sees it (after a restart, or on a sweep)."""
+
+    ENDED = "ended"  # its end is recorded: exit_record() says how
+    RUNNING = "running"  # it runs (or its leftovers do): adopt() it, and its end is reported
+    QUEUED = "queued"  # it has not started yet, but is on its way: adopt() it too
+    LOST = "lost"  # nothing of it runs and it never started: start it again
+
+
 class Executor(Protocol):
     """Starts attempts and says when they end. The scheduler never assumes an attempt is its
     own child: it may have been started by an earlier daemon, or run on another machine."""
 
     def start(self, launch: Run) -> int: ...
 
-    def adopt(self, launch: Run, pid: int | None, killed_for: KillReason | None = None) -> None: ...
+    def probe(self, launch: Run) -> Probe: ...
+
+    def exit_record(self, launch: Run) -> ExitRecord | None: ...
+
+    def adopt(self, launch: Run, killed_for: KillReason | None = None) -> int | None: ...
 
     def kill(self, launch: Run, sig: int, reason: KillReason) -> None: ...
-
-    def alive(self, launch: Run) -> bool: ...
-
-    def running(self, launch: Run) -> bool: ...
 
     def end(self, launch: Run) -> None: ...
 
@@ -273,10 +283,23 @@ class LocalExecutor:
             killed_for = self._kills.pop(launch.id, None)
         self._on_exit(Exited(launch.pipeline, launch.job, launch.attempt, killed_for))
 
-    def adopt(self, launch: Run, pid: int | None, killed_for: KillReason | None = None) -> None:
+    def probe(self, launch: Run) -> Probe:
+        if read_exit(launch.run_file) is not None:
+            return Probe.ENDED
+        if read_pid(launch.run_file) is not None:
+            return Probe.RUNNING
+        # No pid: the wrapper is starting (something with the attempt's marker runs), or the
+        # last daemon died before it ran (its log file, made before the process, may exist).
+        return Probe.QUEUED if self.running(launch) else Probe.LOST
+
+    def exit_record(self, launch: Run) -> ExitRecord | None:
+        return read_exit(launch.run_file)
+
+    def adopt(self, launch: Run, killed_for: KillReason | None = None) -> int | None:
         """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
         pid yet, its wrapper may still be starting: it has ended when nothing of it runs.
-        `killed_for`: the earlier daemon was killing it, for that reason."""
+        `killed_for`: the earlier daemon was killing it, for that reason. Returns the pid watched."""
+        pid = read_pid(launch.run_file)
         with self._lock:
             if killed_for is not None:
                 self._kills[launch.id] = killed_for
@@ -284,6 +307,7 @@ class LocalExecutor:
             if self._poller is None:
                 self._poller = threading.Thread(target=self._poll_adopted, daemon=True, name="adopted")
                 self._poller.start()
+        return pid
 
     def _poll_adopted(self) -> None:
         while not self._stop.wait(self._poll):

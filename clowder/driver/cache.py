@@ -9,11 +9,22 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from clowder import workspace
-from clowder.executor import read_exit, run_file
+from clowder.errors import ClowderError
+from clowder.executor import ExitRecord, Run, run_file
 from clowder.scheduler import Outcome, PipelineView, Request, prompt_hash
-from clowder.spec import Pipeline, is_name
+from clowder.spec import Pipeline, format_duration, is_name
 from clowder.stamp import Stamp
-from clowder.state import Attempt, JobState, JobStatus, PipelineState, PipelineStatus, Trigger, utcnow
+from clowder.state import (
+    Attempt,
+    JobState,
+    JobStatus,
+    PipelineState,
+    PipelineStatus,
+    Trigger,
+    read_job_status,
+    read_pipeline_status,
+    utcnow,
+)
 from clowder.tree import PipelinePaths
 
 
@@ -76,6 +87,44 @@ class PipelineCache:
                 mtime = self.paths.log_file(job, last.number).stat().st_mtime
                 self.output_at[job] = datetime.fromtimestamp(mtime, UTC)
 
+    def read_statuses(self, say: Callable[[str], None]) -> None:
+        """First sight of the pipeline (or a restart): its status files as they are on disk. One
+        that is not a valid status file is said and started afresh (its attempts' own records
+        rebuild what they can)."""
+        self.loaded = True
+        paths = self.paths
+        try:
+            self.status = read_pipeline_status(paths.status_file)
+        except ClowderError as e:
+            say(f"{paths.name}: {e}; starting its status afresh")
+        if not paths.status_dir.is_dir():
+            return
+        for f in sorted(paths.status_dir.glob("*.toml")):
+            if not is_name(f.stem):
+                continue
+            try:
+                self.jobs[f.stem] = read_job_status(f, f.stem)
+            except ClowderError as e:
+                say(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
+            except Exception as e:
+                e.add_note(str(f))  # the pipeline is marked broken, naming this file
+                raise
+
+    def take_spec(self, pipeline: Pipeline | None, problems: tuple[str, ...], settle: float,
+                  say: Callable[[str], None]) -> None:
+        """The spec as just read: the last one that validated is kept; an invalid one that is
+        being written (changed within `settle`) is read again once it has settled."""
+        self.problems = problems
+        if pipeline is not None:
+            self.pipeline = pipeline
+        settling = self.settle_until is not None
+        self.settle_until = settle_until(self.paths, self.stamp, settle) if problems else None
+        if problems and self.settle_until is None:
+            say(f"{self.paths.name}: invalid spec: {problems[0]}")
+        elif problems and not settling:
+            say(f"{self.paths.name}: spec invalid while being written ({problems[0]}); "
+                f"reading it again once it is unchanged for {format_duration(settle)}")
+
     def set_job(self, status: JobStatus) -> None:
         self.jobs[status.job] = status
         if status.state.terminal or status.state is JobState.PENDING:
@@ -122,7 +171,13 @@ def before_last(status: JobStatus) -> JobStatus:
     return replace(before, state=JobState.PENDING)
 
 
-def catch_up(cache: PipelineCache, say: Callable[[str], None]) -> None:
+def run_of(paths: PipelinePaths, job: str, attempt: int) -> Run:
+    """The attempt as the executor knows it, enough to find it again (no command)."""
+    log = paths.log_file(job, attempt)
+    return Run(paths.name, job, attempt, (), paths.workspace(job), {}, log, run_file(log))
+
+
+def catch_up(cache: PipelineCache, exit_record: Callable[[Run], ExitRecord | None], say: Callable[[str], None]) -> None:
     """Attempts launched after the last status write that reached the disk (the daemon
     died first) still left their log files: put them back into the job's status."""
     logs = cache.paths.logs_dir
@@ -144,7 +199,7 @@ def catch_up(cache: PipelineCache, say: Callable[[str], None]) -> None:
             if n == missing[-1]:
                 attempts.append(Attempt(n, JobState.RUNNING, started, trigger=trigger))
                 continue
-            record = read_exit(run_file(log))
+            record = exit_record(run_of(cache.paths, d.name, n))
             state = JobState.LOST if record is None else (
                 JobState.SUCCEEDED if record.exit_code == 0 else JobState.FAILED)
             attempts.append(Attempt(n, state, started, record.ended_at if record else started,

@@ -18,24 +18,18 @@ from pathlib import Path
 from clowder import diskfull, workspace
 from clowder.artifacts import write_metadata
 from clowder.crash import describe, write_crash_log
-from clowder.driver.cache import PipelineCache
+from clowder.driver.cache import PipelineCache, before_last, run_of
 from clowder.driver.events import AttemptEnded, Event, SourceWarning
+from clowder.driver.log import Log
 from clowder.errors import ClowderError, DiskFull
-from clowder.executor import Executor, Exited, OnExit, Run, read_exit, run_file
+from clowder.executor import Executor, Exited, OnExit, Probe, Run, run_file
 from clowder.harness import agent as harness_agent
 from clowder.scheduler import NO_CHANGES, Outcome, Start, attempt_ending
 from clowder.spec import Config, JobSpec, Pipeline, Source
 from clowder.state import JobState, JobStatus, KillReason, Trigger, utcnow
 from clowder.tree import PipelinePaths, Root
 
-Log = Callable[[str], None]
 Key = tuple[str, str, int]  # (pipeline, job, attempt)
-
-
-def run_of(paths: PipelinePaths, job: str, attempt: int) -> Run:
-    """The attempt as the executor knows it, enough to find it again (no command)."""
-    log = paths.log_file(job, attempt)
-    return Run(paths.name, job, attempt, (), paths.workspace(job), {}, log, run_file(log))
 
 
 @dataclass(frozen=True)
@@ -206,16 +200,37 @@ class Launcher:
                               + (f"; traceback in {path}" if path else ""), killed_for=exited.killed_for)
         self.events.put(AttemptEnded(pipeline, job, attempt, outcome))
 
-    def end_adopted(self, cache: PipelineCache, job: str, attempt: int, killed_for: KillReason | None) -> Outcome:
-        """The end of an attempt an earlier daemon started and saw no end of (loop thread)."""
-        spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
-        launched = _Launched(cache.pipeline, spec) if cache.pipeline and spec else None
-        return self.observe_end(cache.paths, job, attempt, killed_for, launched)
+    def check(self, cache: PipelineCache, job: str, status: JobStatus) -> None:
+        """What became of an attempt this daemon did not start (loop thread), as the executor
+        finds it. It is over only once nothing of it runs: until then the executor watches it,
+        and ends what it left when its wrapper ends."""
+        run = run_of(cache.paths, job, status.attempt)
+        killed_for = status.killing.reason if status.killing else None
+        probe = self.executor.probe(run)
+        if probe is Probe.ENDED:
+            self.executor.end(run)  # what it left running (`sleep 37 &`) does not outlive it
+            spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
+            launched = _Launched(cache.pipeline, spec) if cache.pipeline and spec else None
+            cache.outcomes[job] = (status.attempt, self.observe_end(cache.paths, job, status.attempt, killed_for,
+                                                                    launched))
+        elif probe is Probe.LOST:  # it never started: start it again
+            cache.set_job(before_last(status))
+            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never started; "
+                     "starting it again")
+        else:
+            if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
+                # Its wrapper may have gone (kill -9) while its command runs on: the executor ends
+                # what is left before reporting it lost, so no retry ever runs beside it.
+                self.hand_over(cache, job, status.attempt)
+                pid = self.executor.adopt(run, killed_for)
+                self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt}"
+                         + (f" (pid {pid})" if pid is not None else " (starting)"))
+            cache.alive[job] = True
 
     def observe_end(self, paths: PipelinePaths, job: str, attempt: int, killed_for: KillReason | None,
                     launched: _Launched | None) -> Outcome:
         """How an attempt ended, from its exit record and its workspace."""
-        record = read_exit(run_of(paths, job, attempt).run_file)
+        record = self.executor.exit_record(run_of(paths, job, attempt))
         spec = launched.spec if launched else None
         # An agent's output.json is extracted from its action log first: it may be a declared output.
         collected = _collect(paths.workspace(job), job) if spec is not None and spec.agent else None

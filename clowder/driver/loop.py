@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TextIO, assert_never
+from typing import assert_never
 
-from clowder import diskfull, regression, schema, workspace
+from clowder import diskfull, regression, workspace
 from clowder import requests as req_mod
 from clowder.crash import describe, write_crash_log
-from clowder.driver.cache import PipelineCache, before_last, catch_up, settle_until, with_source_warning
+from clowder.driver.cache import PipelineCache, catch_up, run_of, with_source_warning
 from clowder.driver.events import (
     AttemptEnded,
     Event,
@@ -29,9 +28,11 @@ from clowder.driver.events import (
     Wake,
     WriteFailed,
 )
-from clowder.driver.launcher import Launcher, run_of
+from clowder.driver.isolation import job_of, note_spec_file, reconcile_isolated
+from clowder.driver.launcher import Launcher
+from clowder.driver.log import Log, stderr_log
 from clowder.errors import ClowderError, LockHeld
-from clowder.executor import Executor, LocalExecutor, OnExit, read_exit, read_pid
+from clowder.executor import Executor, LocalExecutor, OnExit
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.recorder import Recorder
 from clowder.scheduler import (
@@ -39,15 +40,13 @@ from clowder.scheduler import (
     DoneRequest,
     Kill,
     Limits,
-    PipelineView,
     Plan,
     SetJob,
     SetPipeline,
     SpawnJob,
     Start,
-    reconcile,
 )
-from clowder.spec import Config, format_duration, is_name
+from clowder.spec import Config, is_name
 from clowder.stamp import spec_stamp
 from clowder.state import (
     JobState,
@@ -55,34 +54,11 @@ from clowder.state import (
     PipelineState,
     job_status_to_toml,
     pipeline_status_to_toml,
-    read_job_status,
-    read_pipeline_status,
     utcnow,
 )
-from clowder.tree import PipelinePaths, Root
+from clowder.tree import Root
 from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
-
-Log = Callable[[str], None]
-
-
-def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Log:
-    """Timestamped decision lines to stderr and, if given, appended to a file."""
-    out = stream or sys.stderr
-    handle = log_file.open("a", buffering=1) if log_file else None
-    lock = threading.Lock()
-
-    def log(line: str) -> None:
-        text = f"{utcnow().isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {line}"
-        with lock:
-            print(text, file=out, flush=True)
-            if handle:
-                try:
-                    print(text, file=handle)
-                except OSError:  # a full disk: the line is on stderr; the daemon goes on
-                    pass
-
-    return log
 
 
 class Driver:
@@ -329,36 +305,10 @@ class Driver:
     # -- one broken pipeline never stops the others -----------------------------------------
 
     def _reconcile(self, active: list[PipelineCache], now: datetime) -> Plan:
-        """reconcile() over the active pipelines; if it raises, the pipelines it raises on are
-        marked broken and the others are scheduled without them."""
-        views = [c.view() for c in active]
+        """reconcile() over the active pipelines; the pipelines it raises on are marked broken."""
         limits = replace(self.limits, max_parallel=0) if self.space.full else self.limits  # a full disk: none start
-        try:
-            return reconcile(views, now, limits)
-        except Exception:
-            pass  # find which pipeline it fails on: rare, so each is tried alone
-        kept: list[PipelineView] = []
-        for view in views:
-            try:
-                reconcile([view], now, limits)
-            except Exception as e:
-                cache = self.pipelines[view.name]
-                self._break(cache, "scheduling it", _located(e, view, cache.paths, now, limits))
-            else:
-                kept.append(view)
-        try:
-            return reconcile(kept, now, limits)
-        except Exception:
-            pass  # it fails only with others: add them one at a time
-        together: list[PipelineView] = []
-        for view in kept:
-            try:
-                reconcile([*together, view], now, limits)
-            except Exception as e:
-                self._break(self.pipelines[view.name], "scheduling it with the others", e)
-            else:
-                together.append(view)
-        return reconcile(together, now, limits)
+        return reconcile_isolated({c.paths.name: (c.view(), c.paths) for c in active}, now, limits,
+                                  lambda name, what, e: self._break(self.pipelines[name], what, e))
 
     def _apply_isolated(self, action: Action, now: datetime) -> None:
         cache = self.pipelines.get(action.pipeline)
@@ -369,7 +319,7 @@ class Driver:
         except Exception as e:
             if isinstance(action, Start):  # not launched: a fresh read starts it again
                 self._own.discard((action.pipeline, action.job, action.attempt))
-            job = _job_of(action)
+            job = job_of(action)
             if job is not None:
                 e.add_note(f"job {job}: {cache.paths.job_file(job)}, {cache.paths.job_status_file(job)}")
             self._break(cache, f"applying {type(action).__name__}", e)
@@ -466,43 +416,19 @@ class Driver:
             try:
                 pipeline, problems = check_pipeline(paths, self.config)
             except Exception as e:
-                _note_spec_file(e, paths)
+                note_spec_file(e, paths)
                 raise
             self.recorder.spec(paths, pipeline, problems, stamp)
-            cache.problems = tuple(str(p) for p in problems)
-            if pipeline is not None:
-                cache.pipeline = pipeline
-            settling = cache.settle_until is not None
-            cache.settle_until = settle_until(paths, stamp, self.config.settle) if problems else None
-            if problems and cache.settle_until is None:
-                self.log(f"{paths.name}: invalid spec: {cache.problems[0]}")
-            elif problems and not settling:
-                self.log(f"{paths.name}: spec invalid while being written ({cache.problems[0]}); "
-                         f"reading it again once it is unchanged for {format_duration(self.config.settle)}")
+            cache.take_spec(pipeline, tuple(str(p) for p in problems), self.config.settle, self.log)
         cache.requests = tuple(req_mod.pending(paths))
 
     def _load(self, cache: PipelineCache) -> None:
         """First sight of a pipeline (or a restart): read its statuses and find out what became
         of attempts that were running when the last daemon stopped."""
-        cache.loaded = True
         paths = cache.paths
-        try:
-            cache.status = read_pipeline_status(paths.status_file)
-        except ClowderError as e:
-            self.log(f"{paths.name}: {e}; starting its status afresh")
-        if paths.status_dir.is_dir():
-            for f in sorted(paths.status_dir.glob("*.toml")):
-                if not is_name(f.stem):
-                    continue
-                try:
-                    cache.jobs[f.stem] = read_job_status(f, f.stem)
-                except ClowderError as e:
-                    self.log(f"{paths.name}/{f.stem}: {e}; starting its status afresh")
-                except Exception as e:
-                    e.add_note(str(f))  # the pipeline is marked broken, naming this file
-                    raise
+        cache.read_statuses(self.log)
         self.recorder.loaded(paths, cache.jobs)  # as read, before catching up with what is not on disk
-        catch_up(cache, self.log)
+        catch_up(cache, self.launcher.executor.exit_record, self.log)
         for status in cache.jobs.values():
             cache.set_job(status)
         for job, status in list(cache.jobs.items()):
@@ -511,34 +437,8 @@ class Driver:
                 self._check_process(cache, job, status)
 
     def _check_process(self, cache: PipelineCache, job: str, status: JobStatus) -> None:
-        """What became of an attempt this daemon did not start. It is over only once nothing of
-        it runs: until then the executor watches it, and ends what it left when its wrapper ends."""
-        launch = run_of(cache.paths, job, status.attempt)
-        key = (cache.paths.name, job, status.attempt)
-        if key in self._own:  # ours: the executor reports its end
-            return
-        killed_for = status.killing.reason if status.killing else None
-        if read_exit(launch.run_file) is not None:
-            self.launcher.executor.end(launch)  # what it left running (`sleep 37 &`) does not outlive it
-            cache.outcomes[job] = (status.attempt, self.launcher.end_adopted(cache, job, status.attempt, killed_for))
-            return
-        pid = read_pid(launch.run_file)
-        if pid is None and not self.launcher.executor.running(launch):
-            # No pid and no process with its marker: the last daemon died before the wrapper ran
-            # (its log file, made before the process, may exist). It never started: start it again.
-            cache.jobs[job] = before_last(status)
-            cache.set_job(cache.jobs[job])
-            self.log(f"{cache.paths.name}/{job}: attempt {status.attempt} was recorded but never started; "
-                     "starting it again")
-            return
-        if cache.alive.get(job) is not True:  # a sweep finds adopted attempts again: once is enough
-            # Its wrapper may have gone (kill -9) while its command runs on: the executor ends
-            # what is left before reporting it lost, so no retry ever runs beside it.
-            self.launcher.hand_over(cache, job, status.attempt)
-            self.launcher.executor.adopt(launch, pid, killed_for)
-            self.log(f"{cache.paths.name}/{job}: adopted running attempt {status.attempt}"
-                     + (f" (pid {pid})" if pid is not None else " (starting)"))
-        cache.alive[job] = True
+        if (cache.paths.name, job, status.attempt) not in self._own:  # ours: the executor reports its end
+            self.launcher.check(cache, job, status)
 
     # -- applying actions -----------------------------------------------------------------
 
@@ -642,45 +542,3 @@ class Driver:
 
     def _selected_succeeded(self) -> bool:
         return all(c.status.state is PipelineState.SUCCEEDED for n, c in self.pipelines.items() if self._selected(n))
-
-
-def _located(error: Exception, view: PipelineView, paths: PipelinePaths, now: datetime, limits: Limits) -> Exception:
-    """The error with a note naming the job whose files the step fails on, found by stepping
-    one job at a time (dependents first: a job's change also steps its dependents)."""
-    try:
-        reconcile([replace(view, focus=frozenset(), ready=())], now, limits)
-    except Exception:
-        error.add_note(f"{paths.status_file} or {paths.requests_dir}")
-        return error
-    order = list(reversed(view.pipeline.order)) if view.pipeline else []
-    for job in order + sorted(set(view.jobs) - set(order)):
-        try:
-            reconcile([replace(view, focus=frozenset({job}), ready=())], now, limits)
-        except Exception:
-            error.add_note(f"job {job}: {paths.job_status_file(job)}, {paths.job_file(job)}")
-            break
-    return error
-
-
-def _note_spec_file(error: Exception, paths: PipelinePaths) -> None:
-    """Add a note naming the spec file that reading fails on, if one alone does."""
-    for path in (paths.spec_file, *(paths.job_file(name) for name in paths.job_names() if is_name(name))):
-        try:
-            schema.load_toml(path)
-        except Exception:
-            error.add_note(str(path))
-            return
-
-
-def _job_of(action: Action) -> str | None:
-    match action:
-        case SetJob(status=status):
-            return status.job
-        case Start(job=job) | Kill(job=job):
-            return job
-        case SpawnJob(spawner=spawner):
-            return spawner
-        case SetPipeline() | DoneRequest():
-            return None
-        case _:
-            assert_never(action)
