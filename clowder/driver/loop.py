@@ -190,11 +190,21 @@ class Driver:
         except queue.Empty:
             return
         self._handle(event)
-        while True:  # drain whatever else arrived: one reconcile for a burst of events
+        self.drain()  # whatever else arrived: one reconcile for a burst of events
+
+    def drain(self) -> None:
+        """Take in the events that have arrived (attempt ends, file changes), as the loop does
+        before each tick. With `discover()` and `tick(now)`, a test drives the driver by hand."""
+        while True:
             try:
                 self._handle(self.events.get_nowait())
             except queue.Empty:
                 return
+
+    def discover(self) -> None:
+        """Find the root's pipelines, as serve() does first."""
+        self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._rescan()
 
     def _write_failed(self, path: Path, error: OSError) -> None:
         """Called from the writer's thread: a file of the tree could not be written (not for lack
