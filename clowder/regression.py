@@ -9,8 +9,10 @@ from typing import Any
 
 import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
 
+from clowder import workspace
 from clowder.errors import SpecError
 from clowder.fsio import read_input
+from clowder.scheduler import SpawnJob
 from clowder.scheduler import fixup_name as fixup_name  # named by the scheduler, which decides the spawn
 from clowder.template import write_job_spec
 from clowder.tree import PipelinePaths, Root
@@ -39,3 +41,13 @@ def write_fixup(root: Root, paths: PipelinePaths, name: str, target: str, spawne
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise SpecError.one(source, "<file>", f"cannot copy it for fix-up {name}: {e}") from e
     return write_job_spec(root, paths, name, fixup_spec(table, spawner, target, context))
+
+
+def write_spawned(root: Root, paths: PipelinePaths, action: SpawnJob) -> Path:
+    """Write the fix-up the scheduler decided, with why it exists (its regression context)."""
+    context = {"reason": action.reason, "spawner": action.spawner, "spawner_attempt": action.attempt,
+               "request": action.request, "context": action.context,
+               "log_tail": "\n".join(workspace.log_tail(paths.log_file(action.spawner, action.attempt)))}
+    if action.commit:
+        context["commit"] = action.commit
+    return write_fixup(root, paths, action.name, action.target, action.spawner, context)

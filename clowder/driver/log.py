@@ -1,14 +1,18 @@
-"""The driver's decision log: one timestamped line per decision, to stderr and a file."""
+"""What the driver tells: its decision log (one timestamped line per decision, to stderr and a
+file), and in .clowder/watch.lock, which process serves the root."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from clowder.fsio import atomic_write
 from clowder.state import utcnow
+from clowder.tree import Root
 
 Log = Callable[[str], None]
 
@@ -30,3 +34,24 @@ def stderr_log(stream: TextIO | None = None, log_file: Path | None = None) -> Lo
                     pass
 
     return log
+
+
+def claim_lock_file(root: Root, log: Log) -> None:
+    """Say in .clowder/watch.lock that this process serves the root (messages, the index)."""
+    mine = f"{os.getpid()}\n"
+    try:
+        if root.lock_file.read_text() == mine:
+            return
+    except OSError:
+        pass
+    try:
+        atomic_write(root.lock_file, mine, root.tmp_dir)
+    except OSError as e:  # only information: the lock itself is held
+        log(f"cannot write {root.lock_file}: {e}")
+
+
+def lock_owner(root: Root) -> str:
+    try:
+        return root.lock_file.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"

@@ -3,7 +3,6 @@ process starts and kills), and sleeps until a file event, a process exit or a de
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -13,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import assert_never
 
-from clowder import diskfull, regression, workspace
+from clowder import diskfull, regression
 from clowder import requests as req_mod
 from clowder.crash import describe, write_crash_log
 from clowder.driver.cache import PipelineCache, catch_up, run_of, with_source_warning
@@ -30,7 +29,7 @@ from clowder.driver.events import (
 )
 from clowder.driver.isolation import job_of, note_spec_file, reconcile_isolated
 from clowder.driver.launcher import Launcher
-from clowder.driver.log import Log, stderr_log
+from clowder.driver.log import Log, claim_lock_file, lock_owner, stderr_log
 from clowder.errors import ClowderError, LockHeld
 from clowder.executor import Executor, LocalExecutor, OnExit
 from clowder.fsio import Writer, atomic_write, try_lock
@@ -126,30 +125,11 @@ class Driver:
         with try_lock(self.root.path) as got:
             if not got:
                 raise LockHeld(f"{self.root.lock_file}: another clowder daemon is serving this root "
-                               f"(pid {self._lock_owner()}); stop it first or let it run the pipelines")
-            self._claim_lock_file()
+                               f"(pid {lock_owner(self.root)}); stop it first or let it run the pipelines")
+            claim_lock_file(self.root, self.log)
             if announce:
                 self.log(announce)
             return self._serve_locked(until_done, sweep if sweep is not None else self.config.sweep_interval)
-
-    def _claim_lock_file(self) -> None:
-        """Say in .clowder/watch.lock that this process serves the root (messages, the index)."""
-        mine = f"{os.getpid()}\n"
-        try:
-            if self.root.lock_file.read_text() == mine:
-                return
-        except OSError:
-            pass
-        try:
-            atomic_write(self.root.lock_file, mine, self.root.tmp_dir)
-        except OSError as e:  # only information: the lock itself is held
-            self.log(f"cannot write {self.root.lock_file}: {e}")
-
-    def _lock_owner(self) -> str:
-        try:
-            return self.root.lock_file.read_text().strip() or "unknown"
-        except OSError:
-            return "unknown"
 
     def _serve_locked(self, until_done: bool, sweep: float) -> bool:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +375,7 @@ class Driver:
 
     def _sweep(self) -> None:
         """Repair missed events: re-read every pipeline's specs, requests and processes."""
-        self._claim_lock_file()  # deleted or overwritten by hand: say again who serves the root
+        claim_lock_file(self.root, self.log)  # deleted or overwritten by hand: say again who serves the root
         self._rescan()
         for name, cache in self.pipelines.items():
             self.dirty.add(name)
@@ -501,13 +481,8 @@ class Driver:
 
     def _spawn(self, action: SpawnJob) -> None:
         paths = self.pipelines[action.pipeline].paths
-        context = {"reason": action.reason, "spawner": action.spawner, "spawner_attempt": action.attempt,
-                   "request": action.request, "context": action.context,
-                   "log_tail": "\n".join(workspace.log_tail(paths.log_file(action.spawner, action.attempt)))}
-        if action.commit:
-            context["commit"] = action.commit
         try:
-            regression.write_fixup(self.root, paths, action.name, action.target, action.spawner, context)
+            regression.write_spawned(self.root, paths, action)
         except OSError as e:
             if not diskfull.says_full(e):
                 raise
