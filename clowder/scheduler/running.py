@@ -33,7 +33,7 @@ def step_running(scope: Scope, spec: JobSpec | None, status: JobStatus, cancel: 
         step = _start_kill(scope, spec, status, last, started, cancel)
     else:
         step = _carry_on_kill(scope, status, last, status.killing)
-    return replace(step, wake=min((t for t in (wake, step.wake) if t is not None), default=None))
+    return step._replace(wake=min((t for t in (wake, step.wake) if t is not None), default=None))
 
 
 def _ended(scope: Scope, spec: JobSpec | None, status: JobStatus, last: Attempt, outcome: Outcome) -> JobStep:

@@ -34,8 +34,10 @@ class _Pass:
     jobs then costs a few steps per event instead of a thousand."""
 
     scope: Scope
+    view: PipelineView
     jobs: dict[str, JobStatus]  # the scope's, changed as the pass goes
     plan: Plan
+    position: Mapping[str, int]  # job -> its place in the dependency order
     cancelling: Cancels = field(default_factory=lambda: Cancels(False, frozenset()))
     seen: set[str] = field(default_factory=set)
     heap: list[tuple[int, str]] = field(default_factory=list)
@@ -47,12 +49,10 @@ class _Pass:
         jobs = dict(view.jobs)
         if view.focus is None:
             for name in specs:
-                jobs.setdefault(name, JobStatus(name))
-        return cls(Scope(view, specs, jobs, now, limits, blocked_reason(view)), jobs, plan)
-
-    @property
-    def view(self) -> PipelineView:
-        return self.scope.view
+                if name not in jobs:
+                    jobs[name] = JobStatus(name)
+        position = view.pipeline.position if view.pipeline else {}
+        return cls(Scope(view, specs, jobs, now, limits, blocked_reason(view)), view, jobs, plan, position)
 
     def run(self, found: Found) -> None:
         self.cancelling = cancels(self.view.requests, self.jobs)
@@ -79,17 +79,21 @@ class _Pass:
         found.later.append(Ready(self.view.name, later, self._check))
 
     def _push(self, name: str) -> None:
-        position = self.view.pipeline.position if self.view.pipeline else {}
-        heapq.heappush(self.heap, (position.get(name, len(position)), name))
+        heapq.heappush(self.heap, (self.position.get(name, len(self.position)), name))
 
     def _visit(self, name: str, found: Found) -> None:
         self.seen.add(name)
         spec = self.scope.specs.get(name)
-        status = self.jobs.setdefault(name, JobStatus(name))  # a job without a status file is pending
-        step = step_job(self.scope, spec, status, name in self.cancelling)
-        self.plan.take(step)
+        status = self.jobs.get(name)
+        if status is None:  # a job without a status file is pending
+            status = self.jobs[name] = JobStatus(name)
+        cancel = self.cancelling.all or name in self.cancelling.jobs
+        step = step_job(self.scope, spec, status, cancel)
+        if step.actions or step.wake:  # most steps ask for neither: a full pass takes one per job
+            self.plan.take(step)
         new = self.jobs[name] = step.status
-        if new != self.view.jobs.get(name, JobStatus(name)):
+        was = self.view.jobs.get(name)
+        if new != (was if was is not None else JobStatus(name)):
             self.changed[name] = step.event or self.changed.get(name, "")
             self._look_again_after(name, spec, new)
         if new.state is JobState.RETRYING and new.retry_at is not None:
@@ -115,7 +119,9 @@ class _Pass:
         """A job found ready by an earlier step, looked at again now that a slot could take it."""
         if name not in self.scope.specs:
             return None
-        status = self.jobs.setdefault(name, JobStatus(name))
+        status = self.jobs.get(name)
+        if status is None:
+            status = self.jobs[name] = JobStatus(name)
         step = step_job(self.scope, self.scope.specs.get(name), status, False)
         self.plan.take(step)
         return step.candidate if step.status == status else None
