@@ -67,6 +67,7 @@ class Driver:
     def __init__(
         self,
         root: Root,
+        *,
         config: Config | None = None,
         max_parallel: int | None = None,
         only: Iterable[str] | None = None,
