@@ -14,11 +14,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from clowder.fsio import read_input
 from clowder.processes import AttemptProcesses
+from clowder.state import KillReason
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP COMMAND...
 # The run file is the attempt's own record: the wrapper's pid on its first line, then, once the
@@ -44,8 +46,8 @@ def run_file(log_file: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Launch:
-    """Everything needed to start one attempt."""
+class Run:
+    """One attempt to run: everything needed to start it, and to find it again (a restart)."""
 
     pipeline: str
     job: str
@@ -143,24 +145,44 @@ def signal_group(pid: int, sig: int) -> bool:
         return False
 
 
-OnExit = Callable[[str, str, int], None]
+@dataclass(frozen=True)
+class Exited:
+    """An attempt's processes are gone: what the executor tells whoever waits for it. Why it was
+    killed travels with it, so the end is judged from what the executor saw, in one place."""
+
+    pipeline: str
+    job: str
+    attempt: int
+    killed_for: KillReason | None = None
+
+
+OnExit = Callable[[Exited], None]
+
+
+class Probe(StrEnum):
+    """What became of an attempt, as its executor sees it (after a restart, or on a sweep)."""
+
+    ENDED = "ended"  # its end is recorded: exit_record() says how
+    RUNNING = "running"  # it runs (or its leftovers do): adopt() it, and its end is reported
+    QUEUED = "queued"  # it has not started yet, but is on its way: adopt() it too
+    LOST = "lost"  # nothing of it runs and it never started: start it again
 
 
 class Executor(Protocol):
     """Starts attempts and says when they end. The scheduler never assumes an attempt is its
     own child: it may have been started by an earlier daemon, or run on another machine."""
 
-    def start(self, launch: Launch) -> int: ...
+    def start(self, launch: Run) -> int: ...
 
-    def adopt(self, launch: Launch, pid: int | None) -> None: ...
+    def probe(self, launch: Run) -> Probe: ...
 
-    def kill(self, launch: Launch, sig: int) -> None: ...
+    def exit_record(self, launch: Run) -> ExitRecord | None: ...
 
-    def alive(self, launch: Launch) -> bool: ...
+    def adopt(self, launch: Run, killed_for: KillReason | None = None) -> int | None: ...
 
-    def running(self, launch: Launch) -> bool: ...
+    def kill(self, launch: Run, sig: int, reason: KillReason) -> None: ...
 
-    def end(self, launch: Launch) -> None: ...
+    def end(self, launch: Run) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -169,19 +191,19 @@ class _Reaper:
     """One thread that waits for every child at once through pidfds (a thread per child costs
     more than the child itself on this path), reaps it, and hands its end to a small pool."""
 
-    def __init__(self, on_exit: OnExit) -> None:
+    def __init__(self, on_exit: Callable[[Run], None]) -> None:
         self._on_exit = on_exit
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._incoming: list[tuple[int, subprocess.Popen[bytes], Launch]] = []
+        self._incoming: list[tuple[int, subprocess.Popen[bytes], Run]] = []
         # Ending an attempt may mean git work: let a few run side by side.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clowder-end")
         self._stopped = False
         threading.Thread(target=self._run, daemon=True, name="clowder-reaper").start()
 
-    def add(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+    def add(self, proc: subprocess.Popen[bytes], launch: Run) -> None:
         fd = os.pidfd_open(proc.pid)
         with self._lock:
             self._incoming.append((fd, proc, launch))
@@ -202,12 +224,12 @@ class _Reaper:
                 os.close(key.fd)
                 self._pool.submit(self._ended, proc, launch)
 
-    def _ended(self, proc: subprocess.Popen[bytes], launch: Launch) -> None:
+    def _ended(self, proc: subprocess.Popen[bytes], launch: Run) -> None:
         # The wrapper is a zombie until reaped, so its pid, the group's id, cannot be reused yet:
         # the group is killed first, with everything else of the attempt.
         launch.processes.end(group=proc.pid)
         proc.wait()  # reaps the wrapper: no zombies
-        self._on_exit(launch.pipeline, launch.job, launch.attempt)
+        self._on_exit(launch)
 
     def stop(self) -> None:
         self._stopped = True
@@ -216,25 +238,26 @@ class _Reaper:
 
 
 class LocalExecutor:
-    """Runs attempts as process groups on this machine. `on_exit(pipeline, job, attempt)` is
-    called from a worker thread once an attempt has ended and its exit record is on disk."""
+    """Runs attempts as process groups on this machine. `on_exit(Exited)` is called from a worker
+    thread once an attempt has ended and its exit record (if any) is on disk."""
 
     def __init__(self, on_exit: OnExit, poll_interval: float = 0.2) -> None:
         self._on_exit = on_exit
         self._poll = poll_interval
-        self._adopted: dict[tuple[str, str, int], tuple[int | None, Launch]] = {}
+        self._adopted: dict[tuple[str, str, int], tuple[int | None, Run]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._reaper = _Reaper(on_exit)
+        self._reaper = _Reaper(self._exited)
         self._made: set[Path] = set()
+        self._kills: dict[str, KillReason] = {}  # launch id -> why it is being killed
 
     def _mkdir(self, d: Path) -> None:
         if d not in self._made:
             d.mkdir(parents=True, exist_ok=True)
             self._made.add(d)
 
-    def start(self, launch: Launch) -> int:
+    def start(self, launch: Run) -> int:
         self._mkdir(launch.log_file.parent)
         self._mkdir(launch.cwd)
         processes = launch.processes
@@ -255,14 +278,36 @@ class LocalExecutor:
         self._reaper.add(proc, launch)
         return proc.pid
 
-    def adopt(self, launch: Launch, pid: int | None) -> None:
-        """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
-        pid yet, its wrapper may still be starting: it has ended when nothing of it runs."""
+    def _exited(self, launch: Run) -> None:
         with self._lock:
+            killed_for = self._kills.pop(launch.id, None)
+        self._on_exit(Exited(launch.pipeline, launch.job, launch.attempt, killed_for))
+
+    def probe(self, launch: Run) -> Probe:
+        if read_exit(launch.run_file) is not None:
+            return Probe.ENDED
+        if read_pid(launch.run_file) is not None:
+            return Probe.RUNNING
+        # No pid: the wrapper is starting (something with the attempt's marker runs), or the
+        # last daemon died before it ran (its log file, made before the process, may exist).
+        return Probe.QUEUED if self.running(launch) else Probe.LOST
+
+    def exit_record(self, launch: Run) -> ExitRecord | None:
+        return read_exit(launch.run_file)
+
+    def adopt(self, launch: Run, killed_for: KillReason | None = None) -> int | None:
+        """Watch an attempt started by an earlier daemon (not our child: poll its pid). Without a
+        pid yet, its wrapper may still be starting: it has ended when nothing of it runs.
+        `killed_for`: the earlier daemon was killing it, for that reason. Returns the pid watched."""
+        pid = read_pid(launch.run_file)
+        with self._lock:
+            if killed_for is not None:
+                self._kills[launch.id] = killed_for
             self._adopted[(launch.pipeline, launch.job, launch.attempt)] = (pid, launch)
             if self._poller is None:
                 self._poller = threading.Thread(target=self._poll_adopted, daemon=True, name="adopted")
                 self._poller.start()
+        return pid
 
     def _poll_adopted(self) -> None:
         while not self._stop.wait(self._poll):
@@ -280,9 +325,12 @@ class LocalExecutor:
                 ended.append(launch)
             for launch in ended:
                 self.end(launch)
-                self._on_exit(launch.pipeline, launch.job, launch.attempt)
+                self._exited(launch)
 
-    def kill(self, launch: Launch, sig: int) -> None:
+    def kill(self, launch: Run, sig: int, reason: KillReason) -> None:
+        # Noted before the signal: the end it causes is reported with its reason.
+        with self._lock:
+            self._kills[launch.id] = reason
         pid = read_pid(launch.run_file)
         if pid is not None and pid_runs(pid, launch.run_file):
             signal_group(pid, sig)
@@ -292,15 +340,15 @@ class LocalExecutor:
         # Children that left the group (setsid, a daemon's double fork) are told too.
         launch.processes.signal(sig, pid)
 
-    def alive(self, launch: Launch) -> bool:
+    def alive(self, launch: Run) -> bool:
         pid = read_pid(launch.run_file)
         return pid is not None and pid_runs(pid, launch.run_file)
 
-    def running(self, launch: Launch) -> bool:
+    def running(self, launch: Run) -> bool:
         """Whether anything of the attempt runs: its wrapper or anything it started."""
         return self.alive(launch) or launch.processes.running()
 
-    def end(self, launch: Launch) -> None:
+    def end(self, launch: Run) -> None:
         """Kill whatever of an attempt whose wrapper has ended still runs, and wait for it."""
         launch.processes.end()
 

@@ -3,10 +3,8 @@ they work whether or not a daemon is running. The scheduler consumes them."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import tomli_w
 from clowder import known
 from clowder.errors import ClowderError, UsageError
 from clowder.fsio import MAX_SPEC_BYTES, atomic_write, read_input
+from clowder.scheduler import Cancel, Invalid, Request, Retry, Spawn
 from clowder.spec import check_name
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root
@@ -23,14 +22,6 @@ from clowder.tree import PipelinePaths, Root
 ACTIONS = ("cancel", "retry", "spawn")
 # A spawn's context is copied into its fix-up's job file, which must stay readable (MAX_SPEC_BYTES).
 MAX_REQUEST_BYTES = MAX_SPEC_BYTES // 4
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str  # the file's stem: sortable by creation time
-    action: str
-    job: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Refused(UsageError):
@@ -74,7 +65,7 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
 
 def retries_waiting(paths: PipelinePaths) -> set[str]:
     """The jobs a retry request waits for: they will run again."""
-    return {r.job for r in pending(paths) if r.action == "retry" and r.job is not None}
+    return {r.job for r in pending(paths) if isinstance(r, Retry)}
 
 
 def pipeline_actions_now(paths: PipelinePaths, retries: set[str]) -> list[str]:
@@ -113,7 +104,7 @@ def drop(root: Root, paths: PipelinePaths, action: str, job: str | None = None, 
         raise UsageError(f"the {action} request would be {len(text.encode())} bytes, more than the "
                          f"{MAX_REQUEST_BYTES} a request may hold: give a shorter context")
     atomic_write(paths.requests_dir / f"{rid}.toml", text, root.tmp_dir)
-    return Request(rid, action, job, data)
+    return _record(rid, action, job, data)
 
 
 def pending(paths: PipelinePaths) -> list[Request]:
@@ -125,37 +116,43 @@ def pending(paths: PipelinePaths) -> list[Request]:
         files = sorted(p for p in paths.requests_dir.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
     except FileNotFoundError:
         return []
-    out = []
+    out: list[Request] = []
     for f in files:
         try:
             data = tomllib.loads(read_input(f).decode())
         except (FileNotFoundError, IsADirectoryError):
             continue
         except OSError as e:
-            out.append(Request(f.stem, "invalid", None, {"error": f"{f}: <file>: cannot read: {e.strerror}"}))
+            out.append(Invalid(f.stem, f"{f}: <file>: cannot read: {e.strerror}"))
             continue
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            out.append(Request(f.stem, "invalid", None, {"error": str(e)}))
+            out.append(Invalid(f.stem, str(e)))
             continue
         except RecursionError:
-            out.append(Request(f.stem, "invalid", None, {"error": f"{f}: <toml>: nested too deeply"}))
+            out.append(Invalid(f.stem, f"{f}: <toml>: nested too deeply"))
             continue
-        action = data.pop("action", None)
-        job = data.pop("job", None)
-        if action not in ACTIONS or (job is not None and not isinstance(job, str)):
-            out.append(Request(f.stem, "invalid", None, {"error": f"bad action {action!r} or job {job!r}"}))
-            continue
-        out.append(Request(f.stem, action, job, data))
+        out.append(_record(f.stem, data.pop("action", None), data.pop("job", None), data))
     return out
+
+
+def _record(rid: str, action: object, job: object, data: Mapping[str, Any]) -> Request:
+    """The typed request a file's table asks for, or why it cannot be one."""
+    if action not in ACTIONS or (job is not None and not isinstance(job, str)):
+        return Invalid(rid, f"bad action {action!r} or job {job!r}")
+    if action == "cancel":
+        return Cancel(rid, job if isinstance(job, str) else None)
+    if not isinstance(job, str):
+        return Invalid(rid, f"a {action} request names no job")
+    if action == "retry":
+        return Retry(rid, job)
+    spawner, attempt = data.get("spawner"), data.get("attempt")
+    if not isinstance(spawner, str) or not isinstance(attempt, int) or isinstance(attempt, bool):
+        return Invalid(rid, f"a spawn request needs its spawner and attempt, got {spawner!r} and {attempt!r}")
+    return Spawn(rid, job, spawner, attempt, str(data.get("reason", "")), str(data.get("context", "")))
 
 
 def request_file(paths: PipelinePaths, request_id: str) -> Path:
     return paths.requests_dir / f"{request_id}.toml"
-
-
-def consume(paths: PipelinePaths, request_id: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (paths.requests_dir / f"{request_id}.toml").unlink()
 
 
 def wake(root: Root, pipeline: str) -> None:

@@ -9,10 +9,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from clowder.errors import Problem, SpecError
-from clowder.fsio import MAX_STATUS_BYTES
+
+# The records here are the pure scheduler's vocabulary: importing this module must load nothing
+# that does I/O (a test checks it), so the TOML writer and the file reader are imported where used.
 
 
 class JobState(StrEnum):
@@ -56,6 +56,14 @@ class PipelineState(StrEnum):
         return self in (PipelineState.BLOCKED, PipelineState.BROKEN)
 
 
+class KillReason(StrEnum):
+    """Why Clowder killed a running attempt: a cancel request, its `timeout`, its `idle_timeout`."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -87,6 +95,26 @@ def total_usage(attempts: Iterable[Attempt]) -> Usage | None:
     return sum(reported[1:], reported[0]) if reported else None
 
 
+class Trigger(StrEnum):
+    """What started an attempt: the job's turn came, an automatic retry, `clowder retry`, or the
+    end of the fix-ups it spawned."""
+
+    START = "start"
+    RETRY = "retry"
+    MANUAL = "manual"
+    REGRESSION = "regression"
+
+
+@dataclass(frozen=True)
+class Killing:
+    """A kill in progress, kept in the status so that a restarted daemon still knows it: SIGTERM
+    was sent at `at` for `reason`; SIGKILL follows after the grace (`sigkill`: it was sent)."""
+
+    reason: KillReason
+    at: datetime
+    sigkill: bool = False
+
+
 class FailureKind(StrEnum):
     """Why an attempt failed, for `retry_on`: the API was briefly unavailable (`transient`), the
     agent's configuration is wrong (`config`: a bad key), the agent failed at its work (`agent`), or
@@ -113,7 +141,7 @@ class Attempt:
     message: str = ""
     consumed: Mapping[str, str] = field(default_factory=dict)
     artifacts: tuple[Artifact, ...] = ()
-    trigger: str = "start"  # start | retry (automatic) | manual (clowder retry) | regression
+    trigger: Trigger = Trigger.START
     request: str | None = None  # id of the request that caused it, so a replayed request is a no-op
     usage: Usage | None = None  # what an agent reported spending in this attempt
     failure_kind: FailureKind | None = None  # a failed agent attempt's kind (a command job's is `command`)
@@ -136,7 +164,10 @@ class JobStatus:
     retry_at: datetime | None = None  # when a `retrying` job goes back to `queued`
     waiting_for: tuple[str, ...] = ()  # fix-up jobs a `waiting` job waits on
     spawned: tuple[str, ...] = ()  # every fix-up job this job has spawned
-    extra: Mapping[str, Any] = field(default_factory=dict)  # keys written by later features
+    killing: Killing | None = None  # a kill of the running attempt is under way
+    retry_request: str | None = None  # the `clowder retry` request this pending job will run for
+    spawn_refused: str = ""  # why the last attempt's spawn requests were refused
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys written by later versions, kept as read
 
     @property
     def last(self) -> Attempt | None:
@@ -211,7 +242,7 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
             Artifact(x["path"], x["blob"], int(x["size"]), x.get("kind", "file"))
             for x in d.get("artifacts", [])
         ),
-        trigger=d.get("trigger", "start"),
+        trigger=Trigger(d.get("trigger", "start")),
         request=d.get("request"),
         usage=_usage_from_dict(d.get("usage")),
         failure_kind=FailureKind(d["failure_kind"]) if "failure_kind" in d else None,
@@ -221,10 +252,11 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
 STATUS_SCHEMA_HEADER = "#:schema ../../../.clowder/schemas/status.schema.json\n"
 PIPELINE_STATUS_SCHEMA_HEADER = "#:schema ../../.clowder/schemas/status.schema.json\n"
 _JOB_KEYS = {"state", "attempt", "message", "attempts", "retry_at", "waiting_for", "spawned",
-             "job", "schema_version"}
+             "job", "schema_version", "killing", "retry_request", "spawn_refused"}
 
 
 def job_status_to_toml(s: JobStatus) -> str:
+    import tomli_w
     data = _clean({
         "schema_version": 1,
         "job": s.job,
@@ -235,6 +267,9 @@ def job_status_to_toml(s: JobStatus) -> str:
         "waiting_for": list(s.waiting_for) or None,
         "spawned": list(s.spawned) or None,
         **dict(s.extra),
+        "killing": _killing_to_dict(s.killing),
+        "retry_request": s.retry_request,
+        "spawn_refused": s.spawn_refused or None,
         "attempts": [_attempt_to_dict(a) for a in s.attempts] or None,
     })
     return STATUS_SCHEMA_HEADER + tomli_w.dumps(data)
@@ -250,11 +285,27 @@ def job_status_from_dict(job: str, d: Mapping[str, Any]) -> JobStatus:
         retry_at=d.get("retry_at"),
         waiting_for=tuple(d.get("waiting_for", [])),
         spawned=tuple(d.get("spawned", [])),
+        killing=_killing_from_dict(d.get("killing")),
+        retry_request=d.get("retry_request"),
+        spawn_refused=d.get("spawn_refused", ""),
         extra={k: v for k, v in d.items() if k not in _JOB_KEYS},
     )
 
 
+def _killing_to_dict(k: Killing | None) -> dict[str, Any] | None:
+    if k is None:
+        return None
+    return {"reason": k.reason.value, "at": k.at, **({"sigkill": True} if k.sigkill else {})}
+
+
+def _killing_from_dict(d: Mapping[str, Any] | None) -> Killing | None:
+    if d is None:
+        return None
+    return Killing(KillReason(d["reason"]), d["at"], bool(d.get("sigkill", False)))
+
+
 def pipeline_status_to_toml(s: PipelineStatus) -> str:
+    import tomli_w
     data = _clean({
         "schema_version": 1,
         "state": s.state.value,
@@ -289,17 +340,19 @@ def check_status_file(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]
     but humans can edit them, and readers must not trip over what they wrote. A file that does
     not exist has no data and no problems."""
     from clowder import schema  # jsonschema: imported only by what reads status files
+    from clowder.fsio import MAX_STATUS_BYTES
 
     data, problems = schema.load_toml(path, missing_ok=True, limit=MAX_STATUS_BYTES)
     if data is None:
         return None, problems
     problems = schema.check("status", data, path)
     attempts = data.get("attempts")
-    tables: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    tables: list[tuple[tuple[str | int, ...], Any, tuple[str, ...]]] = [
+        ((), data, _TIMES), (("killing",), data.get("killing"), ("at",))]
     if isinstance(attempts, list):
-        tables += [(("attempts", i), a) for i, a in enumerate(attempts)]
-    for prefix, table in tables:
-        for key in _TIMES:
+        tables += [(("attempts", i), a, _TIMES) for i, a in enumerate(attempts)]
+    for prefix, table, times in tables:
+        for key in times:
             value = table.get(key) if isinstance(table, dict) else None
             # Durations subtract these from the aware `now`: a local date-time cannot be used.
             if value is not None and not (isinstance(value, datetime) and value.tzinfo is not None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -400,8 +401,9 @@ def test_an_attempt_recorded_but_never_launched_is_started_afresh(root: Root, ma
 # in Clowder itself (through sitecustomize, in the daemon's own process): scheduling pipeline
 # `bad` raises while the file `defect` beside its spec exists.
 PLANTED = """\
+import json
 import os
-import clowder.scheduler as scheduler
+import clowder.scheduler.step as scheduler
 import clowder.validate as validate
 def planted(module, name, pipeline_name):
     real = getattr(module, name)
@@ -411,7 +413,7 @@ def planted(module, name, pipeline_name):
         return real(first, *args, **kwargs)
     setattr(module, name, broken)
 if {where!r} == "scheduling":
-    planted(scheduler, "_step_job", lambda view: view.name)
+    planted(scheduler, "step_job", lambda scope: scope.view.name)
 else:  # reading: before clowder.driver imports it
     planted(validate, "check_pipeline", lambda paths: paths.name)
 """
@@ -479,3 +481,21 @@ def test_run_exits_three_when_clowder_fails_on_a_pipeline(root: Root, make_pipel
     assert "Traceback" not in result.stderr
     assert "error: bad is broken: Clowder failed scheduling it: RuntimeError: planted defect; " in result.stderr
     assert pstate(root, "good") is PipelineState.SUCCEEDED
+
+
+def test_a_timed_out_attempt_whose_exit_record_is_lost_says_the_same_everywhere(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    # On SIGTERM the command kills its wrapper (the attempt's recorder) first: the attempt was
+    # killed for its timeout and left no exit record. Its status, its commit's trailer and its
+    # error.json must tell one story.
+    make_pipeline("p", {"a": """command = ["sh", "-c", "trap 'kill -9 $PPID; exit 1' TERM; sleep 30 & wait"]\n"""
+                             'timeout = "500ms"\n'})
+    Driver(root, only=["p"], log=lambda s: None).serve(until_done=True)
+    a = jstatus(root, "p", "a")
+    ws = root.pipeline("p").workspace("a")
+    error = json.loads((ws / ".clowder" / "a" / "error.json").read_text())
+    trailer = subprocess.run(["git", "log", "-1", "--format=%(trailers:key=Clowder-State,valueonly)"], cwd=ws,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert (a.attempts[0].state.value, a.attempts[0].message) == ("lost", "timed out after 500ms")
+    assert a.message == "attempt 1 lost: timed out after 500ms"
+    assert (trailer, error["reason"]) == ("lost", "timed out after 500ms")

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import ast
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from clowder.requests import Request
 from clowder.scheduler import (
+    Cancel,
     DoneRequest,
+    Ending,
     Kill,
     Limits,
     Outcome,
     PipelineView,
+    Retry,
     SetJob,
     SetPipeline,
+    Spawn,
     SpawnJob,
     Start,
+    attempt_ending,
     prompt_hash,
     reconcile,
 )
 from clowder.spec import Config, Pipeline
-from clowder.state import Attempt, FailureKind, JobState, JobStatus, PipelineState, PipelineStatus, Usage
+from clowder.state import (
+    Attempt,
+    FailureKind,
+    JobState,
+    JobStatus,
+    KillReason,
+    PipelineState,
+    PipelineStatus,
+    Usage,
+)
 from clowder.validate import build_pipeline
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -205,12 +221,14 @@ def test_timeout_sends_sigterm_then_sigkill_after_the_grace() -> None:
     assert not [x for x in plan.actions if isinstance(x, Kill)]
     assert plan.wake_at == T0 + timedelta(seconds=5)
     plan = reconcile([view(p, {"a": running("a")})], T0 + timedelta(seconds=5), LIMITS)
-    assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
+    assert [(x.signal, x.reason) for x in plan.actions if isinstance(x, Kill)] == [
+        (signal.SIGTERM, KillReason.TIMEOUT)]
     killing = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
     plan = reconcile([view(p, {"a": killing})], T0 + timedelta(seconds=15), LIMITS)
     assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGKILL]
-    plan = reconcile([view(p, {"a": killing}, outcomes={"a": Outcome(143, T0 + timedelta(seconds=6), 15)})],
-                     T0 + timedelta(seconds=6), LIMITS)
+    # The executor reports the end with the reason it was killed for (the Kill said it).
+    out = Outcome(143, T0 + timedelta(seconds=6), 15, killed_for=KillReason.TIMEOUT)
+    plan = reconcile([view(p, {"a": killing}, outcomes={"a": out})], T0 + timedelta(seconds=6), LIMITS)
     done = [x.status for x in plan.actions if isinstance(x, SetJob)][-1]
     assert done.state is JobState.FAILED
     assert done.attempts[-1].message == "timed out after 5.0s"
@@ -235,14 +253,15 @@ def test_unknown_process_becomes_lost_only_after_the_heartbeat_timeout() -> None
 
 def test_cancelling_a_pipeline_kills_running_and_cancels_pending() -> None:
     p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
-    req = Request("r1", "cancel")
+    req = Cancel("r1")
     plan = reconcile([view(p, {"a": running("a")}, requests=(req,))], T0, LIMITS)
-    assert [(x.job, x.signal) for x in plan.actions if isinstance(x, Kill)] == [("a", signal.SIGTERM)]
+    assert [(x.job, x.signal, x.reason) for x in plan.actions if isinstance(x, Kill)] == [
+        ("a", signal.SIGTERM, KillReason.CANCEL)]
     assert job_states(plan.actions)["b"] is JobState.CANCELLED
     assert [x.request for x in plan.actions if isinstance(x, DoneRequest)] == ["r1"]
     killing = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
     plan = reconcile([view(p, {"a": killing, "b": JobStatus("b", JobState.CANCELLED)},
-                           outcomes={"a": Outcome(143, T0, 15)})], T0, LIMITS)
+                           outcomes={"a": Outcome(143, T0, 15, killed_for=KillReason.CANCEL)})], T0, LIMITS)
     assert job_states(plan.actions)["a"] is JobState.CANCELLED
     assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.CANCELLED]
 
@@ -251,14 +270,14 @@ def test_retry_request_reruns_a_failed_job_and_what_it_gated() -> None:
     p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
     jobs = {"a": ended("a", JobState.FAILED), "b": JobStatus("b", JobState.SKIPPED, message="needs a")}
     status = PipelineStatus(PipelineState.FAILED, T0, T0, prompt_hash=prompt_hash("do it"))
-    plan = reconcile([view(p, jobs, status=status, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    plan = reconcile([view(p, jobs, status=status, requests=(Retry("r1", "a"),))], T0, LIMITS)
     assert starts(plan.actions) == ["a"]
     a = [x.status for x in plan.actions if isinstance(x, SetJob) and x.status.job == "a"][-1]
     assert a.attempt == 2 and a.attempts[-1].trigger == "manual" and a.attempts[-1].request == "r1"
     assert job_states(plan.actions)["b"] is JobState.PENDING
     assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.RUNNING]
     # The same request seen again (a crash before it was consumed) does nothing more.
-    plan = reconcile([view(p, {"a": a, "b": JobStatus("b")}, requests=(Request("r1", "retry", "a"),))], T0, LIMITS)
+    plan = reconcile([view(p, {"a": a, "b": JobStatus("b")}, requests=(Retry("r1", "a"),))], T0, LIMITS)
     assert starts(plan.actions) == []
 
 
@@ -332,9 +351,8 @@ def test_unchanged_state_writes_nothing() -> None:
     assert plan.actions == []
 
 
-def spawn_request(rid: str, target: str, spawner: str = "test", attempt: int = 1) -> Request:
-    return Request(rid, "spawn", target, {"spawner": spawner, "attempt": attempt, "reason": "bug in add()",
-                                          "context": "assert 1 + 1 == 3"})
+def spawn_request(rid: str, target: str, spawner: str = "test", attempt: int = 1) -> Spawn:
+    return Spawn(rid, target, spawner, attempt, "bug in add()", "assert 1 + 1 == 3")
 
 
 def regression_pipeline(**test: Any) -> Pipeline:
@@ -423,7 +441,7 @@ def test_cancelling_a_waiting_spawner_cancels_its_fixups() -> None:
     waiting = JobStatus("test", JobState.WAITING, 1, attempts=(Attempt(1, JobState.FAILED, T0, T0, exit_code=1),),
                         waiting_for=("dev.r1",), spawned=("dev.r1",))
     plan = reconcile([view(p, {"dev": ended("dev", JobState.SUCCEEDED), "test": waiting, "dev.r1": running("dev.r1")},
-                           requests=(Request("c1", "cancel", "test"),))], T0, LIMITS)
+                           requests=(Cancel("c1", "test"),))], T0, LIMITS)
     assert [(a.job, a.signal) for a in plan.actions if isinstance(a, Kill)] == [("dev.r1", signal.SIGTERM)]
     assert job_states(plan.actions)["test"] is JobState.CANCELLED
 
@@ -568,7 +586,7 @@ def test_an_agent_job_quiet_for_ten_minutes_is_killed_as_idle() -> None:
     assert [x.signal for x in plan.actions if isinstance(x, Kill)] == [signal.SIGTERM]
     [killing] = [x for x in plan.actions if isinstance(x, SetJob)]
     assert killing.event == "a idle: no output for 10m00s (SIGTERM)"
-    done = ended_with(p, killing.status, Outcome(143, now, 15), now)
+    done = ended_with(p, killing.status, Outcome(143, now, 15, killed_for=KillReason.IDLE), now)
     assert (done.state, done.message) == (JobState.FAILED, "attempt 1 failed: idle: no output for 10m00s")
 
 
@@ -578,3 +596,26 @@ def test_command_jobs_have_no_idle_timeout_unless_asked() -> None:
     jobs = {n: running(n) for n in "abc"}
     plan = reconcile([view(p, jobs, alive=dict.fromkeys("abc", True))], T0 + timedelta(hours=1), LIMITS)
     assert [x.job for x in plan.actions if isinstance(x, Kill)] == ["b"]
+
+
+def test_an_attempt_killed_for_its_timeout_without_an_exit_record_is_lost_for_its_timeout() -> None:
+    # One decision: the commit trailer, error.json and the status all take it from attempt_ending.
+    spec = pipeline({"a": {"command": ["x"], "timeout": "5s"}}).jobs["a"]
+    end = attempt_ending(Outcome(None, T0, killed_for=KillReason.TIMEOUT), spec)
+    assert (end.state, end.reason) == (JobState.LOST, "timed out after 5.0s")
+    vanished = Ending(JobState.LOST, "the process vanished without an exit record")
+    assert attempt_ending(Outcome(None, T0), spec) == vanished
+    assert attempt_ending(Outcome(0, T0, killed_for=KillReason.CANCEL), spec) == Ending(JobState.SUCCEEDED, "")
+    assert attempt_ending(Outcome(143, T0, 15, killed_for=KillReason.CANCEL), spec).state is JobState.CANCELLED
+    assert attempt_ending(Outcome(143, T0, 15), spec) == Ending(JobState.FAILED, "killed by signal 15 (SIGTERM)")
+
+
+def test_the_pure_scheduler_imports_nothing_that_does_io() -> None:
+    # A fresh interpreter: what importing the scheduler loads, and nothing a test loaded before.
+    code = "import clowder.scheduler, sys; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    io = {"jsonschema", "tomli_w", "subprocess", "fsio", "clowder.fsio", "clowder.validate", "clowder.template",
+          "clowder.requests", "clowder.schema", "watchdog", "git"}
+    assert "clowder.scheduler.step" in loaded
+    assert loaded & io == set()

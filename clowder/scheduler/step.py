@@ -1,0 +1,127 @@
+"""The step over a root: each pipeline's requests and jobs in dependency order, then the slots."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clowder.scheduler.inbox import Cancels, cancels, take_requests
+from clowder.scheduler.job import blocked_reason, step_job
+from clowder.scheduler.pipeline_state import pipeline_status
+from clowder.scheduler.records import ACTIVE, Candidate, Limits, PipelineView, Plan, Scope, SetJob
+from clowder.scheduler.regression import waiter
+from clowder.scheduler.slots import Found, Ready, allocate
+from clowder.spec import JobSpec
+from clowder.state import JobState, JobStatus
+
+
+def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Plan:
+    """Everything to do now across the root, and when to look again at the latest."""
+    plan = Plan()
+    found = Found()
+    for view in views:
+        _Pass.of(view, now, limits, plan).run(found)
+    allocate(found, views, now, limits, plan)
+    return plan
+
+
+@dataclass
+class _Pass:
+    """One pipeline's step. A full pass visits every job; otherwise only the focus (jobs that are
+    active, ready, or just ended) and, as jobs change, their dependents: a chain of a thousand
+    jobs then costs a few steps per event instead of a thousand."""
+
+    scope: Scope
+    view: PipelineView
+    jobs: dict[str, JobStatus]  # the scope's, changed as the pass goes
+    plan: Plan
+    position: Mapping[str, int]  # job -> its place in the dependency order
+    cancelling: Cancels = field(default_factory=lambda: Cancels(False, frozenset()))
+    seen: set[str] = field(default_factory=set)
+    heap: list[tuple[int, str]] = field(default_factory=list)
+    changed: dict[str, str] = field(default_factory=dict)  # job -> the event its change logs
+
+    @classmethod
+    def of(cls, view: PipelineView, now: datetime, limits: Limits, plan: Plan) -> _Pass:
+        specs: Mapping[str, JobSpec] = view.pipeline.jobs if view.pipeline else {}
+        jobs = dict(view.jobs)
+        if view.focus is None:
+            for name in specs:
+                if name not in jobs:
+                    jobs[name] = JobStatus(name)
+        position = view.pipeline.position if view.pipeline else {}
+        return cls(Scope(view, specs, jobs, now, limits, blocked_reason(view)), view, jobs, plan, position)
+
+    def run(self, found: Found) -> None:
+        self.cancelling = cancels(self.view.requests, self.jobs)
+        self.plan.actions += take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs,
+                                           self.cancelling)
+        full = self.view.focus is None
+        todo = list(self.jobs) if full else [n for n in (self.view.focus or ()) if n in self.jobs]
+        for name in todo:
+            self._push(name)
+        while self.heap:
+            _, name = heapq.heappop(self.heap)
+            if name not in self.seen:
+                self._visit(name, found)
+        # A job seen for the first time that has done nothing has not changed: no status file
+        # says it is pending (a missing one reads so), which saves a file write per job.
+        for name, event in self.changed.items():
+            self.plan.actions.append(SetJob(self.view.name, self.jobs[name], event))
+        if full or self.changed or self.view.requests:
+            change = pipeline_status(self.scope)
+            if change is not None:
+                self.plan.actions.append(change)
+        # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
+        later = [] if full or self.scope.blocked else [n for n in self.view.ready if n not in self.seen]
+        found.later.append(Ready(self.view.name, later, self._check))
+
+    def _push(self, name: str) -> None:
+        heapq.heappush(self.heap, (self.position.get(name, len(self.position)), name))
+
+    def _visit(self, name: str, found: Found) -> None:
+        self.seen.add(name)
+        spec = self.scope.specs.get(name)
+        status = self.jobs.get(name)
+        if status is None:  # a job without a status file is pending
+            status = self.jobs[name] = JobStatus(name)
+        cancel = self.cancelling.all or name in self.cancelling.jobs
+        step = step_job(self.scope, spec, status, cancel)
+        if step.actions or step.wake:  # most steps ask for neither: a full pass takes one per job
+            self.plan.take(step)
+        new = self.jobs[name] = step.status
+        was = self.view.jobs.get(name)
+        if new != (was if was is not None else JobStatus(name)):
+            self.changed[name] = step.event or self.changed.get(name, "")
+            self._look_again_after(name, spec, new)
+        if new.state is JobState.RETRYING and new.retry_at is not None:
+            self.plan.wake(new.retry_at)
+        if step.candidate is not None:
+            found.candidates.append(step.candidate)
+        if new.state in ACTIVE:
+            found.running.append((self.view.name, spec))
+
+    def _look_again_after(self, name: str, spec: JobSpec | None, new: JobStatus) -> None:
+        """A job changed: its dependents may change too."""
+        for dep in self.view.pipeline.dependents.get(name, ()) if self.view.pipeline else ():
+            if dep not in self.seen:
+                self._push(dep)
+        spawner = waiter(spec, self.jobs)
+        if spawner is not None and new.state.terminal:
+            # A spawner waits for its fix-ups without `needs`: the job order may have visited
+            # it already in this step, so look at it again now that a fix-up has ended.
+            self.seen.discard(spawner)
+            self._push(spawner)
+
+    def _check(self, name: str) -> Candidate | None:
+        """A job found ready by an earlier step, looked at again now that a slot could take it."""
+        if name not in self.scope.specs:
+            return None
+        status = self.jobs.get(name)
+        if status is None:
+            status = self.jobs[name] = JobStatus(name)
+        step = step_job(self.scope, self.scope.specs.get(name), status, False)
+        self.plan.take(step)
+        return step.candidate if step.status == status else None
