@@ -55,15 +55,18 @@ class Sizes:
     join: int
     deep: int
     shallow: int
+    one_shape: bool = False  # --smoke: chains only (fan_out runs in the join's measure)
 
 
 DEFAULT = Sizes(small=200, large=1000, chain_length=100, join=1000, deep=500, shallow=5)
 BIG = Sizes(small=1000, large=5000, chain_length=100, join=5000, deep=500, shallow=5)
-SMOKE = Sizes(small=6, large=6, chain_length=3, join=4, deep=3, shallow=2)
+SMOKE = Sizes(small=6, large=6, chain_length=3, join=4, deep=3, shallow=2, one_shape=True)
 
 
-def shapes(jobs: int, chain_length: int) -> dict[str, Dag]:
-    return {"chains": chains(max(1, jobs // chain_length), chain_length), "fan-out + join": fan_out(jobs - 2)}
+def shapes(sizes: Sizes, jobs: int) -> dict[str, Dag]:
+    dags = {"chains": chains(max(1, jobs // sizes.chain_length), sizes.chain_length),
+            "fan-out + join": fan_out(jobs - 2)}
+    return {"chains": dags["chains"]} if sizes.one_shape else dags
 
 
 def per_job(scratch: Scratch, sizes: Sizes, repeat: int) -> None:
@@ -73,7 +76,7 @@ def per_job(scratch: Scratch, sizes: Sizes, repeat: int) -> None:
     row("DAG / job", "clowder", "make -j2", "ratio", "ms/job")
     per_ms: dict[tuple[str, Kind, int], float] = {}
     for jobs in sorted({sizes.small, sizes.large}):  # one size when --smoke
-        for shape, dag in shapes(jobs, sizes.chain_length).items():
+        for shape, dag in shapes(sizes, jobs).items():
             for kind in KINDS:
                 ours, makes = interleaved(repeat, lambda d=dag, k=kind: run_dag(scratch, d, k)[0].seconds,
                                           lambda d=dag, k=kind: run_make(scratch, d, k).seconds)
@@ -83,7 +86,7 @@ def per_job(scratch: Scratch, sizes: Sizes, repeat: int) -> None:
                 row(f"{len(dag)} {shape} / {LABEL[kind]}", spread(ours), spread(makes),
                     f"{median(ratios):.1f}x", f"{per_ms[(shape, kind, jobs)]:.2f}{target}")
     header(f"flat cost: ms per job at {sizes.large} jobs / at {sizes.small} (target: within 15%, i.e. <= 1.15x)")
-    for shape in ("chains", "fan-out + join"):
+    for shape in shapes(sizes, sizes.large):
         for kind in KINDS:
             ratio = per_ms[(shape, kind, sizes.large)] / per_ms[(shape, kind, sizes.small)]
             row(f"{shape} / {LABEL[kind]}", f"{per_ms[(shape, kind, sizes.small)]:.2f} -> "
