@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from clowder import workspace
 from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status
+from clowder.template import init_root
 from clowder.tree import Root
 from tests.conftest import Invoke, MakePipeline, write
 from tests.test_driver import daemon, wait_for
@@ -624,3 +627,87 @@ def test_a_url_source_is_fetched_into_one_cache_per_root_and_every_pipeline_clon
     pack = next((caches[0] / "objects" / "pack").glob("*.pack"))
     linked = [p for p in (ws(root, "a", "p1") / ".git" / "objects" / "pack").glob("*.pack")]
     assert linked and linked[0].stat().st_ino == pack.stat().st_ino
+
+
+# -- a file system that shares data (reflinks) ------------------------------------------------
+
+def _mount_image(image: Path, mount: Path, mkfs: list[str]) -> str:
+    """Make a file system on `image` and loop-mount it at `mount`; '' if done, else why not."""
+    made = subprocess.run([*mkfs, str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"{mkfs[0]}: {made.stderr.strip()[-200:]}"
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True, text=True)
+    return "" if mounted.returncode == 0 else f"mount -o loop: {mounted.stderr.strip()[-200:]}"
+
+
+@pytest.fixture(scope="module")
+def reflink_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory on XFS with reflinks (else btrfs), made on a sparse loop image for these tests:
+    the file systems where a workspace's copy shares its upstream's blocks. Skips, saying why,
+    where that cannot be made (not root, no mkfs.xfs/mkfs.btrfs, no loop devices)."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop mount needs root")
+    top = tmp_path_factory.mktemp("reflink")
+    image, mount = top / "fs.img", top / "mnt"
+    mount.mkdir()
+    why = []
+    for mkfs in (["mkfs.xfs", "-q", "-m", "reflink=1"], ["mkfs.btrfs", "-q"]):
+        if shutil.which(mkfs[0]) is None:
+            why.append(f"no {mkfs[0]}")
+            continue
+        with image.open("wb") as f:
+            f.truncate(512 << 20)  # sparse: costs only what is written
+        why.append(_mount_image(image, mount, mkfs))
+        if not why[-1]:
+            break
+    else:
+        pytest.skip("no reflink file system: " + "; ".join(why))
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)  # a loop mount detaches its device itself
+
+
+def physical_extents(path: Path) -> list[str]:
+    """The file's extents as `filefrag -v` gives them (physical offsets, flags), written out first
+    (-s: a new file's blocks are not allocated yet): equal for two files that share blocks."""
+    out = subprocess.run(["filefrag", "-s", "-v", str(path)], check=True, capture_output=True, text=True).stdout
+    return [" ".join(line.split(":")[2].split()) + " " + line.split(":")[-1].strip()
+            for line in out.splitlines() if line.strip()[:1].isdigit()]
+
+
+REFLINK_FAN_OUT = {
+    "base": 'command = "head -c 1048576 /dev/urandom > data.bin; echo shared > shared.txt"\n',
+    "left": ('command = "printf LEFT | dd of=data.bin conv=notrunc status=none; echo left >> shared.txt"\n'
+             'needs = ["base"]\n'),
+    "right": 'command = "echo right >> shared.txt"\nneeds = ["base"]\n',
+}
+
+
+def test_on_a_reflink_file_system_workspaces_share_blocks_and_stay_independent(
+        reflink_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLOWDER_WORKSPACE_COPY", raising=False)  # auto: copies because FICLONE works here
+    root = init_root(reflink_dir / "fan-out")
+    for job, text in REFLINK_FAN_OUT.items():
+        write(root.pipelines_dir / "p" / "jobs" / f"{job}.toml", text)
+    write(root.pipelines_dir / "p" / "pipeline.toml", 'prompt = "x"\n')
+    assert run(root)
+    base, left, right = ws(root, "base"), ws(root, "left"), ws(root, "right")
+    # right never wrote data.bin: its copy is the upstream's blocks (FICLONE), not a second megabyte
+    shared = physical_extents(base / "data.bin")
+    assert shared and all("shared" in e for e in shared), shared
+    assert physical_extents(right / "data.bin") == shared
+    assert (right / "data.bin").stat().st_ino != (base / "data.bin").stat().st_ino
+    # left wrote into its copy in place: its own block, nobody else's
+    data = (base / "data.bin").read_bytes()
+    assert (left / "data.bin").read_bytes() == b"LEFT" + data[4:] != data
+    assert (right / "data.bin").read_bytes() == data
+    assert (base / "shared.txt").read_text() == "shared\n"
+    assert (left / "shared.txt").read_text() == "shared\nleft\n"
+    assert (right / "shared.txt").read_text() == "shared\nright\n"
+    for job in (left, right):
+        assert git(job, "status", "--porcelain") == ""
+    # and a write in one workspace after the run shows in no other
+    (right / "data.bin").write_bytes(b"right's own\n")
+    assert (base / "data.bin").read_bytes() == data
+    assert (left / "data.bin").read_bytes() == b"LEFT" + data[4:]

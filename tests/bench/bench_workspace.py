@@ -6,6 +6,8 @@ Shapes: a chain of trivial attempts (nothing changed: the commit is written in-p
 where each attempt adds a file (git add + commit, and a growing checkout), a retried attempt,
 and a join of many upstreams. The wall time of whole pipelines is in bench_scheduler.py.
 
+`--dir DIR` builds everything under DIR (a mount of another file system) instead of the temp dir.
+
 Big repositories (`--files 10000,50000`, `--runs 3`; `--files 0` skips them): a source of that
 many files, and a chain of 4 jobs starting from it, each writing one file. Printed: the first
 job's prepare (a copy of the source), a downstream job's prepare by copy (forced with
@@ -204,7 +206,11 @@ def main() -> None:
     parser.add_argument("--files", default="10000,50000", help="big-repository sizes; 0: skip them")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only-big", action="store_true")
+    parser.add_argument("--dir", type=Path, help="where to build (e.g. a reflink mount); default: the temp dir")
     args = parser.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(args.dir)
     os.environ.setdefault("GIT_CONFIG_NOSYSTEM", "1")
     shapes: list[tuple[str, Callable[[Path], tuple[list[float], list[float]]]]] = [
         (f"chain of {args.jobs}, nothing changed", lambda b: chain(b, args.jobs, False)),
