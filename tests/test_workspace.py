@@ -69,6 +69,8 @@ def test_a_chain_shows_every_jobs_commit_with_trailers_and_tags(root: Root, make
     assert git(test_ws, "log", "--format=%H").split() == [commits["test"], commits["dev"], commits["plan"]]
     for job in CHAIN:  # each job's own repository has its own tag
         assert git(ws(root, job), "rev-parse", "attempt-1").strip() == commits[job]
+        # plan's and dev's files went on to their only downstream: `clowder path` puts them back
+        assert cli("path", "p", job).output.strip() == str(ws(root, job))
         assert git(ws(root, job), "status", "--porcelain") == ""
     test = status(root, "test").attempts[0]
     assert test.consumed == {"dev": commits["dev"]} and test.base_commit == commits["dev"]
@@ -711,3 +713,102 @@ def test_on_a_reflink_file_system_workspaces_share_blocks_and_stay_independent(
     (right / "data.bin").write_bytes(b"right's own\n")
     assert (base / "data.bin").read_bytes() == data
     assert (left / "data.bin").read_bytes() == b"LEFT" + data[4:]
+
+
+# -- a chain hands its files on to its only downstream ----------------------------------------
+
+HAND_ON = {
+    "base": ('command = "printf \'*.log\\\\n\' > .gitignore; mkdir -p src; for i in 1 2 3; do echo $i > src/f$i.txt; '
+             'done; echo built > build.log; stat -c %i src/f1.txt > inode.txt"\n'),
+    "down": 'command = "cat src/f1.txt > down.txt"\nneeds = ["base"]\n',
+}
+
+
+def moved(down: Path) -> bool:
+    """Whether the downstream's files are its upstream's, moved (the inode base wrote down)."""
+    return int((down / "inode.txt").read_text()) == (down / "src" / "f1.txt").stat().st_ino
+
+
+def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_puts_them_back(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    make_pipeline("p", HAND_ON)
+    assert cli("run", "p").exit_code == 0
+    base, down = ws(root, "base"), ws(root, "down")
+    assert moved(down)  # not written again: what makes a 10,000-file chain's next workspace ~0.1 s
+    assert (down / "down.txt").read_text() == "1\n"
+    assert not (down / "build.log").exists()  # ignored, never committed: not the downstream's
+    assert git(down, "status", "--porcelain", "--ignored") == ""
+    assert os.listdir(base) == [".git"]
+    # What reads commits needs no files: diff, artifacts, export
+    assert "+1" in cli("diff", "p", "base", "down").output
+    assert "src/f2.txt" in cli("artifacts", "p", "base").output
+    assert cli("export", "p", "base", "--patch", str(tmp_path / "base.patch")).exit_code == 0
+    assert "src/f3.txt" in (tmp_path / "base.patch").read_text()
+    # `clowder path` checks them out again, exactly the job's commit
+    assert cli("path", "p", "base").output.strip() == str(base)
+    assert (base / "src" / "f2.txt").read_text() == "2\n" and not (base / "down.txt").exists()
+    assert git(base, "status", "--porcelain") == ""
+    (down / "src" / "f2.txt").write_text("down's own\n")
+    assert (base / "src" / "f2.txt").read_text() == "2\n"
+
+
+def test_an_upstream_with_two_downstreams_hands_nothing_on_and_a_job_added_later_still_gets_its_files(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {**HAND_ON, "other": 'command = "cat src/f2.txt > other.txt"\nneeds = ["base"]\n'})
+    assert cli("run", "p").exit_code == 0
+    base, down, other = ws(root, "base"), ws(root, "down"), ws(root, "other")
+    assert (base / "src" / "f1.txt").read_text() == "1\n"  # still there: two jobs start from it
+    assert not moved(down) and not moved(other)
+    (other / "src" / "f1.txt").write_text("other's own\n")
+    assert (down / "src" / "f1.txt").read_text() == "1\n" == (base / "src" / "f1.txt").read_text()
+    # a chain hands on; a job added afterwards starts from the commit all the same
+    make_pipeline("q", HAND_ON)
+    assert cli("run", "q").exit_code == 0
+    assert moved(ws(root, "down", "q"))
+    write(root.pipeline("q").dir / "jobs" / "late.toml", 'command = "cat src/f3.txt > late.txt"\nneeds = ["base"]\n')
+    assert cli("run", "q").exit_code == 0
+    late = ws(root, "late", "q")
+    assert (late / "late.txt").read_text() == "3\n" and not (late / "down.txt").exists()
+    assert git(late, "status", "--porcelain") == ""
+    assert (ws(root, "down", "q") / "down.txt").read_text() == "1\n"
+
+
+def test_a_retried_downstream_and_a_retried_upstream_after_a_hand_on(root: Root, make_pipeline: MakePipeline,
+                                                                      cli: Invoke) -> None:
+    make_pipeline("p", {
+        "base": ('command = "mkdir -p src; echo 1 > src/f1.txt; '
+                 'if [ -f once ]; then echo fixed > fixed.txt; else echo 1 > once; exit 1; fi"\n'),
+        "down": ('command = "if [ $CLOWDER_ATTEMPT = 1 ]; then echo broken > src/f1.txt; exit 1; fi; '
+                 'ls > seen.txt"\nneeds = [{ job = "base", when = "always" }]\nretries = 1\n'),
+    })
+    assert cli("run", "p").exit_code == 1  # base failed; down ran after it, failed once, then succeeded
+    base, down = ws(root, "base"), ws(root, "down")
+    assert status(root, "down").state is JobState.SUCCEEDED and status(root, "down").attempt == 2
+    assert (down / "seen.txt").read_text().split() == ["once", "seen.txt", "src"]
+    assert os.listdir(base) == [".git"]
+    # The upstream's next attempt starts from its own last commit, files and all
+    assert cli("retry", "p", "base").exit_code == 0
+    assert cli("run", "p").exit_code == 0
+    assert status(root, "base").state is JobState.SUCCEEDED and status(root, "base").attempt == 2
+    assert (base / "fixed.txt").read_text() == "fixed\n" and (base / "src" / "f1.txt").read_text() == "1\n"
+    assert git(base, "status", "--porcelain") == ""
+    assert (down / "src" / "f1.txt").read_text() == "broken\n"  # its own attempt 1's change, committed
+    assert git(down, "status", "--porcelain") == ""
+
+
+def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    make_pipeline("p", {
+        "dev": ('command = "echo v1 > app.txt; if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; '
+                'then echo fixed > fixed.txt; fi"\n'),
+        "test": ('command = "if [ -f fixed.txt ]; then echo ok; else clowder spawn dev --reason broken; exit 1; fi"\n'
+                 'needs = ["dev"]\n'),
+        "ship": 'command = "cat app.txt fixed.txt > ship.txt"\nneeds = ["test"]\n',
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    assert (ws(root, "ship") / "ship.txt").read_text() == "v1\nfixed\n"
+    assert "fixed.txt" in cli("diff", "p", "dev", "dev.r1", "--stat").output
+    for job in ("dev", "test", "dev.r1"):
+        cli("path", "p", job)
+        assert git(ws(root, job), "status", "--porcelain") == "", job
+    assert (ws(root, "test") / "fixed.txt").exists() and not (ws(root, "dev") / "fixed.txt").exists()

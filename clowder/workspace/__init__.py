@@ -56,6 +56,7 @@ from clowder.errors import DiskFull
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.copy import copy_checkout
+from clowder.workspace.handon import hand_on, locked, restore_locked
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
@@ -133,21 +134,42 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
     commit it has not consumed yet. A merge conflict is returned as `problem`, not raised."""
     started = time.time_ns()
     repo = Repo(ws)
-    recovered = None
-    if repo.exists():
-        recovered = _recover_lost(repo, pipeline, job, attempt, identity)
-        with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
-            (ws / metadata_dir(job) / ERROR_FILE).unlink()
-        consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
-        todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
-    else:
-        todo = list(upstreams[1:])
-        consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
-        if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
-            marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
-            repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
-            return Prepared(repo.head(), consumed, "", (), None, warning)
-        repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
+    if repo.exists():  # its files may have gone to its downstream (handon.py): ours until it is ready
+        with locked(repo):
+            restore_locked(repo)
+            return _prepare_again(repo, pipeline, job, attempt, upstreams, identity, started)
+    return _prepare_new(ws, job, attempt, upstreams, identity, source, root, started)
+
+
+def _prepare_again(repo: Repo, pipeline: str, job: str, attempt: int, upstreams: Sequence[Upstream],
+                   identity: Identity, started: int) -> Prepared:
+    """A later attempt (or a first one prepared again): from the job's last commit."""
+    ws = repo.path
+    recovered = _recover_lost(repo, pipeline, job, attempt, identity)
+    with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
+        (ws / metadata_dir(job) / ERROR_FILE).unlink()
+    consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
+    todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
+    return _merge_in(repo, job, attempt, todo, consumed, identity, started, recovered)
+
+
+def _prepare_new(ws: Path, job: str, attempt: int, upstreams: Sequence[Upstream], identity: Identity,
+                 source: Source | None, root: Path | None, started: int) -> Prepared:
+    """A first attempt: a new repository from the first upstream, the source, or nothing."""
+    todo = list(upstreams[1:])
+    consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
+    if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
+        marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
+        repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
+        return Prepared(repo.head(), consumed, "", (), None, warning)
+    repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
+    return _merge_in(repo, job, attempt, todo, consumed, identity, started, None)
+
+
+def _merge_in(repo: Repo, job: str, attempt: int, todo: Sequence[Upstream], consumed: dict[str, str],
+              identity: Identity, started: int, recovered: tuple[int, str] | None) -> Prepared:
+    """Merge the upstream commits not consumed yet and record the attempt's start."""
+    ws = repo.path
     merged = merge(repo, job, todo, identity)
     if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
         raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
@@ -179,7 +201,8 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
             first = upstreams[0]
             repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
             ensure_published(repo, first)
-            if not copy_checkout(repo, Repo(first.path), first.commit):
+            moved = first.hand_on and hand_on(repo, Repo(first.path), first.commit, job)
+            if not moved and not copy_checkout(repo, Repo(first.path), first.commit):
                 checkout(repo)
             carry_submodules(repo, Repo(first.path))
         elif source is not None:
