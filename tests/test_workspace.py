@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -812,3 +814,33 @@ def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline
         cli("path", "p", job)
         assert git(ws(root, job), "status", "--porcelain") == "", job
     assert (ws(root, "test") / "fixed.txt").exists() and not (ws(root, "dev") / "fixed.txt").exists()
+
+
+def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(root: Root, make_pipeline: MakePipeline,
+                                                                  cli: Invoke, tmp_path: Path) -> None:
+    make_pipeline("p", HAND_ON)
+    # git, as the daemon finds it on PATH, stops for good once base's files are in down's build directory
+    moving, shim = tmp_path / "moving", tmp_path / "bin" / "git"
+    write(shim, f"""\
+        #!/bin/sh
+        case "$(pwd -P)" in */.down.tmp) case " $* " in *" reset "*) touch {moving}; sleep 120;; esac;; esac
+        exec {shutil.which("git")} "$@"
+        """)
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
+    daemon = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(moving.exists, timeout=60, what="base's files on their way to down")
+        assert os.listdir(ws(root, "base")) == [".git"]
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)  # the daemon and its git
+        daemon.wait()
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    base, down = ws(root, "base"), ws(root, "down")
+    assert (down / "down.txt").read_text() == "1\n" and (down / "src" / "f3.txt").read_text() == "3\n"
+    assert git(down, "status", "--porcelain") == ""
+    assert not (down.parent / ".down.tmp").exists()
+    assert cli("path", "p", "base").exit_code == 0
+    assert (base / "src" / "f3.txt").read_text() == "3\n" and git(base, "status", "--porcelain") == ""
