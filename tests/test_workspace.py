@@ -19,6 +19,7 @@ from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status
 from clowder.template import init_root
 from clowder.tree import Root
+from clowder.workspace.handon import restore
 from tests.conftest import Invoke, MakePipeline, write
 from tests.test_driver import daemon, wait_for
 
@@ -823,7 +824,7 @@ def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(root: Root, mak
     moving, shim = tmp_path / "moving", tmp_path / "bin" / "git"
     write(shim, f"""\
         #!/bin/sh
-        case "$(pwd -P)" in */.down.tmp) case " $* " in *" reset "*) touch {moving}; sleep 120;; esac;; esac
+        case "$(pwd -P)" in */.down.tmp) case " $* " in *" status "*) touch {moving}; sleep 120;; esac;; esac
         exec {shutil.which("git")} "$@"
         """)
     shim.chmod(0o755)
@@ -844,3 +845,31 @@ def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(root: Root, mak
     assert not (down.parent / ".down.tmp").exists()
     assert cli("path", "p", "base").exit_code == 0
     assert (base / "src" / "f3.txt").read_text() == "3\n" and git(base, "status", "--porcelain") == ""
+
+
+def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path) -> None:
+    me = workspace.Identity()
+    up = tmp_path / "workspaces" / "up"
+    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    write(up / ".gitignore", "*.log\n")
+    for name in ("a.txt", "b.txt", "0.txt"):
+        write(up / "d" / name, f"committed {name}\n")
+    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    # After its commit: a file deleted, one edited keeping its size and mtime (only ctime tells),
+    # one ignored and one untracked file left behind
+    (up / "d" / "0.txt").unlink()
+    st = (up / "d" / "a.txt").stat()
+    (up / "d" / "a.txt").write_text("EDITED!!!!!!!!\n")
+    os.utime(up / "d" / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    write(up / "build.log", "ignored\n")
+    write(up / "d" / "new.txt", "untracked\n")
+    down = tmp_path / "workspaces" / "down"
+    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit, True),), identity=me)
+    assert os.listdir(up) == [".git"]  # handed on
+    assert sorted(os.listdir(down / "d")) == ["0.txt", "a.txt", "b.txt"]
+    assert (down / "d" / "a.txt").read_text() == "committed a.txt\n"
+    assert (down / "d" / "0.txt").read_text() == "committed 0.txt\n"
+    assert not (down / "build.log").exists()
+    assert git(down, "status", "--porcelain", "--ignored") == ""
+    restore(workspace.Repo(up))  # what `clowder path` and the job's next attempt do
+    assert (up / "d" / "a.txt").read_text() == "committed a.txt\n" and git(up, "status", "--porcelain") == ""

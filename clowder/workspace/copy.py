@@ -96,8 +96,8 @@ def copy_checkout(repo: Repo, upstream: Repo, commit: str) -> bool:
     if not _wanted(repo, upstream):
         return False
     try:
-        data, entries, extensions, index_mtime = parse_index(upstream.git_dir / "index")
-        if upstream.head() != commit or index_tree(data, extensions) != repo.objects().tree_of(commit):
+        data, entries, extensions, index_mtime = _parse(upstream.git_dir / "index")
+        if upstream.head() != commit or _tree(data, extensions) != repo.objects().tree_of(commit):
             return False
         _check_names(entries)
     except (Unsuitable, OSError, ValueError):
@@ -111,7 +111,7 @@ def copy_checkout(repo: Repo, upstream: Repo, commit: str) -> bool:
     return True
 
 
-def parse_index(path: Path) -> tuple[bytes, list[_Entry], list[tuple[bytes, bytes]], int]:
+def _parse(path: Path) -> tuple[bytes, list[_Entry], list[tuple[bytes, bytes]], int]:
     """The index's bytes, entries, extensions and mtime; Unsuitable for what is not handled here
     (version 4, merge stages, skip-worktree or intent-to-add entries, required extensions)."""
     data = path.read_bytes()
@@ -151,7 +151,7 @@ def parse_index(path: Path) -> tuple[bytes, list[_Entry], list[tuple[bytes, byte
     return data, entries, extensions, index_mtime
 
 
-def index_tree(data: bytes, extensions: list[tuple[bytes, bytes]]) -> str | None:
+def _tree(data: bytes, extensions: list[tuple[bytes, bytes]]) -> str | None:
     """The root tree the index's cache-tree says it holds (None: not recorded or invalidated)."""
     count = _HEADER.unpack_from(data)[2]
     for name, body in extensions:

@@ -20,15 +20,15 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
-from clowder.fsio import atomic_write
-from clowder.workspace.copy import Unsuitable, parse_index
-from clowder.workspace.copy import index_tree as _index_tree
-from clowder.workspace.repo import Repo, git
+from clowder.workspace.repo import EMPTY_TREE, Repo, git
 
 HANDED = "CLOWDER_HANDED"  # .git/CLOWDER_HANDED: this workspace's files went to another (json: to, commit)
 MODE_VAR = "CLOWDER_WORKSPACE_HAND_ON"  # never: always check out or copy (auto: hand on where allowed)
+_MODES = (b"\0\0\x81\xa4", b"\0\0\x81\xed", b"\0\0\xa0\x00")  # 100644, 100755, 120000: no submodules
 
 
 @contextlib.contextmanager
@@ -53,20 +53,33 @@ def hand_on(repo: Repo, upstream: Repo, commit: str, job: str) -> bool:
     if os.environ.get(MODE_VAR, "auto") == "never" or not upstream.exists():
         return False
     with locked(upstream):
-        index = _index_for(repo, upstream, commit)
-        if index is None:
+        if not _suitable(repo, upstream, commit):
             return False
-        atomic_write(upstream.git_dir / HANDED, json.dumps({"to": job, "commit": commit}))
-        atomic_write(repo.git_dir / "index", index)
+        # The mark first: from here on a crash leaves the upstream to be put back from its commit.
+        # Not fsynced: a killed daemon is the case (ext4 and XFS journal these renames in order).
+        _write(upstream.git_dir / HANDED, json.dumps({"to": job, "commit": commit}).encode())
+        # The index comes with the files (same inodes, so its stat data holds), keeping its mtime:
+        # git judges "racily clean" entries (as new as the index) exactly as it would upstream.
+        index = upstream.git_dir / "index"
+        shutil.copy2(index, repo.git_dir / "index")
         for name in os.listdir(upstream.path):
             if name != ".git":
                 os.rename(upstream.path / name, repo.path / name)
-    # The index came with the files (same inodes): git trusts what its stat data still says, and
-    # rewrites from the commit whatever changed since the upstream's commit. What the upstream
-    # left uncommitted (ignored files, untracked ones) is not the downstream's: removed.
-    git(repo.path, "reset", "-q", "--hard")
-    git(repo.path, "clean", "-q", "-ffdx")
+    _settle(repo)
     return True
+
+
+def _settle(repo: Repo) -> None:
+    """Make the moved files exactly the commit's, as a checkout would: one `git status` in the
+    usual case (~40 ms for 10,000 files); what changed since the upstream's commit is checked
+    out again, and what it left uncommitted (ignored files, untracked ones) is removed."""
+    out = git(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z", "--ignored",
+              "--untracked-files=normal").stdout
+    entries = [e for e in out.split("\0") if e]
+    if any(not e.startswith(("??", "!!")) for e in entries):
+        git(repo.path, "reset", "-q", "--hard")
+    if any(e.startswith(("??", "!!")) for e in entries):
+        git(repo.path, "clean", "-q", "-ffdx")
 
 
 def restore(repo: Repo) -> None:
@@ -87,31 +100,51 @@ def restore_locked(repo: Repo) -> None:
     (repo.git_dir / HANDED).unlink()
 
 
-def _index_for(repo: Repo, upstream: Repo, commit: str) -> bytes | None:
-    """The downstream's index (the upstream's entries, stat data kept), or None if the upstream's
-    checkout is not a finished attempt's checkout of `commit` on this file system."""
+def _suitable(repo: Repo, upstream: Repo, commit: str) -> bool:
+    """Whether the upstream's checkout is a finished attempt's checkout of `commit`, on this
+    file system, with an index as git writes it by default (handed to git as it is)."""
     if handed(upstream) or upstream.head() != commit or (upstream.git_dir / "MERGE_HEAD").exists():
-        return None
+        return False
     number = upstream.marker().get("attempt")
     if isinstance(number, int) and upstream.attempt(number) is None:  # an attempt of it not committed yet
-        return None
+        return False
     try:
         if os.stat(upstream.path).st_dev != os.stat(repo.path).st_dev:
-            return None
-        data, entries, extensions, index_mtime = parse_index(upstream.git_dir / "index")
-    except (Unsuitable, OSError, ValueError):
-        return None
-    tree = _index_tree(data, extensions)
-    if tree is None or tree != repo.objects().tree_of(commit):
-        return None
-    parts = [data[:12]]
-    for e in entries:
-        entry = bytearray(data[e.start:e.end])
-        if e.mtime_ns >= index_mtime:  # racily clean: a zero size makes git look at the file again
-            entry[36:40] = bytes(4)
-        parts.append(bytes(entry))
-    # Only the cache-tree extension comes along: the others describe the upstream's directories.
-    parts += [name + len(body).to_bytes(4, "big") + body for name, body in extensions if name == b"TREE"]
-    body = b"".join(parts)
-    return body + hashlib.sha1(body).digest()
+            return False
+        data = (upstream.git_dir / "index").read_bytes()
+    except OSError:
+        return False
+    return _plain_index(data) == repo.objects().tree_of(commit)
 
+
+def _plain_index(data: bytes) -> str | None:
+    """The tree a version 2 or 3 index holds (its cache-tree), or None: merge stages, submodules,
+    skip-worktree or intent-to-add entries, an extension git requires (split or sparse index),
+    a bad checksum. A lean walk (~20 ms for 10,000 entries): copy.parse_index decodes every entry."""
+    if len(data) < 32 or data[:4] != b"DIRC" or data[4:8] not in (b"\0\0\0\2", b"\0\0\0\3"):
+        return None
+    if hashlib.sha1(data[:-20]).digest() != data[-20:]:
+        return None
+    count, pos, index = int.from_bytes(data[8:12], "big"), 12, data.index
+    for _ in range(count):
+        if data[pos + 24:pos + 28] not in _MODES or data[pos + 60] & 0x70:  # extended flags, a merge stage
+            return None
+        pos += (index(b"\0", pos + 62) - pos + 8) & ~7  # entries are NUL-padded to a multiple of 8 bytes
+    tree = EMPTY_TREE if count == 0 else None
+    while pos < len(data) - 20:
+        name, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+        if not name[:1].isupper():
+            return None
+        if name == b"TREE":  # the root's line: "\0<entries> <subtrees>\n<id>"; -1 entries: invalidated
+            body = data[pos + 8:pos + 8 + length]
+            header_end = body.index(b"\n")
+            tree = None if body[1:header_end].startswith(b"-1") else body[header_end + 1:header_end + 21].hex()
+        pos += 8 + length
+    return tree
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write-then-rename, as git writes files in .git: a reader sees the old file or the new."""
+    tmp = path.with_name(path.name + ".lock")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
