@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clowder import workspace
+from clowder import monitor, workspace
 from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status
 from clowder.template import init_root
@@ -747,6 +747,9 @@ def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_put
     assert "src/f2.txt" in cli("artifacts", "p", "base").output
     assert cli("export", "p", "base", "--patch", str(tmp_path / "base.patch")).exit_code == 0
     assert "src/f3.txt" in (tmp_path / "base.patch").read_text()
+    assert "+2" in monitor.diff_text(root, "p", "base", None)  # the web page's diff
+    assert cli("reindex").exit_code == 0 and cli("fsck").exit_code == 0
+    assert os.listdir(base) == [".git"]  # none of those needed its files
     # `clowder path` checks them out again, exactly the job's commit
     assert cli("path", "p", "base").output.strip() == str(base)
     assert (base / "src" / "f2.txt").read_text() == "2\n" and not (base / "down.txt").exists()

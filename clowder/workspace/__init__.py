@@ -12,12 +12,14 @@ tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
   100-job chain, growing with depth. Chained `--shared` clones break past 5 levels ("alternates
   nesting too deep"), and a flattened alternates list costs ~50 ms per git command at depth 100.
   The store is only ever added to, so a repository keeps working if another one is deleted.
-- A new workspace's files are copied from its upstream's checkout, with its index, stat data
-  replaced by the copies' (copy.py): `read-tree -u` inflates and writes every blob, 5-10 s for
-  10,000 files here, where copying them is 1-2 s, and sharing blocks (FICLONE, tried first) is
-  what btrfs/XFS give. The checkout remains whenever the upstream's checkout is not exactly its
-  commit. A first job copies a local source's checkout the same way; a URL source is fetched
-  once into `<root>/.clowder/sources/` and cloned from there.
+- A new workspace's files are moved from its upstream's checkout when it is the only job that
+  starts from it (handon.py; the upstream's files are checked out again when asked for): one
+  rename per top-level entry and one `git status`, ~0.1 s for 10,000 files where writing them
+  costs 1-5 s on ext4 whichever way (checkout, copy, `cp -a`). Otherwise they are copied with
+  the upstream's index where the file system shares blocks (FICLONE: btrfs, XFS; copy.py), else
+  checked out (`read-tree -u`), which inflates and writes every blob. A first job copies a local
+  source's checkout the same way; a URL source is fetched once into `<root>/.clowder/sources/`
+  and cloned from there.
 - A skeleton copies the config and HEAD of one `git init` per process (git's probes of the file
   system and the user's init.defaultBranch still apply); `git init` itself costs 5-8 ms.
 - Reads are in-process: refs are small files, objects go through gitdb (GitPython's object
