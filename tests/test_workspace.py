@@ -741,7 +741,7 @@ def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_put
     assert (down / "down.txt").read_text() == "1\n"
     assert not (down / "build.log").exists()  # ignored, never committed: not the downstream's
     assert git(down, "status", "--porcelain", "--ignored") == ""
-    assert os.listdir(base) == [".git"]
+    assert sorted(os.listdir(base)) == [".git", "build.log"]  # it stays the upstream's
     # What reads commits needs no files: diff, artifacts, export
     assert "+1" in cli("diff", "p", "base", "down").output
     assert "src/f2.txt" in cli("artifacts", "p", "base").output
@@ -749,7 +749,7 @@ def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_put
     assert "src/f3.txt" in (tmp_path / "base.patch").read_text()
     assert "+2" in monitor.diff_text(root, "p", "base", None)  # the web page's diff
     assert cli("reindex").exit_code == 0 and cli("fsck").exit_code == 0
-    assert os.listdir(base) == [".git"]  # none of those needed its files
+    assert sorted(os.listdir(base)) == [".git", "build.log"]  # none of those needed its files
     # `clowder path` checks them out again, exactly the job's commit
     assert cli("path", "p", "base").output.strip() == str(base)
     assert (base / "src" / "f2.txt").read_text() == "2\n" and not (base / "down.txt").exists()
@@ -866,13 +866,20 @@ def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path) -> Non
     os.utime(up / "d" / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
     write(up / "build.log", "ignored\n")
     write(up / "d" / "new.txt", "untracked\n")
+    latin1 = os.fsdecode(b"caf\xe9.bin")  # a name that is not UTF-8
+    write(up / "d" / latin1, "untracked too\n")
     down = tmp_path / "workspaces" / "down"
     workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit, True),), identity=me)
-    assert os.listdir(up) == [".git"]  # handed on
+    assert sorted(os.listdir(up)) == [".git", "build.log", "d"]  # handed on, but for what it left uncommitted
+    assert sorted(os.listdir(up / "d")) == sorted([latin1, "new.txt"])
     assert sorted(os.listdir(down / "d")) == ["0.txt", "a.txt", "b.txt"]
     assert (down / "d" / "a.txt").read_text() == "committed a.txt\n"
     assert (down / "d" / "0.txt").read_text() == "committed 0.txt\n"
     assert not (down / "build.log").exists()
     assert git(down, "status", "--porcelain", "--ignored") == ""
     restore(workspace.Repo(up))  # what `clowder path` and the job's next attempt do
-    assert (up / "d" / "a.txt").read_text() == "committed a.txt\n" and git(up, "status", "--porcelain") == ""
+    assert (up / "d" / "a.txt").read_text() == "committed a.txt\n"
+    assert git(up, "diff", "--name-only", "HEAD") == ""
+    assert (up / "d" / latin1).read_text() == "untracked too\n"
+    # what the upstream left uncommitted stayed its own
+    assert (up / "build.log").read_text() == "ignored\n" and (up / "d" / "new.txt").read_text() == "untracked\n"

@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from clowder.workspace.repo import EMPTY_TREE, Repo, git
+from clowder.workspace.repo import EMPTY_TREE, Repo, git, git_bytes
 
 HANDED = "CLOWDER_HANDED"  # .git/CLOWDER_HANDED: this workspace's files went to another (json: to, commit)
 MODE_VAR = "CLOWDER_WORKSPACE_HAND_ON"  # never: always check out or copy (auto: hand on where allowed)
@@ -65,21 +65,26 @@ def hand_on(repo: Repo, upstream: Repo, commit: str, job: str) -> bool:
         for name in os.listdir(upstream.path):
             if name != ".git":
                 os.rename(upstream.path / name, repo.path / name)
-    _settle(repo)
+        _settle(repo, upstream)
     return True
 
 
-def _settle(repo: Repo) -> None:
+def _settle(repo: Repo, upstream: Repo) -> None:
     """Make the moved files exactly the commit's, as a checkout would: one `git status` in the
-    usual case (~40 ms for 10,000 files); what changed since the upstream's commit is checked
-    out again, and what it left uncommitted (ignored files, untracked ones) is removed."""
-    out = git(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z", "--ignored",
-              "--untracked-files=normal").stdout
-    entries = [e for e in out.split("\0") if e]
-    if any(not e.startswith(("??", "!!")) for e in entries):
+    usual case (~40 ms for 10,000 files). What changed since the upstream's commit is checked
+    out again; what it left uncommitted (ignored files: build output, caches; untracked ones)
+    is not the downstream's, and goes back where it was."""
+    out = git_bytes(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z",
+                    "--ignored=matching", "--untracked-files=normal")
+    entries = [e for e in out.split(b"\0") if e]
+    if any(not e.startswith((b"??", b"!!")) for e in entries):
         git(repo.path, "reset", "-q", "--hard")
-    if any(e.startswith(("??", "!!")) for e in entries):
-        git(repo.path, "clean", "-q", "-ffdx")
+    for e in entries:
+        if e.startswith((b"??", b"!!")):
+            path = os.fsdecode(e[3:]).rstrip("/")
+            back = upstream.path / path
+            back.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(repo.path / path, back)
 
 
 def restore(repo: Repo) -> None:
