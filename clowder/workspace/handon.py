@@ -20,8 +20,8 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from clowder.workspace.repo import EMPTY_TREE, Repo, git, git_bytes
@@ -53,15 +53,16 @@ def hand_on(repo: Repo, upstream: Repo, commit: str, job: str) -> bool:
     if os.environ.get(MODE_VAR, "auto") == "never" or not upstream.exists():
         return False
     with locked(upstream):
-        if not _suitable(repo, upstream, commit):
+        index = _suitable(repo, upstream, commit)
+        if index is None:
             return False
         # The mark first: from here on a crash leaves the upstream to be put back from its commit.
         # Not fsynced: a killed daemon is the case (ext4 and XFS journal these renames in order).
         _write(upstream.git_dir / HANDED, json.dumps({"to": job, "commit": commit}).encode())
         # The index comes with the files (same inodes, so its stat data holds), keeping its mtime:
         # git judges "racily clean" entries (as new as the index) exactly as it would upstream.
-        index = upstream.git_dir / "index"
-        shutil.copy2(index, repo.git_dir / "index")
+        _write(repo.git_dir / "index", index.data)
+        os.utime(repo.git_dir / "index", ns=(index.mtime_ns, index.mtime_ns))
         for name in os.listdir(upstream.path):
             if name != ".git":
                 os.rename(upstream.path / name, repo.path / name)
@@ -77,14 +78,14 @@ def _settle(repo: Repo, upstream: Repo) -> None:
     out = git_bytes(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z",
                     "--ignored=matching", "--untracked-files=normal")
     entries = [e for e in out.split(b"\0") if e]
-    if any(not e.startswith((b"??", b"!!")) for e in entries):
-        git(repo.path, "reset", "-q", "--hard")
-    for e in entries:
+    for e in entries:  # first: a checkout below would overwrite an untracked file in its way
         if e.startswith((b"??", b"!!")):
             path = os.fsdecode(e[3:]).rstrip("/")
             back = upstream.path / path
             back.parent.mkdir(parents=True, exist_ok=True)
             os.rename(repo.path / path, back)
+    if any(not e.startswith((b"??", b"!!")) for e in entries):
+        git(repo.path, "reset", "-q", "--hard")
 
 
 def restore(repo: Repo) -> None:
@@ -105,21 +106,28 @@ def restore_locked(repo: Repo) -> None:
     (repo.git_dir / HANDED).unlink()
 
 
-def _suitable(repo: Repo, upstream: Repo, commit: str) -> bool:
-    """Whether the upstream's checkout is a finished attempt's checkout of `commit`, on this
-    file system, with an index as git writes it by default (handed to git as it is)."""
+@dataclass(frozen=True)
+class _Index:
+    data: bytes
+    mtime_ns: int
+
+
+def _suitable(repo: Repo, upstream: Repo, commit: str) -> _Index | None:
+    """The upstream's index if its checkout is a finished attempt's checkout of `commit`, on this
+    file system, with an index as git writes it by default (handed to git as it is); else None."""
     if handed(upstream) or upstream.head() != commit or (upstream.git_dir / "MERGE_HEAD").exists():
-        return False
+        return None
     number = upstream.marker().get("attempt")
     if isinstance(number, int) and upstream.attempt(number) is None:  # an attempt of it not committed yet
-        return False
+        return None
     try:
         if os.stat(upstream.path).st_dev != os.stat(repo.path).st_dev:
-            return False
-        data = (upstream.git_dir / "index").read_bytes()
+            return None
+        with open(upstream.git_dir / "index", "rb") as f:
+            index = _Index(f.read(), os.fstat(f.fileno()).st_mtime_ns)
     except OSError:
-        return False
-    return _plain_index(data) == repo.objects().tree_of(commit)
+        return None
+    return index if _plain_index(index.data) == repo.objects().tree_of(commit) else None
 
 
 def _plain_index(data: bytes) -> str | None:
