@@ -791,7 +791,8 @@ def test_a_retried_downstream_and_a_retried_upstream_after_a_hand_on(root: Root,
     base, down = ws(root, "base"), ws(root, "down")
     assert status(root, "down").state is JobState.SUCCEEDED and status(root, "down").attempt == 2
     assert (down / "seen.txt").read_text().split() == ["once", "seen.txt", "src"]
-    assert os.listdir(base) == [".git"]
+    assert sorted(os.listdir(base)) == [".clowder", ".git"]  # its run metadata stays where it ran
+    assert json.loads((base / ".clowder" / "base" / "error.json").read_text())["exit_code"] == 1
     # The upstream's next attempt starts from its own last commit, files and all
     assert cli("retry", "p", "base").exit_code == 0
     assert cli("run", "p").exit_code == 0

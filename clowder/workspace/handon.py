@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from clowder.workspace.repo import EMPTY_TREE, Repo, git, git_bytes
 
 HANDED = "CLOWDER_HANDED"  # .git/CLOWDER_HANDED: this workspace's files went to another (json: to, commit)
 MODE_VAR = "CLOWDER_WORKSPACE_HAND_ON"  # never: always check out or copy (auto: hand on where allowed)
+METADATA = ".clowder"  # every job's run metadata, .clowder/<job>/ (clowder.artifacts.metadata_dir)
 _MODES = (b"\0\0\x81\xa4", b"\0\0\x81\xed", b"\0\0\xa0\x00")  # 100644, 100755, 120000: no submodules
 
 
@@ -64,8 +66,12 @@ def hand_on(repo: Repo, upstream: Repo, commit: str, job: str) -> bool:
         _write(repo.git_dir / "index", index.data)
         os.utime(repo.git_dir / "index", ns=(index.mtime_ns, index.mtime_ns))
         for name in os.listdir(upstream.path):
-            if name != ".git":
+            if name not in (".git", METADATA):
                 os.rename(upstream.path / name, repo.path / name)
+        # Run metadata (prompts, action logs, outputs: a few small files) is read where its job
+        # ran, `cat workspaces/dev/.clowder/dev/prompt.md`: it stays, and the downstream gets a copy.
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copytree(upstream.path / METADATA, repo.path / METADATA, symlinks=True)
         _settle(repo, upstream)
     return True
 
@@ -82,10 +88,20 @@ def _settle(repo: Repo, upstream: Repo) -> None:
         if e.startswith((b"??", b"!!")):
             path = os.fsdecode(e[3:]).rstrip("/")
             back = upstream.path / path
+            if back.exists() or back.is_symlink():  # in what stayed (run metadata): this is a copy
+                _remove(repo.path / path)
+                continue
             back.parent.mkdir(parents=True, exist_ok=True)
             os.rename(repo.path / path, back)
     if any(not e.startswith((b"??", b"!!")) for e in entries):
         git(repo.path, "reset", "-q", "--hard")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def restore(repo: Repo) -> None:
