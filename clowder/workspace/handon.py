@@ -1,10 +1,11 @@
 """A finished upstream's working tree handed on to its only downstream, and put back when asked.
 
 Writing 10,000 files of its own costs this disk (ext4) 1-5 s whichever way (checkout, copy,
-`cp -a`, `git clone`), where moving a tree is one rename per top-level entry: a chain's next
-workspace is ready in ~0.1 s for 10,000 files, and the chain keeps one working tree on disk.
-The upstream keeps its repository (history, refs, index) and a mark, `.git/CLOWDER_HANDED`;
-its files are checked out again from its HEAD when someone needs them: its own next attempt,
+`cp -a`, `git clone`), where moving a tree is one rename per top-level entry and one `git
+status`: a chain's next workspace is ready in 0.17 s for 10,000 files, 0.28 s for 50,000 (bench
+medians under load), and the chain keeps one working tree on disk. The upstream keeps its
+repository (history, refs, index), its run metadata and a mark, `.git/CLOWDER_HANDED`; its
+files are checked out again from its HEAD when someone needs them: its own next attempt,
 `clowder path`. Everything else reads commits, never its files.
 
 Crash safety: the mark is written before anything moves, and the downstream is built aside and
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clowder.workspace.repo import EMPTY_TREE, Repo, git, git_bytes
+from clowder.workspace.repo import EMPTY_TREE, Repo, WorkspaceError, git, read_git
 
 HANDED = "CLOWDER_HANDED"  # .git/CLOWDER_HANDED: this workspace's files went to another (json: to, commit)
 MODE_VAR = "CLOWDER_WORKSPACE_HAND_ON"  # never: always check out or copy (auto: hand on where allowed)
@@ -81,9 +82,11 @@ def _settle(repo: Repo, upstream: Repo) -> None:
     usual case (~40 ms for 10,000 files). What changed since the upstream's commit is checked
     out again; what it left uncommitted (ignored files: build output, caches; untracked ones)
     is not the downstream's, and goes back where it was."""
-    out = git_bytes(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z",
+    proc = read_git(repo.path, "-c", "core.untrackedCache=false", "status", "--porcelain", "-z",
                     "--ignored=matching", "--untracked-files=normal")
-    entries = [e for e in out.split(b"\0") if e]
+    if proc.returncode != 0:
+        raise WorkspaceError(f"{repo.path}: git status failed: {os.fsdecode(proc.stderr).strip()}")
+    entries = [e for e in proc.stdout.split(b"\0") if e]
     for e in entries:  # first: a checkout below would overwrite an untracked file in its way
         if e.startswith((b"??", b"!!")):
             path = os.fsdecode(e[3:]).rstrip("/")

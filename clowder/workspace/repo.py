@@ -83,13 +83,11 @@ def git(cwd: Path, *args: str, identity: Identity | None = None, stdin: str | No
     return proc
 
 
-def git_bytes(cwd: Path, *args: str) -> bytes:
-    """Run one git command in `cwd` and return its output undecoded (paths need not be UTF-8)."""
-    proc = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=cwd, env=_env(), capture_output=True, check=False)
-    if proc.returncode != 0:
-        message = os.fsdecode(proc.stderr).strip().splitlines()
-        raise WorkspaceError(f"{cwd}: git {args[0]} failed: {message[-1] if message else proc.returncode}")
-    return proc.stdout
+def read_git(cwd: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run one read-only git command in `cwd`, bytes in and out (blobs are not text), under the same
+    policy as `git`; never raises: the caller says what a failure means."""
+    return subprocess.run(["git", *GIT_OPTIONS, *args], cwd=cwd, env=_env(), input=stdin, capture_output=True,
+                          check=False)
 
 
 # -- refs and objects, read in-process --------------------------------------------------------
