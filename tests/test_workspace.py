@@ -72,8 +72,6 @@ def test_a_chain_shows_every_jobs_commit_with_trailers_and_tags(root: Root, make
     assert git(test_ws, "log", "--format=%H").split() == [commits["test"], commits["dev"], commits["plan"]]
     for job in CHAIN:  # each job's own repository has its own tag
         assert git(ws(root, job), "rev-parse", "attempt-1").strip() == commits[job]
-        # plan's and dev's files went on to their only downstream: `clowder path` puts them back
-        assert cli("path", "p", job).output.strip() == str(ws(root, job))
         assert git(ws(root, job), "status", "--porcelain") == ""
     test = status(root, "test").attempts[0]
     assert test.consumed == {"dev": commits["dev"]} and test.base_commit == commits["dev"]
@@ -727,13 +725,19 @@ HAND_ON = {
 }
 
 
+@pytest.fixture
+def hand_on_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand on however few files the tree has (auto: 1,000 files or more)."""
+    monkeypatch.setenv("CLOWDER_WORKSPACE_HAND_ON", "always")
+
+
 def moved(down: Path) -> bool:
     """Whether the downstream's files are its upstream's, moved (the inode base wrote down)."""
     return int((down / "inode.txt").read_text()) == (down / "src" / "f1.txt").stat().st_ino
 
 
 def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_puts_them_back(
-        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, hand_on_always: None) -> None:
     make_pipeline("p", HAND_ON)
     assert cli("run", "p").exit_code == 0
     base, down = ws(root, "base"), ws(root, "down")
@@ -759,7 +763,7 @@ def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_put
 
 
 def test_an_upstream_with_two_downstreams_hands_nothing_on_and_a_job_added_later_still_gets_its_files(
-        root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, hand_on_always: None) -> None:
     make_pipeline("p", {**HAND_ON, "other": 'command = "cat src/f2.txt > other.txt"\nneeds = ["base"]\n'})
     assert cli("run", "p").exit_code == 0
     base, down, other = ws(root, "base"), ws(root, "down"), ws(root, "other")
@@ -780,7 +784,7 @@ def test_an_upstream_with_two_downstreams_hands_nothing_on_and_a_job_added_later
 
 
 def test_a_retried_downstream_and_a_retried_upstream_after_a_hand_on(root: Root, make_pipeline: MakePipeline,
-                                                                      cli: Invoke) -> None:
+                                                                      cli: Invoke, hand_on_always: None) -> None:
     make_pipeline("p", {
         "base": ('command = "mkdir -p src; echo 1 > src/f1.txt; '
                  'if [ -f once ]; then echo fixed > fixed.txt; else echo 1 > once; exit 1; fi"\n'),
@@ -803,7 +807,8 @@ def test_a_retried_downstream_and_a_retried_upstream_after_a_hand_on(root: Root,
     assert git(down, "status", "--porcelain") == ""
 
 
-def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                       hand_on_always: None) -> None:
     make_pipeline("p", {
         "dev": ('command = "echo v1 > app.txt; if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; '
                 'then echo fixed > fixed.txt; fi"\n'),
@@ -821,8 +826,8 @@ def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline
     assert (ws(root, "test") / "fixed.txt").exists() and not (ws(root, "dev") / "fixed.txt").exists()
 
 
-def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(root: Root, make_pipeline: MakePipeline,
-                                                                  cli: Invoke, tmp_path: Path) -> None:
+def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, hand_on_always: None) -> None:
     make_pipeline("p", HAND_ON)
     # git, as the daemon finds it on PATH, stops for good once base's files are in down's build directory
     moving, shim = tmp_path / "moving", tmp_path / "bin" / "git"
@@ -851,7 +856,7 @@ def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(root: Root, mak
     assert (base / "src" / "f3.txt").read_text() == "3\n" and git(base, "status", "--porcelain") == ""
 
 
-def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path) -> None:
+def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path, hand_on_always: None) -> None:
     me = workspace.Identity()
     up = tmp_path / "workspaces" / "up"
     workspace.prepare(up, "p", "up", 1, (), identity=me)
@@ -884,3 +889,14 @@ def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path) -> Non
     assert (up / "d" / latin1).read_text() == "untracked too\n"
     # what the upstream left uncommitted stayed its own
     assert (up / "build.log").read_text() == "ignored\n" and (up / "d" / "new.txt").read_text() == "untracked\n"
+
+
+def test_by_default_only_a_tree_of_a_thousand_files_or_more_is_handed_on(root: Root, make_pipeline: MakePipeline,
+                                                                          cli: Invoke) -> None:
+    big = 'command = "mkdir many; cd many; seq 1000 | while read i; do echo $i > f$i; done; cd ..; ' \
+          'mkdir -p src; echo 1 > src/f1.txt; stat -c %i src/f1.txt > inode.txt"\n'
+    make_pipeline("p", {"base": big, "down": HAND_ON["down"]})
+    make_pipeline("q", HAND_ON)  # 5 files
+    assert cli("run", "p").exit_code == 0 and cli("run", "q").exit_code == 0
+    assert moved(ws(root, "down", "p")) and len(os.listdir(ws(root, "down", "p") / "many")) == 1000
+    assert not moved(ws(root, "down", "q")) and (ws(root, "base", "q") / "src" / "f1.txt").read_text() == "1\n"
