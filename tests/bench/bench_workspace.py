@@ -14,8 +14,10 @@ many files, and chains of 4 jobs starting from it, each writing one file. Printe
 first job's prepare, a downstream's prepare in a chain (its upstream's files handed on) and
 under a fan-out (`auto`: a reflink copy where the file system shares data, else a checkout),
 a copy and a checkout forced (CLOWDER_WORKSPACE_COPY=always / never), the new disk of each
-chain's 4 workspaces (blocks counted once per inode: hard-linked objects are free) next to one
-working tree, and a file:// URL source.
+chain's 4 workspaces next to one working tree, and a file:// URL source. New disk is given two
+ways: blocks counted once per inode (hard-linked objects are free, but a reflinked file's
+shared blocks count again), and how far the file system's free space went down (exact on a
+file system of our own, e.g. a loop mount; noisy on one shared with other writers).
 """
 
 from __future__ import annotations
@@ -128,11 +130,21 @@ def plain_clone(src: Path, base: Path) -> tuple[float, float]:
     return took, ms(t)
 
 
-def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[float, list[float], int]:
-    """(first job's prepare, downstream prepares, new disk of the chain): each job the only one
-    starting from the previous (`hand_on`: what the scheduler says then), or not (as under a fan-out)."""
+def free(path: Path) -> int:
+    """Free bytes of the file system (after a sync: delayed allocation)."""
+    os.sync()
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[float, list[float], int, int]:
+    """(first job's prepare, downstream prepares, new disk of the chain counted per inode, and as
+    the file system's free space went down): each job the only one starting from the previous
+    (`hand_on`: what the scheduler says then), or not (as under a fan-out). Per inode counts a
+    reflinked file's shared blocks again; the free space is exact on a file system of our own."""
     ups: tuple[Upstream, ...] = ()
     first, down = 0.0, []
+    before = free(base)
     for i in range(jobs):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
@@ -141,7 +153,7 @@ def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[floa
         (ws / f"out{i}.txt").write_text(f"{i}\n")
         done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
         ups = (Upstream(ws.name, ws, done.commit, hand_on),)
-    return first, down, disk(src, base / "workspaces") - disk(src)
+    return first, down, disk(src, base / "workspaces") - disk(src), before - free(base)
 
 
 def forced(up: Upstream, base: Path, mode: str) -> float:
@@ -177,8 +189,10 @@ class BigRun:
     first: float
     hand_on: float  # a downstream's prepare, its upstream's files handed on (a chain)
     moved_disk: int
+    moved_df: int
     auto: float  # a downstream's prepare when its upstream has other downstreams (auto: copy or checkout)
     auto_disk: int
+    auto_df: int
     copy: float
     checkout: float
     url_first: float
@@ -187,14 +201,14 @@ class BigRun:
 
 def big_run(src: Path, base: Path) -> BigRun:
     clone, cp = plain_clone(src, base)
-    first, handed, moved_disk = big_chain(src, base / "chain", True)
-    _, auto, auto_disk = big_chain(src, base / "fan-out", False)
+    first, handed, moved_disk, moved_df = big_chain(src, base / "chain", True)
+    _, auto, auto_disk, auto_df = big_chain(src, base / "fan-out", False)
     last = base / "fan-out" / "workspaces" / "j3"
     up = Upstream("j3", last, workspace.Repo(last).head() or "")
     copy_ms, checkout_ms = forced(up, base / "fan-out", "always"), forced(up, base / "fan-out", "never")
     url_first, url_next = url_source(src, base)
-    return BigRun(clone, cp, first, statistics.median(handed), moved_disk, statistics.median(auto), auto_disk,
-                  copy_ms, checkout_ms, url_first, url_next)
+    return BigRun(clone, cp, first, statistics.median(handed), moved_disk, moved_df, statistics.median(auto),
+                  auto_disk, auto_df, copy_ms, checkout_ms, url_first, url_next)
 
 
 def big(files: int, runs: int) -> None:
@@ -218,9 +232,11 @@ def big(files: int, runs: int) -> None:
               f"  plain git clone+checkout {med('clone'):7.0f} ms | cp -a of its tree {med('cp'):7.0f} ms\n"
               f"  first job (from the source)                  {med('first'):7.0f} ms\n"
               f"  downstream, chain (files handed on)          {med('hand_on'):7.0f} ms "
-              f"| 4-job chain new disk {med('moved_disk') / mb:6.1f} MB (x{med('moved_disk') / tree:.2f})\n"
+              f"| 4-job chain new disk {med('moved_disk') / mb:6.1f} MB (x{med('moved_disk') / tree:.2f}), "
+              f"df {med('moved_df') / mb:6.1f} MB (x{med('moved_df') / tree:.2f})\n"
               f"  downstream, fan-out (auto: copy or checkout) {med('auto'):7.0f} ms "
-              f"| 4 such jobs new disk {med('auto_disk') / mb:6.1f} MB (x{med('auto_disk') / tree:.2f})\n"
+              f"| 4 such jobs new disk {med('auto_disk') / mb:6.1f} MB (x{med('auto_disk') / tree:.2f}), "
+              f"df {med('auto_df') / mb:6.1f} MB (x{med('auto_df') / tree:.2f})\n"
               f"  downstream, copy forced / checkout forced    {med('copy'):7.0f} / {med('checkout'):.0f} ms\n"
               f"  file:// URL source: first pipeline {med('url_first'):7.0f} ms, next {med('url_next'):7.0f} ms")
     finally:
