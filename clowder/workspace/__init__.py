@@ -13,9 +13,10 @@ tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
   nesting too deep"), and a flattened alternates list costs ~50 ms per git command at depth 100.
   The store is only ever added to, so a repository keeps working if another one is deleted.
 - A new workspace's files are moved from its upstream's checkout when it is the only job that
-  starts from it (handon.py; the upstream's files are checked out again when asked for): one
-  rename per top-level entry and one `git status`, ~0.1 s for 10,000 files where writing them
-  costs 1-5 s on ext4 whichever way (checkout, copy, `cp -a`). Otherwise they are copied with
+  starts from it and the tree has 1,000 files or more (handon.py; the upstream's files are
+  checked out again when asked for): one rename per top-level entry and one `git status`,
+  0.17 s for 10,000 files where writing them costs 1-5 s on ext4 whichever way (checkout,
+  copy, `cp -a`). Otherwise they are copied with
   the upstream's index where the file system shares blocks (FICLONE: btrfs, XFS; copy.py), else
   checked out (`read-tree -u`), which inflates and writes every blob. A first job copies a local
   source's checkout the same way; a URL source is fetched once into `<root>/.clowder/sources/`
