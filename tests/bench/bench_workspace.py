@@ -144,6 +144,7 @@ def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[floa
     reflinked file's shared blocks again; the free space is exact on a file system of our own."""
     ups: tuple[Upstream, ...] = ()
     first, down = 0.0, []
+    base.mkdir(parents=True, exist_ok=True)
     before = free(base)
     for i in range(jobs):
         ws = base / "workspaces" / f"j{i}"
