@@ -1,6 +1,7 @@
 """Job workspaces: one git repository per job and a commit per attempt (DESIGN §3). This package
 is the only place that runs git or reads git objects: `repo` (git itself, refs, objects, the
-object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`).
+object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`),
+`handon` (a chain's files moved on to its next job), `copy` (files copied sharing blocks).
 
 How each operation is done, and why (measured on the 2-core dev machine; see
 tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):

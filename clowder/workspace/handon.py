@@ -33,7 +33,7 @@ MODE_VAR = "CLOWDER_WORKSPACE_HAND_ON"  # auto (the default): trees of MIN_FILES
 # Below this many files a checkout costs about what a hand-on's `git status` does (a few ms to
 # ~0.1 s here), and the upstream keeps its files where people look for them.
 MIN_FILES = 1000
-METADATA = ".clowder"  # every job's run metadata, .clowder/<job>/ (clowder.artifacts.metadata_dir)
+METADATA = ".clowder"  # every job's run metadata: .clowder/<job>/ (metadata_dir)
 _MODES = (b"\0\0\x81\xa4", b"\0\0\x81\xed", b"\0\0\xa0\x00")  # 100644, 100755, 120000: no submodules
 
 
