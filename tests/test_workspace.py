@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clowder import workspace
+from clowder import monitor, workspace
 from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status
+from clowder.template import init_root
 from clowder.tree import Root
+from clowder.workspace.handon import restore
 from tests.conftest import Invoke, MakePipeline, write
 from tests.test_driver import daemon, wait_for
 
@@ -624,3 +630,273 @@ def test_a_url_source_is_fetched_into_one_cache_per_root_and_every_pipeline_clon
     pack = next((caches[0] / "objects" / "pack").glob("*.pack"))
     linked = [p for p in (ws(root, "a", "p1") / ".git" / "objects" / "pack").glob("*.pack")]
     assert linked and linked[0].stat().st_ino == pack.stat().st_ino
+
+
+# -- a file system that shares data (reflinks) ------------------------------------------------
+
+def _mount_image(image: Path, mount: Path, mkfs: list[str]) -> str:
+    """Make a file system on `image` and loop-mount it at `mount`; '' if done, else why not."""
+    made = subprocess.run([*mkfs, str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"{mkfs[0]}: {made.stderr.strip()[-200:]}"
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True, text=True)
+    return "" if mounted.returncode == 0 else f"mount -o loop: {mounted.stderr.strip()[-200:]}"
+
+
+@pytest.fixture(scope="module")
+def reflink_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory on XFS with reflinks (else btrfs), made on a sparse loop image for these tests:
+    the file systems where a workspace's copy shares its upstream's blocks. Skips, saying why,
+    where that cannot be made (not root, no mkfs.xfs/mkfs.btrfs, no loop devices)."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop mount needs root")
+    top = tmp_path_factory.mktemp("reflink")
+    image, mount = top / "fs.img", top / "mnt"
+    mount.mkdir()
+    why = []
+    for mkfs in (["mkfs.xfs", "-q", "-m", "reflink=1"], ["mkfs.btrfs", "-q"]):
+        if shutil.which(mkfs[0]) is None:
+            why.append(f"no {mkfs[0]}")
+            continue
+        with image.open("wb") as f:
+            f.truncate(512 << 20)  # sparse: costs only what is written
+        why.append(_mount_image(image, mount, mkfs))
+        if not why[-1]:
+            break
+    else:
+        pytest.skip("no reflink file system: " + "; ".join(why))
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)  # a loop mount detaches its device itself
+
+
+def physical_extents(path: Path) -> list[str]:
+    """The file's extents as `filefrag -v` gives them (physical offsets, flags), written out first
+    (-s: a new file's blocks are not allocated yet): equal for two files that share blocks."""
+    out = subprocess.run(["filefrag", "-s", "-v", str(path)], check=True, capture_output=True, text=True).stdout
+    return [" ".join(line.split(":")[2].split()) + " " + line.split(":")[-1].strip()
+            for line in out.splitlines() if line.strip()[:1].isdigit()]
+
+
+REFLINK_FAN_OUT = {
+    "base": 'command = "head -c 1048576 /dev/urandom > data.bin; echo shared > shared.txt"\n',
+    "left": ('command = "printf LEFT | dd of=data.bin conv=notrunc status=none; echo left >> shared.txt"\n'
+             'needs = ["base"]\n'),
+    "right": 'command = "echo right >> shared.txt"\nneeds = ["base"]\n',
+}
+
+
+def test_on_a_reflink_file_system_workspaces_share_blocks_and_stay_independent(
+        reflink_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLOWDER_WORKSPACE_COPY", raising=False)  # auto: copies because FICLONE works here
+    root = init_root(reflink_dir / "fan-out")
+    for job, text in REFLINK_FAN_OUT.items():
+        write(root.pipelines_dir / "p" / "jobs" / f"{job}.toml", text)
+    write(root.pipelines_dir / "p" / "pipeline.toml", 'prompt = "x"\n')
+    assert run(root)
+    base, left, right = ws(root, "base"), ws(root, "left"), ws(root, "right")
+    # right never wrote data.bin: its copy is the upstream's blocks (FICLONE), not a second megabyte
+    shared = physical_extents(base / "data.bin")
+    assert shared and all("shared" in e for e in shared), shared
+    assert physical_extents(right / "data.bin") == shared
+    assert (right / "data.bin").stat().st_ino != (base / "data.bin").stat().st_ino
+    # left wrote into its copy in place: its own block, nobody else's
+    data = (base / "data.bin").read_bytes()
+    assert (left / "data.bin").read_bytes() == b"LEFT" + data[4:] != data
+    assert (right / "data.bin").read_bytes() == data
+    assert (base / "shared.txt").read_text() == "shared\n"
+    assert (left / "shared.txt").read_text() == "shared\nleft\n"
+    assert (right / "shared.txt").read_text() == "shared\nright\n"
+    for job in (left, right):
+        assert git(job, "status", "--porcelain") == ""
+    # and a write in one workspace after the run shows in no other
+    (right / "data.bin").write_bytes(b"right's own\n")
+    assert (base / "data.bin").read_bytes() == data
+    assert (left / "data.bin").read_bytes() == b"LEFT" + data[4:]
+
+
+# -- a chain hands its files on to its only downstream ----------------------------------------
+
+HAND_ON = {
+    "base": ('command = "printf \'*.log\\\\n\' > .gitignore; mkdir -p src; for i in 1 2 3; do echo $i > src/f$i.txt; '
+             'done; echo built > build.log; stat -c %i src/f1.txt > inode.txt"\n'),
+    "down": 'command = "cat src/f1.txt > down.txt"\nneeds = ["base"]\n',
+}
+
+
+@pytest.fixture
+def hand_on_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand on however few files the tree has (auto: 1,000 files or more)."""
+    monkeypatch.setenv("CLOWDER_WORKSPACE_HAND_ON", "always")
+
+
+def moved(down: Path) -> bool:
+    """Whether the downstream's files are its upstream's, moved (the inode base wrote down)."""
+    return int((down / "inode.txt").read_text()) == (down / "src" / "f1.txt").stat().st_ino
+
+
+def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_puts_them_back(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, hand_on_always: None) -> None:
+    make_pipeline("p", HAND_ON)
+    assert cli("run", "p").exit_code == 0
+    base, down = ws(root, "base"), ws(root, "down")
+    assert moved(down)  # not written again: what makes a 10,000-file chain's next workspace ~0.1 s
+    assert (down / "down.txt").read_text() == "1\n"
+    assert not (down / "build.log").exists()  # ignored, never committed: not the downstream's
+    assert git(down, "status", "--porcelain", "--ignored") == ""
+    assert sorted(os.listdir(base)) == [".git", "build.log"]  # it stays the upstream's
+    # What reads commits needs no files: diff, artifacts, export
+    assert "+1" in cli("diff", "p", "base", "down").output
+    assert "src/f2.txt" in cli("artifacts", "p", "base").output
+    assert cli("export", "p", "base", "--patch", str(tmp_path / "base.patch")).exit_code == 0
+    assert "src/f3.txt" in (tmp_path / "base.patch").read_text()
+    assert "+2" in monitor.diff_text(root, "p", "base", None)  # the web page's diff
+    assert cli("reindex").exit_code == 0 and cli("fsck").exit_code == 0
+    assert sorted(os.listdir(base)) == [".git", "build.log"]  # none of those needed its files
+    # `clowder path` checks them out again, exactly the job's commit
+    assert cli("path", "p", "base").output.strip() == str(base)
+    assert (base / "src" / "f2.txt").read_text() == "2\n" and not (base / "down.txt").exists()
+    assert git(base, "status", "--porcelain") == ""
+    (down / "src" / "f2.txt").write_text("down's own\n")
+    assert (base / "src" / "f2.txt").read_text() == "2\n"
+
+
+def test_an_upstream_with_two_downstreams_hands_nothing_on_and_a_job_added_later_still_gets_its_files(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, hand_on_always: None) -> None:
+    make_pipeline("p", {**HAND_ON, "other": 'command = "cat src/f2.txt > other.txt"\nneeds = ["base"]\n'})
+    assert cli("run", "p").exit_code == 0
+    base, down, other = ws(root, "base"), ws(root, "down"), ws(root, "other")
+    assert (base / "src" / "f1.txt").read_text() == "1\n"  # still there: two jobs start from it
+    assert not moved(down) and not moved(other)
+    (other / "src" / "f1.txt").write_text("other's own\n")
+    assert (down / "src" / "f1.txt").read_text() == "1\n" == (base / "src" / "f1.txt").read_text()
+    # a chain hands on; a job added afterwards starts from the commit all the same
+    make_pipeline("q", HAND_ON)
+    assert cli("run", "q").exit_code == 0
+    assert moved(ws(root, "down", "q"))
+    write(root.pipeline("q").dir / "jobs" / "late.toml", 'command = "cat src/f3.txt > late.txt"\nneeds = ["base"]\n')
+    assert cli("run", "q").exit_code == 0
+    late = ws(root, "late", "q")
+    assert (late / "late.txt").read_text() == "3\n" and not (late / "down.txt").exists()
+    assert git(late, "status", "--porcelain") == ""
+    assert (ws(root, "down", "q") / "down.txt").read_text() == "1\n"
+
+
+def test_a_retried_downstream_and_a_retried_upstream_after_a_hand_on(root: Root, make_pipeline: MakePipeline,
+                                                                      cli: Invoke, hand_on_always: None) -> None:
+    make_pipeline("p", {
+        "base": ('command = "mkdir -p src; echo 1 > src/f1.txt; '
+                 'if [ -f once ]; then echo fixed > fixed.txt; else echo 1 > once; exit 1; fi"\n'),
+        "down": ('command = "if [ $CLOWDER_ATTEMPT = 1 ]; then echo broken > src/f1.txt; exit 1; fi; '
+                 'ls > seen.txt"\nneeds = [{ job = "base", when = "always" }]\nretries = 1\n'),
+    })
+    assert cli("run", "p").exit_code == 1  # base failed; down ran after it, failed once, then succeeded
+    base, down = ws(root, "base"), ws(root, "down")
+    assert status(root, "down").state is JobState.SUCCEEDED and status(root, "down").attempt == 2
+    assert (down / "seen.txt").read_text().split() == ["once", "seen.txt", "src"]
+    assert sorted(os.listdir(base)) == [".clowder", ".git"]  # its run metadata stays where it ran
+    assert json.loads((base / ".clowder" / "base" / "error.json").read_text())["exit_code"] == 1
+    # The upstream's next attempt starts from its own last commit, files and all
+    assert cli("retry", "p", "base").exit_code == 0
+    assert cli("run", "p").exit_code == 0
+    assert status(root, "base").state is JobState.SUCCEEDED and status(root, "base").attempt == 2
+    assert (base / "fixed.txt").read_text() == "fixed\n" and (base / "src" / "f1.txt").read_text() == "1\n"
+    assert git(base, "status", "--porcelain") == ""
+    assert (down / "src" / "f1.txt").read_text() == "broken\n"  # its own attempt 1's change, committed
+    assert git(down, "status", "--porcelain") == ""
+
+
+def test_a_regression_loop_across_handed_on_workspaces(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                       hand_on_always: None) -> None:
+    make_pipeline("p", {
+        "dev": ('command = "echo v1 > app.txt; if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; '
+                'then echo fixed > fixed.txt; fi"\n'),
+        "test": ('command = "if [ -f fixed.txt ]; then echo ok; else clowder spawn dev --reason broken; exit 1; fi"\n'
+                 'needs = ["dev"]\n'),
+        "ship": 'command = "cat app.txt fixed.txt > ship.txt"\nneeds = ["test"]\n',
+    })
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    assert (ws(root, "ship") / "ship.txt").read_text() == "v1\nfixed\n"
+    assert "fixed.txt" in cli("diff", "p", "dev", "dev.r1", "--stat").output
+    for job in ("dev", "test", "dev.r1"):
+        cli("path", "p", job)
+        assert git(ws(root, job), "status", "--porcelain") == "", job
+    assert (ws(root, "test") / "fixed.txt").exists() and not (ws(root, "dev") / "fixed.txt").exists()
+
+
+def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path, hand_on_always: None) -> None:
+    make_pipeline("p", HAND_ON)
+    # git, as the daemon finds it on PATH, stops for good once base's files are in down's build directory
+    moving, shim = tmp_path / "moving", tmp_path / "bin" / "git"
+    write(shim, f"""\
+        #!/bin/sh
+        case "$(pwd -P)" in */.down.tmp) case " $* " in *" status "*) touch {moving}; sleep 120;; esac;; esac
+        exec {shutil.which("git")} "$@"
+        """)
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
+    daemon = subprocess.Popen([sys.executable, "-m", "clowder", "watch", "--root", str(root.path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(moving.exists, timeout=60, what="base's files on their way to down")
+        assert os.listdir(ws(root, "base")) == [".git"]
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)  # the daemon and its git
+        daemon.wait()
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    base, down = ws(root, "base"), ws(root, "down")
+    assert (down / "down.txt").read_text() == "1\n" and (down / "src" / "f3.txt").read_text() == "3\n"
+    assert git(down, "status", "--porcelain") == ""
+    assert not (down.parent / ".down.tmp").exists()
+    assert cli("path", "p", "base").exit_code == 0
+    assert (base / "src" / "f3.txt").read_text() == "3\n" and git(base, "status", "--porcelain") == ""
+
+
+def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path, hand_on_always: None) -> None:
+    me = workspace.Identity()
+    up = tmp_path / "workspaces" / "up"
+    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    write(up / ".gitignore", "*.log\n")
+    for name in ("a.txt", "b.txt", "0.txt"):
+        write(up / "d" / name, f"committed {name}\n")
+    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    # After its commit: a file deleted, one edited keeping its size and mtime (only ctime tells),
+    # one ignored and one untracked file left behind
+    (up / "d" / "0.txt").unlink()
+    st = (up / "d" / "a.txt").stat()
+    (up / "d" / "a.txt").write_text("EDITED!!!!!!!!\n")
+    os.utime(up / "d" / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    write(up / "build.log", "ignored\n")
+    write(up / "d" / "new.txt", "untracked\n")
+    latin1 = os.fsdecode(b"caf\xe9.bin")  # a name that is not UTF-8
+    write(up / "d" / latin1, "untracked too\n")
+    down = tmp_path / "workspaces" / "down"
+    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit, True),), identity=me)
+    assert sorted(os.listdir(up)) == [".git", "build.log", "d"]  # handed on, but for what it left uncommitted
+    assert sorted(os.listdir(up / "d")) == sorted([latin1, "new.txt"])
+    assert sorted(os.listdir(down / "d")) == ["0.txt", "a.txt", "b.txt"]
+    assert (down / "d" / "a.txt").read_text() == "committed a.txt\n"
+    assert (down / "d" / "0.txt").read_text() == "committed 0.txt\n"
+    assert not (down / "build.log").exists()
+    assert git(down, "status", "--porcelain", "--ignored") == ""
+    restore(workspace.Repo(up))  # what `clowder path` and the job's next attempt do
+    assert (up / "d" / "a.txt").read_text() == "committed a.txt\n"
+    assert git(up, "diff", "--name-only", "HEAD") == ""
+    assert (up / "d" / latin1).read_text() == "untracked too\n"
+    # what the upstream left uncommitted stayed its own
+    assert (up / "build.log").read_text() == "ignored\n" and (up / "d" / "new.txt").read_text() == "untracked\n"
+
+
+def test_by_default_only_a_tree_of_a_thousand_files_or_more_is_handed_on(root: Root, make_pipeline: MakePipeline,
+                                                                          cli: Invoke) -> None:
+    big = 'command = "mkdir many; cd many; seq 1000 | while read i; do echo $i > f$i; done; cd ..; ' \
+          'mkdir -p src; echo 1 > src/f1.txt; stat -c %i src/f1.txt > inode.txt"\n'
+    make_pipeline("p", {"base": big, "down": HAND_ON["down"]})
+    make_pipeline("q", HAND_ON)  # 5 files
+    assert cli("run", "p").exit_code == 0 and cli("run", "q").exit_code == 0
+    assert moved(ws(root, "down", "p")) and len(os.listdir(ws(root, "down", "p") / "many")) == 1000
+    assert not moved(ws(root, "down", "q")) and (ws(root, "base", "q") / "src" / "f1.txt").read_text() == "1\n"

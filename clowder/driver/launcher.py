@@ -298,13 +298,21 @@ def _upstreams(cache: PipelineCache, spec: JobSpec, sources: tuple[str, ...] = (
     commit = context.get("commit")
     if not sources and spec.parent and isinstance(commit, str):
         return (workspace.Upstream(spec.parent, cache.paths.workspace(spec.parent), commit),)
-    out = []
+    out: list[workspace.Upstream] = []
     for name in sources or spec.sources:
         status = cache.jobs.get(name)
         commit = next((a.commit for a in reversed(status.attempts) if a.commit), None) if status else None
         if commit is not None:
-            out.append(workspace.Upstream(name, cache.paths.workspace(name), commit))
+            # The first upstream's files may move here when no other job starts from it.
+            hand_on = not out and not sources and _only_consumer(cache, name, spec.name)
+            out.append(workspace.Upstream(name, cache.paths.workspace(name), commit, hand_on))
     return tuple(out)
+
+
+def _only_consumer(cache: PipelineCache, upstream: str, job: str) -> bool:
+    """Whether `job` is the only job of the pipeline whose workspace starts from `upstream`."""
+    assert cache.pipeline is not None
+    return all(spec.name == job or upstream not in spec.sources for spec in cache.pipeline.jobs.values())
 
 
 def _collect(ws: Path, job: str) -> harness_agent.Collected:

@@ -1,6 +1,7 @@
 """Job workspaces: one git repository per job and a commit per attempt (DESIGN §3). This package
 is the only place that runs git or reads git objects: `repo` (git itself, refs, objects, the
-object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`).
+object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`),
+`handon` (a chain's files moved on to its next job), `copy` (files copied sharing blocks).
 
 How each operation is done, and why (measured on the 2-core dev machine; see
 tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
@@ -12,12 +13,15 @@ tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
   100-job chain, growing with depth. Chained `--shared` clones break past 5 levels ("alternates
   nesting too deep"), and a flattened alternates list costs ~50 ms per git command at depth 100.
   The store is only ever added to, so a repository keeps working if another one is deleted.
-- A new workspace's files are copied from its upstream's checkout, with its index, stat data
-  replaced by the copies' (copy.py): `read-tree -u` inflates and writes every blob, 5-10 s for
-  10,000 files here, where copying them is 1-2 s, and sharing blocks (FICLONE, tried first) is
-  what btrfs/XFS give. The checkout remains whenever the upstream's checkout is not exactly its
-  commit. A first job copies a local source's checkout the same way; a URL source is fetched
-  once into `<root>/.clowder/sources/` and cloned from there.
+- A new workspace's files are moved from its upstream's checkout when it is the only job that
+  starts from it and the tree has 1,000 files or more (handon.py; the upstream's files are
+  checked out again when asked for): one rename per top-level entry and one `git status`,
+  0.17 s for 10,000 files where writing them costs 1-5 s on ext4 whichever way (checkout,
+  copy, `cp -a`). Otherwise they are copied with
+  the upstream's index where the file system shares blocks (FICLONE: btrfs, XFS; copy.py), else
+  checked out (`read-tree -u`), which inflates and writes every blob. A first job copies a local
+  source's checkout the same way; a URL source is fetched once into `<root>/.clowder/sources/`
+  and cloned from there.
 - A skeleton copies the config and HEAD of one `git init` per process (git's probes of the file
   system and the user's init.defaultBranch still apply); `git init` itself costs 5-8 ms.
 - Reads are in-process: refs are small files, objects go through gitdb (GitPython's object
@@ -56,6 +60,7 @@ from clowder.metadata import ERROR_FILE, kind_of, metadata_dir, write_metadata
 from clowder.spec import Source
 from clowder.state import Artifact
 from clowder.workspace.copy import copy_checkout
+from clowder.workspace.handon import hand_on, locked, restore_locked
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
 from clowder.workspace.repo import (
@@ -133,21 +138,42 @@ def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence
     commit it has not consumed yet. A merge conflict is returned as `problem`, not raised."""
     started = time.time_ns()
     repo = Repo(ws)
-    recovered = None
-    if repo.exists():
-        recovered = _recover_lost(repo, pipeline, job, attempt, identity)
-        with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
-            (ws / metadata_dir(job) / ERROR_FILE).unlink()
-        consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
-        todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
-    else:
-        todo = list(upstreams[1:])
-        consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
-        if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
-            marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
-            repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
-            return Prepared(repo.head(), consumed, "", (), None, warning)
-        repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
+    if repo.exists():  # its files may have gone to its downstream (handon.py): ours until it is ready
+        with locked(repo):
+            restore_locked(repo)
+            return _prepare_again(repo, pipeline, job, attempt, upstreams, identity, started)
+    return _prepare_new(ws, job, attempt, upstreams, identity, source, root, started)
+
+
+def _prepare_again(repo: Repo, pipeline: str, job: str, attempt: int, upstreams: Sequence[Upstream],
+                   identity: Identity, started: int) -> Prepared:
+    """A later attempt (or a first one prepared again): from the job's last commit."""
+    ws = repo.path
+    recovered = _recover_lost(repo, pipeline, job, attempt, identity)
+    with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
+        (ws / metadata_dir(job) / ERROR_FILE).unlink()
+    consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
+    todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
+    return _merge_in(repo, job, attempt, todo, consumed, identity, started, recovered)
+
+
+def _prepare_new(ws: Path, job: str, attempt: int, upstreams: Sequence[Upstream], identity: Identity,
+                 source: Source | None, root: Path | None, started: int) -> Prepared:
+    """A first attempt: a new repository from the first upstream, the source, or nothing."""
+    todo = list(upstreams[1:])
+    consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
+    if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
+        marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
+        repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
+        return Prepared(repo.head(), consumed, "", (), None, warning)
+    repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
+    return _merge_in(repo, job, attempt, todo, consumed, identity, started, None)
+
+
+def _merge_in(repo: Repo, job: str, attempt: int, todo: Sequence[Upstream], consumed: dict[str, str],
+              identity: Identity, started: int, recovered: tuple[int, str] | None) -> Prepared:
+    """Merge the upstream commits not consumed yet and record the attempt's start."""
+    ws = repo.path
     merged = merge(repo, job, todo, identity)
     if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
         raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
@@ -179,7 +205,8 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
             first = upstreams[0]
             repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
             ensure_published(repo, first)
-            if not copy_checkout(repo, Repo(first.path), first.commit):
+            moved = first.hand_on and hand_on(repo, Repo(first.path), first.commit, job)
+            if not moved and not copy_checkout(repo, Repo(first.path), first.commit):
                 checkout(repo)
             carry_submodules(repo, Repo(first.path))
         elif source is not None:

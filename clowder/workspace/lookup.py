@@ -15,6 +15,7 @@ from clowder.known import UnknownJob
 from clowder.spec import is_name
 from clowder.state import read_job_status
 from clowder.tree import PipelinePaths
+from clowder.workspace.handon import restore
 from clowder.workspace.repo import EMPTY_TREE, Repo, WorkspaceError, git
 
 
@@ -39,12 +40,14 @@ def _known_job(paths: PipelinePaths, job: str) -> bool:
 
 
 def workspace_path(paths: PipelinePaths, job: str) -> Path:
-    """The job's workspace, for `cd "$(clowder path p dev)"`."""
+    """The job's workspace, for `cd "$(clowder path p dev)"`, with its files (checked out again if
+    they went on to its downstream)."""
     known.existing(paths)
     known.job(paths, job)
     ws = paths.workspace(job)
     if not Repo(ws).exists():
         raise UsageError(f"{paths.name}/{job}: no workspace yet (the job has not started)")
+    restore(Repo(ws))
     return ws
 
 

@@ -26,7 +26,7 @@ class Upstream:
     job: str
     path: Path
     commit: str
-
+    hand_on: bool = False  # the only job that starts from it: its files may move here (handon.py)
 
 
 def upstream_tags(job: str, upstreams: Sequence[Upstream]) -> dict[str, str]:

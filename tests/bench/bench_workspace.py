@@ -6,12 +6,18 @@ Shapes: a chain of trivial attempts (nothing changed: the commit is written in-p
 where each attempt adds a file (git add + commit, and a growing checkout), a retried attempt,
 and a join of many upstreams. The wall time of whole pipelines is in bench_scheduler.py.
 
+`--dir DIR` builds everything under DIR (a mount of another file system) instead of the temp dir.
+
 Big repositories (`--files 10000,50000`, `--runs 3`; `--files 0` skips them): a source of that
-many files, and a chain of 4 jobs starting from it, each writing one file. Printed: the first
-job's prepare (a copy of the source), a downstream job's prepare by copy (forced with
-CLOWDER_WORKSPACE_COPY=always: `auto` copies only where reflinks work) and by checkout, the new disk of the 4
-workspaces (blocks counted once per inode: hard-linked objects are free) next to one working
-tree, and, from the same run, a plain `git clone` (+ checkout) of the same repository.
+many files, and chains of 4 jobs starting from it, each writing one file. Printed, with a plain
+`git clone` (+ checkout) of the same repository and a `cp -a` of its tree from the same run: the
+first job's prepare, a downstream's prepare in a chain (its upstream's files handed on) and
+under a fan-out (`auto`: a reflink copy where the file system shares data, else a checkout),
+a copy and a checkout forced (CLOWDER_WORKSPACE_COPY=always / never), the new disk of each
+chain's 4 workspaces next to one working tree, and a file:// URL source. New disk is given two
+ways: blocks counted once per inode (hard-linked objects are free, but a reflinked file's
+shared blocks count again), and how far the file system's free space went down (exact on a
+file system of our own, e.g. a loop mount; noisy on one shared with other writers).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -123,10 +130,22 @@ def plain_clone(src: Path, base: Path) -> tuple[float, float]:
     return took, ms(t)
 
 
-def big_chain(src: Path, base: Path, jobs: int = 4) -> tuple[float, list[float], int, int]:
-    """(first job's prepare, downstream prepares, new disk of the chain, one working tree)."""
+def free(path: Path) -> int:
+    """Free bytes of the file system (after a sync: delayed allocation)."""
+    os.sync()
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[float, list[float], int, int]:
+    """(first job's prepare, downstream prepares, new disk of the chain counted per inode, and as
+    the file system's free space went down): each job the only one starting from the previous
+    (`hand_on`: what the scheduler says then), or not (as under a fan-out). Per inode counts a
+    reflinked file's shared blocks again; the free space is exact on a file system of our own."""
     ups: tuple[Upstream, ...] = ()
     first, down = 0.0, []
+    base.mkdir(parents=True, exist_ok=True)
+    before = free(base)
     for i in range(jobs):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
@@ -134,21 +153,20 @@ def big_chain(src: Path, base: Path, jobs: int = 4) -> tuple[float, list[float],
         (first := ms(t)) if i == 0 else down.append(ms(t))
         (ws / f"out{i}.txt").write_text(f"{i}\n")
         done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
-        ups = (Upstream(ws.name, ws, done.commit),)
-    tree = disk(src) - disk(src / ".git")
-    return first, down, disk(src, base / "workspaces") - disk(src), tree
+        ups = (Upstream(ws.name, ws, done.commit, hand_on),)
+    return first, down, disk(src, base / "workspaces") - disk(src), before - free(base)
 
 
-def checkout_before(up: Upstream, base: Path) -> float:
-    """A downstream's prepare by checkout (what ext4 gets; every file system before the copy)."""
-    os.environ["CLOWDER_WORKSPACE_COPY"] = "never"
+def forced(up: Upstream, base: Path, mode: str) -> float:
+    """A downstream's prepare with CLOWDER_WORKSPACE_COPY=mode (always: copied, never: checked out)."""
+    os.environ["CLOWDER_WORKSPACE_COPY"] = mode
     try:
-        ws = base / "workspaces" / "before"
+        ws = base / "workspaces" / mode
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, (up,), identity=ME)
+        workspace.prepare(ws, "p", ws.name, 1, (Upstream(up.job, up.path, up.commit),), identity=ME)
         return ms(t)
     finally:
-        os.environ["CLOWDER_WORKSPACE_COPY"] = "always"
+        os.environ.pop("CLOWDER_WORKSPACE_COPY")
 
 
 def url_source(src: Path, base: Path) -> tuple[float, float]:
@@ -163,37 +181,65 @@ def url_source(src: Path, base: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
+@dataclass
+class BigRun:
+    """One run's figures (ms, bytes)."""
+
+    clone: float
+    cp: float
+    first: float
+    hand_on: float  # a downstream's prepare, its upstream's files handed on (a chain)
+    moved_disk: int
+    moved_df: int
+    auto: float  # a downstream's prepare when its upstream has other downstreams (auto: copy or checkout)
+    auto_disk: int
+    auto_df: int
+    copy: float
+    checkout: float
+    url_first: float
+    url_next: float
+
+
+def big_run(src: Path, base: Path) -> BigRun:
+    clone, cp = plain_clone(src, base)
+    first, handed, moved_disk, moved_df = big_chain(src, base / "chain", True)
+    _, auto, auto_disk, auto_df = big_chain(src, base / "fan-out", False)
+    last = base / "fan-out" / "workspaces" / "j3"
+    up = Upstream("j3", last, workspace.Repo(last).head() or "")
+    copy_ms, checkout_ms = forced(up, base / "fan-out", "always"), forced(up, base / "fan-out", "never")
+    url_first, url_next = url_source(src, base)
+    return BigRun(clone, cp, first, statistics.median(handed), moved_disk, moved_df, statistics.median(auto),
+                  auto_disk, auto_df, copy_ms, checkout_ms, url_first, url_next)
+
+
 def big(files: int, runs: int) -> None:
     top = Path(tempfile.mkdtemp(prefix="clowder-bench-big-"))
     try:
         src = top / "src"
         make_source(src, files)
-        plain, cps, firsts, downs, news, tree, befores, urls = [], [], [], [], [], 0, [], []
+        tree = disk(src) - disk(src / ".git")
+        results = []
         for r in range(runs):
-            base = top / f"run{r}"
-            base.mkdir()
-            clone_ms, cp_ms = plain_clone(src, base)
-            plain.append(clone_ms)
-            cps.append(cp_ms)
-            first, down, new, tree = big_chain(src, base)
-            firsts.append(first)
-            downs.append(statistics.median(down))
-            news.append(new)
-            befores.append(checkout_before(Upstream("j3", base / "workspaces" / "j3",
-                                                    workspace.Repo(base / "workspaces" / "j3").head() or ""), base))
-            urls.append(url_source(src, base))
+            (top / f"run{r}").mkdir()
+            results.append(big_run(src, top / f"run{r}"))
             # Trees are deleted only at the end: ext4 skips recently freed inodes when it allocates
             # one, and files created right after a big delete cost several times more.
+
+        def med(name: str) -> float:
+            return float(statistics.median(getattr(r, name) for r in results))
+
         mb = 1 << 20
-        print(f"{files:>6} files: plain git clone+checkout {statistics.median(plain):7.0f} ms "
-              f"(cp -a of its tree {statistics.median(cps):6.0f} ms) | "
-              f"first job (from source) {statistics.median(firsts):7.0f} ms | "
-              f"downstream job by copy {statistics.median(downs):7.0f} ms | "
-              f"4-job chain new disk {statistics.median(news) / mb:6.1f} MB "
-              f"(one working tree {tree / mb:.1f} MB, x{statistics.median(news) / tree:.2f})\n"
-              f"{'':>12}downstream job by checkout {statistics.median(befores):7.0f} ms | "
-              f"file:// URL source: first pipeline {statistics.median(u[0] for u in urls):7.0f} ms, "
-              f"next pipeline {statistics.median(u[1] for u in urls):7.0f} ms")
+        print(f"{files:>6} files (one working tree {tree / mb:.1f} MB), medians of {runs}:\n"
+              f"  plain git clone+checkout {med('clone'):7.0f} ms | cp -a of its tree {med('cp'):7.0f} ms\n"
+              f"  first job (from the source)                  {med('first'):7.0f} ms\n"
+              f"  downstream, chain (files handed on)          {med('hand_on'):7.0f} ms "
+              f"| 4-job chain new disk {med('moved_disk') / mb:6.1f} MB (x{med('moved_disk') / tree:.2f}), "
+              f"df {med('moved_df') / mb:6.1f} MB (x{med('moved_df') / tree:.2f})\n"
+              f"  downstream, fan-out (auto: copy or checkout) {med('auto'):7.0f} ms "
+              f"| 4 such jobs new disk {med('auto_disk') / mb:6.1f} MB (x{med('auto_disk') / tree:.2f}), "
+              f"df {med('auto_df') / mb:6.1f} MB (x{med('auto_df') / tree:.2f})\n"
+              f"  downstream, copy forced / checkout forced    {med('copy'):7.0f} / {med('checkout'):.0f} ms\n"
+              f"  file:// URL source: first pipeline {med('url_first'):7.0f} ms, next {med('url_next'):7.0f} ms")
     finally:
         shutil.rmtree(top)
 
@@ -204,7 +250,11 @@ def main() -> None:
     parser.add_argument("--files", default="10000,50000", help="big-repository sizes; 0: skip them")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only-big", action="store_true")
+    parser.add_argument("--dir", type=Path, help="where to build (e.g. a reflink mount); default: the temp dir")
     args = parser.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(args.dir)
     os.environ.setdefault("GIT_CONFIG_NOSYSTEM", "1")
     shapes: list[tuple[str, Callable[[Path], tuple[list[float], list[float]]]]] = [
         (f"chain of {args.jobs}, nothing changed", lambda b: chain(b, args.jobs, False)),
@@ -212,14 +262,11 @@ def main() -> None:
         (f"{args.jobs // 5} attempts of one job", lambda b: retries(b, args.jobs // 5)),
         ("join of 100 upstreams", lambda b: join(b, 100)),
     ]
-    # The chains copy (on ext4 too, where `auto` would check out), so both figures are printed.
-    os.environ["CLOWDER_WORKSPACE_COPY"] = "always"
     probe = Path(tempfile.mkdtemp(prefix="clowder-bench-probe-"))
     print(f"FICLONE (reflinks) on {tempfile.gettempdir()}: {'yes' if copy._probe_clone(probe) else 'no'}")
     probe.rmdir()
     for files in (int(f) for f in args.files.split(",") if int(f) > 0):
         big(files, args.runs)
-    os.environ.pop("CLOWDER_WORKSPACE_COPY")
     for label, shape in ([] if args.only_big else shapes):
         base = Path(tempfile.mkdtemp(prefix="clowder-bench-ws-"))
         try:
