@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from clowder import monitor, workspace
+from clowder import workspace
 from clowder.driver import Driver
 from clowder.state import JobState, JobStatus, read_job_status
 from clowder.template import init_root
 from clowder.tree import Root
+from clowder.views import diffs
 from clowder.workspace.handon import restore
 from tests.conftest import Invoke, MakePipeline, write
 from tests.test_driver import daemon, wait_for
@@ -751,7 +752,7 @@ def test_a_chains_only_downstream_takes_its_upstreams_files_and_clowder_path_put
     assert "src/f2.txt" in cli("artifacts", "p", "base").output
     assert cli("export", "p", "base", "--patch", str(tmp_path / "base.patch")).exit_code == 0
     assert "src/f3.txt" in (tmp_path / "base.patch").read_text()
-    assert "+2" in monitor.diff_text(root, "p", "base", None)  # the web page's diff
+    assert "+2" in diffs.diff_text(root, "p", "base", None)  # the web page's diff
     assert cli("reindex").exit_code == 0 and cli("fsck").exit_code == 0
     assert sorted(os.listdir(base)) == [".git", "build.log"]  # none of those needed its files
     # `clowder path` checks them out again, exactly the job's commit
