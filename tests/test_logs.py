@@ -89,7 +89,8 @@ def test_a_pipelines_logs_are_each_jobs_latest_attempt_in_the_order_they_started
 
 
 def gated(go: Path, last: str) -> str:
-    """Prints its attempt, waits for `go`, then fails its first attempt and ends with `last` after."""
+    """Prints its attempt, waits for `go`, then fails its first attempt and ends with `last` after.
+    Nothing else is written before `go`: a test's readline() buffers nothing communicate() would miss."""
     return (f'command = "echo try $CLOWDER_ATTEMPT; while [ ! -f {go} ]; do sleep 0.05; done; '
             f'[ $CLOWDER_ATTEMPT -gt 1 ] && exit {last}; exit 1"\nretries = 1\nbackoff = {{ initial = "100ms" }}\n')
 
@@ -121,3 +122,24 @@ def test_a_pipeline_that_does_not_exist_is_exit_two(root: Root, cli: Invoke) -> 
     assert not os.path.exists(root.pipelines_dir / "nope")
     result = cli("logs", "nope", "-f")
     assert result.exit_code == 2 and "no such pipeline" in result.stderr
+
+
+def test_a_regression_loop_is_followed_into_the_fixup_job_and_the_spawners_next_attempt(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    make_pipeline("p", {
+        "dev": 'command = "case $CLOWDER_JOB in *.r*) echo fixing; touch fixed.txt;; *) echo dev;; esac"\n',
+        "test": 'command = "if [ -f fixed.txt ]; then echo ok; else echo broken; '
+                f'clowder spawn dev --reason no >/dev/null; while [ ! -f {gate} ]; do sleep 0.05; done; exit 1; fi"\n'
+                'needs = ["dev"]\n'})
+    whole = clowder(root, "logs", "p", "-f")
+    with watching(root):
+        wait_for(lambda: root.pipeline("p").log_file("test", 1).exists(), what="the test's first attempt")
+        one = clowder(root, "logs", "p", "test", "-f")
+        assert one.stdout is not None and one.stdout.readline() == "broken\n"
+        gate.touch()
+        out, err = one.communicate(timeout=120)
+        assert (one.returncode, out) == (0, "--- test attempt 2 (regression) ---\nok\n"), err
+        out, err = whole.communicate(timeout=120)
+    assert whole.returncode == 0, err
+    assert by_label(out) == {"dev#1": ["dev"], "test#1": ["broken"], "dev.r1#1": ["fixing"], "test#2": ["ok"]}
