@@ -101,10 +101,13 @@ def test_following_a_job_goes_on_into_its_retry_until_it_has_ended(
     with watching(root):
         wait_for(lambda: root.pipeline("p").log_file("flaky", 1).exists(), what="the first attempt running")
         follow = clowder(root, "logs", "p", "flaky", "-f")
+        pinned = clowder(root, "logs", "p", "flaky", "--attempt", "1", "-f")  # that attempt only
         assert follow.stdout is not None and follow.stdout.readline() == "try 1\n"
         (tmp_path / "go").touch()
         out, err = follow.communicate(timeout=120)
-    assert (follow.returncode, out) == (0, "--- flaky attempt 2 (retry) ---\ntry 2\n"), err
+        assert (follow.returncode, out) == (0, "--- flaky attempt 2 (retry) ---\ntry 2\n"), err
+        out, err = pinned.communicate(timeout=120)
+        assert (pinned.returncode, out) == (1, "try 1\n"), err  # it failed
 
 
 def test_following_a_job_that_fails_exits_one(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:

@@ -135,12 +135,17 @@ class JobLogs:
     def __iter__(self) -> Iterator[str]:
         log = self.log
         unended = yield from _attempt_text(log, self.follow, must_exist=True)
+        # The log ends with the attempt's exit record; how it ended is known once the scheduler has
+        # recorded it, which may be a moment later.
         while self.follow:
             status = read_job(log.paths, log.job)
-            if self.pinned or (status.state.terminal and status.attempt <= log.attempt):
-                self.outcome = _ended_as(status, log.attempt) if self.pinned else status.state
+            if self.pinned and _ended_as(status, log.attempt) is not JobState.RUNNING:
+                self.outcome = _ended_as(status, log.attempt)
                 return
-            if status.attempt <= log.attempt:
+            if not self.pinned and status.state.terminal and status.attempt <= log.attempt:
+                self.outcome = status.state
+                return
+            if self.pinned or status.attempt <= log.attempt:
                 time.sleep(POLL_SECONDS)
                 continue
             log = AttemptLog(log.root, log.paths, log.job, log.attempt + 1)
