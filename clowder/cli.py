@@ -352,17 +352,60 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
 
 @main.command()
 @click.argument("pipeline")
-@click.argument("job")
-@click.option("--attempt", "-a", type=click.IntRange(min=1), help="Which attempt (default: the latest).")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing as the attempt writes, until it ends.")
+@click.argument("job", required=False)
+@click.option("--attempt", "-a", type=click.IntRange(min=1), help="Which attempt of JOB (default: the latest).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing as attempts write: JOB's until it has ended (or the --attempt's until it "
+                   "ends), or without JOB every job's until the pipeline has ended. Exit 1 if that did not succeed.")
 @root_option
-def logs(pipeline: str, job: str, attempt: int | None, follow: bool, root_dir: Path | None) -> None:
-    """Print what an attempt of JOB wrote to stdout and stderr."""
-    from clowder.views.logs import text_chunks
-
+def logs(pipeline: str, job: str | None, attempt: int | None, follow: bool, root_dir: Path | None) -> None:
+    """Print what an attempt of JOB wrote to stdout and stderr; without JOB, every job's latest
+    attempt's lines, in the order the jobs started, each prefixed with `job#attempt | `."""
     root = find_root(root_dir)
-    for chunk in text_chunks(root, pipeline, job, attempt, follow):
+    if job is None:
+        if attempt is not None:
+            raise UsageError("--attempt needs a JOB")
+        ok = _pipeline_logs(root, pipeline, follow)
+    else:
+        ok = _job_logs(root, pipeline, job, attempt, follow)
+    if not ok:
+        click.get_current_context().exit(EXIT_WORK_FAILED)
+
+
+def _job_logs(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> bool:
+    from clowder.state import JobState
+    from clowder.views.logs import JobLogs
+
+    stream = JobLogs(root, pipeline, job, attempt, follow)
+    for chunk in stream:
         click.echo(chunk, nl=False)
+    return not follow or stream.outcome is JobState.SUCCEEDED
+
+
+LABEL_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
+
+
+def _pipeline_logs(root: Root, pipeline: str, follow: bool) -> bool:
+    import time
+
+    from clowder.state import PipelineState
+    from clowder.views.logs import POLL_SECONDS
+    from clowder.views.pipeline_logs import PipelineLogs
+
+    stream = PipelineLogs(root, pipeline, follow)
+    colour = sys.stdout.isatty()
+    colours: dict[str, str] = {}
+    for line in stream:
+        if line is None:
+            time.sleep(POLL_SECONDS)
+            continue
+        text = stream.prefixed(line)
+        if colour:  # only the label: the job's own text is printed as it wrote it
+            label, rest = text.split(" | ", 1)
+            fg = colours.setdefault(line.job, LABEL_COLOURS[len(colours) % len(LABEL_COLOURS)])
+            text = click.style(label, fg=fg) + " | " + rest
+        click.echo(text, nl=False)
+    return not follow or stream.outcome is PipelineState.SUCCEEDED
 
 
 # -- inspecting workspaces (git) ------------------------------------------------------------------

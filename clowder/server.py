@@ -36,6 +36,7 @@ from clowder.tree import Root
 from clowder.views import diffs, reader, records
 from clowder.views.changes import Scanner
 from clowder.views.logs import AttemptLog, LogFollower, locate
+from clowder.views.pipeline_logs import PipelineLogs
 
 logger = logging.getLogger("uvicorn.error")
 WEB_DIR = Path(__file__).parent / "web"
@@ -199,6 +200,22 @@ async def follow_log(log: AttemptLog, offset: int, f: BinaryIO | None) -> AsyncI
     yield sse("end", {"attempt": log.attempt, "offset": follower.offset}, end_id)
 
 
+async def follow_pipeline_logs(stream: PipelineLogs) -> AsyncIterator[str]:
+    """Every job's lines as `log` events ({job, attempt, text}: the line prefixed as `clowder logs
+    PIPELINE -f` prints it) as they are written, then one `end` event with the pipeline's state."""
+    yield "retry: 1000\n\n"
+    try:
+        for line in stream:
+            if line is None:
+                await asyncio.sleep(POLL_SECONDS)
+            else:
+                yield sse("log", {"job": line.job, "attempt": line.attempt, "text": stream.prefixed(line)})
+    except ClowderError as e:  # the headers are sent: say why in the stream
+        yield sse("end", {"state": None, "error": str(e)})
+        return
+    yield sse("end", {"state": stream.outcome})
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 class Guard:
@@ -352,6 +369,23 @@ def _log_routes(app: FastAPI, root: Root) -> None:
             f.seek(offset)
             data = f.read()
         return PlainTextResponse(data.decode(errors="replace"))
+
+
+    @app.get("/api/pipelines/{pipeline}/logs", response_class=PlainTextResponse, response_model=None,
+             responses={**ERRORS, 200: {"content": SSE, "description": "The logs, or with follow, their stream"}})
+    def pipeline_logs(
+        pipeline: Name,
+        follow: Annotated[bool, Query(description="Stream as Server-Sent Events until the pipeline ends.")] = False,
+    ) -> PlainTextResponse | StreamingResponse:
+        """Every job's latest attempt's lines, each prefixed `job#attempt | `, in the order the jobs
+        started, as `clowder logs PIPELINE` prints them. With `follow`, `log` events ({job, attempt,
+        text}) carry the lines of every attempt as they are written, new jobs and retries included,
+        and an `end` event ({state}) closes the stream once the pipeline has ended. A reconnect
+        starts again from each job's latest attempt."""
+        stream = PipelineLogs(root, pipeline, follow)
+        if follow:
+            return StreamingResponse(follow_pipeline_logs(stream), media_type="text/event-stream")
+        return PlainTextResponse("".join(stream.prefixed(line) for line in stream if line is not None))
 
 
 def _resume_offset(request: Request, offset: int) -> int:

@@ -213,6 +213,34 @@ def test_a_running_attempts_log_streams_lines_as_they_are_written(root: Root, ma
     assert "".join(texts) == "one\ntwo\nthree\n"
 
 
+def test_a_pipelines_log_stream_carries_every_jobs_prefixed_lines_until_it_ends(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    tried = tmp_path / "tried"
+    make_pipeline("p", {"a": 'command = "for i in 1 2 3; do echo a $i; sleep 0.2; done"\n',
+                        "b": 'command = "for i in 1 2 3; do echo b $i; sleep 0.2; done"\n',
+                        "flaky": f'command = "if [ -f {tried} ]; then echo again; else touch {tried}; echo once; '
+                                 f'exit 1; fi"\nretries = 1\nbackoff = {{ initial = "200ms" }}\nneeds = ["a"]\n'})
+    with client(root) as (c, _):
+        with c.stream("GET", "/api/pipelines/p/logs", params={"follow": "true"}, timeout=60) as r, daemon(root):
+            events = []
+            for event, data in sse_events(r.iter_lines()):
+                events.append((event, data))
+                if event == "end":
+                    break
+        texts = [d["text"] for e, d in events if e == "log"]
+        a_lines = [f"a#1     | a {i}\n" for i in (1, 2, 3)]
+        b_lines = [f"b#1     | b {i}\n" for i in (1, 2, 3)]
+        assert sorted(texts) == [*a_lines, *b_lines, "flaky#1 | once\n", "flaky#2 | again\n"]
+        assert [t for t in texts if t.startswith("b")] == b_lines  # each job's lines in its order
+        assert [t for t in texts if t.startswith("a")] == a_lines
+        assert texts.index("flaky#1 | once\n") < texts.index("flaky#2 | again\n")
+        assert events[-1] == ("end", {"state": "succeeded"})
+        # Without follow: each job's latest attempt, in the order the jobs started (a and b at once).
+        assert c.get("/api/pipelines/p/logs").text in (
+            "".join([*a_lines, *b_lines, "flaky#2 | again\n"]), "".join([*b_lines, *a_lines, "flaky#2 | again\n"]))
+        assert c.get("/api/pipelines/nope/logs").status_code == 404
+
+
 def test_cancel_through_the_api_needs_the_token_and_kills_the_job(root: Root, make_pipeline: MakePipeline,
                                                                   tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
@@ -519,7 +547,7 @@ def test_the_openapi_document_describes_every_api_route(root: Root) -> None:
         "/api/events", "/api/info", "/api/pipelines", "/api/pipelines/{pipeline}",
         "/api/pipelines/{pipeline}/cancel", "/api/pipelines/{pipeline}/diff", "/api/pipelines/{pipeline}/jobs/{job}",
         "/api/pipelines/{pipeline}/jobs/{job}/cancel", "/api/pipelines/{pipeline}/jobs/{job}/logs",
-        "/api/pipelines/{pipeline}/jobs/{job}/retry",
+        "/api/pipelines/{pipeline}/jobs/{job}/retry", "/api/pipelines/{pipeline}/logs",
     ]
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
@@ -559,7 +587,7 @@ def test_generated_requests_never_get_a_server_error(root: Root, make_pipeline: 
                 except Unsatisfiable:  # no parameters (GET /api/info): nothing to get wrong
                     assert mode is GenerationMode.NEGATIVE
             checked += 1
-    assert checked == 9
+    assert checked == 10
 
 
 def _with_existing_names(case: Any) -> Any:

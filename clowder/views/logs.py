@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -15,7 +15,7 @@ from clowder import known
 from clowder.executor import read_exit, run_file
 from clowder.known import NotFound
 from clowder.logfile import open_log
-from clowder.state import JobState, read_job_status
+from clowder.state import JobState, JobStatus, read_job_status
 from clowder.tree import PipelinePaths, Root
 from clowder.views.tree import read_job
 
@@ -117,14 +117,65 @@ class LogFollower:
 
 def text_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
     """`clowder logs [-f]`: the log's text, and with `follow`, what it writes until it ends."""
-    log = locate(root, pipeline, job, attempt)
+    yield from JobLogs(root, pipeline, job, attempt, follow)
+
+
+class JobLogs:
+    """`clowder logs PIPELINE JOB [-f]`: an attempt's text (default: the latest), and with `follow`,
+    what it writes until it ends; followed without an attempt named, on into the job's next
+    attempts (retries, the run after a regression fix-up), each after a line naming it, until the
+    job has ended. `outcome` is then how the followed attempt or job ended."""
+
+    def __init__(self, root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> None:
+        self.log = locate(root, pipeline, job, attempt)
+        self.pinned = attempt is not None
+        self.follow = follow
+        self.outcome: JobState | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        log = self.log
+        unended = yield from _attempt_text(log, self.follow, must_exist=True)
+        # The log ends with the attempt's exit record; how it ended is known once the scheduler has
+        # recorded it, which may be a moment later.
+        while self.follow:
+            status = read_job(log.paths, log.job)
+            if self.pinned and _ended_as(status, log.attempt) is not JobState.RUNNING:
+                self.outcome = _ended_as(status, log.attempt)
+                return
+            if not self.pinned and status.state.terminal and status.attempt <= log.attempt:
+                self.outcome = status.state
+                return
+            if self.pinned or status.attempt <= log.attempt:
+                time.sleep(POLL_SECONDS)
+                continue
+            log = AttemptLog(log.root, log.paths, log.job, log.attempt + 1)
+            yield ("\n" if unended else "") + separator(status, log.attempt)
+            unended = yield from _attempt_text(log, follow=True, must_exist=False)
+
+
+def separator(status: JobStatus, attempt: int) -> str:
+    """The line before a followed job's next attempt, naming it and why it runs."""
+    why = next((a.trigger for a in status.attempts if a.number == attempt), "")
+    return f"--- {status.job} attempt {attempt}" + (f" ({why})" if why else "") + " ---\n"
+
+
+def _ended_as(status: JobStatus, attempt: int) -> JobState:
+    """How attempt `attempt` ended, as its own record says (else as its job did)."""
+    return next((a.state for a in status.attempts if a.number == attempt), status.state)
+
+
+def _attempt_text(log: AttemptLog, follow: bool, must_exist: bool) -> Generator[str, None, bool]:
+    """One attempt's text; returns whether it left its last line unended."""
     follower = LogFollower(log, f=log.open(), until_over=follow)
-    if not follow and follower.f is None:
+    if must_exist and not follow and follower.f is None:
         raise log.missing()
+    last = ""
     for chunk in follower:
         if chunk is None:
             time.sleep(POLL_SECONDS)
         elif chunk.text:
+            last = chunk.text
             yield chunk.text
-    if not follower.opened:
+    if must_exist and not follower.opened:
         raise log.missing()
+    return bool(last) and not last.endswith("\n")
