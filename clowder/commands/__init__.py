@@ -1,0 +1,1 @@
+"""The command line's commands, one module per kind of work; clowder.cli assembles them."""

@@ -1,0 +1,127 @@
+"""Commands that run pipelines and steer them: run, watch, cancel, retry, spawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clowder.commands.common import F, console, parse_duration_option, root_option
+from clowder.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_WORK_FAILED,
+    ClowderError,
+)
+from clowder.tree import Root, find_root
+
+# Commands import what they use: `clowder status` over a thousand pipelines must not pay for
+# jsonschema, rich or git it does not need (see README, "The index at scale").
+
+
+def _driver_options(f: F) -> F:
+    f = click.option("--max-parallel", type=click.IntRange(min=1),
+                     help="Attempts running at once under the root (default: clowder.toml's max_parallel).")(f)
+    f = click.option("--poll", is_flag=True,
+                     help="Use watchdog's polling observer (for network file systems where inotify does not work).")(f)
+    f = click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also append the decision log to this file.")(f)
+    return f
+
+
+@click.command()
+@click.argument("pipelines", nargs=-1)
+@_driver_options
+@root_option
+def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None,
+        root_dir: Path | None) -> None:
+    """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
+
+    Exits 0 if all succeeded, 1 if not, 2 if a pipeline is blocked by a spec file that stays
+    invalid (fix it and run again), 3 if Clowder failed on one (see its crash log). Logs each
+    decision to stderr. If `clowder watch` is already serving the root, follows the pipelines
+    it runs instead of scheduling them."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
+                    out=console())
+    click.get_current_context().exit(EXIT_OK if ok else _run_failed(root, pipelines))
+
+
+def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
+    """The exit code of a run that did not succeed: 3 if Clowder failed on a pipeline (broken),
+    2 if one is blocked by a bad file (each is named, with the file and the key), else 1."""
+    from clowder.state import PipelineState, read_pipeline_status
+    from clowder.tree import is_name
+
+    halted: dict[PipelineState, list[str]] = {PipelineState.BROKEN: [], PipelineState.BLOCKED: []}
+    for name in pipelines or tuple(n for n in root.pipeline_names() if is_name(n)):
+        try:
+            status = read_pipeline_status(root.pipeline(name).status_file)
+        except ClowderError:
+            continue
+        if status.state in halted:
+            halted[status.state].append(name)
+            click.echo(f"error: {name} is {status.state.value}: {status.message}", err=True)
+    if halted[PipelineState.BROKEN]:
+        return EXIT_CRASH
+    return EXIT_BAD_INPUT if halted[PipelineState.BLOCKED] else EXIT_WORK_FAILED
+
+
+@click.command()
+@_driver_options
+@click.option("--sweep", default="30s", show_default=True,
+              help="How often to re-read the whole tree to repair missed file events.")
+@root_option
+def watch(max_parallel: int | None, poll: bool, log_file: Path | None, sweep: str, root_dir: Path | None) -> None:
+    """Serve every pipeline under the root until SIGTERM or Ctrl-C.
+
+    One daemon per root. On a signal it stops launching and exits; running jobs go on and the
+    next daemon adopts them."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    runner.watch(root, max_parallel=max_parallel, poll=poll, log_file=log_file, sweep=parse_duration_option(sweep))
+
+
+@click.command()
+@click.argument("pipeline")
+@click.argument("job", required=False)
+@root_option
+def cancel(pipeline: str, job: str | None, root_dir: Path | None) -> None:
+    """Cancel JOB of PIPELINE, or the whole pipeline: running attempts get SIGTERM (SIGKILL
+    after clowder.toml's kill_grace), and what can no longer run is skipped or cancelled."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "cancel", job)
+    click.echo(f"cancel requested for {pipeline}" + (f"/{job}" if job else ""))
+
+
+@click.command()
+@click.argument("pipeline")
+@click.argument("job")
+@root_option
+def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
+    """Run a failed or cancelled JOB again (a new attempt), and re-run what it gated."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "retry", job)
+    click.echo(f"retry requested for {pipeline}/{job}")
+
+
+@click.command()
+@click.argument("job")
+@click.option("--reason", "-r", required=True, help="What is wrong: the fix-up job gets it as context.")
+@click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file (test output, a report) whose text the fix-up job gets as context.")
+@root_option
+def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | None) -> None:
+    """From inside a running job, ask for a fix-up job: a copy of JOB that starts from this
+    attempt's commit. When this attempt ends, this job waits for the fix-up, then runs again."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    pipeline, _ = runner.spawn(root, job, reason, context_file)
+    click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
+
+
+COMMANDS = (run, watch, cancel, retry, spawn,)
