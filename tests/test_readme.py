@@ -127,3 +127,26 @@ def test_every_api_endpoint_and_its_parameters_are_in_the_readme() -> None:
     params = {f"{m} {p}": gaps for m, p, names in endpoints if (gaps := [n for n in names
                                                                           if f"{n}=" not in rows[f"{m} {p}"]])}
     assert not params, f"query parameters missing from their endpoint's README row: {params}"
+
+
+def architecture_section() -> str:
+    start = README.index("\n## Architecture\n")
+    return README[start:README.index("\n## ", start + 1)]
+
+
+def modules_missing_from(section: str, package: Path) -> list[str]:
+    """Each module of the package (as `sub/module`, packages' __init__ aside) not named in the section."""
+    named = set(re.findall(r"`([\w/]+)`", section))
+    modules = (p.relative_to(package).with_suffix("").as_posix() for p in package.rglob("*.py"))
+    return sorted(m for m in modules if not m.endswith("__init__") and m not in named)
+
+
+def test_the_architecture_section_names_every_module() -> None:
+    assert modules_missing_from(architecture_section(), REPO / "clowder") == []
+
+
+def test_the_architecture_check_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py", "sub/c.py"):
+        (tmp_path / name).write_text("")
+    assert modules_missing_from("- `a` and `sub/b`", tmp_path) == ["sub/c"]
