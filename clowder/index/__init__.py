@@ -10,7 +10,7 @@ from clowder.index.compare import RowDifference, compare, recorded_objects
 from clowder.index.db import Index, connect_readonly
 from clowder.index.errors import IndexUnavailable, QueryError
 from clowder.index.freshness import fresh, live_daemon
-from clowder.index.query import Result, query
+from clowder.index.query import QueryResult, query
 from clowder.index.read import (
     ENDED,
     ArtifactListRow,
@@ -28,7 +28,7 @@ from clowder.index.schema import LATEST, MIGRATIONS, TABLES, Migration, migrate
 
 __all__ = [
     "ENDED", "LATEST", "MIGRATIONS", "TABLES", "ArtifactListRow", "Index", "IndexUnavailable",
-    "JobStatusRow", "Migration", "OverviewRow", "PipelineHeadRow", "QueryError", "Result", "RowDifference",
+    "JobStatusRow", "Migration", "OverviewRow", "PipelineHeadRow", "QueryError", "QueryResult", "RowDifference",
     "StatusRows", "artifact_rows", "compare", "connect_readonly", "dump", "dump_index", "fresh",
     "live_daemon", "migrate", "overview_rows", "query", "recorded_objects", "status_rows",
 ]

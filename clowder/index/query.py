@@ -49,12 +49,12 @@ def action_name(action: int) -> str:
 
 
 @dataclass(frozen=True)
-class Result:
+class QueryResult:
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
 
 
-def query(root: Root, sql: str, params: Mapping[str, Any] | None = None) -> Result:
+def query(root: Root, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
     """Run one read-only SQL statement against the index. Anything that would write (or attach
     another file) is refused, whatever the statement looks like: the connection is opened
     read-only and an authorizer allows only reads."""
@@ -66,7 +66,7 @@ def query(root: Root, sql: str, params: Mapping[str, Any] | None = None) -> Resu
         try:
             cursor = conn.execute(sql, dict(params or {}))
             columns = tuple(d[0] for d in cursor.description or ())
-            return Result(columns, cursor.fetchall())
+            return QueryResult(columns, cursor.fetchall())
         except (sqlite3.Warning, sqlite3.ProgrammingError) as e:  # more than one statement
             raise QueryError(f"query: {e} (give one SQL statement)") from e
         except sqlite3.Error as e:

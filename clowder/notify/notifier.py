@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from clowder.notify.events import Event, job_events, pipeline_events
 from clowder.notify.outbox import Delivery, Outbox, Record, Send
-from clowder.notify.send import Result, Senders, post
+from clowder.notify.send import Senders, Sent, post
 from clowder.spec import NotifyTarget, Pipeline
 from clowder.state import JobStatus, PipelineStatus, utcnow
 from clowder.tree import CONFIG_FILE, Root
@@ -159,7 +159,7 @@ class Notifier:
             else:
                 self.log(f"{event.pipeline}: notification {event.kind.value} to {send.name} failed: {result.reason}")
 
-    def _send(self, target: NotifyTarget, event: Event) -> Result:
+    def _send(self, target: NotifyTarget, event: Event) -> Sent:
         root = str(self.root.path)
         body = json.dumps(event.payload(root)).encode()
         if target.webhook:

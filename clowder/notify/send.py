@@ -23,7 +23,7 @@ _REASON_CHARS = 300  # of what a failed command printed, in the log and the outb
 
 
 @dataclass(frozen=True)
-class Result:
+class Sent:
     ok: bool
     reason: str = ""
 
@@ -37,7 +37,7 @@ class Senders:
         self._lock = threading.Lock()
         self._running: subprocess.Popen[bytes] | None = None
 
-    def run(self, argv: tuple[str, ...], body: bytes, env: Mapping[str, str], cwd: Path, timeout: float) -> Result:
+    def run(self, argv: tuple[str, ...], body: bytes, env: Mapping[str, str], cwd: Path, timeout: float) -> Sent:
         with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output:
             # Files, not pipes: a command that never reads its stdin, or leaves a child holding
             # its stdout, cannot make the daemon wait past the timeout.
@@ -47,7 +47,7 @@ class Senders:
                 proc = subprocess.Popen(argv, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, cwd=cwd,
                                         env={**env, **self.processes.env(env)}, start_new_session=True)
             except (OSError, ValueError) as e:
-                return Result(False, f"cannot run {argv[0]}: {getattr(e, 'strerror', None) or e}")
+                return Sent(False, f"cannot run {argv[0]}: {getattr(e, 'strerror', None) or e}")
             with self._lock:
                 self._running = proc
             try:
@@ -55,13 +55,13 @@ class Senders:
             finally:
                 self._end(proc)
             if code is None:
-                return Result(False, f"timed out after {format_duration(timeout)}; killed")
+                return Sent(False, f"timed out after {format_duration(timeout)}; killed")
             if code != 0:
                 output.seek(0)
                 said = output.read()[-_REASON_CHARS:].decode(errors="replace").strip()
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                return Result(False, how + (f": {said}" if said else ""))
-            return Result(True)
+                return Sent(False, how + (f": {said}" if said else ""))
+            return Sent(True)
 
     def _end(self, proc: subprocess.Popen[bytes]) -> None:
         """Kill the command's process group and anything else it started, then reap it: until
@@ -104,7 +104,7 @@ def _wait_unreaped(pid: int, timeout: float) -> int | None:
         pause = min(pause * 2, 0.05)
 
 
-def post(url: str, body: bytes, timeout: float) -> Result:
+def post(url: str, body: bytes, timeout: float) -> Sent:
     """POST the event as JSON. `timeout` bounds the connection and each read (urllib's own)."""
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "clowder-notify"})
@@ -112,11 +112,11 @@ def post(url: str, body: bytes, timeout: float) -> Result:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(64 * 1024)
     except urllib.error.HTTPError as e:
-        return Result(False, f"HTTP {e.code} {e.reason}")
+        return Sent(False, f"HTTP {e.code} {e.reason}")
     except urllib.error.URLError as e:
-        return Result(False, f"cannot reach {url}: {e.reason}")
+        return Sent(False, f"cannot reach {url}: {e.reason}")
     except TimeoutError:
-        return Result(False, f"timed out after {format_duration(timeout)}")
+        return Sent(False, f"timed out after {format_duration(timeout)}")
     except (OSError, ValueError) as e:
-        return Result(False, f"cannot post to {url}: {e}")
-    return Result(True)
+        return Sent(False, f"cannot post to {url}: {e}")
+    return Sent(True)
