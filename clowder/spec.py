@@ -81,6 +81,7 @@ class When(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     ALWAYS = "always"
+    MANUAL = "manual"  # as `success`, then wait for `clowder approve` (GitLab's `when: manual`)
 
 
 @dataclass(frozen=True)
