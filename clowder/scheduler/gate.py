@@ -54,3 +54,13 @@ def decide(req: Approve | Reject, jobs: dict[str, JobStatus]) -> str:
     # Failed like any failure: what needs it to succeed is skipped, and `clowder retry` asks again.
     jobs[req.job] = replace(status, state=JobState.FAILED, message=f"rejected by {req.by}{said}", approval=approval)
     return f"{req.job} rejected by {req.by}{said}"
+
+
+def trailers(approval: Approval | None) -> str:
+    """The commit trailers that say who approved the attempt, when and why (one line each)."""
+    if approval is None:
+        return ""
+    by, comment = " ".join(approval.by.split()), " ".join(approval.comment.split())[:1000]
+    at = approval.at.isoformat().replace("+00:00", "Z")
+    return (f"Clowder-Approved-By: {by}\nClowder-Approved-At: {at}\n"
+            + (f"Clowder-Approval-Comment: {comment}\n" if comment else ""))
