@@ -215,3 +215,31 @@ def test_validate_accepts_manual_and_names_a_bad_when(root: Root, make_pipeline:
     make_pipeline("q", {"a": 'command = ["true"]\n', "b": needs.format("manaul")})
     r = cli("validate")
     assert r.exit_code == 2 and "q/jobs/b.toml: needs[0].when:" in r.output and "manual" in r.output
+
+
+def test_the_page_shows_the_gate_and_its_approve_button_starts_the_job(root: Root, make_pipeline: MakePipeline) -> None:
+    from tests.test_server import CHROMIUM, CHROMIUM_ARGS, serving
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
+    with serving(root) as p, daemon(root), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept("looks good from here"))
+            page.goto(f"{p.url}?token={p.token}#/p/p/dev")
+            node = page.locator('g.node[data-job="dev"]')
+            sync_api.expect(node).to_have_attribute("data-state", "approval", timeout=15_000)
+            sync_api.expect(page.locator("#job-message")).to_contain_text("waiting for approval")
+            sync_api.expect(page.locator("#reject-job")).to_be_visible()
+            sync_api.expect(page.locator("#retry-job")).to_be_hidden()
+            page.locator("#approve-job").click()
+            sync_api.expect(page.locator("#toast")).to_have_text("approve of dev requested")
+            sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
+            sync_api.expect(page.locator("#approve-job")).to_be_hidden()
+        finally:
+            browser.close()
+    approval = jstatus(root, "p", "dev").attempts[0].approval
+    assert approval is not None and (approval.by, approval.comment) == ("web", "looks good from here")
