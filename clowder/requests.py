@@ -51,7 +51,11 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
     """Why `action` cannot apply to the job (or the whole pipeline) now, or ''. Decided from the
     status files and the retries already waiting; the scheduler checks again when it applies the
     request, since the state may change in between."""
+    # The inbox before the status: the daemon removes a request only once the status that records
+    # it is written, so one that is gone from the inbox is seen in the status read after.
     retries = retries_waiting(paths)
+    deciding = job is not None and action in DECISIONS and any(
+        isinstance(r, Approve | Reject) and r.job == job for r in pending(paths))
     if job is None:
         state = read_pipeline_status(paths.status_file).state
         if action not in pipeline_actions(state, bool(retries)):
@@ -59,7 +63,7 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
         return ""
     status = read_job_status(paths.job_status_file(job), job)
     if action in DECISIONS:
-        return _decision_refusal(paths, action, job, status.state)
+        return _decision_refusal(paths, action, job, status.state, deciding)
     if action in job_actions(status.state, job in retries) or action not in ("cancel", "retry"):
         return ""
     if action == "retry" and job in retries:
@@ -69,12 +73,12 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
     return f"{paths.name}/{job} {_has(status.state)}; only a job that has not ended can be cancelled"
 
 
-def _decision_refusal(paths: PipelinePaths, action: str, job: str, state: JobState) -> str:
+def _decision_refusal(paths: PipelinePaths, action: str, job: str, state: JobState, deciding: bool) -> str:
+    if deciding:
+        return f"a decision on {paths.name}/{job} is already requested"
     if state is not JobState.APPROVAL:
         done = "approved" if action == "approve" else "rejected"
         return f"{paths.name}/{job} {_has(state)}; only a job waiting for approval can be {done}"
-    if any(isinstance(r, Approve | Reject) and r.job == job for r in pending(paths)):
-        return f"a decision on {paths.name}/{job} is already requested"
     return ""
 
 
