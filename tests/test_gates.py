@@ -180,6 +180,10 @@ def test_approve_and_reject_through_the_api_need_the_token_and_record_web(root: 
         wait_for(lambda: waiting(root, "release"), what="release to wait for approval")
         assert c.post("/api/pipelines/p/jobs/release/reject", headers=auth).status_code == 202
         wait_for(lambda: pstate(root, "p").terminal, what="the pipeline to end")
+        shown = c.get("/api/pipelines/p/jobs/dev").json()
+        assert shown["attempts"][0]["approval"]["by"] == "web"
+        assert shown["approval"]["comment"] == "ok from the page" and shown["approval"]["verdict"] == "approved"
+        assert c.get("/api/pipelines/p/jobs/release").json()["approval"]["verdict"] == "rejected"
     dev = jstatus(root, "p", "dev")
     assert dev.attempts[0].approval is not None
     assert (dev.attempts[0].approval.by, dev.attempts[0].approval.comment) == ("web", "ok from the page")
