@@ -28,7 +28,7 @@ MAX_REQUEST_BYTES = MAX_SPEC_BYTES // 4
 
 
 class Refused(UsageError):
-    """A cancel or retry that cannot apply to the job or pipeline as it now is: refused at once
+    """A cancel, retry, approval or rejection that cannot apply to the job or pipeline as it now is: refused at once
     (exit 2, HTTP 409) rather than dropped for the daemon to ignore."""
 
 
@@ -96,6 +96,8 @@ def pipeline_actions_now(paths: PipelinePaths, retries: set[str]) -> list[str]:
 
 
 def _has(state: JobState | PipelineState) -> str:
+    if state is JobState.APPROVAL:
+        return "is waiting for approval"
     if state in (JobState.SKIPPED, JobState.CANCELLED, PipelineState.CANCELLED):
         return f"was {state.value}"
     return f"has {state.value}" if state.terminal else f"is {state.value}"

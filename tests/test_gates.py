@@ -107,6 +107,8 @@ def test_approving_or_rejecting_a_job_that_is_not_waiting_is_refused(root: Root,
             r = cli(action, "p", job)
             assert (r.exit_code, r.output) == (2, f"error: {reason}\n"), (action, job)
         assert cli("approve", "p", "nope").exit_code == 2
+        retried = cli("retry", "p", "dev")
+        assert retried.output == "error: p/dev is waiting for approval; only a failed or cancelled job can be retried\n"
         assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
         assert cli("approve", "p", "dev").exit_code == 0
         twice = cli("reject", "p", "dev")  # the approval is not applied yet, or dev no longer waits
