@@ -1,10 +1,11 @@
-"""Requests: cancel, retry and spawn asks dropped as files in a pipeline's requests/ inbox, so
+"""Requests: cancel, retry, spawn, approve and reject asks dropped as files in a pipeline's requests/ inbox, so
 they work whether or not a daemon is running. The scheduler consumes them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,19 @@ from clowder import known
 from clowder.errors import ClowderError, UsageError
 from clowder.fsio import MAX_SPEC_BYTES, atomic_write, read_input
 from clowder.scheduler import Cancel, Invalid, Request, Retry, Spawn
+from clowder.scheduler.records import Approve, Reject
 from clowder.spec import check_name
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root
 
-ACTIONS = ("cancel", "retry", "spawn")
+ACTIONS = ("cancel", "retry", "spawn", "approve", "reject")
+DECISIONS = ("approve", "reject")  # on a job waiting at its `when = "manual"` gate
 # A spawn's context is copied into its fix-up's job file, which must stay readable (MAX_SPEC_BYTES).
 MAX_REQUEST_BYTES = MAX_SPEC_BYTES // 4
 
 
 class Refused(UsageError):
-    """A cancel or retry that cannot apply to the job or pipeline as it now is: refused at once
+    """A cancel, retry, approval or rejection that cannot apply to the job or pipeline as it now is: refused at once
     (exit 2, HTTP 409) rather than dropped for the daemon to ignore."""
 
 
@@ -36,6 +39,7 @@ def job_actions(state: JobState, retry_waiting: bool = False) -> list[str]:
     """What may be asked of a job in this state: a retry only of a failed or cancelled job (and not
     twice), a cancel only of one that has not ended or that a waiting retry will run again."""
     actions = ["cancel"] if not state.terminal or retry_waiting else []
+    actions += list(DECISIONS) if state is JobState.APPROVAL else []
     return actions + (["retry"] if state in RETRYABLE and not retry_waiting else [])
 
 
@@ -47,13 +51,19 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
     """Why `action` cannot apply to the job (or the whole pipeline) now, or ''. Decided from the
     status files and the retries already waiting; the scheduler checks again when it applies the
     request, since the state may change in between."""
+    # The inbox before the status: the daemon removes a request only once the status that records
+    # it is written, so one that is gone from the inbox is seen in the status read after.
     retries = retries_waiting(paths)
+    deciding = job is not None and action in DECISIONS and any(
+        isinstance(r, Approve | Reject) and r.job == job for r in pending(paths))
     if job is None:
         state = read_pipeline_status(paths.status_file).state
         if action not in pipeline_actions(state, bool(retries)):
             return f"{paths.name} {_has(state)}; only a pipeline that has not ended can be cancelled"
         return ""
     status = read_job_status(paths.job_status_file(job), job)
+    if action in DECISIONS:
+        return _decision_refusal(paths, action, job, status.state, deciding)
     if action in job_actions(status.state, job in retries) or action not in ("cancel", "retry"):
         return ""
     if action == "retry" and job in retries:
@@ -61,6 +71,15 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
     if action == "retry":
         return f"{paths.name}/{job} {_has(status.state)}; only a failed or cancelled job can be retried"
     return f"{paths.name}/{job} {_has(status.state)}; only a job that has not ended can be cancelled"
+
+
+def _decision_refusal(paths: PipelinePaths, action: str, job: str, state: JobState, deciding: bool) -> str:
+    if deciding:
+        return f"a decision on {paths.name}/{job} is already requested"
+    if state is not JobState.APPROVAL:
+        done = "approved" if action == "approve" else "rejected"
+        return f"{paths.name}/{job} {_has(state)}; only a job waiting for approval can be {done}"
+    return ""
 
 
 def retries_waiting(paths: PipelinePaths) -> set[str]:
@@ -77,6 +96,8 @@ def pipeline_actions_now(paths: PipelinePaths, retries: set[str]) -> list[str]:
 
 
 def _has(state: JobState | PipelineState) -> str:
+    if state is JobState.APPROVAL:
+        return "is waiting for approval"
     if state in (JobState.SKIPPED, JobState.CANCELLED, PipelineState.CANCELLED):
         return f"was {state.value}"
     return f"has {state.value}" if state.terminal else f"is {state.value}"
@@ -104,7 +125,7 @@ def drop(root: Root, paths: PipelinePaths, action: str, job: str | None = None, 
         raise UsageError(f"the {action} request would be {len(text.encode())} bytes, more than the "
                          f"{MAX_REQUEST_BYTES} a request may hold: give a shorter context")
     atomic_write(paths.requests_dir / f"{rid}.toml", text, root.tmp_dir)
-    return _record(rid, action, job, data)
+    return _record(rid, action, job, body)
 
 
 def pending(paths: PipelinePaths) -> list[Request]:
@@ -145,10 +166,29 @@ def _record(rid: str, action: object, job: object, data: Mapping[str, Any]) -> R
         return Invalid(rid, f"a {action} request names no job")
     if action == "retry":
         return Retry(rid, job)
+    if action in DECISIONS:
+        return _decision(rid, action, job, data)
     spawner, attempt = data.get("spawner"), data.get("attempt")
     if not isinstance(spawner, str) or not isinstance(attempt, int) or isinstance(attempt, bool):
         return Invalid(rid, f"a spawn request needs its spawner and attempt, got {spawner!r} and {attempt!r}")
     return Spawn(rid, job, spawner, attempt, str(data.get("reason", "")), str(data.get("context", "")))
+
+
+def _decision(rid: str, action: str, job: str, data: Mapping[str, Any]) -> Request:
+    by, at, comment = data.get("by"), data.get("created_at"), data.get("comment", "")
+    if not isinstance(by, str) or not isinstance(comment, str) or not isinstance(at, datetime) or at.tzinfo is None:
+        return Invalid(rid, f"an {action} request needs by, comment and created_at (with a UTC offset), "
+                            f"got {by!r}, {comment!r} and {at!r}")
+    return (Approve if action == "approve" else Reject)(rid, job, by, at, comment)
+
+
+def decide(root: Root, paths: PipelinePaths, action: str, job: str, by: str, comment: str) -> Request:
+    """Approve or reject a job waiting at its gate: checked now (a job not waiting is refused),
+    dropped as a request file, and the daemon woken."""
+    check(paths, action, job)
+    r = drop(root, paths, action, job, by=by, comment=comment)
+    wake(root, paths.name)
+    return r
 
 
 def request_file(paths: PipelinePaths, request_id: str) -> Path:

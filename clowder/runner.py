@@ -200,6 +200,19 @@ def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.
     return r
 
 
+def decide(root: Root, pipeline: str, job: str, action: str, comment: str) -> req_mod.Request:
+    """`clowder approve` / `reject`: the decision is the user's who runs it ($USER, else the account)."""
+    import getpass
+
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job, with_spec=True)
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):  # no $USER and no passwd entry (a bare container)
+        by = f"uid {os.getuid()}"
+    return req_mod.decide(root, paths, action, job, by, comment)
+
+
 def spawn(root: Root, job: str, reason: str, context_file: Path | None) -> tuple[str, req_mod.Request]:
     """Ask for a fix-up of JOB from inside a running job (found through CLOWDER_* variables)."""
     pipeline, spawner, attempt = (os.environ.get(v) for v in ("CLOWDER_PIPELINE", "CLOWDER_JOB", "CLOWDER_ATTEMPT"))

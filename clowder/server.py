@@ -24,7 +24,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,6 +67,16 @@ class RequestView(BaseModel):
     action: str
     pipeline: str
     job: str | None
+
+
+class Decision(BaseModel):
+    """An approval's or a rejection's body (optional): why."""
+
+    comment: str = Field("", max_length=10_000, description="Recorded with the decision; a rejection's message")
+
+
+# Who decides through the API: the token's holder (the page, or a script that read serve.token).
+WEB_USER = "web"
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -308,6 +318,7 @@ def create_app(root: Root, token: str, hosts: frozenset[str] | None = LOOPBACK_H
         return StreamingResponse(hub.stream(pipeline), media_type="text/event-stream")
 
     _action_routes(app, root)
+    _decision_routes(app, root)
     return app
 
 
@@ -424,6 +435,26 @@ def _action_routes(app: FastAPI, root: Root) -> None:
     def retry_job(pipeline: Name, job: Name) -> RequestView:
         """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
         return drop_request(root, pipeline, "retry", job)
+
+
+def _decision_routes(app: FastAPI, root: Root) -> None:
+    def decide(pipeline: str, job: str, action: str, body: Decision | None) -> RequestView:
+        paths = known.pipeline(root, pipeline)
+        known.job(paths, job, with_spec=True)
+        r = requests.decide(root, paths, action, job, WEB_USER, body.comment if body else "")
+        return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/approve", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def approve_job(pipeline: Name, job: Name, body: Decision | None = None) -> RequestView:
+        """Let a job waiting at its `when = "manual"` gate start (like `clowder approve`; by "web")."""
+        return decide(pipeline, job, "approve", body)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/reject", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def reject_job(pipeline: Name, job: Name, body: Decision | None = None) -> RequestView:
+        """Fail a job waiting at its gate, with the comment as its message (like `clowder reject`)."""
+        return decide(pipeline, job, "reject", body)
 
 
 def _errors(app: FastAPI) -> None:

@@ -81,6 +81,7 @@ class When(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     ALWAYS = "always"
+    MANUAL = "manual"  # as `success`, then wait for `clowder approve` (GitLab's `when: manual`)
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ class NotifyEvent(StrEnum):
     PIPELINE_FAILED = "pipeline_failed"
     PIPELINE_BLOCKED = "pipeline_blocked"
     JOB_FAILED = "job_failed"
-    WAITING_FOR_APPROVAL = "waiting_for_approval"  # accepted now; sent once approval gates exist
+    WAITING_FOR_APPROVAL = "waiting_for_approval"  # a job reached its `when = "manual"` gate
     BUDGET_SPENT = "budget_spent"
     FIXUP_SPAWNED = "fixup_spawned"
 

@@ -21,6 +21,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     RETRYING = "retrying"
     WAITING = "waiting"
+    APPROVAL = "approval"  # a `when = "manual"` gate: waiting for `clowder approve` or `clowder reject`
     LOST = "lost"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -126,6 +127,23 @@ class FailureKind(StrEnum):
     COMMAND = "command"
 
 
+class Verdict(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's decision on a job waiting at a `when = "manual"` gate: who (the user, or "web" for
+    the API's token), when, why, and the request that carried it (a replayed request is a no-op)."""
+
+    verdict: Verdict
+    by: str
+    at: datetime
+    comment: str = ""
+    request: str = ""
+
+
 @dataclass(frozen=True)
 class Attempt:
     number: int
@@ -145,6 +163,7 @@ class Attempt:
     request: str | None = None  # id of the request that caused it, so a replayed request is a no-op
     usage: Usage | None = None  # what an agent reported spending in this attempt
     failure_kind: FailureKind | None = None  # a failed agent attempt's kind (a command job's is `command`)
+    approval: Approval | None = None  # the approval that let this attempt start (a gated job)
 
     @property
     def duration(self) -> float | None:
@@ -167,6 +186,7 @@ class JobStatus:
     killing: Killing | None = None  # a kill of the running attempt is under way
     retry_request: str | None = None  # the `clowder retry` request this pending job will run for
     spawn_refused: str = ""  # why the last attempt's spawn requests were refused
+    approval: Approval | None = None  # the last decision on its `when = "manual"` gate
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys written by later versions, kept as read
 
     @property
@@ -209,7 +229,21 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
         ] or None,
         "usage": _usage_to_dict(a.usage),
         "failure_kind": a.failure_kind.value if a.failure_kind else None,
+        "approval": approval_to_dict(a.approval),
     })
+
+
+def approval_to_dict(a: Approval | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return _clean({"verdict": a.verdict.value, "by": a.by, "at": a.at, "comment": a.comment or None,
+                   "request": a.request or None})
+
+
+def _approval_from_dict(d: Mapping[str, Any] | None) -> Approval | None:
+    if d is None:
+        return None
+    return Approval(Verdict(d["verdict"]), str(d["by"]), d["at"], str(d.get("comment", "")), str(d.get("request", "")))
 
 
 def _usage_to_dict(u: Usage | None) -> dict[str, Any] | None:
@@ -246,13 +280,14 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
         request=d.get("request"),
         usage=_usage_from_dict(d.get("usage")),
         failure_kind=FailureKind(d["failure_kind"]) if "failure_kind" in d else None,
+        approval=_approval_from_dict(d.get("approval")),
     )
 
 
 STATUS_SCHEMA_HEADER = "#:schema ../../../.clowder/schemas/status.schema.json\n"
 PIPELINE_STATUS_SCHEMA_HEADER = "#:schema ../../.clowder/schemas/status.schema.json\n"
 _JOB_KEYS = {"state", "attempt", "message", "attempts", "retry_at", "waiting_for", "spawned",
-             "job", "schema_version", "killing", "retry_request", "spawn_refused"}
+             "job", "schema_version", "killing", "retry_request", "spawn_refused", "approval"}
 
 
 def job_status_to_toml(s: JobStatus) -> str:
@@ -270,6 +305,7 @@ def job_status_to_toml(s: JobStatus) -> str:
         "killing": _killing_to_dict(s.killing),
         "retry_request": s.retry_request,
         "spawn_refused": s.spawn_refused or None,
+        "approval": approval_to_dict(s.approval),
         "attempts": [_attempt_to_dict(a) for a in s.attempts] or None,
     })
     return STATUS_SCHEMA_HEADER + tomli_w.dumps(data)
@@ -288,6 +324,7 @@ def job_status_from_dict(job: str, d: Mapping[str, Any]) -> JobStatus:
         killing=_killing_from_dict(d.get("killing")),
         retry_request=d.get("retry_request"),
         spawn_refused=d.get("spawn_refused", ""),
+        approval=_approval_from_dict(d.get("approval")),
         extra={k: v for k, v in d.items() if k not in _JOB_KEYS},
     )
 
@@ -348,9 +385,12 @@ def check_status_file(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]
     problems = schema.check("status", data, path)
     attempts = data.get("attempts")
     tables: list[tuple[tuple[str | int, ...], Any, tuple[str, ...]]] = [
-        ((), data, _TIMES), (("killing",), data.get("killing"), ("at",))]
+        ((), data, _TIMES), (("killing",), data.get("killing"), ("at",)),
+        (("approval",), data.get("approval"), ("at",))]
     if isinstance(attempts, list):
         tables += [(("attempts", i), a, _TIMES) for i, a in enumerate(attempts)]
+        tables += [(("attempts", i, "approval"), a.get("approval"), ("at",))
+                   for i, a in enumerate(attempts) if isinstance(a, dict)]
     for prefix, table, times in tables:
         for key in times:
             value = table.get(key) if isinstance(table, dict) else None

@@ -2,7 +2,8 @@
 # The README's demo: copy the example root to a scratch directory and run three pipelines to
 # the end: fan-out (plain commands in parallel), regression-loop (a failing test spawns a
 # fix-up, then passes) started from a small git repository of "yours", and agent-dev (the
-# scripted agent); show what the regression changed with git, and end by bringing that work
+# scripted agent, with an approval gate the demo approves with `clowder approve`); show
+# what the regression changed with git, and end by bringing that work
 # back to your repository as a branch with `clowder export`.
 # Usage: bash example_pipelines/demo.sh [DIR]
 set -euo pipefail
@@ -41,10 +42,24 @@ git -C "$(clowder path calc test)" log --format='%h %s%n%(trailers:only,unfold)'
 echo "== notifications: what the [[notify]] table of clowder.toml was told (notifications.log)"
 cat notifications.log
 
-echo "== agent-dev: plan -> dev -> test -> verify with the built-in scripted agent (no model, no network)"
+echo "== agent-dev: plan -> [approval gate] -> dev -> test -> verify with the built-in scripted agent (no model, no network)"
 clowder new agent-dev --name agents --prompt "Write calc.py with add(a, b), and a test that proves it"
-clowder run agents
+clowder run agents &  # runs plan, then waits at the gate before dev
+run=$!
+for _ in $(seq 600); do  # at most 2 minutes
+  if clowder status agents | grep -q "waiting for approval"; then break; fi
+  kill -0 "$run" 2>/dev/null || break
+  sleep 0.2
+done
+echo "== the plan, waiting for your approval: clowder status agents"
 clowder status agents
+cat "$(clowder path agents plan)/.clowder/plan/output.json"; echo
+echo "== clowder approve agents dev --comment \"the plan looks right\""
+clowder approve agents dev --comment "the plan looks right"
+wait "$run"
+clowder status agents
+echo "== who approved dev, in its commit's trailers"
+git -C "$(clowder path agents dev)" log -1 --format='%(trailers:key=Clowder-Approved-By,key=Clowder-Approval-Comment)' attempt-1
 echo "== what the fix-up agent was told: the regression context in its prompt"
 sed -n '/^# Regression context/,/^Context:/p' "$(clowder path agents dev.r1)/.clowder/dev.r1/prompt.md"
 

@@ -117,7 +117,7 @@ def test_status_of_an_invalid_pipeline_name_never_leaves_the_root(cli: Invoke) -
 
 @pytest.mark.parametrize(("content", "problem"), [
     (b"\xff", "<toml>: not UTF-8 text: invalid start byte"),
-    (b'state = "dreaming"\n', "state: must be one of pending, queued, running, retrying, waiting, lost, "
+    (b'state = "dreaming"\n', "state: must be one of pending, queued, running, retrying, waiting, approval, lost, "
                               "succeeded, failed, skipped, cancelled, blocked, broken; got 'dreaming'"),
     (b'state = "running"\nmessage = 5\n', "message: expected a string, got 5"),
     (b'state = "running"\n[[attempts]]\nnumber = 1\nstate = "running"\nstarted_at = "yesterday"\n',

@@ -18,11 +18,21 @@ from clowder.harness import agent, prompt
 from clowder.harness.actions import output_from_text, read_log
 from clowder.harness.config import BUILTIN, argv, harness_name, resolve
 from clowder.spec import Config, Harness, JobSpec, Pipeline
-from clowder.state import Attempt, JobState, JobStatus, Usage, job_status_to_toml, read_job_status
+from clowder.state import (
+    Attempt,
+    JobState,
+    JobStatus,
+    PipelineState,
+    Usage,
+    job_status_to_toml,
+    read_job_status,
+    read_pipeline_status,
+)
 from clowder.tree import Root
 from clowder.validate import build_pipeline
 from clowder.views import jsonout, reader
-from tests.conftest import EXAMPLES, Invoke, MakePipeline
+from tests.conftest import EXAMPLES, Invoke, MakePipeline, wait_for
+from tests.test_driver import daemon
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "Write calc.py with add(a, b).\n\nKeep it *small* — and {braces} stay as they are."
@@ -504,9 +514,13 @@ def test_the_agent_dev_example_runs_end_to_end_with_the_scripted_agent(root: Roo
     prompt_text = "Write calc.py with add(a, b), and a test that proves it."
     assert cli("new", "agent-dev", "--prompt", prompt_text, "--name", "calc").exit_code == 0
     spec_before = root.pipeline("calc").spec_file.read_bytes()
-    result = cli("run", "calc")
-    assert result.exit_code == 0, result.output
     paths = root.pipeline("calc")
+    with daemon(root):  # dev waits at its approval gate until someone approves it
+        wait_for(lambda: read_job_status(paths.job_status_file("dev"), "dev").state is JobState.APPROVAL,
+                 what="dev to wait for approval")
+        assert cli("approve", "calc", "dev").exit_code == 0
+        wait_for(lambda: read_pipeline_status(paths.status_file).state.terminal, what="the pipeline to end")
+    assert read_pipeline_status(paths.status_file).state is PipelineState.SUCCEEDED
     states = {j: read_job_status(paths.job_status_file(j), j) for j in ("plan", "dev", "test", "dev.r1", "verify")}
     assert {j: s.state for j, s in states.items()} == dict.fromkeys(states, JobState.SUCCEEDED)
     assert [(a.number, a.state, a.trigger) for a in states["test"].attempts] == [

@@ -238,16 +238,17 @@ def test_cycle_through_stage_order_is_found(root: Root, make_pipeline: MakePipel
     ]
 
 
-def test_when_must_be_success_failure_or_always(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+def test_when_must_be_success_failure_always_or_manual(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", {"a": OK, "b": 'command = "x"\nneeds = [{ job = "a", when = "sometimes" }]\n'})
     assert problems(cli("validate")) == [
-        f"{job(root, 'b')}: needs[0].when: must be one of success, failure, always; got 'sometimes'",
+        f"{job(root, 'b')}: needs[0].when: must be one of success, failure, always, manual; got 'sometimes'",
     ]
 
 
 def test_every_when_condition_is_accepted(make_pipeline: MakePipeline, cli: Invoke) -> None:
     make_pipeline("p", {"a": OK, "b": 'command = "x"\nneeds = [{ job = "a", when = "success" }, '
-                        '{ job = "c", when = "failure" }, { job = "d", when = "always" }]\n', "c": OK, "d": OK})
+                        '{ job = "c", when = "failure" }, { job = "d", when = "always" }, '
+                        '{ job = "e", when = "manual" }]\n', "c": OK, "d": OK, "e": OK})
     assert cli("validate").exit_code == 0
 
 
@@ -458,7 +459,7 @@ def test_broken_status_file_is_reported(root: Root, make_pipeline: MakePipeline,
     d = make_pipeline("p", {"a": OK})
     write(d / "status" / "a.toml", 'state = "sleeping"\n')
     assert problems(cli("validate")) == [
-        f"{d}/status/a.toml: state: must be one of pending, queued, running, retrying, waiting, lost, "
+        f"{d}/status/a.toml: state: must be one of pending, queued, running, retrying, waiting, approval, lost, "
         "succeeded, failed, skipped, cancelled, blocked, broken; got 'sleeping'",
     ]
 

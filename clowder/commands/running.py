@@ -1,4 +1,4 @@
-"""Commands that run pipelines and steer them: run, watch, cancel, retry, spawn."""
+"""Commands that run pipelines and steer them: run, watch, cancel, retry, spawn, approve, reject."""
 
 from __future__ import annotations
 
@@ -109,6 +109,27 @@ def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
     click.echo(f"retry requested for {pipeline}/{job}")
 
 
+def _decision(action: str, done: str, what: str) -> click.Command:
+    @click.command(action, help=what)
+    @click.argument("pipeline")
+    @click.argument("job")
+    @click.option("--comment", "-m", default="", help="Why: recorded with the decision (and in the commit's trailers).")
+    @root_option
+    def command(pipeline: str, job: str, comment: str, root_dir: Path | None) -> None:
+        from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+        root = find_root(root_dir)
+        r = runner.decide(root, pipeline, job, action, comment)
+        by = getattr(r, "by", "")
+        click.echo(f"{pipeline}/{job} {done}" + (f" by {by}" if by else "") + (f": {comment}" if comment else ""))
+    return command
+
+
+approve = _decision("approve", "approved", "Let JOB, waiting at its `when = \"manual\"` gate, start (a job not waiting "
+                    "for approval is refused).")
+reject = _decision("reject", "rejected", "Fail JOB, waiting at its `when = \"manual\"` gate, with the comment as its "
+                   "message: what needs it to succeed is skipped.")
+
+
 @click.command()
 @click.argument("job")
 @click.option("--reason", "-r", required=True, help="What is wrong: the fix-up job gets it as context.")
@@ -124,4 +145,4 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
     click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
 
 
-COMMANDS = (run, watch, cancel, retry, spawn,)
+COMMANDS = (run, watch, cancel, retry, spawn, approve, reject,)

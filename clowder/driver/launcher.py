@@ -25,8 +25,9 @@ from clowder.executor import Executor, Exited, OnExit, Probe, Run, run_file
 from clowder.harness import agent as harness_agent
 from clowder.metadata import write_metadata
 from clowder.scheduler import NO_CHANGES, Outcome, Start, attempt_ending
+from clowder.scheduler.gate import trailers
 from clowder.spec import Config, JobSpec, Pipeline, Source
-from clowder.state import JobState, JobStatus, KillReason, Trigger, utcnow
+from clowder.state import Approval, JobState, JobStatus, KillReason, Trigger, utcnow
 from clowder.tree import PipelinePaths, Root
 from clowder.workspace.repo import job_environ
 
@@ -39,6 +40,14 @@ class _Launched:
 
     pipeline: Pipeline
     spec: JobSpec
+    approval: Approval | None = None  # a gated job's: its commit's trailers say who let it start
+
+
+def _launched(cache: PipelineCache, spec: JobSpec, attempt: int) -> _Launched:
+    assert cache.pipeline is not None
+    status = cache.jobs.get(spec.name)
+    last = status.attempts[-1] if status is not None and status.attempts else None
+    return _Launched(cache.pipeline, spec, last.approval if last is not None and last.number == attempt else None)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class Launcher:
         spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
         if spec is not None and cache.pipeline is not None:
             with self._lock:
-                self._launched[(cache.paths.name, job, attempt)] = _Launched(cache.pipeline, spec)
+                self._launched[(cache.paths.name, job, attempt)] = _launched(cache, spec, attempt)
 
     def _launch(self, launch: Launch) -> None:
         spec, paths, attempt = launch.spec, launch.paths, launch.attempt
@@ -211,7 +220,7 @@ class Launcher:
         if probe is Probe.ENDED:
             self.executor.end(run)  # what it left running (`sleep 37 &`) does not outlive it
             spec = cache.pipeline.jobs.get(job) if cache.pipeline else None
-            launched = _Launched(cache.pipeline, spec) if cache.pipeline and spec else None
+            launched = _launched(cache, spec, status.attempt) if cache.pipeline and spec else None
             cache.outcomes[job] = (status.attempt, self.observe_end(cache.paths, job, status.attempt, killed_for,
                                                                     launched))
         elif probe is Probe.LOST:  # it never started: start it again
@@ -252,7 +261,8 @@ class Launcher:
         error = None if end.state is JobState.SUCCEEDED else workspace.ErrorContext(
             end.reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
         # The commit is made here, in the attempt's waiter thread: jobs commit in parallel.
-        return self._commit(paths, spec or JobSpec(job), attempt, outcome, end.state.value, error)
+        return self._commit(paths, spec or JobSpec(job), attempt, outcome, end.state.value, error,
+                            trailers(launched.approval if launched else None))
 
     def end_unstarted(self, spec: JobSpec, paths: PipelinePaths, attempt: int, problem: str,
                       conflicts: tuple[str, ...] = (), killed_for: KillReason | None = None) -> None:
@@ -266,12 +276,13 @@ class Launcher:
                                      self._commit(paths, spec, attempt, outcome, end.state.value, error)))
 
     def _commit(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome, state: str,
-                        error: workspace.ErrorContext | None) -> Outcome:
+                        error: workspace.ErrorContext | None, more: str = "") -> Outcome:
         """The outcome with the attempt's commit, base, artifacts and consumption added."""
         while True:
             try:
                 done = workspace.finish(paths.workspace(spec.name), paths.name, spec.name, attempt, state,
-                                        identity=self.identity(), outputs=spec.outputs, error=error)
+                                        identity=self.identity(), outputs=spec.outputs, error=error,
+                                        trailers=more)
                 break
             except (OSError, ClowderError) as e:
                 # On a full disk the commit waits for space and is made then (finish may be

@@ -33,6 +33,7 @@ class Event:
     state: str = ""  # the job's or the pipeline's state
     message: str = ""
     fixup: str = ""  # the job a fixup_spawned event is about
+    decided: str = ""  # waiting_for_approval: the request of the decision before (rejected, retried: news again)
 
     @property
     def id(self) -> str:
@@ -41,6 +42,8 @@ class Event:
         detail = self.fixup
         if self.kind is NotifyEvent.PIPELINE_BLOCKED:  # blocked again for another reason: news
             detail = hashlib.sha256(self.message.encode()).hexdigest()[:8]
+        if self.kind is NotifyEvent.WAITING_FOR_APPROVAL and self.decided:
+            detail = hashlib.sha256(self.decided.encode()).hexdigest()[:8]
         name = f"{self.job or PIPELINE}@{self.attempt}.{self.kind.value}" + (f".{detail}" if detail else "")
         return f"{self.pipeline}/{self.run or 'unstarted'}/{name}"
 
@@ -55,10 +58,13 @@ class Event:
                 what = f"spawned the fix-up {self.fixup}"
             case NotifyEvent.BUDGET_SPENT:
                 what = "stopped"
+            case NotifyEvent.WAITING_FOR_APPROVAL:
+                what = "is waiting for approval"
             case _:
                 what = self.state
         # The message often repeats what was just said: `failed: a`, `attempt 2 failed: exit code 1`.
         message = self.message.removeprefix(f"{self.state}: ").removeprefix(f"attempt {self.attempt} failed: ")
+        message = message.removeprefix("waiting for approval: ")
         return f"Clowder: {where} {what}" + (f": {message}" if message else "")
 
     def payload(self, root: str) -> dict[str, Any]:
@@ -110,7 +116,10 @@ def job_events(name: str, status: PipelineStatus, old: JobStatus | None, new: Jo
     if budget and (budget != _budget_stop(old) or old.attempt != new.attempt):
         events.append(event(NotifyEvent.BUDGET_SPENT, budget))
     events += [event(NotifyEvent.FIXUP_SPAWNED, fixup=fixup) for fixup in new.spawned if fixup not in old.spawned]
-    # NotifyEvent.WAITING_FOR_APPROVAL: derived here once approval gates give a job that state.
+    if new.state is JobState.APPROVAL and old.state is not JobState.APPROVAL:
+        decided = new.approval.request if new.approval is not None else ""
+        events.append(Event(NotifyEvent.WAITING_FOR_APPROVAL, name, run, at, new.job, new.attempt, new.state.value,
+                            new.message, decided=decided))
     return events
 
 

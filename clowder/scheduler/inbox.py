@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from clowder.scheduler.records import Cancel, DoneRequest, Invalid, Request, Retry, Spawn
+from clowder.scheduler.gate import decide
+from clowder.scheduler.records import Approve, Cancel, DoneRequest, Invalid, Reject, Request, Retry, Spawn
 from clowder.spec import JobSpec
 from clowder.state import JobState, JobStatus
 
@@ -51,8 +52,8 @@ def take_requests(pipeline: str, requests: Sequence[Request], jobs: dict[str, Jo
     return done
 
 
-def _apply_request(req: Cancel | Retry | Invalid, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec],
-                   cancel_all: bool) -> str:
+def _apply_request(req: Cancel | Retry | Approve | Reject | Invalid, jobs: dict[str, JobStatus],
+                   specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
     """Apply a retry request to `jobs` in place; cancels are applied per job in `_step_job`."""
     match req:
         case Invalid():
@@ -61,6 +62,8 @@ def _apply_request(req: Cancel | Retry | Invalid, jobs: dict[str, JobStatus], sp
             return f"cancel requested for {req.job or 'the whole pipeline'}"
         case Retry():
             return _apply_retry(req, jobs, specs, cancel_all)
+        case Approve() | Reject():
+            return decide(req, jobs)
         case _:
             assert_never(req)
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from clowder.scheduler.budget import within_budget
+from clowder.scheduler.gate import approved, wait_at_gate
 from clowder.scheduler.records import Candidate, JobStep, PipelineView, Scope, prompt_hash
 from clowder.scheduler.regression import step_waiting
 from clowder.scheduler.running import step_running
@@ -30,7 +31,7 @@ def step_job(scope: Scope, spec: JobSpec | None, status: JobStatus, cancel: bool
         return _step_waiting(scope, spec, status)
     if state is JobState.RETRYING:
         return _step_retrying(scope, spec, status)
-    return _step_pending(scope, spec, status)  # pending or queued
+    return _step_pending(scope, spec, status)  # pending, queued or waiting for approval
 
 
 def _step_waiting(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
@@ -53,17 +54,21 @@ def _step_retrying(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
 def _step_pending(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
     verdict = _dependencies(spec, scope.jobs, scope.specs)
     if verdict is None:
-        if status.state is JobState.QUEUED:  # a live edit added an unfinished dependency
+        if status.state in (JobState.QUEUED, JobState.APPROVAL):  # a live edit added an unfinished dependency
             return JobStep(replace(status, state=JobState.PENDING, message=""))
         return JobStep(status)
     if verdict:
         return JobStep(replace(status, state=JobState.SKIPPED, message=verdict), f"{spec.name} skipped: {verdict}")
+    gate = wait_at_gate(scope, spec, status)
+    if gate is not None:
+        return gate
     if scope.blocked:
         return JobStep(status)
     if status.retry_request is not None:
         cand = Candidate(scope.view.name, spec, status, Trigger.MANUAL, status.retry_request)
     else:
         cand = Candidate(scope.view.name, spec, status, Trigger.START)
+    cand = replace(cand, approval=approved(spec, status))
     return within_budget(scope, spec, status, cand)
 
 
@@ -86,7 +91,7 @@ def _dependencies(spec: JobSpec, jobs: Mapping[str, JobStatus], specs: Mapping[s
         dep_spec = specs.get(need.job)
         passed = dep.state is JobState.SUCCEEDED or (
             dep.state is JobState.FAILED and dep_spec is not None and dep_spec.allow_failure)
-        if need.when is When.SUCCESS and not passed:
+        if need.when in (When.SUCCESS, When.MANUAL) and not passed:
             return f"needs {need.job} to succeed; it {_ended(dep.state)}"
         if need.when is When.FAILURE and dep.state is not JobState.FAILED:
             return f"needs {need.job} to fail; it {_ended(dep.state)}"

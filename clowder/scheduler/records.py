@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from clowder.spec import JobSpec, Pipeline
 from clowder.state import (
+    Approval,
     Artifact,
     FailureKind,
     JobState,
@@ -56,6 +57,28 @@ class Spawn:
 
 
 @dataclass(frozen=True)
+class Approve:
+    """A person lets a job waiting at its `when = "manual"` gate start (clowder approve)."""
+
+    id: str
+    job: str
+    by: str
+    at: datetime
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A person fails a job waiting at its gate, with the comment as its message (clowder reject)."""
+
+    id: str
+    job: str
+    by: str
+    at: datetime
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class Invalid:
     """A request file that could not be read: reported and removed, never tripped on again."""
 
@@ -63,7 +86,7 @@ class Invalid:
     error: str
 
 
-Request = Cancel | Retry | Spawn | Invalid
+Request = Cancel | Retry | Spawn | Approve | Reject | Invalid
 
 
 @dataclass(frozen=True)
@@ -211,6 +234,7 @@ class Candidate:
     trigger: Trigger
     request: str | None = None
     sources: tuple[str, ...] = ()
+    approval: Approval | None = None  # a gated job: the approval that lets it start
 
 
 

@@ -80,7 +80,7 @@ def allocate(found: Found, views: Sequence[PipelineView], now: datetime, limits:
             in_use[pool] = in_use.get(pool, 0) + units
         number = cand.status.attempt + 1
         attempt = Attempt(number=number, state=JobState.RUNNING, started_at=now, spec_hash=cand.job.spec_hash,
-                          trigger=cand.trigger, request=cand.request)
+                          trigger=cand.trigger, request=cand.request, approval=cand.approval)
         status = replace(cand.status, state=JobState.RUNNING, attempt=number, message="", retry_at=None,
                          attempts=(*cand.status.attempts, attempt), retry_request=None, killing=None, waiting_for=())
         plan.actions.append(SetJob(cand.pipeline, status))

@@ -56,8 +56,7 @@ class _Pass:
 
     def run(self, found: Found) -> None:
         self.cancelling = cancels(self.view.requests, self.jobs)
-        self.plan.actions += take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs,
-                                           self.cancelling)
+        done = take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs, self.cancelling)
         full = self.view.focus is None
         todo = list(self.jobs) if full else [n for n in (self.view.focus or ()) if n in self.jobs]
         for name in todo:
@@ -70,6 +69,9 @@ class _Pass:
         # says it is pending (a missing one reads so), which saves a file write per job.
         for name, event in self.changed.items():
             self.plan.actions.append(SetJob(self.view.name, self.jobs[name], event))
+        # A request file goes only after the statuses that record what it did: between the two, a
+        # second `clowder retry` or `approve` would find neither and be accepted.
+        self.plan.actions += done
         if full or self.changed or self.view.requests:
             change = pipeline_status(self.scope)
             if change is not None:

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 from clowder import known
 from clowder.errors import UsageError
-from clowder.state import JobState, JobStatus, Usage, read_job_status
+from clowder.state import Approval, JobState, JobStatus, Usage, read_job_status
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.views import indexed, tree
 from clowder.views.records import (
     REPORT_STATES,
+    ApprovalView,
     ArtifactLine,
     ArtifactView,
     AttemptView,
@@ -101,9 +102,14 @@ def attempts(status: JobStatus) -> list[AttemptView]:
             duration=a.duration, exit_code=a.exit_code, signal=a.signal, message=a.message,
             base_commit=a.base_commit, commit=a.commit, consumed=dict(a.consumed),
             artifacts=[ArtifactView(x.path, x.blob, x.size, x.kind) for x in a.artifacts],
+            approval=approval_view(a.approval),
         )
         for a in status.attempts
     ]
+
+
+def approval_view(a: Approval | None) -> ApprovalView | None:
+    return ApprovalView(a.verdict.value, a.by, a.at, a.comment) if a is not None else None
 
 
 def _levels(deps: Mapping[str, list[str]]) -> dict[str, int]:
@@ -186,4 +192,5 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
         spawned=list(status.spawned), waiting_for=list(status.waiting_for), retry_at=status.retry_at,
         actions=requests.job_actions(status.state, job in requests.retries_waiting(paths)),
         export_command=command_line(pipeline, job) if status.state is JobState.SUCCEEDED else "",
+        approval=approval_view(status.approval),
     )

@@ -107,6 +107,16 @@ class ArtifactLine:
 
 
 @dataclass(frozen=True)
+class ApprovalView:
+    """A decision on a job's `when = "manual"` gate: approved or rejected, by whom, when, why."""
+
+    verdict: str
+    by: str
+    at: datetime
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class AttemptView:
     number: int
     state: str
@@ -121,6 +131,7 @@ class AttemptView:
     commit: str | None = None
     consumed: dict[str, str] = field(default_factory=dict)
     artifacts: list[ArtifactView] = field(default_factory=list)
+    approval: ApprovalView | None = None  # who let this attempt of a gated job start
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,7 @@ class JobDetail:
     retry_at: datetime | None
     actions: list[str]  # what may be asked of it now: `cancel`, `retry`
     export_command: str = ""  # for a succeeded job: the `clowder export` line that brings its work back
+    approval: ApprovalView | None = None  # the last decision on its `when = "manual"` gate
 
 
 @dataclass(frozen=True)

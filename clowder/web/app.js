@@ -58,16 +58,18 @@ async function getJSON(url) {
   return body;
 }
 
-async function act(url, what) {
+async function act(url, what, body) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) {
     toast("no token: open the address that `clowder serve` printed (it ends in ?token=…)", true);
     return;
   }
-  const r = await fetch(url, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
-  const body = await r.json().catch(() => ({}));
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(url, { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await r.json().catch(() => ({}));
   if (r.ok) toast(`${what} requested`);
-  else toast(`${what} refused: ${body.detail || r.status}`, true);
+  else toast(`${what} refused: ${answer.detail || r.status}`, true);
   // A request (or a refusal) changes which actions apply: the server says which, ask again.
   soon(loadPipeline);
   soon(loadJob);
@@ -228,7 +230,8 @@ async function loadJob() {
   $("job-name").textContent = d.name;
   setState($("job-state"), d.state);
   $("job-message").textContent = d.message;
-  showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry" }, allowed: d.actions });
+  showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry", "approve-job": "approve",
+    "reject-job": "reject" }, allowed: d.actions });
   drawLineage(d);
   drawAttempts(d);
   drawArtifacts(d);
@@ -466,6 +469,16 @@ function init() {
   };
   $("cancel-job").addEventListener("click", jobAction("cancel"));
   $("retry-job").addEventListener("click", jobAction("retry"));
+  // A gate's decision carries a comment (a rejection's is the job's message): asked for, optional.
+  const decide = (action) => () => {
+    if (!view.pipeline || !view.job) return;
+    const comment = window.prompt(`${action} ${view.job}: a comment (optional)`, "");
+    if (comment === null) return;  // the dialog was cancelled: no decision
+    act(`/api/pipelines/${encodeURIComponent(view.pipeline)}/jobs/${encodeURIComponent(view.job)}/${action}`,
+      `${action} of ${view.job}`, { comment });
+  };
+  $("approve-job").addEventListener("click", decide("approve"));
+  $("reject-job").addEventListener("click", decide("reject"));
   $("copy-export").addEventListener("click", async () => {
     const text = $("export-command").textContent;
     try {

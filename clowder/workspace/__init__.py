@@ -258,7 +258,7 @@ def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: I
 
 
 def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, identity: Identity,
-           outputs: Sequence[str] = (), error: ErrorContext | None = None) -> Finished:
+           outputs: Sequence[str] = (), error: ErrorContext | None = None, trailers: str = "") -> Finished:
     """Commit everything the attempt left (even nothing), tag it `attempt-<n>` (and record it
     under refs/clowder/attempts/<n>), publish its objects and list its artifacts; say whether
     it changed any file. Safe to call again for the same attempt."""
@@ -272,7 +272,7 @@ def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, ident
     if error is not None:
         write_metadata(ws, job, ERROR_FILE, error.to_json(job, attempt, state))
     force = _output_files(ws, outputs) + ([metadata_dir(job)] if meta.is_dir() else [])
-    commit = _commit(repo, pipeline, job, attempt, state, error.reason if error else "", identity, force)
+    commit = _commit(repo, pipeline, job, attempt, state, error.reason if error else "", identity, force, trailers)
     publish(repo, marker.get("started_ns", 0) if ours else 0)
     artifacts = _artifacts(repo, base, commit, job, outputs)
     consumed = marker.get("consumed", {}) if ours else {}
@@ -286,16 +286,17 @@ def _changed(repo: Repo, base: str | None, commit: str, job: str) -> bool:
     return any(not path.startswith(own) for path, _ in tree_changes(objs, objs.tree_of(base), objs.tree_of(commit)))
 
 
-def _message(pipeline: str, job: str, attempt: int, state: str, reason: str) -> str:
+def _message(pipeline: str, job: str, attempt: int, state: str, reason: str, trailers: str = "") -> str:
     lines = [line.rstrip() for line in reason.strip()[:1000].splitlines()]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))  # what git's whitespace cleanup would leave
     body = f"\n{text}\n" if text else ""
     return (f"{job}: attempt {attempt} {state}\n{body}\n"
-            f"Clowder-Pipeline: {pipeline}\nClowder-Job: {job}\nClowder-Attempt: {attempt}\nClowder-State: {state}\n")
+            f"Clowder-Pipeline: {pipeline}\nClowder-Job: {job}\nClowder-Attempt: {attempt}\nClowder-State: {state}\n"
+            + trailers)  # an approval's come after Clowder-State: repo.attempt finds an attempt by those two
 
 
 def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reason: str, identity: Identity,
-            force: Sequence[str]) -> str:
+            force: Sequence[str], trailers: str = "") -> str:
     tag = f"{TAG_PREFIX}{attempt}"
     done = repo.attempt(attempt)
     if done:
@@ -304,7 +305,7 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
     head = repo.head()
     # A crash between the commit and its tag leaves the commit at HEAD: tag it, do not commit twice.
     if head is None or f"Clowder-Job: {job}\nClowder-Attempt: {attempt}\n" not in repo.objects().message(head):
-        message = _message(pipeline, job, attempt, state, reason)
+        message = _message(pipeline, job, attempt, state, reason, trailers)
         # The attempt's processes are gone; a git it ran and killed may have left its lock.
         with contextlib.suppress(FileNotFoundError):
             (repo.git_dir / "index.lock").unlink()

@@ -1,0 +1,251 @@
+"""Approval gates (`when = "manual"`) with a real daemon, real jobs, real git commits, the real CLI
+and a real HTTP server: a job waits until a person approves it (it starts) or rejects it (it fails)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from clowder.driver import Driver
+from clowder.state import JobState, PipelineState, Verdict
+from clowder.tree import Root
+from tests.conftest import Invoke, MakePipeline, wait_for
+from tests.test_driver import daemon, jstatus, pstate
+from tests.test_notify import notify_config, received, recorder
+
+# plan -> [gate] dev -> test -> [gate] release -> announce
+GATED = {
+    "plan": 'command = "echo plan > plan.txt"\n',
+    "dev": 'command = "echo dev > dev.txt"\nneeds = [{ job = "plan", when = "manual" }]\n',
+    "test": 'command = ["true"]\nneeds = ["dev"]\n',
+    "release": 'command = ["true"]\nneeds = [{ job = "test", when = "manual" }]\n',
+    "announce": 'command = ["true"]\nneeds = ["release"]\n',
+}
+
+
+@pytest.fixture
+def alice(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The user who runs `clowder approve` (getpass reads LOGNAME first, then USER)."""
+    for var in ("LOGNAME", "USER"):
+        monkeypatch.setenv(var, "alice")
+    return "alice"
+
+
+def state(root: Root, job: str, p: str = "p") -> JobState:
+    return jstatus(root, p, job).state
+
+
+def waiting(root: Root, job: str, p: str = "p") -> bool:
+    return state(root, job, p) is JobState.APPROVAL
+
+
+def git(ws: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_with_the_comment(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, alice: str) -> None:
+    make_pipeline("p", GATED)
+    paths = root.pipeline("p")
+    with daemon(root):
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait for approval")
+        time.sleep(0.5)  # nothing starts while it waits, however long
+        assert state(root, "dev") is JobState.APPROVAL and jstatus(root, "p", "dev").attempts == ()
+        assert not paths.log_file("dev", 1).exists() and not paths.workspace("dev").exists()
+        assert state(root, "test") is JobState.PENDING  # its downstream waits too
+        assert pstate(root, "p") is PipelineState.RUNNING
+        shown = cli("status", "p")
+        line = next(x for x in shown.output.splitlines() if x.split()[:1] == ["dev"])
+        assert "approval" in line.split() and "waiting for approval: clowder approve p dev" in line
+        jobs = {j["name"]: j for j in json.loads(cli("status", "p", "--json").output)[0]["jobs"]}
+        assert jobs["dev"]["state"] == "approval" and jobs["dev"]["message"].startswith("waiting for approval")
+
+        approved = cli("approve", "p", "dev", "--comment", "the plan looks right")
+        assert (approved.exit_code, approved.output) == (0, "p/dev approved by alice: the plan looks right\n")
+        wait_for(lambda: waiting(root, "release"), what="release to wait for approval")
+        rejected = cli("reject", "p", "release", "--comment", "not before the freeze ends")
+        assert (rejected.exit_code, rejected.output) == (0, "p/release rejected by alice: not before the freeze ends\n")
+        wait_for(lambda: pstate(root, "p").terminal, what="the pipeline to end")
+
+    dev = jstatus(root, "p", "dev")
+    assert dev.state is JobState.SUCCEEDED and len(dev.attempts) == 1
+    approval = dev.attempts[0].approval
+    assert approval is not None and (approval.verdict, approval.by, approval.comment) == (
+        Verdict.APPROVED, "alice", "the plan looks right")
+    assert approval.at <= dev.attempts[0].started_at  # type: ignore[operator]
+    message = git(paths.workspace("dev"), "log", "-1", "--format=%B", "attempt-1")
+    assert "Clowder-State: succeeded\nClowder-Approved-By: alice\n" in message
+    assert f"Clowder-Approved-At: {approval.at.isoformat().replace('+00:00', 'Z')}\n" in message
+    assert "Clowder-Approval-Comment: the plan looks right\n" in message
+    trailers = git(paths.workspace("dev"), "log", "-1", "--format=%(trailers:key=Clowder-Approved-By,valueonly)")
+    assert trailers.strip() == "alice"  # git itself reads them as trailers
+
+    release = jstatus(root, "p", "release")
+    assert (release.state, release.message, release.attempts) == (
+        JobState.FAILED, "rejected by alice: not before the freeze ends", ())
+    assert release.approval is not None and release.approval.verdict is Verdict.REJECTED
+    assert state(root, "announce") is JobState.SKIPPED  # as after any failure
+    assert jstatus(root, "p", "announce").message == "needs release to succeed; it failed"
+    assert pstate(root, "p") is PipelineState.FAILED
+
+
+def test_approving_or_rejecting_a_job_that_is_not_waiting_is_refused(root: Root, make_pipeline: MakePipeline,
+                                                                     cli: Invoke, alice: str) -> None:
+    make_pipeline("p", GATED)
+    with daemon(root):
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait for approval")
+        refused = {
+            ("approve", "plan"): "p/plan has succeeded; only a job waiting for approval can be approved",
+            ("reject", "test"): "p/test is pending; only a job waiting for approval can be rejected",
+        }
+        for (action, job), reason in refused.items():
+            r = cli(action, "p", job)
+            assert (r.exit_code, r.output) == (2, f"error: {reason}\n"), (action, job)
+        assert cli("approve", "p", "nope").exit_code == 2
+        retried = cli("retry", "p", "dev")
+        assert retried.output == "error: p/dev is waiting for approval; only a failed or cancelled job can be retried\n"
+        assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
+        assert cli("approve", "p", "dev").exit_code == 0
+        twice = cli("reject", "p", "dev")  # the approval is not applied yet, or dev no longer waits
+        assert twice.exit_code == 2 and "p/dev" in twice.output
+        wait_for(lambda: waiting(root, "release"), what="release to wait")
+        assert state(root, "dev") is JobState.SUCCEEDED
+
+
+def test_a_restart_keeps_a_job_waiting_and_an_approval_made_without_a_daemon_is_applied(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, alice: str, tmp_path: Path) -> None:
+    out = tmp_path / "events"
+    notify_config(root, f'on = ["waiting_for_approval"]\ncommand = {recorder(out)}\n')
+    make_pipeline("p", GATED)
+    with daemon(root):
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait for approval")
+        wait_for(lambda: len(received(out)) == 1, what="the notification")
+    with daemon(root):  # a new daemon: still waiting, and not told again
+        time.sleep(0.5)
+        assert waiting(root, "dev") and jstatus(root, "p", "dev").attempts == ()
+    assert cli("approve", "p", "dev", "-m", "go").exit_code == 0  # no daemon: the request waits in the inbox
+    with daemon(root):
+        wait_for(lambda: waiting(root, "release"), what="release to wait for approval")
+        wait_for(lambda: len(received(out)) == 2, what="the second notification")
+    dev = jstatus(root, "p", "dev")
+    assert dev.state is JobState.SUCCEEDED and dev.attempts[0].approval is not None
+    assert dev.attempts[0].approval.comment == "go"
+    events = received(out)
+    assert [(e["event"], e["job"], e["state"]) for e in events] == [
+        ("waiting_for_approval", "dev", "approval"), ("waiting_for_approval", "release", "approval")]
+    assert events[0]["text"] == "Clowder: p/dev is waiting for approval: clowder approve p dev (or clowder reject)"
+
+
+def test_a_rejected_job_retried_waits_for_approval_again(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                        alice: str, tmp_path: Path) -> None:
+    out = tmp_path / "events"
+    notify_config(root, f'on = ["waiting_for_approval"]\ncommand = {recorder(out)}\n')
+    make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
+    with daemon(root):
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait")
+        assert cli("reject", "p", "dev").exit_code == 0
+        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="the pipeline to fail")
+        assert jstatus(root, "p", "dev").message == "rejected by alice"
+        assert cli("retry", "p", "dev").exit_code == 0
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait again")
+        wait_for(lambda: len(received(out)) == 2, what="a second notification")
+        assert cli("approve", "p", "dev").exit_code == 0
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, what="the pipeline to succeed")
+
+
+def test_approve_and_reject_through_the_api_need_the_token_and_record_web(root: Root,
+                                                                          make_pipeline: MakePipeline) -> None:
+    pytest.importorskip("fastapi")
+    from tests.test_server import client
+
+    make_pipeline("p", GATED)
+    with client(root) as (c, p), daemon(root):
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait for approval")
+        detail = c.get("/api/pipelines/p/jobs/dev").json()
+        assert (detail["state"], detail["actions"]) == ("approval", ["cancel", "approve", "reject"])
+        assert c.post("/api/pipelines/p/jobs/dev/approve").status_code == 401
+        wrong = c.post("/api/pipelines/p/jobs/dev/approve", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
+        auth = {"Authorization": f"Bearer {p.token}"}
+        refused = c.post("/api/pipelines/p/jobs/plan/approve", headers=auth)
+        assert (refused.status_code, refused.json()) == (
+            409, {"detail": "p/plan has succeeded; only a job waiting for approval can be approved"})
+        assert c.post("/api/pipelines/p/jobs/nope/approve", headers=auth).status_code == 404
+        r = c.post("/api/pipelines/p/jobs/dev/approve", headers=auth, json={"comment": "ok from the page"})
+        assert r.status_code == 202 and r.json()["action"] == "approve"
+        wait_for(lambda: waiting(root, "release"), what="release to wait for approval")
+        assert c.post("/api/pipelines/p/jobs/release/reject", headers=auth).status_code == 202
+        wait_for(lambda: pstate(root, "p").terminal, what="the pipeline to end")
+        shown = c.get("/api/pipelines/p/jobs/dev").json()
+        assert shown["attempts"][0]["approval"]["by"] == "web"
+        assert shown["approval"]["comment"] == "ok from the page" and shown["approval"]["verdict"] == "approved"
+        assert c.get("/api/pipelines/p/jobs/release").json()["approval"]["verdict"] == "rejected"
+    dev = jstatus(root, "p", "dev")
+    assert dev.attempts[0].approval is not None
+    assert (dev.attempts[0].approval.by, dev.attempts[0].approval.comment) == ("web", "ok from the page")
+    assert jstatus(root, "p", "release").message == "rejected by web"
+
+
+def test_clowder_run_waits_at_a_gate_until_approved(root: Root, make_pipeline: MakePipeline, cli: Invoke,
+                                                    alice: str) -> None:
+    """`clowder run` stops at the gate and goes on once someone approves from another shell."""
+    make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
+    lines: list[str] = []
+    driver = Driver(root, log=lines.append)
+
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(driver.serve(until_done=True)), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: waiting(root, "dev"), what="dev to wait")
+        assert any(line.endswith("dev waiting for approval") for line in lines), lines
+        assert cli("approve", "p", "dev").exit_code == 0
+        thread.join(timeout=60)
+    finally:
+        driver.stop()
+        thread.join(timeout=10)
+    assert result == [True]
+    assert any("dev approved by alice" in line for line in lines), lines
+
+
+def test_validate_accepts_manual_and_names_a_bad_when(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    needs = 'command = ["true"]\nneeds = [{{ job = "a", when = "{}" }}]\n'
+    make_pipeline("p", {"a": 'command = ["true"]\n', "b": needs.format("manual")})
+    assert cli("validate").exit_code == 0
+    make_pipeline("q", {"a": 'command = ["true"]\n', "b": needs.format("manaul")})
+    r = cli("validate")
+    assert r.exit_code == 2 and "q/jobs/b.toml: needs[0].when:" in r.output and "manual" in r.output
+
+
+def test_the_page_shows_the_gate_and_its_approve_button_starts_the_job(root: Root, make_pipeline: MakePipeline) -> None:
+    from tests.test_server import CHROMIUM, CHROMIUM_ARGS, serving
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
+    with serving(root) as p, daemon(root), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept("looks good from here"))
+            page.goto(f"{p.url}?token={p.token}#/p/p/dev")
+            node = page.locator('g.node[data-job="dev"]')
+            sync_api.expect(node).to_have_attribute("data-state", "approval", timeout=15_000)
+            sync_api.expect(page.locator("#job-message")).to_contain_text("waiting for approval")
+            sync_api.expect(page.locator("#reject-job")).to_be_visible()
+            sync_api.expect(page.locator("#retry-job")).to_be_hidden()
+            page.locator("#approve-job").click()
+            sync_api.expect(page.locator("#toast")).to_have_text("approve of dev requested")
+            sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
+            sync_api.expect(page.locator("#approve-job")).to_be_hidden()
+        finally:
+            browser.close()
+    approval = jstatus(root, "p", "dev").attempts[0].approval
+    assert approval is not None and (approval.by, approval.comment) == ("web", "looks good from here")
