@@ -395,13 +395,13 @@ def _resume_offset(request: Request, offset: int) -> int:
     return int(last) if resume else offset
 
 
-def drop_request(root: Root, pipeline: str, action: str, job: str | None) -> RequestView:
-    """Drop a cancel or retry request file, with the checks `clowder cancel` / `retry` make."""
+def drop_request(root: Root, pipeline: str, action: str, job: str | None, **data: Any) -> RequestView:
+    """Drop a cancel, retry or rerun request file, with the checks `clowder cancel` / `retry` make."""
     paths = known.pipeline(root, pipeline)
     if job is not None:
         known.job(paths, job, with_spec=True)
     requests.check(paths, action, job)
-    r = requests.drop(root, paths, action, job)
+    r = requests.drop(root, paths, action, job, **data)
     requests.wake(root, pipeline)
     return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
 
@@ -424,6 +424,13 @@ def _action_routes(app: FastAPI, root: Root) -> None:
     def retry_job(pipeline: Name, job: Name) -> RequestView:
         """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
         return drop_request(root, pipeline, "retry", job)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/rerun", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def rerun_job(pipeline: Name, job: Name, downstream: Annotated[bool, Query(
+            description="Run every job after it again too, once it has run.")] = False) -> RequestView:
+        """Run a job that ended, in any way, again (like `clowder rerun`; 409 if it has not ended)."""
+        return drop_request(root, pipeline, "rerun", job, **({"downstream": True} if downstream else {}))
 
 
 def _errors(app: FastAPI) -> None:

@@ -110,6 +110,21 @@ def retry(pipeline: str, job: str, root_dir: Path | None) -> None:
 
 
 @click.command()
+@click.argument("pipeline")
+@click.argument("job")
+@click.option("--downstream", is_flag=True,
+              help="Run every job after JOB again too, once JOB has run (as their needs say).")
+@root_option
+def rerun(pipeline: str, job: str, downstream: bool, root_dir: Path | None) -> None:
+    """Run JOB again, whatever way it ended (a new attempt, trigger `manual`); its earlier
+    attempts stay, for `clowder diff PIPELINE JOB@1 JOB@2`. A job that has not ended is refused."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "rerun", job, **({"downstream": True} if downstream else {}))
+    click.echo(f"re-run requested for {pipeline}/{job}" + (" and what follows it" if downstream else ""))
+
+
+@click.command()
 @click.argument("job")
 @click.option("--reason", "-r", required=True, help="What is wrong: the fix-up job gets it as context.")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -124,4 +139,4 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
     click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
 
 
-COMMANDS = (run, watch, cancel, retry, spawn,)
+COMMANDS = (run, watch, cancel, retry, rerun, spawn,)

@@ -228,7 +228,8 @@ async function loadJob() {
   $("job-name").textContent = d.name;
   setState($("job-state"), d.state);
   $("job-message").textContent = d.message;
-  showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry" }, allowed: d.actions });
+  showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry", "rerun-job": "rerun",
+    "rerun-downstream": "rerun" }, allowed: d.actions });
   drawLineage(d);
   drawAttempts(d);
   drawArtifacts(d);
@@ -466,6 +467,13 @@ function init() {
   };
   $("cancel-job").addEventListener("click", jobAction("cancel"));
   $("retry-job").addEventListener("click", jobAction("retry"));
+  $("rerun-job").addEventListener("click", jobAction("rerun"));
+  $("rerun-downstream").addEventListener("click", () => {
+    if (view.pipeline && view.job) {
+      act(`/api/pipelines/${encodeURIComponent(view.pipeline)}/jobs/${encodeURIComponent(view.job)}/rerun?downstream=true`,
+        `re-run of ${view.job} and what follows it`);
+    }
+  });
   $("copy-export").addEventListener("click", async () => {
     const text = $("export-command").textContent;
     try {
