@@ -33,7 +33,7 @@ from clowder.errors import ClowderError
 from clowder.known import NotFound
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
-from clowder.views import diffs, reader, records
+from clowder.views import decisions, diffs, reader, records
 from clowder.views.changes import Scanner
 from clowder.views.logs import AttemptLog, LogFollower, locate
 from clowder.views.pipeline_logs import PipelineLogs
@@ -67,6 +67,17 @@ class RequestView(BaseModel):
     action: str
     pipeline: str
     job: str | None
+
+
+class WhyView(BaseModel):
+    pipeline: str
+    job: str
+    state: str
+    verdict: str  # starts, running, waits, skipped, fails, cancelled, ran
+    cause: str  # trigger, needs, condition, resources, max_parallel, budget, backoff, request, blocked, fixups
+    reason: str
+    subject: str | None  # the upstream, pool, request or fix-ups named
+    at: str | None  # when a wait ends, if known
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -338,6 +349,12 @@ def _read_routes(app: FastAPI, root: Root) -> None:
         """A job's spec, status, attempts with artifacts (git blob ids) and consumed upstream commits,
         the jobs that consumed its commits, and its regression context."""
         return reader.job_detail(root, pipeline, job)
+
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}/why", response_model=WhyView, responses=ERRORS)
+    def why(pipeline: Name, job: Name) -> WhyView:
+        """Why the job ran, waits or was skipped, as `clowder why` says it: the scheduler's own
+        decision about it now, with what decided it (`cause`) and what it names (`subject`)."""
+        return WhyView(**decisions.why_json(decisions.why(root, pipeline, job)))
 
     @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
     def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:

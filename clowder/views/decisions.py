@@ -1,0 +1,72 @@
+"""The scheduler's decisions over the tree as it is, for `clowder why` and `clowder run --dry-run`:
+the pipelines read as the daemon reads them, given to the pure scheduler, and nothing written
+(no lock, no status, no request consumed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from clowder import known, requests
+from clowder.errors import ClowderError
+from clowder.scheduler import Limits, PipelineView
+from clowder.scheduler.why import Why, decide, explain
+from clowder.state import JobState, JobStatus, read_job_status, read_pipeline_status, utcnow
+from clowder.tree import PipelinePaths, Root, is_name
+from clowder.views.tree import load_specs
+
+
+def limits(root: Root, max_parallel: int | None = None) -> Limits:
+    from clowder.validate import load_config
+
+    config = load_config(root)
+    return Limits(max_parallel=max_parallel or config.max_parallel, resources=config.resources,
+                  heartbeat_timeout=config.heartbeat_timeout, kill_grace=config.kill_grace)
+
+
+def view_of(root: Root, paths: PipelinePaths) -> PipelineView:
+    """One pipeline as the daemon would see it on reading it: its specs, statuses and requests.
+    A running attempt is taken as alive: whether its process still runs is the daemon's to find."""
+    pipeline, problems = load_specs(root, paths)
+    jobs = _statuses(paths)
+    alive: dict[str, bool | None] = {j: True for j, s in jobs.items() if s.state is JobState.RUNNING}
+    return PipelineView(paths.name, pipeline, tuple(str(p) for p in problems), read_pipeline_status(paths.status_file),
+                        jobs, alive=alive, requests=tuple(requests.pending(paths)))
+
+
+def _statuses(paths: PipelinePaths) -> dict[str, JobStatus]:
+    if not paths.status_dir.is_dir():
+        return {}
+    return {f.stem: read_job_status(f, f.stem) for f in sorted(paths.status_dir.glob("*.toml")) if is_name(f.stem)}
+
+
+def views(root: Root, named: Iterable[str]) -> list[PipelineView]:
+    """The named pipelines, and every other one that may hold a slot (has not ended): slots and
+    pools are shared by the whole root."""
+    named = list(dict.fromkeys(named))
+    others = [n for n in root.pipeline_names() if is_name(n) and n not in named and _unfinished(root, n)]
+    return [view_of(root, known.pipeline(root, n)) for n in (*named, *others)]
+
+
+def _unfinished(root: Root, name: str) -> bool:
+    try:
+        return not read_pipeline_status(root.pipeline(name).status_file).state.terminal
+    except ClowderError:  # an unreadable status: the daemon would start it afresh, so it may hold slots
+        return True
+
+
+def why(root: Root, pipeline: str, job: str, now: datetime | None = None) -> Why:
+    """Why JOB of PIPELINE is where it is: the decision the scheduler takes about it now."""
+    paths = known.pipeline(root, pipeline)
+    known.job(paths, job)
+    now = now or utcnow()
+    seen = views(root, [pipeline])
+    lim = limits(root)
+    return explain(seen[0], job, decide(seen, now, lim), lim, now)
+
+
+def why_json(w: Why) -> dict[str, Any]:
+    return {"pipeline": w.pipeline, "job": w.job, "state": w.state.value, "verdict": w.verdict.value,
+            "cause": w.cause.value, "reason": w.reason, "subject": w.subject or None,
+            "at": w.at.isoformat() if w.at else None}
