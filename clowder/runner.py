@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from clowder.driver import Driver
 
 
+def unfinished(root: Root) -> list[str]:
+    """The pipelines `clowder run` runs by default: those that have not ended, or that a request
+    will wake."""
+    return _unfinished(root)
+
+
 def _unfinished(root: Root) -> list[str]:
     out = []
     for name in root.pipeline_names():

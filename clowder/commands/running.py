@@ -33,8 +33,10 @@ def _driver_options(f: F) -> F:
 @click.command()
 @click.argument("pipelines", nargs=-1)
 @_driver_options
+@click.option("--dry-run", is_flag=True,
+              help="Say what would run, in what order and why (each attempt taken to succeed); change nothing.")
 @root_option
-def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None,
+def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None, dry_run: bool,
         root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
@@ -44,9 +46,21 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
     it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
+    if dry_run:
+        _dry_run(root, list(pipelines) or runner.unfinished(root), max_parallel)
+        return
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
                     out=console())
     click.get_current_context().exit(EXIT_OK if ok else _run_failed(root, pipelines))
+
+
+def _dry_run(root: Root, pipelines: list[str], max_parallel: int | None) -> None:
+    from clowder.views import decisions
+
+    if not pipelines:
+        click.echo("nothing to run: every pipeline has ended")
+        return
+    click.echo("\n".join(decisions.dry_run_lines(decisions.dry_run(root, pipelines, max_parallel))))
 
 
 def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:

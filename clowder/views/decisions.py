@@ -11,6 +11,7 @@ from typing import Any
 from clowder import known, requests
 from clowder.errors import ClowderError
 from clowder.scheduler import Limits, PipelineView
+from clowder.scheduler.dry_run import Simulation, simulate
 from clowder.scheduler.why import Why, decide, explain
 from clowder.state import JobState, JobStatus, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root, is_name
@@ -70,3 +71,21 @@ def why_json(w: Why) -> dict[str, Any]:
     return {"pipeline": w.pipeline, "job": w.job, "state": w.state.value, "verdict": w.verdict.value,
             "cause": w.cause.value, "reason": w.reason, "subject": w.subject or None,
             "at": w.at.isoformat() if w.at else None}
+
+
+def dry_run(root: Root, names: Iterable[str], max_parallel: int | None = None,
+            now: datetime | None = None) -> Simulation:
+    """What `clowder run NAMES` would run, in order and why, each attempt taken to succeed."""
+    seen = [view_of(root, known.pipeline(root, n)) for n in dict.fromkeys(names)]
+    return simulate(seen, now or utcnow(), limits(root, max_parallel))
+
+
+def dry_run_lines(sim: Simulation) -> list[str]:
+    """The dry run as `clowder run --dry-run` prints it."""
+    lines = ["dry run: nothing is started or written; each attempt is taken to succeed"]
+    lines += [f"{p.step:>3}. {p.why.pipeline}/{p.why.job}: {p.why.reason}" for p in sim.starts]
+    lines += [f"not run: {w.pipeline}/{w.job} ({w.state.value}): {w.reason}" for w in sim.not_run]
+    for name, status in sim.ends.items():
+        verb = "would end" if status.state.terminal else "would stay"
+        lines.append(f"{name} {verb} {status.state.value}" + (f": {status.message}" if status.message else ""))
+    return lines
