@@ -3,7 +3,10 @@ daemons and `clowder run`)."""
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,3 +188,12 @@ def test_why_through_the_api_and_of_what_does_not_exist(root: Root, make_pipelin
         assert c.get("/api/pipelines/nope/jobs/a/why").status_code == 404
     missing = cli("why", "p", "nope")
     assert (missing.exit_code, missing.stderr) == (2, "error: 'nope': not a job of p (jobs: a, b)\n")
+
+
+def test_why_and_the_dry_run_are_pure_like_the_step_they_run() -> None:
+    # A fresh interpreter: what importing them loads, and nothing a test loaded before.
+    code = "import clowder.scheduler.why, clowder.scheduler.dry_run, sys; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    io = {"jsonschema", "tomli_w", "subprocess", "clowder.fsio", "clowder.validate", "clowder.requests",
+          "clowder.schema", "watchdog", "git"}
+    assert set(ast.literal_eval(out)) & io == set()
