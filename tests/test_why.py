@@ -161,7 +161,8 @@ def test_why_a_job_of_a_blocked_pipeline_waits_naming_the_file(root: Root, make_
     d = make_pipeline("p", {"a": 'command = "true"\n', "b": 'command = "true"\nneeds = ["a"]\nretries = "x"\n'})
     a = why(cli, "a")
     assert (a["verdict"], a["cause"]) == ("waits", "blocked")
-    assert a["reason"] == f"invalid spec: {d}/jobs/b.toml: retries: expected an integer, got 'x'"
+    assert a["reason"] == (f"waits: its pipeline is blocked: invalid spec: {d}/jobs/b.toml: retries: expected an "
+                           "integer, got 'x'")
 
 
 def test_why_a_spent_budget_stops_a_job(root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:

@@ -101,9 +101,10 @@ def explain(view: PipelineView, job: str, decided: Decided, limits: Limits, now:
     before = view.jobs.get(job, JobStatus(job))
     spec = view.pipeline.jobs.get(job) if view.pipeline else None
     if spec is None:
-        reason = "it is not a job of the pipeline's spec" if view.pipeline else blocked_reason(view)
-        cause = Cause.UNKNOWN if view.pipeline else Cause.BLOCKED
-        return Why(view.name, job, before.state, Verdict.WAITS, cause, reason)
+        if view.pipeline is None:  # no spec has validated: its pipeline is blocked
+            return Why(view.name, job, before.state, Verdict.WAITS, Cause.BLOCKED,
+                       f"waits: its pipeline is blocked: {blocked_reason(view)}")
+        return Why(view.name, job, before.state, Verdict.WAITS, Cause.UNKNOWN, "it is not a job of the pipeline's spec")
     jobs = decided.after[view.name]
     case = _Case(view, spec, before, jobs.get(job, before), jobs, decided, limits, now)
     if (view.name, job) in decided.started:
@@ -149,6 +150,7 @@ def _because(case: _Case, attempt: Attempt) -> str:
             what = f" ({before.message})" if before and before.message else ""
             return f"an automatic retry (retries = {case.spec.retries}){ended}{what}"
         case Trigger.MANUAL:
+            # A request's id ends with its action (clowder.requests.drop names it so).
             action = (attempt.request or "").rsplit("-", 1)[-1]
             command = f"`clowder {action}`" if action in ("retry", "rerun") else "a request"
             return f"{command} asked for it (request {attempt.request})"
@@ -176,7 +178,7 @@ def _ended(case: _Case) -> Why:
     if status.state is JobState.SKIPPED:
         now = "" if case.before.state is JobState.SKIPPED else "skipped now: "
         return case.why(Verdict.SKIPPED, Cause.CONDITION, now + status.message, _named_upstream(case))
-    if status.message.startswith("budget spent"):
+    if status.message.startswith("budget spent"):  # the words of budget.over_budget, which decided it
         return case.why(Verdict.FAILS, Cause.BUDGET, f"no further attempt may start: {status.message}")
     last = status.last
     if status.state is JobState.CANCELLED and (last is None or last.state is not JobState.CANCELLED):
