@@ -172,6 +172,8 @@ def test_the_page_reruns_a_succeeded_job_with_its_button(root: Root, make_pipeli
             sync_api.expect(page.locator("#job-name")).to_have_text("b")
             sync_api.expect(page.locator("#retry-job")).to_be_hidden()  # it succeeded: no retry, a re-run
             sync_api.expect(page.locator("#rerun-job")).to_be_visible()
+            sync_api.expect(page.locator("#job-why")).to_have_text(
+                "why: attempt 1 ran because its needs are met: a succeeded")
             page.locator("#rerun-downstream").click()
             sync_api.expect(page.locator("#toast")).to_have_text("re-run of b and what follows it requested")
             wait_for(lambda: _ended_again(root, "c", 2), what="c to run again")

@@ -207,6 +207,17 @@ function drawGraph(d) {
 
 // -- one job --------------------------------------------------------------------------------------
 
+// Why the job ran, waits or was skipped, as `clowder why` says it.
+async function loadWhy(p, j) {
+  let text = "";
+  try {
+    text = (await getJSON(`/api/pipelines/${encodeURIComponent(p)}/jobs/${encodeURIComponent(j)}/why`)).reason;
+  } catch (e) {
+    text = "";
+  }
+  if (p === view.pipeline && j === view.job) $("job-why").textContent = text ? `why: ${text}` : "";
+}
+
 async function loadJob() {
   if (!view.pipeline || !view.job) {
     $("job").hidden = true;
@@ -231,6 +242,7 @@ async function loadJob() {
   showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry", "rerun-job": "rerun",
     "rerun-downstream": "rerun" }, allowed: d.actions });
   drawLineage(d);
+  loadWhy(p, j);
   drawAttempts(d);
   drawArtifacts(d);
   drawExport(d);
