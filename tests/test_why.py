@@ -198,3 +198,14 @@ def test_why_and_the_dry_run_are_pure_like_the_step_they_run() -> None:
     io = {"jsonschema", "tomli_w", "subprocess", "clowder.fsio", "clowder.validate", "clowder.requests",
           "clowder.schema", "watchdog", "git"}
     assert set(ast.literal_eval(out)) & io == set()
+
+
+def test_why_is_not_stopped_by_another_pipelines_broken_files(root: Root, make_pipeline: MakePipeline,
+                                                              cli: Invoke) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    (root.pipelines_dir / "nospec" / "jobs").mkdir(parents=True)  # no pipeline.toml
+    q = make_pipeline("q", {"x": 'command = "true"\n'})
+    (q / "status").mkdir()
+    (q / "status" / "x.toml").write_text('state = "dreaming"\n')
+    assert said(cli, "a") == "p/a is pending: starts attempt 1: its turn came: it needs no other job\n"
+    assert said(cli, "x", "q") == "q/x is pending: starts attempt 1: its turn came: it needs no other job\n"

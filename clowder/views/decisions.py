@@ -4,6 +4,7 @@ the pipelines read as the daemon reads them, given to the pure scheduler, and no
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ from clowder.errors import ClowderError
 from clowder.scheduler import Limits, PipelineView
 from clowder.scheduler.dry_run import Simulation, simulate
 from clowder.scheduler.why import Why, decide, explain
-from clowder.state import JobState, JobStatus, read_job_status, read_pipeline_status, utcnow
+from clowder.state import JobState, JobStatus, PipelineStatus, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.views.tree import load_specs
 
@@ -32,14 +33,28 @@ def view_of(root: Root, paths: PipelinePaths) -> PipelineView:
     pipeline, problems = load_specs(root, paths)
     jobs = _statuses(paths)
     alive: dict[str, bool | None] = {j: True for j, s in jobs.items() if s.state is JobState.RUNNING}
-    return PipelineView(paths.name, pipeline, tuple(str(p) for p in problems), read_pipeline_status(paths.status_file),
-                        jobs, alive=alive, requests=tuple(requests.pending(paths)))
+    return PipelineView(paths.name, pipeline, tuple(str(p) for p in problems), _pipeline_status(paths), jobs,
+                        alive=alive, requests=tuple(requests.pending(paths)))
+
+
+# A status file that cannot be read is started afresh, as the daemon does (it says so in its log).
+
+def _pipeline_status(paths: PipelinePaths) -> PipelineStatus:
+    try:
+        return read_pipeline_status(paths.status_file)
+    except ClowderError:
+        return PipelineStatus()
 
 
 def _statuses(paths: PipelinePaths) -> dict[str, JobStatus]:
     if not paths.status_dir.is_dir():
         return {}
-    return {f.stem: read_job_status(f, f.stem) for f in sorted(paths.status_dir.glob("*.toml")) if is_name(f.stem)}
+    out = {}
+    for f in sorted(paths.status_dir.glob("*.toml")):
+        with contextlib.suppress(ClowderError):
+            if is_name(f.stem):
+                out[f.stem] = read_job_status(f, f.stem)
+    return out
 
 
 def views(root: Root, named: Iterable[str]) -> list[PipelineView]:
@@ -47,7 +62,8 @@ def views(root: Root, named: Iterable[str]) -> list[PipelineView]:
     pools are shared by the whole root."""
     named = list(dict.fromkeys(named))
     others = [n for n in root.pipeline_names() if is_name(n) and n not in named and _unfinished(root, n)]
-    return [view_of(root, known.pipeline(root, n)) for n in (*named, *others)]
+    # Another pipeline's missing pipeline.toml is its own problem (it is blocked), not this command's.
+    return [view_of(root, known.pipeline(root, n)) for n in named] + [view_of(root, root.pipeline(n)) for n in others]
 
 
 def _unfinished(root: Root, name: str) -> bool:
