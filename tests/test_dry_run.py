@@ -80,3 +80,23 @@ def test_dry_run_changes_nothing_in_the_tree_or_the_git_repositories(root: Root,
     assert "  2. p/b: starts attempt 2: its needs are met: a succeeded" in lines
     assert lines[-2:] == ["fresh would end succeeded", "p would end succeeded"]
     assert _tree(root.path) == before
+
+
+def test_dry_run_waits_out_a_backoff_and_names_the_retry(root: Root, make_pipeline: MakePipeline,
+                                                         cli: Invoke, tmp_path: Path) -> None:
+    from clowder.state import JobState
+    from tests.test_driver import daemon, jstatus, wait_for
+
+    make_pipeline("p", {"a": f'command = "test -f {tmp_path / "fixed"}"\nretries = 1\n'
+                             'backoff = { initial = "1h", max = "2h" }\n',
+                        "b": 'command = "true"\nneeds = ["a"]\n'})
+    with daemon(root):
+        wait_for(lambda: jstatus(root, "p", "a").state is JobState.RETRYING, what="a to wait for its retry")
+    result = cli("run", "p", "--dry-run")
+    retry_at = jstatus(root, "p", "a").retry_at
+    assert (result.exit_code, result.stdout) == (0, HEAD + (
+        f"  1. p/a (at {retry_at:%Y-%m-%d %H:%M:%S} UTC): starts attempt 2: an automatic retry "
+        "(retries = 1) after attempt 1 failed (exit code 1)\n"
+        f"  2. p/b (at {retry_at:%Y-%m-%d %H:%M:%S} UTC): starts attempt 1: its needs are met: a succeeded\n"
+        "p would end succeeded\n"))
+    assert jstatus(root, "p", "a").state is JobState.RETRYING

@@ -16,6 +16,7 @@ from clowder.state import JobState, PipelineStatus
 @dataclass(frozen=True)
 class Planned:
     step: int  # attempts of the same step would start together
+    at: datetime  # when: later than now only after a backoff
     why: Why
 
 
@@ -24,6 +25,7 @@ class Simulation:
     starts: tuple[Planned, ...]  # in the order they would start
     not_run: tuple[Why, ...]  # unfinished jobs that would not start, and why
     ends: dict[str, PipelineStatus]  # how each pipeline would end (or stay) if every attempt succeeded
+    since: datetime  # when it was taken
 
 
 def simulate(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Simulation:
@@ -31,14 +33,15 @@ def simulate(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Si
     unfinished = {(v.name, j) for v in views for j in (v.pipeline.jobs if v.pipeline else {})
                   if not v.jobs.get(j) or not v.jobs[j].state.terminal}
     starts: list[Planned] = []
-    current = list(views)
-    for step in range(1, 3 * len(unfinished) + 10):  # each job starts once, bar retries and backoffs
+    current, since = list(views), now
+    for turn in range(3 * len(unfinished) + 10):  # each job starts once, bar retries and backoffs
         decided = decide(current, now, limits)
-        if step == 1:  # a request (a rerun) may have reopened ended jobs
+        if turn == 0:  # a request (a rerun) may have reopened ended jobs
             unfinished |= {(p, j) for p, jobs in decided.after.items() for j, s in jobs.items() if not s.state.terminal}
         started = [a for a in decided.plan.actions if isinstance(a, Start)]
         by_name = {v.name: v for v in current}
-        starts += [Planned(step, explain(by_name[a.pipeline], a.job, decided, limits, now)) for a in started]
+        step = (starts[-1].step if starts else 0) + 1
+        starts += [Planned(step, now, explain(by_name[a.pipeline], a.job, decided, limits, now)) for a in started]
         running = any(s.state is JobState.RUNNING for jobs in decided.after.values() for s in jobs.values())
         current = [_advance(v, decided, now) for v in current]
         if not started and not running:
@@ -49,7 +52,7 @@ def simulate(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Si
     last = decide(current, now, limits)
     not_run = tuple(explain(v, j, last, limits, now) for v in current for j in (v.pipeline.order if v.pipeline else ())
                     if (v.name, j) in unfinished and (v.name, j) not in ran)
-    return Simulation(tuple(starts), not_run, {v.name: v.status for v in current})
+    return Simulation(tuple(starts), not_run, {v.name: v.status for v in current}, since)
 
 
 def _advance(view: PipelineView, decided: Decided, now: datetime) -> PipelineView:

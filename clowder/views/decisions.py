@@ -99,7 +99,9 @@ def dry_run(root: Root, names: Iterable[str], max_parallel: int | None = None,
 def dry_run_lines(sim: Simulation) -> list[str]:
     """The dry run as `clowder run --dry-run` prints it."""
     lines = ["dry run: nothing is started or written; each attempt is taken to succeed"]
-    lines += [f"{p.step:>3}. {p.why.pipeline}/{p.why.job}: {p.why.reason}" for p in sim.starts]
+    for p in sim.starts:
+        later = f" (at {p.at:%Y-%m-%d %H:%M:%S} UTC)" if p.at > sim.since else ""  # after a backoff
+        lines.append(f"{p.step:>3}. {p.why.pipeline}/{p.why.job}{later}: {p.why.reason}")
     lines += [f"not run: {w.pipeline}/{w.job} ({w.state.value}): {w.reason}" for w in sim.not_run]
     for name, status in sim.ends.items():
         verb = "would end" if status.state.terminal else "would stay"
