@@ -137,12 +137,17 @@ def test_rerun_of_a_job_that_has_not_ended_is_refused(root: Root, make_pipeline:
     assert len(jstatus(root, "p", "slow").attempts) == 2
 
 
-def test_rerun_through_the_api_needs_the_token_and_is_409_for_a_running_job(
+def test_rerun_through_the_api_needs_the_token_and_is_409_for_a_job_that_has_not_ended(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     _chain(make_pipeline, tmp_path)
     run_to_end(root)
+    make_pipeline("q", {"x": 'command = "true"\n'})
     with client(root) as (c, p):
         auth = {"Authorization": f"Bearer {p.token}"}
+        pending = c.post("/api/pipelines/q/jobs/x/rerun", headers=auth)
+        assert (pending.status_code, pending.json()) == (
+            409, {"detail": "q/x is pending; only a job that has ended can be re-run"})
+        assert c.get("/api/pipelines/q/jobs/x").json()["actions"] == ["cancel"]
         assert c.get("/api/pipelines/p/jobs/a").json()["actions"] == ["rerun"]
         assert c.post("/api/pipelines/p/jobs/a/rerun").status_code == 401
         assert c.post("/api/pipelines/p/jobs/nope/rerun", headers=auth).status_code == 404
