@@ -1,4 +1,4 @@
-"""Requests: cancel, retry, spawn, approve and reject asks dropped as files in a pipeline's requests/ inbox, so
+"""Requests: cancel, retry, rerun, spawn, approve and reject asks dropped as files in a pipeline's requests/ inbox, so
 they work whether or not a daemon is running. The scheduler consumes them."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from clowder import known
 from clowder.errors import ClowderError, UsageError
 from clowder.fsio import MAX_SPEC_BYTES, atomic_write, read_input
 from clowder.scheduler import Cancel, Invalid, Request, Retry, Spawn
-from clowder.scheduler.records import Approve, Reject
+from clowder.scheduler.records import Approve, Reject, Rerun
 from clowder.spec import check_name
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status, utcnow
 from clowder.tree import PipelinePaths, Root
 
-ACTIONS = ("cancel", "retry", "spawn", "approve", "reject")
+ACTIONS = ("cancel", "retry", "rerun", "spawn", "approve", "reject")
 DECISIONS = ("approve", "reject")  # on a job waiting at its `when = "manual"` gate
 # A spawn's context is copied into its fix-up's job file, which must stay readable (MAX_SPEC_BYTES).
 MAX_REQUEST_BYTES = MAX_SPEC_BYTES // 4
@@ -40,7 +40,8 @@ def job_actions(state: JobState, retry_waiting: bool = False) -> list[str]:
     twice), a cancel only of one that has not ended or that a waiting retry will run again."""
     actions = ["cancel"] if not state.terminal or retry_waiting else []
     actions += list(DECISIONS) if state is JobState.APPROVAL else []
-    return actions + (["retry"] if state in RETRYABLE and not retry_waiting else [])
+    actions += ["retry"] if state in RETRYABLE and not retry_waiting else []
+    return actions + (["rerun"] if state.terminal and not retry_waiting else [])
 
 
 def pipeline_actions(state: PipelineState, retry_waiting: bool = False) -> list[str]:
@@ -64,8 +65,10 @@ def refusal(paths: PipelinePaths, action: str, job: str | None) -> str:
     status = read_job_status(paths.job_status_file(job), job)
     if action in DECISIONS:
         return _decision_refusal(paths, action, job, status.state, deciding)
-    if action in job_actions(status.state, job in retries) or action not in ("cancel", "retry"):
+    if action in job_actions(status.state, job in retries) or action not in ("cancel", "retry", "rerun"):
         return ""
+    if action == "rerun":
+        return _rerun_refusal(paths, job, status.state, job in retries)
     if action == "retry" and job in retries:
         return f"a retry of {paths.name}/{job} is already requested"
     if action == "retry":
@@ -82,9 +85,15 @@ def _decision_refusal(paths: PipelinePaths, action: str, job: str, state: JobSta
     return ""
 
 
+def _rerun_refusal(paths: PipelinePaths, job: str, state: JobState, waiting: bool) -> str:
+    if waiting:
+        return f"a retry or re-run of {paths.name}/{job} is already requested"
+    return f"{paths.name}/{job} {_has(state)}; only a job that has ended can be re-run"
+
+
 def retries_waiting(paths: PipelinePaths) -> set[str]:
-    """The jobs a retry request waits for: they will run again."""
-    return {r.job for r in pending(paths) if isinstance(r, Retry)}
+    """The jobs a retry or rerun request waits for: they will run again."""
+    return {r.job for r in pending(paths) if isinstance(r, Retry | Rerun)}
 
 
 def pipeline_actions_now(paths: PipelinePaths, retries: set[str]) -> list[str]:
@@ -168,6 +177,8 @@ def _record(rid: str, action: object, job: object, data: Mapping[str, Any]) -> R
         return Retry(rid, job)
     if action in DECISIONS:
         return _decision(rid, action, job, data)
+    if action == "rerun":
+        return Rerun(rid, job, data.get("downstream") is True)
     spawner, attempt = data.get("spawner"), data.get("attempt")
     if not isinstance(spawner, str) or not isinstance(attempt, int) or isinstance(attempt, bool):
         return Invalid(rid, f"a spawn request needs its spawner and attempt, got {spawner!r} and {attempt!r}")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -26,6 +26,12 @@ from clowder.tree import Root
 
 if TYPE_CHECKING:
     from clowder.driver import Driver
+
+
+def unfinished(root: Root) -> list[str]:
+    """The pipelines `clowder run` runs by default: those that have not ended, or that a request
+    will wake."""
+    return _unfinished(root)
 
 
 def _unfinished(root: Root) -> list[str]:
@@ -190,12 +196,12 @@ def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_f
     log("clowder watch stopped")
 
 
-def request(root: Root, pipeline: str, action: str, job: str | None) -> req_mod.Request:
+def request(root: Root, pipeline: str, action: str, job: str | None, **data: Any) -> req_mod.Request:
     paths = known.pipeline(root, pipeline)
     if job is not None:
         known.job(paths, job, with_spec=True)
     req_mod.check(paths, action, job)
-    r = req_mod.drop(root, paths, action, job)
+    r = req_mod.drop(root, paths, action, job, **data)
     req_mod.wake(root, pipeline)
     return r
 

@@ -33,7 +33,7 @@ from clowder.errors import ClowderError
 from clowder.known import NotFound
 from clowder.spec import NAME_PATTERN
 from clowder.tree import Root
-from clowder.views import diffs, reader, records
+from clowder.views import decisions, diffs, reader, records
 from clowder.views.changes import Scanner
 from clowder.views.logs import AttemptLog, LogFollower, locate
 from clowder.views.pipeline_logs import PipelineLogs
@@ -77,6 +77,17 @@ class Decision(BaseModel):
 
 # Who decides through the API: the token's holder (the page, or a script that read serve.token).
 WEB_USER = "web"
+
+
+class WhyView(BaseModel):
+    pipeline: str
+    job: str
+    state: str
+    verdict: str  # starts, running, waits, skipped, fails, cancelled, ran
+    cause: str  # trigger, needs, condition, resources, max_parallel, budget, backoff, request, blocked, fixups
+    reason: str
+    subject: str | None  # the upstream, pool, request or fix-ups named
+    at: str | None  # when a wait ends, if known
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -350,6 +361,12 @@ def _read_routes(app: FastAPI, root: Root) -> None:
         the jobs that consumed its commits, and its regression context."""
         return reader.job_detail(root, pipeline, job)
 
+    @app.get("/api/pipelines/{pipeline}/jobs/{job}/why", response_model=WhyView, responses=ERRORS)
+    def why(pipeline: Name, job: Name) -> WhyView:
+        """Why the job ran, waits or was skipped, as `clowder why` says it: the scheduler's own
+        decision about it now, with what decided it (`cause`) and what it names (`subject`)."""
+        return WhyView(**decisions.why_json(decisions.why(root, pipeline, job)))
+
     @app.get("/api/pipelines/{pipeline}/diff", response_class=PlainTextResponse, responses=ERRORS)
     def diff(pipeline: Name, a: Point, b: Point | None = None) -> str:
         """`git diff` from `a` to `b`, or what `a` changed from what it started from, as
@@ -406,13 +423,13 @@ def _resume_offset(request: Request, offset: int) -> int:
     return int(last) if resume else offset
 
 
-def drop_request(root: Root, pipeline: str, action: str, job: str | None) -> RequestView:
-    """Drop a cancel or retry request file, with the checks `clowder cancel` / `retry` make."""
+def drop_request(root: Root, pipeline: str, action: str, job: str | None, **data: Any) -> RequestView:
+    """Drop a cancel, retry or rerun request file, with the checks `clowder cancel` / `retry` make."""
     paths = known.pipeline(root, pipeline)
     if job is not None:
         known.job(paths, job, with_spec=True)
     requests.check(paths, action, job)
-    r = requests.drop(root, paths, action, job)
+    r = requests.drop(root, paths, action, job, **data)
     requests.wake(root, pipeline)
     return RequestView(id=r.id, action=action, pipeline=pipeline, job=job)
 
@@ -435,6 +452,13 @@ def _action_routes(app: FastAPI, root: Root) -> None:
     def retry_job(pipeline: Name, job: Name) -> RequestView:
         """Run a failed or cancelled job again, and what it gated (like `clowder retry`)."""
         return drop_request(root, pipeline, "retry", job)
+
+    @app.post("/api/pipelines/{pipeline}/jobs/{job}/rerun", response_model=RequestView, status_code=202,
+              responses=AUTH_ERRORS, dependencies=[Depends(authorized)])
+    def rerun_job(pipeline: Name, job: Name, downstream: Annotated[bool, Query(
+            description="Run every job after it again too, once it has run.")] = False) -> RequestView:
+        """Run a job that ended, in any way, again (like `clowder rerun`; 409 if it has not ended)."""
+        return drop_request(root, pipeline, "rerun", job, **({"downstream": True} if downstream else {}))
 
 
 def _decision_routes(app: FastAPI, root: Root) -> None:

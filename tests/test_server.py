@@ -295,7 +295,7 @@ def test_cancel_and_retry_that_cannot_apply_are_409_with_the_reason(root: Root, 
             assert (r.status_code, r.json()) == (409, {"detail": reason}), url
         assert not any(root.pipeline("p").requests_dir.glob("*.toml"))
         assert {j["name"]: j["actions"] for j in c.get("/api/pipelines/p").json()["jobs"]} == {
-            "a": [], "b": ["retry"]}
+            "a": ["rerun"], "b": ["retry", "rerun"]}
         assert c.get("/api/pipelines/p").json()["actions"] == []
         assert c.get("/api/pipelines/q").json()["actions"] == ["cancel"]
         assert c.get("/api/pipelines/q/jobs/slow").json()["actions"] == ["cancel"]
@@ -548,8 +548,9 @@ def test_the_openapi_document_describes_every_api_route(root: Root) -> None:
         "/api/pipelines/{pipeline}/cancel", "/api/pipelines/{pipeline}/diff", "/api/pipelines/{pipeline}/jobs/{job}",
         "/api/pipelines/{pipeline}/jobs/{job}/approve",
         "/api/pipelines/{pipeline}/jobs/{job}/cancel", "/api/pipelines/{pipeline}/jobs/{job}/logs",
-        "/api/pipelines/{pipeline}/jobs/{job}/reject",
-        "/api/pipelines/{pipeline}/jobs/{job}/retry", "/api/pipelines/{pipeline}/logs",
+        "/api/pipelines/{pipeline}/jobs/{job}/reject", "/api/pipelines/{pipeline}/jobs/{job}/rerun",
+        "/api/pipelines/{pipeline}/jobs/{job}/retry",
+        "/api/pipelines/{pipeline}/jobs/{job}/why", "/api/pipelines/{pipeline}/logs",
     ]
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 

@@ -20,6 +20,23 @@ from clowder.tree import Root, find_root
 
 
 @click.command()
+@click.argument("pipeline")
+@click.argument("job")
+@json_option
+@root_option
+def why(pipeline: str, job: str, as_json: bool, root_dir: Path | None) -> None:
+    """Say why JOB ran, waits or was skipped: the scheduler's own decision about it now, naming the
+    upstream, condition, resource pool, max_parallel, budget, backoff or request that decided it."""
+    from clowder.views import decisions
+
+    w = decisions.why(find_root(root_dir), pipeline, job)
+    if as_json:
+        click.echo(json.dumps(decisions.why_json(w), indent=2))
+        return
+    click.echo(f"{w.pipeline}/{w.job} is {w.state.value}: {w.reason}")
+
+
+@click.command()
 @click.argument("pipeline", required=False)
 @json_option
 @root_option
@@ -189,4 +206,4 @@ def path(pipeline: str, job: str, root_dir: Path | None) -> None:
 # The web extra is optional: fastapi and uvicorn are imported only when `serve` runs.
 
 
-COMMANDS = (status, logs, diff, artifacts, path,)
+COMMANDS = (status, why, logs, diff, artifacts, path,)

@@ -33,8 +33,10 @@ def _driver_options(f: F) -> F:
 @click.command()
 @click.argument("pipelines", nargs=-1)
 @_driver_options
+@click.option("--dry-run", is_flag=True,
+              help="Say what would run, in what order and why (each attempt taken to succeed); change nothing.")
 @root_option
-def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None,
+def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None, dry_run: bool,
         root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
@@ -44,9 +46,21 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
     it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
+    if dry_run:
+        _dry_run(root, list(pipelines) or runner.unfinished(root), max_parallel)
+        return
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
                     out=console())
     click.get_current_context().exit(EXIT_OK if ok else _run_failed(root, pipelines))
+
+
+def _dry_run(root: Root, pipelines: list[str], max_parallel: int | None) -> None:
+    from clowder.views import decisions
+
+    if not pipelines:
+        click.echo("nothing to run: every pipeline has ended")
+        return
+    click.echo("\n".join(decisions.dry_run_lines(decisions.dry_run(root, pipelines, max_parallel))))
 
 
 def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
@@ -131,6 +145,21 @@ reject = _decision("reject", "rejected", "Fail JOB, waiting at its `when = \"man
 
 
 @click.command()
+@click.argument("pipeline")
+@click.argument("job")
+@click.option("--downstream", is_flag=True,
+              help="Run every job after JOB again too, once JOB has run (as their needs say).")
+@root_option
+def rerun(pipeline: str, job: str, downstream: bool, root_dir: Path | None) -> None:
+    """Run JOB again, whatever way it ended (a new attempt, trigger `manual`); its earlier
+    attempts stay, for `clowder diff PIPELINE JOB@1 JOB@2`. A job that has not ended is refused."""
+    from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
+    root = find_root(root_dir)
+    runner.request(root, pipeline, "rerun", job, **({"downstream": True} if downstream else {}))
+    click.echo(f"re-run requested for {pipeline}/{job}" + (" and what follows it" if downstream else ""))
+
+
+@click.command()
 @click.argument("job")
 @click.option("--reason", "-r", required=True, help="What is wrong: the fix-up job gets it as context.")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -145,4 +174,4 @@ def spawn(job: str, reason: str, context_file: Path | None, root_dir: Path | Non
     click.echo(f"fix-up of {job} requested in {pipeline}; it starts when this attempt ends")
 
 
-COMMANDS = (run, watch, cancel, retry, spawn, approve, reject,)
+COMMANDS = (run, watch, cancel, retry, rerun, spawn, approve, reject,)

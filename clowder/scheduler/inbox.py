@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import assert_never
 
 from clowder.scheduler.gate import decide
-from clowder.scheduler.records import Approve, Cancel, DoneRequest, Invalid, Reject, Request, Retry, Spawn
+from clowder.scheduler.records import Approve, Cancel, DoneRequest, Invalid, Reject, Request, Rerun, Retry, Spawn
 from clowder.spec import JobSpec
 from clowder.state import JobState, JobStatus
 
@@ -52,7 +52,7 @@ def take_requests(pipeline: str, requests: Sequence[Request], jobs: dict[str, Jo
     return done
 
 
-def _apply_request(req: Cancel | Retry | Approve | Reject | Invalid, jobs: dict[str, JobStatus],
+def _apply_request(req: Cancel | Retry | Rerun | Approve | Reject | Invalid, jobs: dict[str, JobStatus],
                    specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
     """Apply a retry request to `jobs` in place; cancels are applied per job in `_step_job`."""
     match req:
@@ -64,6 +64,8 @@ def _apply_request(req: Cancel | Retry | Approve | Reject | Invalid, jobs: dict[
             return _apply_retry(req, jobs, specs, cancel_all)
         case Approve() | Reject():
             return decide(req, jobs)
+        case Rerun():
+            return _apply_rerun(req, jobs, specs, cancel_all)
         case _:
             assert_never(req)
 
@@ -84,6 +86,27 @@ def _apply_retry(req: Retry, jobs: dict[str, JobStatus], specs: Mapping[str, Job
         if d is not None and d.state in (JobState.SKIPPED, JobState.CANCELLED):
             jobs[name] = replace(d, state=JobState.PENDING, message="")
     return f"retry of {req.job} requested"
+
+
+def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, JobSpec], cancel_all: bool) -> str:
+    """A re-run starts a new attempt of a job in any ended state (trigger `manual`, through the
+    same `retry_request` a retry uses, so a restarted daemon starts it again). With `downstream`,
+    the jobs after it that ended go back to pending: they run again once it has ended, as their
+    `needs` say (skipped if it fails where they need it to succeed)."""
+    status = jobs.get(req.job)
+    if status is None or req.job not in specs:
+        return f"re-run of unknown job {req.job!r} ignored"
+    if any(a.request == req.id for a in status.attempts) or status.retry_request == req.id:
+        return ""  # replayed after a crash: already applied
+    if not status.state.terminal:
+        return f"re-run of {req.job} ignored: it is {status.state.value} (only a job that has ended can be re-run)"
+    if cancel_all:
+        return f"re-run of {req.job} ignored: the pipeline is being cancelled"
+    jobs[req.job] = replace(status, state=JobState.PENDING, message="re-run requested", retry_request=req.id)
+    again = [n for n in _descendants(req.job, specs) if req.downstream and n in jobs and jobs[n].state.terminal]
+    for name in again:
+        jobs[name] = replace(jobs[name], state=JobState.PENDING, message=f"re-run after {req.job}", retry_at=None)
+    return f"re-run of {req.job} requested" + (f", then {', '.join(sorted(again))}" if again else "")
 
 
 def _check_spawn(req: Spawn, jobs: Mapping[str, JobStatus]) -> str | None:

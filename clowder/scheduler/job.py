@@ -12,7 +12,7 @@ from clowder.scheduler.gate import approved, wait_at_gate
 from clowder.scheduler.records import Candidate, JobStep, PipelineView, Scope, prompt_hash
 from clowder.scheduler.regression import step_waiting
 from clowder.scheduler.running import step_running
-from clowder.spec import JobSpec, When
+from clowder.spec import JobSpec, Need, When
 from clowder.state import JobState, JobStatus, Trigger
 
 
@@ -80,12 +80,15 @@ def _clock_went_back(status: JobStatus, now: datetime) -> bool:
     return ended is not None and now < ended
 
 
+def unfinished_need(spec: JobSpec, jobs: Mapping[str, JobStatus]) -> Need | None:
+    """The first need whose job has not ended: the job waits for it (`clowder why` names it)."""
+    return next((n for n in spec.needs if (d := jobs.get(n.job)) is None or not d.state.terminal), None)
+
+
 def _dependencies(spec: JobSpec, jobs: Mapping[str, JobStatus], specs: Mapping[str, JobSpec]) -> str | None:
     """None while a dependency is unfinished; '' if the job may run; else why it is skipped."""
-    for need in spec.needs:
-        dep = jobs.get(need.job)
-        if dep is None or not dep.state.terminal:
-            return None
+    if unfinished_need(spec, jobs) is not None:
+        return None
     for need in spec.needs:
         dep = jobs[need.job]
         dep_spec = specs.get(need.job)

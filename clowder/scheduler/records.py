@@ -45,6 +45,16 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Rerun:
+    """`clowder rerun`: a new attempt of a job that ended in any way; with `downstream`, every job
+    after it that has ended runs again too (after it, as their `needs` say)."""
+
+    id: str
+    job: str
+    downstream: bool = False
+
+
+@dataclass(frozen=True)
 class Spawn:
     """A running attempt asks for a fix-up of `job` (clowder spawn)."""
 
@@ -86,7 +96,7 @@ class Invalid:
     error: str
 
 
-Request = Cancel | Retry | Spawn | Approve | Reject | Invalid
+Request = Cancel | Retry | Rerun | Spawn | Approve | Reject | Invalid
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,17 @@ function drawGraph(d) {
 
 // -- one job --------------------------------------------------------------------------------------
 
+// Why the job ran, waits or was skipped, as `clowder why` says it.
+async function loadWhy(p, j) {
+  let text = "";
+  try {
+    text = (await getJSON(`/api/pipelines/${encodeURIComponent(p)}/jobs/${encodeURIComponent(j)}/why`)).reason;
+  } catch (e) {
+    text = "";
+  }
+  if (p === view.pipeline && j === view.job) $("job-why").textContent = text ? `why: ${text}` : "";
+}
+
 async function loadJob() {
   if (!view.pipeline || !view.job) {
     $("job").hidden = true;
@@ -231,8 +242,9 @@ async function loadJob() {
   setState($("job-state"), d.state);
   $("job-message").textContent = d.message;
   showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry", "approve-job": "approve",
-    "reject-job": "reject" }, allowed: d.actions });
+    "reject-job": "reject", "rerun-job": "rerun", "rerun-downstream": "rerun" }, allowed: d.actions });
   drawLineage(d);
+  loadWhy(p, j);
   drawAttempts(d);
   drawArtifacts(d);
   drawExport(d);
@@ -479,6 +491,13 @@ function init() {
   };
   $("approve-job").addEventListener("click", decide("approve"));
   $("reject-job").addEventListener("click", decide("reject"));
+  $("rerun-job").addEventListener("click", jobAction("rerun"));
+  $("rerun-downstream").addEventListener("click", () => {
+    if (view.pipeline && view.job) {
+      act(`/api/pipelines/${encodeURIComponent(view.pipeline)}/jobs/${encodeURIComponent(view.job)}/rerun?downstream=true`,
+        `re-run of ${view.job} and what follows it`);
+    }
+  });
   $("copy-export").addEventListener("click", async () => {
     const text = $("export-command").textContent;
     try {
