@@ -590,7 +590,7 @@ def test_generated_requests_never_get_a_server_error(root: Root, make_pipeline: 
                 except Unsatisfiable:  # no parameters (GET /api/info): nothing to get wrong
                     assert mode is GenerationMode.NEGATIVE
             checked += 1
-    assert checked == 12
+    assert checked == 14
 
 
 def _with_existing_names(case: Any) -> Any:
