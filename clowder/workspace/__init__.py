@@ -63,25 +63,11 @@ from clowder.workspace.copy import copy_checkout
 from clowder.workspace.handon import hand_on, locked, restore_locked
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
-from clowder.workspace.repo import (
-    ATTEMPT_REFS,
-    EMPTY_TREE,
-    MARKER,
-    TAG_PREFIX,
-    Identity,
-    Repo,
-    WorkspaceError,
-    blob_at,
-    checkout,
-    git,
-    is_blob,
-    publish,
-    skeleton,
-    tree_changes,
-    untouched,
-    write_commit,
-)
+from clowder.workspace.odb import EMPTY_TREE, blob_at, is_blob, tree_changes
+from clowder.workspace.repo import ATTEMPT_REFS, MARKER, TAG_PREFIX, Identity, Repo, WorkspaceError, git
+from clowder.workspace.skeleton import checkout, publish, skeleton
 from clowder.workspace.source import SourceRecord, carry_submodules, clone, read_record
+from clowder.workspace.unchanged import untouched, write_commit
 
 __all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord", "Upstream",
            "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record", "resolve",

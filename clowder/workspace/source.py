@@ -18,17 +18,8 @@ from pathlib import Path
 from clowder.fsio import atomic_write, read_input
 from clowder.spec import Source, is_url
 from clowder.workspace.copy import copy_checkout
-from clowder.workspace.repo import (
-    BRANCH_PREFIX,
-    SHALLOW,
-    Identity,
-    Repo,
-    WorkspaceError,
-    alternates_text,
-    git,
-    publish,
-    store_dir,
-)
+from clowder.workspace.repo import BRANCH_PREFIX, SHALLOW, Identity, Repo, WorkspaceError, git
+from clowder.workspace.skeleton import alternates_text, publish, store_dir
 
 RECORD = ".source.json"  # workspaces/.source.json: where the pipeline started (SourceRecord)
 _READ_ONLY = ("--no-optional-locks",)  # a read in the user's repository never refreshes its index
