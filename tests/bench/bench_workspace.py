@@ -52,12 +52,12 @@ def chain(base: Path, n: int, write: bool) -> tuple[list[float], list[float]]:
     for i in range(n):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, ups, identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), ups, workspace.Start(ME))
         prep.append(ms(t))
         if write:
             (ws / f"out{i}.txt").write_text(f"{i}\n")
         t = time.perf_counter()
-        done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
         fin.append(ms(t))
         ups = (Upstream(ws.name, ws, done.commit),)
     return prep, fin
@@ -68,11 +68,12 @@ def retries(base: Path, n: int) -> tuple[list[float], list[float]]:
     prep, fin = [], []
     for attempt in range(1, n + 1):
         t = time.perf_counter()
-        workspace.prepare(ws, "p", "flaky", attempt, (), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", "flaky", attempt), (), workspace.Start(ME))
         prep.append(ms(t))
         (ws / "state.txt").write_text(f"{attempt}\n")
         t = time.perf_counter()
-        workspace.finish(ws, "p", "flaky", attempt, "failed", identity=ME, error=workspace.ErrorContext("exit 1", 1))
+        workspace.finish(workspace.AttemptRef(ws, "p", "flaky", attempt),
+                         workspace.End("failed", ME, error=workspace.ErrorContext("exit 1", 1)))
         fin.append(ms(t))
     return prep, fin
 
@@ -81,15 +82,16 @@ def join(base: Path, width: int) -> tuple[list[float], list[float]]:
     ups = []
     for i in range(width):
         ws = base / "workspaces" / f"w{i}"
-        workspace.prepare(ws, "p", ws.name, 1, (), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), (), workspace.Start(ME))
         (ws / f"w{i}.txt").write_text(f"{i}\n")
-        ups.append(Upstream(ws.name, ws, workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME).commit))
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
+        ups.append(Upstream(ws.name, ws, done.commit))
     ws = base / "workspaces" / "join"
     t = time.perf_counter()
-    workspace.prepare(ws, "p", "join", 1, tuple(ups), identity=ME)
+    workspace.prepare(workspace.AttemptRef(ws, "p", "join", 1), tuple(ups), workspace.Start(ME))
     prep = [ms(t)]
     t = time.perf_counter()
-    workspace.finish(ws, "p", "join", 1, "succeeded", identity=ME)
+    workspace.finish(workspace.AttemptRef(ws, "p", "join", 1), workspace.End("succeeded", ME))
     return prep, [ms(t)]
 
 
@@ -149,10 +151,10 @@ def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[floa
     for i in range(jobs):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, ups, identity=ME, source=Source(str(src)), root=base)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), ups, workspace.Start(ME, Source(str(src)), base))
         (first := ms(t)) if i == 0 else down.append(ms(t))
         (ws / f"out{i}.txt").write_text(f"{i}\n")
-        done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
         ups = (Upstream(ws.name, ws, done.commit, hand_on),)
     return first, down, disk(src, base / "workspaces") - disk(src), before - free(base)
 
@@ -163,7 +165,8 @@ def forced(up: Upstream, base: Path, mode: str) -> float:
     try:
         ws = base / "workspaces" / mode
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, (Upstream(up.job, up.path, up.commit),), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1),
+                          (Upstream(up.job, up.path, up.commit),), workspace.Start(ME))
         return ms(t)
     finally:
         os.environ.pop("CLOWDER_WORKSPACE_COPY")
@@ -176,7 +179,8 @@ def url_source(src: Path, base: Path) -> tuple[float, float]:
     for name in ("p1", "p2"):
         ws = base / "pipelines" / name / "workspaces" / "j"
         t = time.perf_counter()
-        workspace.prepare(ws, name, "j", 1, (), identity=ME, source=Source(f"file://{src}"), root=base)
+        workspace.prepare(workspace.AttemptRef(ws, name, "j", 1),
+                          (), workspace.Start(ME, Source(f"file://{src}"), base))
         out.append(ms(t))
     return out[0], out[1]
 
