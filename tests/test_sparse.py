@@ -105,6 +105,8 @@ def test_a_fan_out_of_sparse_jobs_joins_into_the_whole_tree(
         "docs": 'command = "echo more >> docs/guide.md"\nneeds = ["base"]\nsparse_checkout = ["docs/guide.md"]\n',
         "data": 'command = "echo 3,4 >> data/big.csv"\nneeds = ["base"]\nsparse_checkout = ["data/*.csv"]\n',
         "join": 'command = "cat src/app.py docs/guide.md data/big.csv > all.txt"\nneeds = ["code", "docs", "data"]\n',
+        "sparse-join": ('command = "cat docs/guide.md > seen.txt"\nneeds = ["code", "docs", "data"]\n'
+                        'sparse_checkout = ["docs"]\n'),
     }, spec=spec(source))
     assert cli("run", "p").exit_code == 0
     top = ["README.md", "base.txt", "pyproject.toml"]
@@ -115,6 +117,12 @@ def test_a_fan_out_of_sparse_jobs_joins_into_the_whole_tree(
     assert files(ws(root, "data")) == sorted([*top, "data/big.csv"])
     assert (ws(root, "join") / "all.txt").read_text() == "VERSION = 1\ncode\nguide\nmore\n1,2\n3,4\n"
     assert tree(ws(root, "join")) == sorted([*SOURCE_FILES, "base.txt", "all.txt"])
+    # A sparse job that merges its upstreams: the merge is whole, its checkout sparse.
+    joined = ws(root, "sparse-join")
+    assert (joined / "seen.txt").read_text() == "guide\nmore\n"
+    assert files(joined) == sorted([*top, "docs/api/index.md", "docs/guide.md", "seen.txt"])
+    assert git(joined, "show", "HEAD:src/app.py") == "VERSION = 1\ncode\n"
+    assert git(joined, "show", "HEAD:data/big.csv") == "1,2\n3,4\n"
 
 
 def test_a_sparse_job_after_a_hand_on_and_its_retry(
