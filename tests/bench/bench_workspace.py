@@ -21,6 +21,7 @@ ways: blocks counted once per inode (hard-linked objects are free, but a reflink
 shared blocks count again), and how far the file system's free space went down (exact on a
 file system of our own, e.g. a loop mount; noisy on one shared with other writers).
 
+`--sparse-only`: of the big-repository figures, only the sparse ones and a plain clone (quick).
 `--smoke`: every shape at a tiny size (3 jobs, 100 files, one run), to check the script still runs.
 """
 
@@ -241,6 +242,39 @@ def big_run(src: Path, base: Path) -> BigRun:
                   auto_disk, auto_df, copy_ms, checkout_ms, url_first, url_next, sparse_first, sparse_down)
 
 
+def sparse_only(files: int, runs: int) -> None:
+    """The sparse figures alone (`--sparse-only`), beside a plain clone: a first job and its
+    downstream under a fan-out, both with a sparse checkout of a tenth (the upstream's commit
+    carries the whole tree). Quick where the full set writes a dozen whole trees per run."""
+    top = Path(tempfile.mkdtemp(prefix="clowder-bench-sparse-"))
+    try:
+        src = top / "src"
+        make_source(src, files)
+        clones, firsts, downs = [], [], []
+        for r in range(runs):
+            base = top / f"run{r}"
+            base.mkdir()
+            t = time.perf_counter()
+            subprocess.run(["git", "clone", "-q", str(src), str(base / "plain")], check=True)
+            clones.append(ms(t))
+            ws = base / "workspaces" / "up"
+            t = time.perf_counter()
+            workspace.prepare(workspace.AttemptRef(ws, "p", "up", 1), (), workspace.Start(ME, Source(str(src)), base,
+                                                                                         SPARSE))
+            firsts.append(ms(t))
+            done = workspace.finish(workspace.AttemptRef(ws, "p", "up", 1), workspace.End("succeeded", ME))
+            down = base / "workspaces" / "down"
+            t = time.perf_counter()
+            workspace.prepare(workspace.AttemptRef(down, "p", "down", 1), (Upstream("up", ws, done.commit),),
+                              workspace.Start(ME, sparse_checkout=SPARSE))
+            downs.append(ms(t))
+        print(f"{files:>6} files, medians of {runs}: plain git clone+checkout {statistics.median(clones):7.0f} ms\n"
+              f"  sparse checkout of a tenth: first job {statistics.median(firsts):7.0f} ms, "
+              f"downstream, fan-out {statistics.median(downs):7.0f} ms")
+    finally:
+        shutil.rmtree(top)
+
+
 def big(files: int, runs: int) -> None:
     top = Path(tempfile.mkdtemp(prefix="clowder-bench-big-"))
     try:
@@ -283,6 +317,7 @@ def main() -> None:
     parser.add_argument("--only-big", action="store_true")
     parser.add_argument("--dir", type=Path, help="where to build (e.g. a reflink mount); default: the temp dir")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the script runs")
+    parser.add_argument("--sparse-only", action="store_true", help="big repositories: only the sparse figures")
     args = parser.parse_args()
     if args.smoke:
         args.jobs, args.files, args.runs, SYNC[0] = 3, "100", 1, False
@@ -300,7 +335,7 @@ def main() -> None:
     print(f"FICLONE (reflinks) on {tempfile.gettempdir()}: {'yes' if copy._probe_clone(probe) else 'no'}")
     probe.rmdir()
     for files in (int(f) for f in args.files.split(",") if int(f) > 0):
-        big(files, args.runs)
+        (sparse_only if args.sparse_only else big)(files, args.runs)
     for label, shape in ([] if args.only_big else shapes):
         base = Path(tempfile.mkdtemp(prefix="clowder-bench-ws-"))
         try:
