@@ -1,7 +1,10 @@
 """Job workspaces: one git repository per job and a commit per attempt (DESIGN §3). This package
-is the only place that runs git or reads git objects: `repo` (git itself, refs, objects, the
-object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`),
-`handon` (a chain's files moved on to its next job), `copy` (files copied sharing blocks).
+is the only place that runs git or reads git objects: `repo` (git itself, refs), `odb` (objects
+read in-process), `skeleton` (new repositories, the shared object store), `unchanged` (the
+commit of an attempt that changed nothing), `merge` (starting from several upstreams), `lookup`
+(`clowder path`/`diff`), `handon` (a chain's files moved on to its next job), `copy` (files
+copied sharing blocks), `sparse` (jobs that check out only the paths they need), `source` (a
+pipeline's source repository), `objects` (blobs and object checks for the index).
 
 How each operation is done, and why (measured on the 2-core dev machine; see
 tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
