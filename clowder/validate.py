@@ -198,7 +198,6 @@ def _check_retry_on(data: Mapping[str, Any], w: _Where) -> list[Problem]:
             if isinstance(kind, str) and kind not in kinds]
 
 
-
 def _check_sparse_checkout(data: Mapping[str, Any], w: _Where) -> list[Problem]:
     """`sparse_checkout` entries git can take as paths inside the workspace (the schema checks types)."""
     items = data.get("sparse_checkout")
@@ -226,7 +225,6 @@ NUL_MESSAGE = "contains a NUL character, which no command, path or environment c
 ENV_NAME_MESSAGE = "an environment variable's name cannot be empty or hold '=' or a NUL character"
 # Keys whose text becomes a process's argument or environment, or a path the daemon looks up.
 _PROCESS_KEYS = ("command", "env", "outputs", "agent", "harness")
-
 
 
 def sparse_path_problem(entry: str) -> str:
