@@ -186,6 +186,8 @@ class JobSpec:
     explicit_needs: bool = False
     from_: tuple[str, ...] | None = None
     outputs: tuple[str, ...] = ()
+    # Paths its workspace holds (a sparse checkout); empty: the whole tree. Its commits carry the whole tree.
+    sparse_checkout: tuple[str, ...] = ()
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
     timeout: float | None = None
@@ -366,6 +368,7 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         explicit_needs="needs" in data,
         from_=tuple(data["from"]) if "from" in data else None,
         outputs=tuple(data.get("outputs", [])),
+        sparse_checkout=tuple(data.get("sparse_checkout", [])),
         retries=data.get("retries", policy.retries),
         backoff=_backoff(data.get("backoff"), policy.backoff),
         timeout=parse_duration(timeout) if timeout is not None else None,

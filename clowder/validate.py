@@ -176,6 +176,7 @@ def _check_job(
     problems += _check_durations(data, [("idle_timeout",)], w)
     problems += _check_retry_on(data, w)
     problems += _check_process_text(data, w)
+    problems += _check_sparse_checkout(data, w)
     if resources is not None and isinstance(data.get("resources"), dict):
         for pool in data["resources"]:
             if pool not in resources:
@@ -197,6 +198,14 @@ def _check_retry_on(data: Mapping[str, Any], w: _Where) -> list[Problem]:
             if isinstance(kind, str) and kind not in kinds]
 
 
+def _check_sparse_checkout(data: Mapping[str, Any], w: _Where) -> list[Problem]:
+    """`sparse_checkout` entries git can take as paths inside the workspace (the schema checks types)."""
+    items = data.get("sparse_checkout")
+    return [Problem(w.path, w.key("sparse_checkout", i), problem)
+            for i, entry in enumerate(items if isinstance(items, list) else [])
+            if isinstance(entry, str) and (problem := sparse_path_problem(entry))]
+
+
 def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _Where) -> list[Problem]:
     """Duration strings that do not parse or are out of bounds (the schema bounds numbers)."""
     problems = []
@@ -216,6 +225,24 @@ NUL_MESSAGE = "contains a NUL character, which no command, path or environment c
 ENV_NAME_MESSAGE = "an environment variable's name cannot be empty or hold '=' or a NUL character"
 # Keys whose text becomes a process's argument or environment, or a path the daemon looks up.
 _PROCESS_KEYS = ("command", "env", "outputs", "agent", "harness")
+
+
+def sparse_path_problem(entry: str) -> str:
+    """Why a `sparse_checkout` entry cannot be a path inside the workspace; "" if it can."""
+    parts = entry.rstrip("/").split("/")
+    if "\0" in entry:
+        return NUL_MESSAGE
+    if entry.startswith("/"):
+        return f"{entry!r} must be relative to the repository's top (no leading '/')"
+    if any(c in entry for c in "\n\r\\"):
+        return f"{entry!r}: a path cannot hold a line break or a backslash (write directories with '/')"
+    if ".." in parts:
+        return f"{entry!r} leads out of the workspace ('..')"
+    if any(p.lower() == ".git" for p in parts):
+        return f"{entry!r} names git's own directory (.git)"
+    if entry.startswith("!") or any(p in ("", ".") for p in parts):
+        return f"{entry!r} is not a path (an empty part, '.' or a leading '!')"
+    return ""
 
 
 def _check_process_text(data: Mapping[str, Any], w: _Where) -> list[Problem]:

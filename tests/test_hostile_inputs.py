@@ -352,7 +352,8 @@ def test_git_never_reads_a_source_repo_as_an_option(root: Root, tmp_path: Path) 
     hostile = Source(f"--upload-pack=touch {pwned}; git-upload-pack {src}; echo ://")
     ws = root.pipeline("p").workspace("a")
     with pytest.raises(WorkspaceError) as e:
-        workspace.prepare(ws, "p", "a", 1, (), identity=Identity("t", "t@t"), source=hostile, root=root.path)
+        workspace.prepare(workspace.AttemptRef(ws, "p", "a", 1),
+                          (), workspace.Start(Identity("t", "t@t"), hostile, root.path))
     assert "--upload-pack" in str(e.value)  # git took it for a URL, and says so
     assert not pwned.exists()
 

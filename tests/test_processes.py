@@ -193,9 +193,10 @@ def _never_started(root: Root, attempts: tuple[Attempt, ...]) -> None:
     write(paths.job_status_file("a"), job_status_to_toml(status))
     who = workspace.Identity("t", "t@example.com")
     for attempt in attempts:
-        workspace.prepare(paths.workspace("a"), "p", "a", attempt.number, (), identity=who)
+        ref = workspace.AttemptRef(paths.workspace("a"), "p", "a", attempt.number)
+        workspace.prepare(ref, (), workspace.Start(who))
         if attempt.state is not JobState.RUNNING:
-            workspace.finish(paths.workspace("a"), "p", "a", attempt.number, attempt.state.value, identity=who)
+            workspace.finish(ref, workspace.End(attempt.state.value, who))
     paths.log_file("a", n).parent.mkdir(parents=True, exist_ok=True)
     paths.log_file("a", n).touch()
 

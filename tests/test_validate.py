@@ -485,7 +485,7 @@ def test_every_problem_is_reported_in_one_run(root: Root, make_pipeline: MakePip
         f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, command, "
         "description, env, from, harness, idle_timeout, max_cost_usd, max_regressions, needs, output_schema, "
         "outputs, parent, regression_context, regression_of, resources, retries, retry_on, schema_version, script, "
-        "stage, timeout",
+        "sparse_checkout, stage, timeout",
     ])
     assert result.stderr == f"root {root.path}: 8 problem(s)\n"
 

@@ -311,16 +311,17 @@ def test_a_missing_declared_output_fails_the_attempt_and_is_committed(root: Root
 def test_leftovers_of_a_lost_attempt_are_committed_when_the_next_attempt_prepares(root: Root) -> None:
     repo = root.pipeline("p").workspace("a")
     me = workspace.Identity()
-    first = workspace.prepare(repo, "p", "a", 1, (), identity=me)
+    first = workspace.prepare(workspace.AttemptRef(repo, "p", "a", 1), (), workspace.Start(me))
     (repo / "half-done.txt").write_text("partial\n")  # ...and the attempt vanished without a waiter
-    second = workspace.prepare(repo, "p", "a", 2, (), identity=me)
+    second = workspace.prepare(workspace.AttemptRef(repo, "p", "a", 2), (), workspace.Start(me))
     lost = git(repo, "rev-parse", "attempt-1").strip()
     assert (first.base_commit, second.base_commit, second.recovered) == (None, lost, (1, lost))
     assert trailers(repo)[0] == {"Clowder-Pipeline": "p", "Clowder-Job": "a", "Clowder-Attempt": "1",
                                  "Clowder-State": "lost"}
     assert git(repo, "show", "attempt-1:half-done.txt") == "partial\n"
-    done = workspace.finish(repo, "p", "a", 2, "succeeded", identity=me)
-    again = workspace.finish(repo, "p", "a", 2, "succeeded", identity=me)  # a restarted daemon looks again
+    done = workspace.finish(workspace.AttemptRef(repo, "p", "a", 2), workspace.End("succeeded", me))
+    again = workspace.finish(workspace.AttemptRef(repo, "p", "a", 2),
+                             workspace.End("succeeded", me))  # a restarted daemon looks again
     assert again == done and git(repo, "rev-list", "--count", "HEAD").strip() == "2"
     assert done.base_commit == lost and done.artifacts == ()
 
@@ -402,17 +403,18 @@ def test_a_change_that_keeps_the_size_is_still_committed(root: Root, make_pipeli
 def test_a_rewrite_hidden_by_a_coarse_clock_is_still_committed(root: Root) -> None:
     me, paths = workspace.Identity(), root.pipeline("p")
     up = paths.workspace("a")
-    workspace.prepare(up, "p", "a", 1, (), identity=me)
+    workspace.prepare(workspace.AttemptRef(up, "p", "a", 1), (), workspace.Start(me))
     (up / "f.txt").write_text("aaaa")
-    a = workspace.finish(up, "p", "a", 1, "succeeded", identity=me)
+    a = workspace.finish(workspace.AttemptRef(up, "p", "a", 1), workspace.End("succeeded", me))
     down = paths.workspace("b")
-    workspace.prepare(down, "p", "b", 1, (workspace.Upstream("a", up, a.commit),), identity=me)
+    workspace.prepare(workspace.AttemptRef(down, "p", "b", 1),
+                      (workspace.Upstream("a", up, a.commit),), workspace.Start(me))
     f, index = down / "f.txt", down / ".git" / "index"
     before = f.stat()
     os.utime(index, ns=(before.st_atime_ns, before.st_mtime_ns))  # checkout and index in one clock tick
     f.write_text("bbbb")  # same size and, with a coarse clock, the same timestamp
     os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
-    b = workspace.finish(down, "p", "b", 1, "succeeded", identity=me)
+    b = workspace.finish(workspace.AttemptRef(down, "p", "b", 1), workspace.End("succeeded", me))
     assert git(down, "show", f"{b.commit}:f.txt") == "bbbb"
     assert [x.path for x in b.artifacts] == ["f.txt"]
 
@@ -470,8 +472,8 @@ def test_files_where_a_workspace_belongs_are_moved_aside_not_lost(root: Root, ma
 def test_an_attempt_that_ends_before_its_workspace_is_whole_still_commits(root: Root) -> None:
     path = root.pipeline("p").workspace("a")
     (path / ".git" / "objects").mkdir(parents=True)  # a workspace half made when the disk filled up
-    done = workspace.finish(path, "p", "a", 1, "failed", identity=workspace.Identity(),
-                            error=workspace.ErrorContext("could not start"))
+    done = workspace.finish(workspace.AttemptRef(path, "p", "a", 1), workspace.End(
+        "failed", workspace.Identity(), error=workspace.ErrorContext("could not start")))
     assert git(path, "rev-parse", "attempt-1").strip() == done.commit
     assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())
 
@@ -502,11 +504,13 @@ def test_a_workspace_made_before_the_private_attempt_refs_is_not_committed_twice
     repo = ws(root, "dev")
     done = status(root, "dev").attempts[0].commit
     git(repo, "update-ref", "-d", "refs/clowder/attempts/1")  # as older versions left it: the tag alone
-    again = workspace.finish(repo, "p", "dev", 1, "succeeded", identity=workspace.Identity())
+    again = workspace.finish(workspace.AttemptRef(repo, "p", "dev", 1),
+                             workspace.End("succeeded", workspace.Identity()))
     assert again.commit == done and git(repo, "rev-parse", "HEAD").strip() == done
     git(repo, "tag", "-f", "attempt-2", done)  # a tag a job made is no attempt of Clowder's
     git(repo, "update-ref", "refs/clowder/attempts/1", done)
-    third = workspace.finish(repo, "p", "dev", 2, "succeeded", identity=workspace.Identity())
+    third = workspace.finish(workspace.AttemptRef(repo, "p", "dev", 2),
+                             workspace.End("succeeded", workspace.Identity()))
     assert third.commit != done and git(repo, "rev-parse", "attempt-2", "refs/clowder/attempts/2").split() == [
         third.commit, third.commit]
 
@@ -562,18 +566,19 @@ def test_a_downstream_never_starts_from_an_upstream_file_changed_after_its_commi
     monkeypatch.setenv("CLOWDER_WORKSPACE_COPY", "always")
     me = workspace.Identity()
     up = tmp_path / "workspaces" / "up"
-    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    workspace.prepare(workspace.AttemptRef(up, "p", "up", 1), (), workspace.Start(me))
     (up / "a.txt").write_text("committed\n")
     (up / "b.txt").write_text("also committed\n")
     (up / "0.txt").write_text("deleted after\n")
-    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    done = workspace.finish(workspace.AttemptRef(up, "p", "up", 1), workspace.End("succeeded", me))
     (up / "0.txt").unlink()
     # Someone edits the upstream's checkout, same size and mtime: only its ctime tells.
     st = (up / "a.txt").stat()
     (up / "a.txt").write_text("EDITED!!!\n")
     os.utime(up / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
     down = tmp_path / "workspaces" / "down"
-    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit),), identity=me)
+    workspace.prepare(workspace.AttemptRef(down, "p", "down", 1),
+                      (workspace.Upstream("up", up, done.commit),), workspace.Start(me))
     assert (down / "a.txt").read_text() == "committed\n"
     assert (down / "b.txt").read_text() == "also committed\n"
     assert (down / "0.txt").read_text() == "deleted after\n"
@@ -860,11 +865,11 @@ def test_a_daemon_killed_while_files_are_handed_on_loses_nothing(
 def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path, hand_on_always: None) -> None:
     me = workspace.Identity()
     up = tmp_path / "workspaces" / "up"
-    workspace.prepare(up, "p", "up", 1, (), identity=me)
+    workspace.prepare(workspace.AttemptRef(up, "p", "up", 1), (), workspace.Start(me))
     write(up / ".gitignore", "*.log\n")
     for name in ("a.txt", "b.txt", "0.txt"):
         write(up / "d" / name, f"committed {name}\n")
-    done = workspace.finish(up, "p", "up", 1, "succeeded", identity=me)
+    done = workspace.finish(workspace.AttemptRef(up, "p", "up", 1), workspace.End("succeeded", me))
     # After its commit: a file deleted, one edited keeping its size and mtime (only ctime tells),
     # one ignored and one untracked file left behind
     (up / "d" / "0.txt").unlink()
@@ -876,7 +881,8 @@ def test_a_handed_on_tree_is_exactly_the_upstreams_commit(tmp_path: Path, hand_o
     latin1 = os.fsdecode(b"caf\xe9.bin")  # a name that is not UTF-8
     write(up / "d" / latin1, "untracked too\n")
     down = tmp_path / "workspaces" / "down"
-    workspace.prepare(down, "p", "down", 1, (workspace.Upstream("up", up, done.commit, True),), identity=me)
+    workspace.prepare(workspace.AttemptRef(down, "p", "down", 1),
+                      (workspace.Upstream("up", up, done.commit, True),), workspace.Start(me))
     assert sorted(os.listdir(up)) == [".git", "build.log", "d"]  # handed on, but for what it left uncommitted
     assert sorted(os.listdir(up / "d")) == sorted([latin1, "new.txt"])
     assert sorted(os.listdir(down / "d")) == ["0.txt", "a.txt", "b.txt"]

@@ -136,8 +136,9 @@ class Launcher:
 
     def _prepare_and_run(self, launch: Launch) -> None:
         spec, paths, attempt = launch.spec, launch.paths, launch.attempt
-        prepared = workspace.prepare(paths.workspace(spec.name), paths.name, spec.name, attempt, launch.upstreams,
-                                     identity=self.identity(), source=launch.source, root=self.root.path)
+        prepared = workspace.prepare(workspace.AttemptRef(paths.workspace(spec.name), paths.name, spec.name, attempt),
+                                     launch.upstreams, workspace.Start(self.identity(), launch.source, self.root.path,
+                                                                       spec.sparse_checkout))
         if prepared.warning:  # said once, here and in the pipeline's status message (_apply)
             self.log(f"{paths.name}: warning: {prepared.warning}")
             self.events.put(SourceWarning(paths.name))
@@ -280,9 +281,8 @@ class Launcher:
         """The outcome with the attempt's commit, base, artifacts and consumption added."""
         while True:
             try:
-                done = workspace.finish(paths.workspace(spec.name), paths.name, spec.name, attempt, state,
-                                        identity=self.identity(), outputs=spec.outputs, error=error,
-                                        trailers=more)
+                ref = workspace.AttemptRef(paths.workspace(spec.name), paths.name, spec.name, attempt)
+                done = workspace.finish(ref, workspace.End(state, self.identity(), spec.outputs, error, more))
                 break
             except (OSError, ClowderError) as e:
                 # On a full disk the commit waits for space and is made then (finish may be

@@ -1,7 +1,10 @@
 """Job workspaces: one git repository per job and a commit per attempt (DESIGN §3). This package
-is the only place that runs git or reads git objects: `repo` (git itself, refs, objects, the
-object store), `merge` (starting from several upstreams), `lookup` (`clowder path`/`diff`),
-`handon` (a chain's files moved on to its next job), `copy` (files copied sharing blocks).
+is the only place that runs git or reads git objects: `repo` (git itself, refs), `odb` (objects
+read in-process), `skeleton` (new repositories, the shared object store), `unchanged` (the
+commit of an attempt that changed nothing), `merge` (starting from several upstreams), `lookup`
+(`clowder path`/`diff`), `handon` (a chain's files moved on to its next job), `copy` (files
+copied sharing blocks), `sparse` (jobs that check out only the paths they need), `source` (a
+pipeline's source repository), `objects` (blobs and object checks for the index).
 
 How each operation is done, and why (measured on the 2-core dev machine; see
 tests/bench/bench_workspace.py and tests/bench/bench_scheduler.py):
@@ -49,7 +52,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -59,33 +62,20 @@ from clowder.errors import DiskFull
 from clowder.metadata import ERROR_FILE, kind_of, metadata_dir, write_metadata
 from clowder.spec import Source
 from clowder.state import Artifact
+from clowder.workspace import sparse
 from clowder.workspace.copy import copy_checkout
 from clowder.workspace.handon import hand_on, locked, restore_locked
 from clowder.workspace.lookup import base_of, diff, resolve, split_diff_args, workspace_path
 from clowder.workspace.merge import Upstream, add_upstream_tags, ensure_published, merge, upstream_tags
-from clowder.workspace.repo import (
-    ATTEMPT_REFS,
-    EMPTY_TREE,
-    MARKER,
-    TAG_PREFIX,
-    Identity,
-    Repo,
-    WorkspaceError,
-    blob_at,
-    checkout,
-    git,
-    is_blob,
-    publish,
-    skeleton,
-    tree_changes,
-    untouched,
-    write_commit,
-)
+from clowder.workspace.odb import EMPTY_TREE, blob_at, is_blob, tree_changes
+from clowder.workspace.repo import ATTEMPT_REFS, MARKER, TAG_PREFIX, Identity, Repo, WorkspaceError, git
+from clowder.workspace.skeleton import checkout, publish, skeleton
 from clowder.workspace.source import SourceRecord, carry_submodules, clone, read_record
+from clowder.workspace.unchanged import untouched, write_commit
 
-__all__ = ["EMPTY_TREE", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord", "Upstream",
-           "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record", "resolve",
-           "split_diff_args", "workspace_path"]
+__all__ = ["EMPTY_TREE", "AttemptRef", "End", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord",
+           "Start", "Upstream", "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record",
+           "resolve", "split_diff_args", "workspace_path"]
 
 TAIL_LINES = 50
 
@@ -128,52 +118,84 @@ class Finished:
 
 # -- an attempt's start and end ---------------------------------------------------------------
 
-def prepare(ws: Path, pipeline: str, job: str, attempt: int, upstreams: Sequence[Upstream], *,
-            identity: Identity, source: Source | None = None, root: Path | None = None) -> Prepared:
-    """Make the job's repository ready for `attempt` and record what it starts from.
+@dataclass(frozen=True)
+class AttemptRef:
+    """The attempt a workspace operation is for: the job's workspace, pipeline, job and number."""
+
+    ws: Path
+    pipeline: str
+    job: str
+    number: int
+
+
+@dataclass(frozen=True)
+class Start:
+    """How an attempt's workspace starts, besides its upstreams: who commits, the pipeline's source
+    and root (for a first job), and the paths the job checks out (empty: the whole tree)."""
+
+    identity: Identity = field(default_factory=Identity)
+    source: Source | None = None
+    root: Path | None = None
+    sparse_checkout: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class End:
+    """How an attempt ended, for its commit: its state, who commits, its declared outputs and
+    (failed) what error.json says."""
+
+    state: str
+    identity: Identity = field(default_factory=Identity)
+    outputs: Sequence[str] = ()
+    error: ErrorContext | None = None
+    trailers: str = ""  # more trailers after Clowder-State (an approval's), one per line
+
+
+def prepare(ref: AttemptRef, upstreams: Sequence[Upstream], start: Start) -> Prepared:
+    """Make the job's repository ready for attempt `ref.number` and record what it starts from.
 
     A first attempt starts from the first upstream's commit with the others merged in, else from
     the pipeline's source, else from an empty repository. A later attempt starts from the job's
     last commit (first committing what a lost attempt left behind) and merges any upstream
     commit it has not consumed yet. A merge conflict is returned as `problem`, not raised."""
     started = time.time_ns()
-    repo = Repo(ws)
+    repo = Repo(ref.ws)
     if repo.exists():  # its files may have gone to its downstream (handon.py): ours until it is ready
         with locked(repo):
             restore_locked(repo)
-            return _prepare_again(repo, pipeline, job, attempt, upstreams, identity, started)
-    return _prepare_new(ws, job, attempt, upstreams, identity, source, root, started)
+            return _prepare_again(repo, ref, upstreams, start, started)
+    return _prepare_new(ref, upstreams, start, started)
 
 
-def _prepare_again(repo: Repo, pipeline: str, job: str, attempt: int, upstreams: Sequence[Upstream],
-                   identity: Identity, started: int) -> Prepared:
+def _prepare_again(repo: Repo, ref: AttemptRef, upstreams: Sequence[Upstream], start: Start,
+                   started: int) -> Prepared:
     """A later attempt (or a first one prepared again): from the job's last commit."""
-    ws = repo.path
-    recovered = _recover_lost(repo, pipeline, job, attempt, identity)
+    recovered = _recover_lost(repo, ref, start.identity)
     with contextlib.suppress(FileNotFoundError):  # error.json describes the attempt that failed
-        (ws / metadata_dir(job) / ERROR_FILE).unlink()
+        (ref.ws / metadata_dir(ref.job) / ERROR_FILE).unlink()
+    # The paths may have been edited since the last attempt (a live edit before a retry).
+    sparse.configure(repo, start.sparse_checkout, repo.head(), checked_out=True)
     consumed = {k: v for k, v in repo.marker().get("consumed", {}).items() if isinstance(v, str)}
     todo = [u for u in upstreams if consumed.get(u.job) != u.commit]
-    return _merge_in(repo, job, attempt, todo, consumed, identity, started, recovered)
+    return replace(_merge_in(repo, ref, todo, consumed, start.identity, started), recovered=recovered)
 
 
-def _prepare_new(ws: Path, job: str, attempt: int, upstreams: Sequence[Upstream], identity: Identity,
-                 source: Source | None, root: Path | None, started: int) -> Prepared:
+def _prepare_new(ref: AttemptRef, upstreams: Sequence[Upstream], start: Start, started: int) -> Prepared:
     """A first attempt: a new repository from the first upstream, the source, or nothing."""
     todo = list(upstreams[1:])
     consumed = {upstreams[0].job: upstreams[0].commit} if upstreams else {}
     if not todo:  # nothing to merge: the marker goes in with the rest of the new repository
-        marker = {"attempt": attempt, "consumed": consumed, "started_ns": started}
-        repo, warning = _create(ws, job, upstreams, source, root or ws.parent, marker, identity)
+        marker = {"attempt": ref.number, "consumed": consumed, "started_ns": started}
+        repo, warning = _create(ref, upstreams, start, marker)
         return Prepared(repo.head(), consumed, "", (), None, warning)
-    repo, _ = _create(ws, job, upstreams, source, root or ws.parent, identity=identity)
-    return _merge_in(repo, job, attempt, todo, consumed, identity, started, None)
+    repo, _ = _create(ref, upstreams, start)
+    return _merge_in(repo, ref, todo, consumed, start.identity, started)
 
 
-def _merge_in(repo: Repo, job: str, attempt: int, todo: Sequence[Upstream], consumed: dict[str, str],
-              identity: Identity, started: int, recovered: tuple[int, str] | None) -> Prepared:
+def _merge_in(repo: Repo, ref: AttemptRef, todo: Sequence[Upstream], consumed: dict[str, str],
+              identity: Identity, started: int) -> Prepared:
     """Merge the upstream commits not consumed yet and record the attempt's start."""
-    ws = repo.path
+    ws, job = repo.path, ref.job
     merged = merge(repo, job, todo, identity)
     if merged.problem and not merged.conflicts and no_space(ws.parent):  # not the merge's fault: wait for space
         raise DiskFull(f"{ws}: no space left on device ({merged.problem})")
@@ -183,18 +205,19 @@ def _merge_in(repo: Repo, job: str, attempt: int, todo: Sequence[Upstream], cons
             break
         consumed[u.job] = u.commit
     base = repo.head()
-    repo.write_marker({"attempt": attempt, "base": base, "consumed": consumed, "started_ns": started})
-    return Prepared(base, consumed, merged.problem, merged.conflicts, recovered)
+    repo.write_marker({"attempt": ref.number, "base": base, "consumed": consumed, "started_ns": started})
+    return Prepared(base, consumed, merged.problem, merged.conflicts)
 
 
-def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | None, root: Path,
-            marker: Mapping[str, Any] | None = None, identity: Identity | None = None) -> tuple[Repo, str]:
+def _create(ref: AttemptRef, upstreams: Sequence[Upstream], start: Start,
+            marker: Mapping[str, Any] | None = None) -> tuple[Repo, str]:
     """Build the repository next to its final place and move it there in one rename, so a crash
     or a full disk never leaves a half-made workspace where the job's belongs; with `marker`
     (the attempt's, less its base: the new HEAD), already prepared for an attempt. The build
     directory is a sibling, `.<job>.tmp` (job names never start with a dot), not a directory
     below: the alternates entry that finds the store is relative, and the checkout needs it.
     Returns the repository and a warning about the source (empty if none)."""
+    ws, job = ref.ws, ref.job
     _clear_place(ws)
     tmp = ws.with_name(f".{ws.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a build cut short by a crash
@@ -202,18 +225,14 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
     warning = ""
     try:
         if upstreams:
-            first = upstreams[0]
-            repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
-            ensure_published(repo, first)
-            moved = first.hand_on and hand_on(repo, Repo(first.path), first.commit, job)
-            if not moved and not copy_checkout(repo, Repo(first.path), first.commit):
-                checkout(repo)
-            carry_submodules(repo, Repo(first.path))
-        elif source is not None:
-            repo, record, fresh = clone(tmp, job, source, root, identity or Identity())
+            repo = _from_upstream(tmp, job, upstreams, start.sparse_checkout)
+        elif start.source is not None:
+            repo, record, fresh = clone(tmp, job, start.source, start.root or ws.parent, start.identity,
+                                        start.sparse_checkout)
             warning = record.warning if fresh else ""
         else:
             repo = skeleton(tmp, None, job=job)
+            sparse.configure(repo, start.sparse_checkout, None, checked_out=False)
         if marker is not None:  # no rename of its own: the directory's is enough
             (repo.git_dir / MARKER).write_text(json.dumps({**marker, "base": repo.head()}))
         with contextlib.suppress(FileNotFoundError):
@@ -223,6 +242,22 @@ def _create(ws: Path, job: str, upstreams: Sequence[Upstream], source: Source | 
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
         raise
     return Repo(ws), warning
+
+
+def _from_upstream(tmp: Path, job: str, upstreams: Sequence[Upstream], paths: Sequence[str]) -> Repo:
+    """A new repository at the first upstream's commit, its files handed on, copied or checked
+    out (only `paths`, if given: such a job neither takes a hand-on nor copies a whole tree)."""
+    first = upstreams[0]
+    repo = skeleton(tmp, first.commit, upstream_tags(job, upstreams), job)
+    ensure_published(repo, first)
+    if paths:
+        sparse.configure(repo, paths, first.commit, checked_out=False)
+        checkout(repo)
+    elif not (first.hand_on and hand_on(repo, Repo(first.path), first.commit, job)) \
+            and not copy_checkout(repo, Repo(first.path), first.commit):
+        checkout(repo)
+    carry_submodules(repo, Repo(first.path))
+    return repo
 
 
 def _clear_place(ws: Path) -> None:
@@ -245,36 +280,35 @@ def _clear_place(ws: Path) -> None:
             return
 
 
-def _recover_lost(repo: Repo, pipeline: str, job: str, attempt: int, identity: Identity) -> tuple[int, str] | None:
+def _recover_lost(repo: Repo, ref: AttemptRef, identity: Identity) -> tuple[int, str] | None:
     """Commit what an attempt that ended without a waiter (lost) left in the workspace."""
     number = repo.marker().get("attempt")
     if not isinstance(number, int) or repo.attempt(number):  # it was committed
         return None
-    if number == attempt:  # prepared again: it never started (the daemon died first), nothing to keep
+    if number == ref.number:  # prepared again: it never started (the daemon died first), nothing to keep
         return None
-    commit = _commit(repo, pipeline, job, number, "lost", "the process vanished without an exit record",
-                     identity, ())
-    return number, commit
+    lost = End("lost", identity, error=ErrorContext("the process vanished without an exit record"))
+    return number, _commit(replace(ref, number=number), lost, ())
 
 
-def finish(ws: Path, pipeline: str, job: str, attempt: int, state: str, *, identity: Identity,
-           outputs: Sequence[str] = (), error: ErrorContext | None = None, trailers: str = "") -> Finished:
+def finish(ref: AttemptRef, end: End) -> Finished:
     """Commit everything the attempt left (even nothing), tag it `attempt-<n>` (and record it
     under refs/clowder/attempts/<n>), publish its objects and list its artifacts; say whether
     it changed any file. Safe to call again for the same attempt."""
+    ws, job = ref.ws, ref.job
     repo = Repo(ws)
     if not repo.exists():  # an attempt that ended before its workspace was made
-        repo, _ = _create(ws, job, (), None, ws.parent)
+        repo, _ = _create(ref, (), Start())
     marker = repo.marker()
-    ours = marker.get("attempt") == attempt
+    ours = marker.get("attempt") == ref.number
     base = marker.get("base") if ours else repo.head()
     meta = ws / metadata_dir(job)
-    if error is not None:
-        write_metadata(ws, job, ERROR_FILE, error.to_json(job, attempt, state))
-    force = _output_files(ws, outputs) + ([metadata_dir(job)] if meta.is_dir() else [])
-    commit = _commit(repo, pipeline, job, attempt, state, error.reason if error else "", identity, force, trailers)
+    if end.error is not None:
+        write_metadata(ws, job, ERROR_FILE, end.error.to_json(job, ref.number, end.state))
+    force = _output_files(ws, end.outputs) + ([metadata_dir(job)] if meta.is_dir() else [])
+    commit = _commit(ref, end, force)
     publish(repo, marker.get("started_ns", 0) if ours else 0)
-    artifacts = _artifacts(repo, base, commit, job, outputs)
+    artifacts = _artifacts(repo, base, commit, job, end.outputs)
     consumed = marker.get("consumed", {}) if ours else {}
     return Finished(commit, base, artifacts, consumed, _changed(repo, base, commit, job))
 
@@ -295,8 +329,10 @@ def _message(pipeline: str, job: str, attempt: int, state: str, reason: str, tra
             + trailers)  # an approval's come after Clowder-State: repo.attempt finds an attempt by those two
 
 
-def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reason: str, identity: Identity,
-            force: Sequence[str], trailers: str = "") -> str:
+def _commit(ref: AttemptRef, end: End, force: Sequence[str]) -> str:
+    """The attempt's commit (made once: a crash between the commit and its tag leaves it at HEAD),
+    with the refs Clowder finds it by."""
+    repo, job, attempt = Repo(ref.ws), ref.job, ref.number
     tag = f"{TAG_PREFIX}{attempt}"
     done = repo.attempt(attempt)
     if done:
@@ -305,19 +341,21 @@ def _commit(repo: Repo, pipeline: str, job: str, attempt: int, state: str, reaso
     head = repo.head()
     # A crash between the commit and its tag leaves the commit at HEAD: tag it, do not commit twice.
     if head is None or f"Clowder-Job: {job}\nClowder-Attempt: {attempt}\n" not in repo.objects().message(head):
-        message = _message(pipeline, job, attempt, state, reason, trailers)
+        message = _message(ref.pipeline, job, attempt, end.state, end.error.reason if end.error else "",
+                           end.trailers)
         # The attempt's processes are gone; a git it ran and killed may have left its lock.
         with contextlib.suppress(FileNotFoundError):
             (repo.git_dir / "index.lock").unlink()
         if not force and untouched(repo, head):
-            head = write_commit(repo, head, message, identity)
+            head = write_commit(repo, head, message, end.identity)
             repo.write_refs({repo.branch(): head, **dict.fromkeys(ours, head)})
             return head
-        git(repo.path, "add", "-A")
+        # A sparse checkout: what the job wrote outside its paths is committed too (git would skip it).
+        git(repo.path, "add", "-A", *sparse.add_options(repo))
         if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise
-            git(repo.path, "add", "-f", "--", *force)
+            git(repo.path, "add", "-f", *sparse.add_options(repo), "--", *force)
         git(repo.path, "commit", "-q", "--allow-empty", "--no-verify", "--cleanup=whitespace", "-F", "-",
-            stdin=message, identity=identity)
+            stdin=message, identity=end.identity)
         head = repo.head()
         assert head is not None
     repo.write_refs(dict.fromkeys(ours, head))

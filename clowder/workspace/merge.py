@@ -6,17 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clowder.workspace.repo import (
-    TAG_PREFIX,
-    Entry,
-    Identity,
-    Repo,
-    WorkspaceError,
-    checkout,
-    git,
-    publish,
-    tree_changes,
-)
+from clowder.workspace.odb import Entry, tree_changes
+from clowder.workspace.repo import TAG_PREFIX, Identity, Repo, WorkspaceError, git
+from clowder.workspace.skeleton import checkout, publish
 
 
 @dataclass(frozen=True)

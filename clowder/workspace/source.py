@@ -12,23 +12,16 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clowder.fsio import atomic_write, read_input
 from clowder.spec import Source, is_url
+from clowder.workspace import sparse
 from clowder.workspace.copy import copy_checkout
-from clowder.workspace.repo import (
-    BRANCH_PREFIX,
-    SHALLOW,
-    Identity,
-    Repo,
-    WorkspaceError,
-    alternates_text,
-    git,
-    publish,
-    store_dir,
-)
+from clowder.workspace.repo import BRANCH_PREFIX, SHALLOW, Identity, Repo, WorkspaceError, git
+from clowder.workspace.skeleton import alternates_text, publish, store_dir
 
 RECORD = ".source.json"  # workspaces/.source.json: where the pipeline started (SourceRecord)
 _READ_ONLY = ("--no-optional-locks",)  # a read in the user's repository never refreshes its index
@@ -61,13 +54,15 @@ def resolve(root: Path, source: Source) -> str:
     return str((root / Path(source.repo).expanduser()).resolve())
 
 
-def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) -> tuple[Repo, SourceRecord, bool]:
+def clone(path: Path, job: str, source: Source, root: Path, identity: Identity,
+          sparse_checkout: Sequence[str] = ()) -> tuple[Repo, SourceRecord, bool]:
     """A repository at `path` holding the source's commit (`source.ref`, else its HEAD) on the
     branch `clowder/<job>`, checked out with its submodules, borrowing from nothing but the
     pipeline's store; with `source.worktree`, the checkout's working tree committed on top.
     Every job of the pipeline that starts from the source starts from the same commit: the
     one the first of them found, recorded in `workspaces/.source.json`; the bool says whether
-    this call recorded it (and so is the one to pass its warning on)."""
+    this call recorded it (and so is the one to pass its warning on). With `sparse_checkout`,
+    only those paths are checked out (sparse.py)."""
     with _lock(path.parent):
         url = resolve(root, source)
         local = None if is_url(source.repo) else Path(url)
@@ -102,9 +97,12 @@ def clone(path: Path, job: str, source: Source, root: Path, identity: Identity) 
         if recorded != record:
             write_record(path.parent, record)
     head = repo.head()
+    sparse.configure(repo, sparse_checkout, head, checked_out=False)
     if head is not None:
-        # A checkout of the source on this machine at that very commit: its files are copied.
-        if local is None or not (local / ".git").is_dir() or not copy_checkout(repo, Repo(local), head):
+        # A checkout of the source on this machine at that very commit: its files are copied
+        # (a sparse job's are checked out: only its paths).
+        if local is None or not (local / ".git").is_dir() or sparse_checkout \
+                or not copy_checkout(repo, Repo(local), head):
             git(path, "read-tree", "-u", "--reset", "HEAD")
         _submodules(repo)
     git(path, "remote", "remove", "origin")  # a job's `git push` has nowhere to go

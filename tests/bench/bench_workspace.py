@@ -1,7 +1,7 @@
 """Workspace benchmark: the git work on every attempt's path, prepare (before the process starts)
 and finish (the commit after it ended), measured in-process without the scheduler.
 
-Run: python tests/bench/bench_workspace.py [--jobs N]
+Run: python tests/bench/bench_workspace.py [--jobs N] [--smoke]
 Shapes: a chain of trivial attempts (nothing changed: the commit is written in-process), a chain
 where each attempt adds a file (git add + commit, and a growing checkout), a retried attempt,
 and a join of many upstreams. The wall time of whole pipelines is in bench_scheduler.py.
@@ -14,10 +14,15 @@ many files, and chains of 4 jobs starting from it, each writing one file. Printe
 first job's prepare, a downstream's prepare in a chain (its upstream's files handed on) and
 under a fan-out (`auto`: a reflink copy where the file system shares data, else a checkout),
 a copy and a checkout forced (CLOWDER_WORKSPACE_COPY=always / never), the new disk of each
-chain's 4 workspaces next to one working tree, and a file:// URL source. New disk is given two
+chain's 4 workspaces next to one working tree, a file:// URL source, and jobs with a sparse checkout
+of a tenth of the tree (`sparse_checkout`: 10 of its 100 top-level directories), a first job and a
+downstream under a fan-out. New disk is given two
 ways: blocks counted once per inode (hard-linked objects are free, but a reflinked file's
 shared blocks count again), and how far the file system's free space went down (exact on a
 file system of our own, e.g. a loop mount; noisy on one shared with other writers).
+
+`--sparse-only`: of the big-repository figures, only the sparse ones and a plain clone (quick).
+`--smoke`: every shape at a tiny size (3 jobs, 100 files, one run), to check the script still runs.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from clowder.spec import Source
 from clowder.workspace import Identity, Upstream, copy
 
 ME = Identity()
+SYNC = [True]  # free() syncs first; not in --smoke: a sync waits for every other writer on a shared disk
 
 
 def ms(start: float) -> float:
@@ -52,12 +58,12 @@ def chain(base: Path, n: int, write: bool) -> tuple[list[float], list[float]]:
     for i in range(n):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, ups, identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), ups, workspace.Start(ME))
         prep.append(ms(t))
         if write:
             (ws / f"out{i}.txt").write_text(f"{i}\n")
         t = time.perf_counter()
-        done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
         fin.append(ms(t))
         ups = (Upstream(ws.name, ws, done.commit),)
     return prep, fin
@@ -68,11 +74,12 @@ def retries(base: Path, n: int) -> tuple[list[float], list[float]]:
     prep, fin = [], []
     for attempt in range(1, n + 1):
         t = time.perf_counter()
-        workspace.prepare(ws, "p", "flaky", attempt, (), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", "flaky", attempt), (), workspace.Start(ME))
         prep.append(ms(t))
         (ws / "state.txt").write_text(f"{attempt}\n")
         t = time.perf_counter()
-        workspace.finish(ws, "p", "flaky", attempt, "failed", identity=ME, error=workspace.ErrorContext("exit 1", 1))
+        workspace.finish(workspace.AttemptRef(ws, "p", "flaky", attempt),
+                         workspace.End("failed", ME, error=workspace.ErrorContext("exit 1", 1)))
         fin.append(ms(t))
     return prep, fin
 
@@ -81,16 +88,20 @@ def join(base: Path, width: int) -> tuple[list[float], list[float]]:
     ups = []
     for i in range(width):
         ws = base / "workspaces" / f"w{i}"
-        workspace.prepare(ws, "p", ws.name, 1, (), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), (), workspace.Start(ME))
         (ws / f"w{i}.txt").write_text(f"{i}\n")
-        ups.append(Upstream(ws.name, ws, workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME).commit))
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
+        ups.append(Upstream(ws.name, ws, done.commit))
     ws = base / "workspaces" / "join"
     t = time.perf_counter()
-    workspace.prepare(ws, "p", "join", 1, tuple(ups), identity=ME)
+    workspace.prepare(workspace.AttemptRef(ws, "p", "join", 1), tuple(ups), workspace.Start(ME))
     prep = [ms(t)]
     t = time.perf_counter()
-    workspace.finish(ws, "p", "join", 1, "succeeded", identity=ME)
+    workspace.finish(workspace.AttemptRef(ws, "p", "join", 1), workspace.End("succeeded", ME))
     return prep, [ms(t)]
+
+
+SPARSE = tuple(f"d{i:02d}/" for i in range(10))  # a sparse job's paths: 10 of make_source's 100 top directories
 
 
 def make_source(path: Path, files: int) -> None:
@@ -132,7 +143,8 @@ def plain_clone(src: Path, base: Path) -> tuple[float, float]:
 
 def free(path: Path) -> int:
     """Free bytes of the file system (after a sync: delayed allocation)."""
-    os.sync()
+    if SYNC[0]:
+        os.sync()
     st = os.statvfs(path)
     return st.f_bfree * st.f_frsize
 
@@ -149,10 +161,10 @@ def big_chain(src: Path, base: Path, hand_on: bool, jobs: int = 4) -> tuple[floa
     for i in range(jobs):
         ws = base / "workspaces" / f"j{i}"
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, ups, identity=ME, source=Source(str(src)), root=base)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1), ups, workspace.Start(ME, Source(str(src)), base))
         (first := ms(t)) if i == 0 else down.append(ms(t))
         (ws / f"out{i}.txt").write_text(f"{i}\n")
-        done = workspace.finish(ws, "p", ws.name, 1, "succeeded", identity=ME)
+        done = workspace.finish(workspace.AttemptRef(ws, "p", ws.name, 1), workspace.End("succeeded", ME))
         ups = (Upstream(ws.name, ws, done.commit, hand_on),)
     return first, down, disk(src, base / "workspaces") - disk(src), before - free(base)
 
@@ -163,10 +175,24 @@ def forced(up: Upstream, base: Path, mode: str) -> float:
     try:
         ws = base / "workspaces" / mode
         t = time.perf_counter()
-        workspace.prepare(ws, "p", ws.name, 1, (Upstream(up.job, up.path, up.commit),), identity=ME)
+        workspace.prepare(workspace.AttemptRef(ws, "p", ws.name, 1),
+                          (Upstream(up.job, up.path, up.commit),), workspace.Start(ME))
         return ms(t)
     finally:
         os.environ.pop("CLOWDER_WORKSPACE_COPY")
+
+
+def sparse(src: Path, up: Upstream, base: Path) -> tuple[float, float]:
+    """Prepares of jobs with a sparse checkout (SPARSE): a first job (from the source) and a
+    downstream of a fan-out (its upstream has other downstreams: nothing handed on)."""
+    out = []
+    for name, ups in (("sparse-first", ()), ("sparse-down", (Upstream(up.job, up.path, up.commit),))):
+        ws = base / "workspaces" / name
+        t = time.perf_counter()
+        workspace.prepare(workspace.AttemptRef(ws, "p", name, 1), ups,
+                          workspace.Start(ME, Source(str(src)), base, SPARSE))
+        out.append(ms(t))
+    return out[0], out[1]
 
 
 def url_source(src: Path, base: Path) -> tuple[float, float]:
@@ -176,7 +202,8 @@ def url_source(src: Path, base: Path) -> tuple[float, float]:
     for name in ("p1", "p2"):
         ws = base / "pipelines" / name / "workspaces" / "j"
         t = time.perf_counter()
-        workspace.prepare(ws, name, "j", 1, (), identity=ME, source=Source(f"file://{src}"), root=base)
+        workspace.prepare(workspace.AttemptRef(ws, name, "j", 1),
+                          (), workspace.Start(ME, Source(f"file://{src}"), base))
         out.append(ms(t))
     return out[0], out[1]
 
@@ -198,6 +225,8 @@ class BigRun:
     checkout: float
     url_first: float
     url_next: float
+    sparse_first: float  # a first job's prepare with a sparse checkout of a tenth of the tree
+    sparse_down: float  # a fan-out downstream's prepare, the same sparse checkout
 
 
 def big_run(src: Path, base: Path) -> BigRun:
@@ -208,8 +237,42 @@ def big_run(src: Path, base: Path) -> BigRun:
     up = Upstream("j3", last, workspace.Repo(last).head() or "")
     copy_ms, checkout_ms = forced(up, base / "fan-out", "always"), forced(up, base / "fan-out", "never")
     url_first, url_next = url_source(src, base)
+    sparse_first, sparse_down = sparse(src, up, base / "fan-out")
     return BigRun(clone, cp, first, statistics.median(handed), moved_disk, moved_df, statistics.median(auto),
-                  auto_disk, auto_df, copy_ms, checkout_ms, url_first, url_next)
+                  auto_disk, auto_df, copy_ms, checkout_ms, url_first, url_next, sparse_first, sparse_down)
+
+
+def sparse_only(files: int, runs: int) -> None:
+    """The sparse figures alone (`--sparse-only`), beside a plain clone: a first job and its
+    downstream under a fan-out, both with a sparse checkout of a tenth (the upstream's commit
+    carries the whole tree). Quick where the full set writes a dozen whole trees per run."""
+    top = Path(tempfile.mkdtemp(prefix="clowder-bench-sparse-"))
+    try:
+        src = top / "src"
+        make_source(src, files)
+        clones, firsts, downs = [], [], []
+        for r in range(runs):
+            base = top / f"run{r}"
+            base.mkdir()
+            t = time.perf_counter()
+            subprocess.run(["git", "clone", "-q", str(src), str(base / "plain")], check=True)
+            clones.append(ms(t))
+            ws = base / "workspaces" / "up"
+            t = time.perf_counter()
+            workspace.prepare(workspace.AttemptRef(ws, "p", "up", 1), (), workspace.Start(ME, Source(str(src)), base,
+                                                                                         SPARSE))
+            firsts.append(ms(t))
+            done = workspace.finish(workspace.AttemptRef(ws, "p", "up", 1), workspace.End("succeeded", ME))
+            down = base / "workspaces" / "down"
+            t = time.perf_counter()
+            workspace.prepare(workspace.AttemptRef(down, "p", "down", 1), (Upstream("up", ws, done.commit),),
+                              workspace.Start(ME, sparse_checkout=SPARSE))
+            downs.append(ms(t))
+        print(f"{files:>6} files, medians of {runs}: plain git clone+checkout {statistics.median(clones):7.0f} ms\n"
+              f"  sparse checkout of a tenth: first job {statistics.median(firsts):7.0f} ms, "
+              f"downstream, fan-out {statistics.median(downs):7.0f} ms")
+    finally:
+        shutil.rmtree(top)
 
 
 def big(files: int, runs: int) -> None:
@@ -239,7 +302,9 @@ def big(files: int, runs: int) -> None:
               f"| 4 such jobs new disk {med('auto_disk') / mb:6.1f} MB (x{med('auto_disk') / tree:.2f}), "
               f"df {med('auto_df') / mb:6.1f} MB (x{med('auto_df') / tree:.2f})\n"
               f"  downstream, copy forced / checkout forced    {med('copy'):7.0f} / {med('checkout'):.0f} ms\n"
-              f"  file:// URL source: first pipeline {med('url_first'):7.0f} ms, next {med('url_next'):7.0f} ms")
+              f"  file:// URL source: first pipeline {med('url_first'):7.0f} ms, next {med('url_next'):7.0f} ms\n"
+              f"  sparse checkout of a tenth: first job {med('sparse_first'):7.0f} ms, "
+              f"downstream, fan-out {med('sparse_down'):7.0f} ms")
     finally:
         shutil.rmtree(top)
 
@@ -251,7 +316,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only-big", action="store_true")
     parser.add_argument("--dir", type=Path, help="where to build (e.g. a reflink mount); default: the temp dir")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that the script runs")
+    parser.add_argument("--sparse-only", action="store_true", help="big repositories: only the sparse figures")
     args = parser.parse_args()
+    if args.smoke:
+        args.jobs, args.files, args.runs, SYNC[0] = 3, "100", 1, False
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
         tempfile.tempdir = str(args.dir)
@@ -259,14 +328,14 @@ def main() -> None:
     shapes: list[tuple[str, Callable[[Path], tuple[list[float], list[float]]]]] = [
         (f"chain of {args.jobs}, nothing changed", lambda b: chain(b, args.jobs, False)),
         (f"chain of {args.jobs}, a file each", lambda b: chain(b, args.jobs, True)),
-        (f"{args.jobs // 5} attempts of one job", lambda b: retries(b, args.jobs // 5)),
-        ("join of 100 upstreams", lambda b: join(b, 100)),
+        (f"{max(1, args.jobs // 5)} attempts of one job", lambda b: retries(b, max(1, args.jobs // 5))),
+        (f"join of {min(100, args.jobs)} upstreams", lambda b: join(b, min(100, args.jobs))),
     ]
     probe = Path(tempfile.mkdtemp(prefix="clowder-bench-probe-"))
     print(f"FICLONE (reflinks) on {tempfile.gettempdir()}: {'yes' if copy._probe_clone(probe) else 'no'}")
     probe.rmdir()
     for files in (int(f) for f in args.files.split(",") if int(f) > 0):
-        big(files, args.runs)
+        (sparse_only if args.sparse_only else big)(files, args.runs)
     for label, shape in ([] if args.only_big else shapes):
         base = Path(tempfile.mkdtemp(prefix="clowder-bench-ws-"))
         try:
