@@ -16,10 +16,11 @@ import tomli_w
 from clowder import schema
 from clowder.errors import Problem, SpecError, UsageError
 from clowder.fsio import atomic_write
+from clowder.jobchecks import VARIABLE_RE
 from clowder.spec import check_name, is_name
 from clowder.state import utcnow
 from clowder.tree import PipelinePaths, Root
-from clowder.validate import VARIABLE_RE, check_config, check_pipeline_data, check_template
+from clowder.validate import check_config, check_pipeline_data, check_template
 
 DEFAULT_CONFIG = """\
 #:schema .clowder/schemas/clowder.schema.json

@@ -3,18 +3,27 @@ loaders that turn clean files into spec records."""
 
 from __future__ import annotations
 
-import difflib
-import re
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from clowder import graph, schema
+from clowder import schema
 from clowder.errors import ClowderError, Problem, SpecError
 from clowder.harness import config as harness_config
+from clowder.jobchecks import (
+    NUL_MESSAGE,
+    VARIABLE_NAME,
+    Where,
+    check_durations,
+    check_jobs,
+    check_process_text,
+    check_stages,
+    check_variables,
+    did_you_mean,
+    strings,
+)
 from clowder.spec import (
     NAME_RULE,
     Config,
@@ -28,259 +37,8 @@ from clowder.spec import (
     pipeline_spec_from_dict,
     with_stage_needs,
 )
-from clowder.state import FailureKind, check_status_file
+from clowder.state import check_status_file
 from clowder.tree import CONFIG_FILE, PipelinePaths, Root
-
-VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Keys whose text is the user's verbatim words, never a template.
-_VERBATIM_KEYS = frozenset({"prompt", "regression_context"})
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Where a job's keys live: its own file, or a `jobs.<name>` table of a template."""
-
-    path: Path
-    prefix: tuple[str, ...] = ()
-
-    def key(self, *parts: str | int) -> str:
-        return schema.key_path([*self.prefix, *parts])
-
-
-def strings(value: Any, parts: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """Every string inside a TOML value, with its key path; verbatim keys are skipped."""
-    if isinstance(value, str):
-        yield parts, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if k not in _VERBATIM_KEYS:
-                yield from strings(v, (*parts, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from strings(v, (*parts, i))
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _need_names(data: Mapping[str, Any]) -> list[tuple[int, str]]:
-    out = []
-    for i, item in enumerate(data.get("needs", []) if isinstance(data.get("needs"), list) else []):
-        if isinstance(item, str):
-            out.append((i, item))
-        elif isinstance(item, dict) and isinstance(item.get("job"), str):
-            out.append((i, item["job"]))
-    return out
-
-
-def _raw_deps(jobs: Mapping[str, Mapping[str, Any]], stages: list[str]) -> dict[str, list[str]]:
-    """Dependencies from raw job tables, stage edges included, for cycle and ancestry checks."""
-    by_stage: dict[str, list[str]] = {}
-    for name, data in jobs.items():
-        if isinstance(data.get("stage"), str):
-            by_stage.setdefault(data["stage"], []).append(name)
-    deps: dict[str, list[str]] = {}
-    for name, data in jobs.items():
-        # A job needing itself is reported on its own; it is not also a cycle.
-        needs = [n for _, n in _need_names(data) if n != name]
-        stage = data.get("stage")
-        if not needs and "needs" not in data and stage in stages:
-            earlier = [s for s in stages[: stages.index(stage)] if by_stage.get(s)]
-            needs = sorted(by_stage[earlier[-1]]) if earlier else []
-        deps[name] = needs
-    return deps
-
-
-def check_jobs(
-    jobs: Mapping[str, Any],
-    stages: list[str],
-    where: Callable[[str], _Where],
-    resources: Mapping[str, int] | None,
-    variables: set[str] | None,
-    unreadable: frozenset[str] = frozenset(),
-) -> list[Problem]:
-    """Problems of a set of jobs, each alone and as a graph. `variables` is the set of
-    declared template variables (a template), or None where none may be left (a pipeline).
-    `unreadable` jobs exist but did not parse: naming them is no error of its own."""
-    problems: list[Problem] = []
-    names = sorted(jobs)
-    known = sorted({*jobs, *unreadable})
-    tables = {n: d for n, d in jobs.items() if isinstance(d, dict)}
-    for name in names:
-        w = where(name)
-        data = jobs[name]
-        if not is_name(name):
-            problems.append(Problem(w.path, w.key() or "<name>", f"invalid job name {name!r}: {NAME_RULE}"))
-        problems += schema.check("job", data, w.path, w.prefix)
-        if not isinstance(data, dict):
-            continue
-        problems += _check_job(name, data, known, stages, w, resources, variables)
-    deps = _raw_deps(tables, stages)
-    cycle = graph.find_cycle(deps)
-    if cycle:
-        w = where(cycle[0])
-        problems.append(Problem(w.path, w.key("needs"), "dependency cycle: " + " -> ".join(cycle)))
-    for name, data in tables.items():
-        problems += _check_from(name, data, graph.ancestors(deps, name), where(name), unreadable)
-    return problems
-
-
-def _check_from(name: str, data: Mapping[str, Any], upstream: set[str], w: _Where,
-                unreadable: frozenset[str]) -> list[Problem]:
-    problems = []
-    froms = data.get("from", [])
-    for i, src in enumerate(froms if isinstance(froms, list) else []):
-        if isinstance(src, str) and src not in upstream and src not in unreadable:
-            problems.append(Problem(
-                w.path, w.key("from", i),
-                f"'{src}' is not upstream of '{name}': `from` may name only jobs it "
-                "needs, directly or through other jobs",
-            ))
-    return problems
-
-
-def _check_job(
-    name: str,
-    data: Mapping[str, Any],
-    names: list[str],
-    stages: list[str],
-    w: _Where,
-    resources: Mapping[str, int] | None,
-    variables: set[str] | None,
-) -> list[Problem]:
-    problems: list[Problem] = []
-    has_command, has_agent = "command" in data, "agent" in data
-    if has_command == has_agent:
-        which = "both" if has_command else "neither"
-        problems.append(Problem(w.path, w.key("command"),
-                                f"a job needs exactly one of 'command' and 'agent'; it has {which}"))
-    for i, need in _need_names(data):
-        key = w.key("needs", i) if isinstance(data["needs"][i], str) else w.key("needs", i, "job")
-        if need == name:
-            problems.append(Problem(w.path, key, f"job '{name}' cannot need itself"))
-        elif need not in names:
-            problems.append(Problem(w.path, key, f"unknown job '{need}'{_did_you_mean(need, names)}"))
-    for ref in ("parent", "regression_of"):
-        target = data.get(ref)
-        if isinstance(target, str) and target not in names:
-            problems.append(Problem(w.path, w.key(ref), f"unknown job '{target}'"))
-    stage = data.get("stage")
-    if isinstance(stage, str) and stage not in stages:
-        listed = f"[{', '.join(stages)}]" if stages else "none (no `stages` list)"
-        problems.append(Problem(w.path, w.key("stage"),
-                                f"stage '{stage}' is not in the pipeline's stages: {listed}"))
-    problems += _check_durations(data, [("timeout",), ("backoff", "initial"), ("backoff", "max")], w)
-    problems += _check_durations(data, [("idle_timeout",)], w)
-    problems += _check_retry_on(data, w)
-    problems += _check_process_text(data, w)
-    problems += _check_sparse_checkout(data, w)
-    if resources is not None and isinstance(data.get("resources"), dict):
-        for pool in data["resources"]:
-            if pool not in resources:
-                defined = ", ".join(sorted(resources)) or "none"
-                problems.append(Problem(w.path, w.key("resources", pool),
-                                        f"unknown resource pool '{pool}'; clowder.toml "
-                                        f"[resources] defines: {defined}"))
-    problems += check_variables(data, w, variables)
-    return problems
-
-
-def _check_retry_on(data: Mapping[str, Any], w: _Where) -> list[Problem]:
-    """Unknown failure kinds in `retry_on` (the schema checks only that they are strings)."""
-    kinds = [k.value for k in FailureKind]
-    items = data.get("retry_on")
-    return [Problem(w.path, w.key("retry_on", i), f"unknown failure kind '{kind}'{_did_you_mean(kind, kinds)}; "
-                    f"the kinds are {', '.join(kinds)}")
-            for i, kind in enumerate(items if isinstance(items, list) else [])
-            if isinstance(kind, str) and kind not in kinds]
-
-
-def _check_sparse_checkout(data: Mapping[str, Any], w: _Where) -> list[Problem]:
-    """`sparse_checkout` entries git can take as paths inside the workspace (the schema checks types)."""
-    items = data.get("sparse_checkout")
-    return [Problem(w.path, w.key("sparse_checkout", i), problem)
-            for i, entry in enumerate(items if isinstance(items, list) else [])
-            if isinstance(entry, str) and (problem := sparse_path_problem(entry))]
-
-
-def _check_durations(data: Mapping[str, Any], keys: list[tuple[str, ...]], w: _Where) -> list[Problem]:
-    """Duration strings that do not parse or are out of bounds (the schema bounds numbers)."""
-    problems = []
-    for dkey in keys:
-        value: Any = data
-        for part in dkey:
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, str):
-            try:
-                parse_duration(value)
-            except ValueError as e:
-                problems.append(Problem(w.path, w.key(*dkey), str(e)))
-    return problems
-
-
-NUL_MESSAGE = "contains a NUL character, which no command, path or environment can hold"
-ENV_NAME_MESSAGE = "an environment variable's name cannot be empty or hold '=' or a NUL character"
-# Keys whose text becomes a process's argument or environment, or a path the daemon looks up.
-_PROCESS_KEYS = ("command", "env", "outputs", "agent", "harness")
-
-
-def sparse_path_problem(entry: str) -> str:
-    """Why a `sparse_checkout` entry cannot be a path inside the workspace; "" if it can."""
-    parts = entry.rstrip("/").split("/")
-    if "\0" in entry:
-        return NUL_MESSAGE
-    if entry.startswith("/"):
-        return f"{entry!r} must be relative to the repository's top (no leading '/')"
-    if any(c in entry for c in "\n\r\\"):
-        return f"{entry!r}: a path cannot hold a line break or a backslash (write directories with '/')"
-    if ".." in parts:
-        return f"{entry!r} leads out of the workspace ('..')"
-    if any(p.lower() == ".git" for p in parts):
-        return f"{entry!r} names git's own directory (.git)"
-    if entry.startswith("!") or any(p in ("", ".") for p in parts):
-        return f"{entry!r} is not a path (an empty part, '.' or a leading '!')"
-    return ""
-
-
-def _check_process_text(data: Mapping[str, Any], w: _Where) -> list[Problem]:
-    """Text a process would be given that no process can take: exec and Popen refuse a NUL in
-    an argument or an environment value and '=' in a variable's name, so the attempt could
-    never start."""
-    problems = [Problem(w.path, w.key(*parts), NUL_MESSAGE)
-                for key in _PROCESS_KEYS if key in data
-                for parts, text in strings(data[key], (key,)) if "\0" in text]
-    problems += _check_env_names(data.get("env"), w, ("env",))
-    return sorted(problems, key=lambda p: p.key)
-
-
-def _check_env_names(env: object, w: _Where, prefix: tuple[str, ...]) -> list[Problem]:
-    if not isinstance(env, dict):
-        return []
-    return [Problem(w.path, w.key(*prefix, name), ENV_NAME_MESSAGE) for name in env
-            if not name or "=" in name or "\0" in name]
-
-
-def check_variables(data: Any, w: _Where, declared: set[str] | None) -> list[Problem]:
-    problems = []
-    for parts, text in strings(data):
-        for var in VARIABLE_RE.findall(text):
-            if declared is None:
-                problems.append(Problem(w.path, w.key(*parts),
-                                        f"template variable '{var}' is unset (set it with "
-                                        f"`clowder new ... --set {var}=VALUE`)"))
-            elif var not in declared:
-                problems.append(Problem(w.path, w.key(*parts),
-                                        f"template variable '{var}' is not declared in [variables]"))
-    return problems
-
-
-def _check_stages(data: Mapping[str, Any]) -> list[str]:
-    stages = data.get("stages", [])
-    return [s for s in stages if isinstance(s, str)] if isinstance(stages, list) else []
-
 
 # -- clowder.toml ---------------------------------------------------------------------------
 
@@ -293,7 +51,7 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
         ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("settle",), ("retry", "backoff", "initial"),
         ("retry", "backoff", "max"),
     ]
-    problems += _check_durations(data, durations, _Where(path))
+    problems += check_durations(data, durations, Where(path))
     problems += _check_at_least_a_second(data, path)
     harnesses = data.get("harnesses", {})
     if isinstance(harnesses, dict):
@@ -315,7 +73,7 @@ def _check_at_least_a_second(data: Mapping[str, Any], path: Path) -> list[Proble
         value = data.get(key)
         try:
             short = isinstance(value, str) and parse_duration(value) < 1
-        except ValueError:  # reported by _check_durations
+        except ValueError:  # reported by check_durations
             continue
         if short:
             problems.append(Problem(path, key, f"must be at least 1s, got {value!r}"))
@@ -327,11 +85,11 @@ def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) 
     problems = []
     known = sorted({*harnesses, *harness_config.BUILTIN})
     if isinstance(default, str) and default not in known:
-        hint = _did_you_mean(default, known) or f"; known: {', '.join(known)}"
+        hint = did_you_mean(default, known) or f"; known: {', '.join(known)}"
         problems.append(Problem(path, "default_harness", f"unknown harness '{default}'{hint}"))
     for name, table in harnesses.items():
         if isinstance(table, dict):
-            problems += _check_process_text(table, _Where(path, ("harnesses", name)))
+            problems += check_process_text(table, Where(path, ("harnesses", name)))
         if isinstance(table, dict) and "command" not in table and name not in harness_config.BUILTIN:
             problems.append(Problem(path, schema.key_path(["harnesses", name, "command"]),
                                     "missing: only a built-in harness may leave out its command"))
@@ -366,23 +124,23 @@ def check_template(path: Path, config: Config | None = None) -> tuple[dict[str, 
         declared = set(data.get("variables", {})) if isinstance(data.get("variables"), dict) else set()
         for var in sorted(declared):
             # `{{ my-var }}` is not a placeholder, so such a variable could never be used.
-            if not _VARIABLE_NAME.fullmatch(var):
+            if not VARIABLE_NAME.fullmatch(var):
                 problems.append(Problem(path, schema.key_path(["variables", var]),
                                         f"invalid variable name {var!r}: use letters, digits and '_', "
                                         "not starting with a digit"))
         problems += check_jobs(
-            jobs, _check_stages(data),
-            lambda name: _Where(path, ("jobs", name)),
+            jobs, check_stages(data),
+            lambda name: Where(path, ("jobs", name)),
             config.resources if config else None,
             declared,
         )
         roles = data.get("roles")
         if isinstance(roles, dict):
-            problems += check_variables(roles, _Where(path, ("roles",)), declared)
-        problems += _check_harness_names(jobs, roles, config, lambda name: _Where(path, ("jobs", name)),
-                                         _Where(path, ("roles",)))
-        problems += _check_output_schemas(jobs, roles, lambda name: _Where(path, ("jobs", name)),
-                                          _Where(path, ("roles",)), path.parent.parent)
+            problems += check_variables(roles, Where(path, ("roles",)), declared)
+        problems += _check_harness_names(jobs, roles, config, lambda name: Where(path, ("jobs", name)),
+                                         Where(path, ("roles",)))
+        problems += _check_output_schemas(jobs, roles, lambda name: Where(path, ("jobs", name)),
+                                          Where(path, ("roles",)), path.parent.parent)
     # The template schema checks its job tables too (editors use it), and so does check_jobs.
     problems = list(dict.fromkeys(problems))
     return (None if problems else data), problems
@@ -429,22 +187,22 @@ def check_pipeline_data(
     if spec_data is not None:
         problems += schema.check("pipeline", without_notify(spec_data), paths.spec_file)
         problems += check_variables(
-            {k: v for k, v in spec_data.items() if k not in ("roles", "notify")}, _Where(paths.spec_file), None)
+            {k: v for k, v in spec_data.items() if k not in ("roles", "notify")}, Where(paths.spec_file), None)
         problems += [Problem(paths.spec_file, schema.key_path(parts), NUL_MESSAGE)  # clowder export's git arguments
                      for parts, text in strings(spec_data.get("export"), ("export",)) if "\0" in text]
         problems += _check_source(paths.spec_file, spec_data.get("source"))
     jobs_dir = paths.jobs_dir
 
     @cache
-    def where(name: str) -> _Where:
-        return _Where(jobs_dir / f"{name}.toml")
+    def where(name: str) -> Where:
+        return Where(jobs_dir / f"{name}.toml")
 
-    problems += check_jobs(jobs, _check_stages(spec_data or {}), where,
+    problems += check_jobs(jobs, check_stages(spec_data or {}), where,
                            config.resources if config else None, None, unreadable)
     problems += _check_harness_names(jobs, (spec_data or {}).get("roles"), config, where,
-                                     _Where(paths.spec_file, ("roles",)))
+                                     Where(paths.spec_file, ("roles",)))
     problems += _check_output_schemas(jobs, (spec_data or {}).get("roles"), where,
-                                      _Where(paths.spec_file, ("roles",)), paths.dir.parent.parent)
+                                      Where(paths.spec_file, ("roles",)), paths.dir.parent.parent)
     return problems
 
 
@@ -460,29 +218,29 @@ def _check_source(path: Path, source: object) -> list[Problem]:
 
 
 def _check_harness_names(jobs: Mapping[str, Any], roles: object, config: Config | None,
-                         where: Callable[[str], _Where], roles_where: _Where) -> list[Problem]:
+                         where: Callable[[str], Where], roles_where: Where) -> list[Problem]:
     """Every `harness` a job or role names is configured in clowder.toml or built in."""
     if config is None:
         return []
     known = sorted(harness_config.available(config))
     named = [(where(n), d.get("harness")) for n, d in jobs.items() if isinstance(d, dict)]
     if isinstance(roles, dict):
-        named += [(_Where(roles_where.path, (*roles_where.prefix, r)), d.get("harness")) for r, d in roles.items()
+        named += [(Where(roles_where.path, (*roles_where.prefix, r)), d.get("harness")) for r, d in roles.items()
                   if isinstance(d, dict)]
-    return [Problem(w.path, w.key("harness"), f"unknown harness '{h}'" + (_did_you_mean(h, known) or
+    return [Problem(w.path, w.key("harness"), f"unknown harness '{h}'" + (did_you_mean(h, known) or
                     f"; clowder.toml [harnesses] and the built-in ones define: {', '.join(known)}"))
             for w, h in named if isinstance(h, str) and h not in known]
 
 
-def _check_output_schemas(jobs: Mapping[str, Any], roles: object, where: Callable[[str], _Where],
-                          roles_where: _Where, root: Path) -> list[Problem]:
+def _check_output_schemas(jobs: Mapping[str, Any], roles: object, where: Callable[[str], Where],
+                          roles_where: Where, root: Path) -> list[Problem]:
     """Every `output_schema` is a valid JSON Schema: inline, or a readable file under the root
     (checked only when `root` is a Clowder root: a lone spec file has none to look in)."""
     from clowder.harness import output_schema
 
     tables = [(where(n), d.get("output_schema")) for n, d in jobs.items() if isinstance(d, dict)]
     if isinstance(roles, dict):
-        tables += [(_Where(roles_where.path, (*roles_where.prefix, r)), d.get("output_schema"))
+        tables += [(Where(roles_where.path, (*roles_where.prefix, r)), d.get("output_schema"))
                    for r, d in roles.items() if isinstance(d, dict)]
     problems = []
     for w, value in tables:
@@ -615,7 +373,7 @@ def _check_notify_table(path: Path, i: int, table: Mapping[str, Any]) -> list[Pr
         return schema.key_path(["notify", i, *parts])
 
     events = table.get("on")
-    problems = [Problem(path, key("on", j), f"unknown event '{e}'{_did_you_mean(e, _EVENTS)}; "
+    problems = [Problem(path, key("on", j), f"unknown event '{e}'{did_you_mean(e, _EVENTS)}; "
                         f"the events are {', '.join(_EVENTS)}")
                 for j, e in enumerate(events if isinstance(events, list) else [])
                 if isinstance(e, str) and e not in _EVENTS]

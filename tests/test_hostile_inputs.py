@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clowder import validate, workspace
+from clowder import jobchecks, workspace
 from clowder.driver import Driver
 from clowder.spec import Source
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
@@ -320,7 +320,7 @@ def test_an_attempt_that_cannot_start_fails_at_once_with_the_reason(
 ) -> None:
     # Validation refuses what Popen cannot take; this checks the driver's own guard, were a
     # check ever missing: the attempt fails at once with Popen's reason, and is not `lost` later.
-    monkeypatch.setattr(validate, "_check_process_text", lambda data, w: [])
+    monkeypatch.setattr(jobchecks, "check_process_text", lambda data, w: [])
     make_pipeline("p", {"a": 'command = "true"\nenv = { V = "x\\u0000y" }\n'})
     lines: list[str] = []
     started = time.monotonic()
