@@ -304,10 +304,20 @@ class DaskExecutor:
                     self._pool.submit(self._report, key)
                 elif (age := _silence(AttemptFiles.of(w.run))) is None:
                     unclaimed.append(key)
+                elif age > self._heartbeat_timeout and w.own and read_pid(w.run.run_file) is None:
+                    self._pool.submit(self._again, w.run)  # claimed by a worker that died before starting it
                 elif age > self._heartbeat_timeout:  # its machine is gone, or it is stuck: lost
                     self._pool.submit(self._lost, key, w.run)
             if unclaimed:
                 self._check_queued(dict(watched), unclaimed)
+
+    def _again(self, run: Run) -> None:
+        """The same attempt, submitted again: it never started (no pid in its run record long after
+        its claim), so nothing of it can run beside the new task."""
+        files = AttemptFiles.of(run)
+        for path in (files.claim, files.beat):
+            path.unlink(missing_ok=True)
+        self._submit(run)
 
     def _lost(self, key: str, run: Run) -> None:
         # Should it still run somewhere unreachable, its own loop ends it when it can.

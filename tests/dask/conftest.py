@@ -28,6 +28,7 @@ class Cluster:
     scheduler_file: Path
     scheduler: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)  # worker pid -> its Dask name
 
     def _env(self) -> dict[str, str]:
         path = os.environ.get("PYTHONPATH")
@@ -38,13 +39,17 @@ class Cluster:
                 "--host", "127.0.0.1", "--nthreads", str(WORKER_THREADS), "--scheduler-file", str(self.scheduler_file)]
         if resources:
             argv += ["--resources", resources]
-        if name:
-            argv += ["--name", name]
+        name = name or f"worker-{time.monotonic_ns()}"
+        argv += ["--name", name]
         log = open(self.dir / f"worker-{len(self.workers)}.log", "ab")  # noqa: SIM115 (the worker holds it)
         proc = subprocess.Popen(argv, env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.workers.append(proc)
+        self.names[proc.pid] = name
         return proc
+
+    def address_of(self, worker: subprocess.Popen[bytes]) -> str:
+        return next(a for a, w in self.addresses().items() if w.get("name") == self.names[worker.pid])
 
     def addresses(self) -> dict[str, dict]:  # type: ignore[type-arg]
         with distributed.Client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:
