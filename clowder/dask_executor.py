@@ -369,6 +369,9 @@ def make_executor(config: Config, root: Path) -> Callable[[OnExit], Executor]:
         raise ClowderError(f"{root / 'clowder.toml'}: executor.kind = \"dask\" needs Dask distributed: "
                            "pip install 'clowder[dask]'") from e
     where = spec.scheduler or str(root / (spec.scheduler_file or ""))
+    if spec.scheduler_file and not Path(where).is_file():  # Client would wait for it forever
+        raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: "
+                           "no such file (start `dask scheduler --scheduler-file` first)")
     try:
         client = (Client(spec.scheduler, timeout="10s", set_as_default=False) if spec.scheduler
                   else Client(scheduler_file=where, timeout="10s", set_as_default=False))
