@@ -12,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Protocol
 from clowder.fsio import read_input
 from clowder.processes import AttemptProcesses
 from clowder.state import KillReason
+from clowder.workspace.repo import job_environ
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP COMMAND...
 # The run file is the attempt's own record: the wrapper's pid on its first line, then, once the
@@ -54,9 +55,10 @@ class Run:
     attempt: int
     argv: tuple[str, ...]
     cwd: Path
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # the job's own variables: the executor adds its machine's environment below them
     log_file: Path
     run_file: Path
+    resources: Mapping[str, int] = field(default_factory=dict)  # the job's `resources`: units of named pools
 
     @property
     def id(self) -> str:
@@ -168,11 +170,22 @@ class Probe(StrEnum):
     LOST = "lost"  # nothing of it runs and it never started: start it again
 
 
+# What start() returns: a pid for the local executor, a task key for a remote one. Only logged.
+Handle = int | str
+
+
+def environ(launch: Run) -> dict[str, str]:
+    """The environment an attempt runs with: the machine's where it runs (never the daemon's,
+    which may be another machine's), the job's own variables over it, and the attempt's marker."""
+    env = {**job_environ(os.environ), **launch.env}
+    return {**env, **launch.processes.env(env)}
+
+
 class Executor(Protocol):
     """Starts attempts and says when they end. The scheduler never assumes an attempt is its
     own child: it may have been started by an earlier daemon, or run on another machine."""
 
-    def start(self, launch: Run) -> int: ...
+    def start(self, launch: Run) -> Handle: ...
 
     def probe(self, launch: Run) -> Probe: ...
 
@@ -272,7 +285,7 @@ class LocalExecutor:
         # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:
             proc = subprocess.Popen(
-                argv, cwd=launch.cwd, env={**launch.env, **processes.env(launch.env)}, stdin=subprocess.DEVNULL,
+                argv, cwd=launch.cwd, env=environ(launch), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self._reaper.add(proc, launch)

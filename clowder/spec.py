@@ -154,6 +154,16 @@ class Price:
 
 
 @dataclass(frozen=True)
+class ExecutorSpec:
+    """clowder.toml's `executor`: where attempts run. `dask` names its scheduler by address or
+    by the file `dask scheduler --scheduler-file` writes."""
+
+    kind: str = "local"
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """clowder.toml."""
 
@@ -163,7 +173,7 @@ class Config:
     harnesses: Mapping[str, Harness] = field(default_factory=dict)
     default_harness: str | None = None
     prices: Mapping[str, Price] = field(default_factory=dict)
-    executor: str = "local"
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     git_author_name: str = "Clowder"
     git_author_email: str = "clowder@localhost"
     sweep_interval: float = 30.0
@@ -337,7 +347,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         harnesses=harnesses,
         default_harness=data.get("default_harness"),
         prices=prices,
-        executor=data.get("executor", {}).get("kind", "local"),
+        executor=ExecutorSpec(**data.get("executor", {})),
         git_author_name=git.get("author_name", Config.git_author_name),
         git_author_email=git.get("author_email", Config.git_author_email),
         sweep_interval=parse_duration(data.get("sweep_interval", Config.sweep_interval)),

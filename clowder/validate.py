@@ -56,6 +56,8 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
     harnesses = data.get("harnesses", {})
     if isinstance(harnesses, dict):
         problems += _check_harnesses(path, harnesses, data.get("default_harness"))
+    if isinstance(data.get("executor"), dict):
+        problems += _check_executor(path, data["executor"])
     if problems:
         return None, problems
     return config_from_dict(sound_notify(data)), []
@@ -100,6 +102,17 @@ def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) 
                                         f"unknown placeholder {{{unknown}}}; known: "
                                         + " ".join(f"{{{p}}}" for p in harness_config.PLACEHOLDERS)))
     return problems
+
+
+def _check_executor(path: Path, table: Mapping[str, Any]) -> list[Problem]:
+    """A Dask executor names its scheduler once, by address or by file; the local one names none."""
+    given = [k for k in ("scheduler", "scheduler_file") if k in table]
+    if table.get("kind", "local") == "dask" and len(given) != 1:
+        why = "give only one of" if given else "missing: give one of"
+        return [Problem(path, "executor", f"{why} scheduler = \"tcp://HOST:PORT\" or scheduler_file = \"FILE\"")]
+    if table.get("kind", "local") != "dask" and given:
+        return [Problem(path, f"executor.{given[0]}", 'only for kind = "dask"')]
+    return []
 
 
 def load_config(root: Root) -> Config:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -29,7 +28,6 @@ from clowder.scheduler.gate import trailers
 from clowder.spec import Config, JobSpec, Pipeline, Source
 from clowder.state import Approval, JobState, JobStatus, KillReason, Trigger, utcnow
 from clowder.tree import PipelinePaths, Root
-from clowder.workspace.repo import job_environ
 
 Key = tuple[str, str, int]  # (pipeline, job, attempt)
 
@@ -108,7 +106,9 @@ class Launcher:
     def kill(self, run: Run, sig: int, reason: KillReason) -> None:
         launching = self._launching.get((run.pipeline, run.job, run.attempt))
         if launching is not None:
-            launching.result()  # kill what was started, not a process still being forked
+            # Killed once started, not while being forked; the loop does not wait for the start.
+            launching.add_done_callback(lambda _: self.executor.kill(run, sig, reason))
+            return
         self.executor.kill(run, sig, reason)
 
     def hand_over(self, cache: PipelineCache, job: str, attempt: int) -> None:
@@ -153,15 +153,18 @@ class Launcher:
         # An agent job's prompt is composed now that its workspace holds its upstreams' outputs.
         harness = harness_agent.start(self.config, launch.agent, self.root.path) if launch.agent else None
         argv = harness.argv if harness else _argv(spec)
-        env = {**job_environ(os.environ), **self.identity().env(), **(harness.env if harness else {}), **spec.env,
+        # Only the job's own variables: the executor adds the environment of the machine it runs on.
+        env = {**self.identity().env(), **(harness.env if harness else {}), **spec.env,
                "CLOWDER_ROOT": str(self.root.path),
                "CLOWDER_PIPELINE": paths.name, "CLOWDER_JOB": spec.name, "CLOWDER_ATTEMPT": str(attempt)}
         base = run_of(paths, spec.name, attempt)
-        run = Run(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file)
+        run = Run(paths.name, spec.name, attempt, argv, base.cwd, env, base.log_file, base.run_file,
+                  dict(spec.resources))
         diskfull.ensure_room(paths.dir)
-        pid = self.executor.start(run)
+        handle = self.executor.start(run)
         how = "" if launch.trigger is Trigger.START else f" ({launch.trigger})"
-        self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, pid {pid}: {_show(argv)}")
+        where = f"pid {handle}" if isinstance(handle, int) else f"task {handle}"
+        self.log(f"{paths.name}/{spec.name} started attempt {attempt}{how}, {where}: {_show(argv)}")
 
     # -- a full disk ----------------------------------------------------------------------
 

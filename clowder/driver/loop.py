@@ -15,6 +15,7 @@ from typing import assert_never
 from clowder import diskfull, regression
 from clowder import requests as req_mod
 from clowder.crash import describe, write_crash_log
+from clowder.dask_executor import make_executor as executor_for
 from clowder.driver.cache import PipelineCache, catch_up, run_of, with_source_warning
 from clowder.driver.events import (
     AttemptEnded,
@@ -31,7 +32,7 @@ from clowder.driver.isolation import job_of, note_spec_file, reconcile_isolated
 from clowder.driver.launcher import Launcher
 from clowder.driver.log import Log, claim_lock_file, lock_owner, stderr_log
 from clowder.errors import ClowderError, LockHeld
-from clowder.executor import Executor, LocalExecutor, OnExit
+from clowder.executor import Executor, OnExit
 from clowder.fsio import Writer, atomic_write, try_lock
 from clowder.index.recorder import Recorder
 from clowder.notify.notifier import Notifier
@@ -105,7 +106,7 @@ class Driver:
         self.notifier = Notifier(root, self.config.notify, self.log)  # [[notify]]: told each status written
         # Starts attempts and records their ends (the executor's waiter threads).
         self.launcher = Launcher(root, self.config, self.log, self.events, self.space,
-                                 make_executor or LocalExecutor)
+                                 make_executor or executor_for(self.config, root.path))
 
     # -- events ---------------------------------------------------------------------------
 
