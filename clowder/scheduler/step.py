@@ -10,9 +10,10 @@ from datetime import datetime
 from clowder.scheduler.inbox import Cancels, cancels, take_requests
 from clowder.scheduler.job import blocked_reason, step_job
 from clowder.scheduler.pipeline_state import pipeline_status
+from clowder.scheduler.ready import ReadyQueue
 from clowder.scheduler.records import ACTIVE, Candidate, Limits, PipelineView, Plan, Scope, SetJob
 from clowder.scheduler.regression import waiter
-from clowder.scheduler.slots import Found, Ready, allocate
+from clowder.scheduler.slots import Found, Stream, allocate, weight
 from clowder.spec import JobSpec
 from clowder.state import JobState, JobStatus
 
@@ -23,7 +24,7 @@ def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> P
     found = Found()
     for view in views:
         _Pass.of(view, now, limits, plan).run(found)
-    allocate(found, views, now, limits, plan)
+    allocate(found, now, limits, plan)
     return plan
 
 
@@ -42,6 +43,7 @@ class _Pass:
     seen: set[str] = field(default_factory=set)
     heap: list[tuple[int, str]] = field(default_factory=list)
     changed: dict[str, str] = field(default_factory=dict)  # job -> the event its change logs
+    fresh: dict[str, tuple[int, Candidate]] = field(default_factory=dict)  # job -> (position, candidate)
 
     @classmethod
     def of(cls, view: PipelineView, now: datetime, limits: Limits, plan: Plan) -> _Pass:
@@ -75,8 +77,18 @@ class _Pass:
             if change is not None:
                 self.plan.actions.append(change)
         # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
-        later = [] if full or self.scope.blocked else [n for n in self.view.ready if n not in self.seen]
-        found.later.append(Ready(self.view.name, later, self._check))
+        found.streams.append(Stream(self.view.name, self._weight(), self._share(), self.fresh,
+                                    None if full or self.scope.blocked else self._queue(), self.seen, self._check))
+
+    def _queue(self) -> ReadyQueue:
+        ready = self.view.ready
+        return ready if isinstance(ready, ReadyQueue) else ReadyQueue.of(ready, self.position)
+
+    def _weight(self) -> float:
+        return weight(self.view.pipeline.spec.priority) if self.view.pipeline else 1.0
+
+    def _share(self) -> int | None:
+        return self.view.pipeline.spec.max_parallel if self.view.pipeline else None
 
     def _push(self, name: str) -> None:
         heapq.heappush(self.heap, (self.position.get(name, len(self.position)), name))
@@ -99,7 +111,9 @@ class _Pass:
         if new.state is JobState.RETRYING and new.retry_at is not None:
             self.plan.wake(new.retry_at)
         if step.candidate is not None:
-            found.candidates.append(step.candidate)
+            self.fresh[name] = (self.position.get(name, len(self.position)), step.candidate)
+        else:
+            self.fresh.pop(name, None)  # looked at again (a spawner): the last answer holds
         if new.state in ACTIVE:
             found.running.append((self.view.name, spec))
 
