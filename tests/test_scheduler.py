@@ -645,6 +645,13 @@ def started(plan: Plan) -> list[tuple[str, str]]:
     return [(a.pipeline, a.job) for a in plan.actions if isinstance(a, Start)]
 
 
+def test_a_pipeline_is_running_in_the_step_its_first_attempt_starts() -> None:
+    """It said `pending` until its next event: for an agent's first attempt, many minutes."""
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
+    plan = reconcile([view(p, status=PipelineStatus())], T0, LIMITS)
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.RUNNING]
+
+
 def test_a_free_slot_goes_to_the_pipeline_with_fewer_running_not_the_first_by_name() -> None:
     """A pipeline fanning out 1,000 jobs, three running and the rest in its ready queue, beside two
     chains whose next job got no slot earlier: the slot that frees goes to the chains."""

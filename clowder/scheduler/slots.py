@@ -11,7 +11,7 @@ from datetime import datetime
 from clowder.scheduler.ready import ReadyChange, ReadyQueue
 from clowder.scheduler.records import Candidate, Limits, Plan, SetJob, Start
 from clowder.spec import JobSpec
-from clowder.state import Attempt, JobState
+from clowder.state import Attempt, JobState, JobStatus
 
 # `priority` tilts a pipeline's fair share: each step up doubles its weight (see `weight`).
 MIN_PRIORITY, MAX_PRIORITY = -10, 10
@@ -38,7 +38,7 @@ class Stream:
     queue: ReadyQueue | None  # None: a full pass, which found every ready job itself
     seen: set[str]  # jobs this step looked at: their answer is in `fresh`, not in the queue
     check: Callable[[str], Candidate | None]
-    started: set[str] = field(default_factory=set)
+    started: dict[str, JobStatus] = field(default_factory=dict)  # job -> its status, now running
     dropped: list[str] = field(default_factory=list)  # queued jobs found no longer ready
     _iter: Iterator[Candidate] | None = None
 
@@ -125,8 +125,7 @@ def allocate(found: Found, now: datetime, limits: Limits, plan: Plan) -> None:
         if cand is None:
             continue
         slots.take(cand.pipeline, cand.job)
-        _start(cand, now, plan)
-        stream.started.add(cand.job.name)
+        stream.started[cand.job.name] = _start(cand, now, plan)
         heapq.heappush(heap, (slots.load(stream), -stream.weight, stream.pipeline, i))
     plan.ready += [s.change() for s in found.streams]
 
@@ -146,7 +145,7 @@ def _next_fitting(stream: Stream, slots: _Slots, plan: Plan) -> Candidate | None
     return None
 
 
-def _start(cand: Candidate, now: datetime, plan: Plan) -> None:
+def _start(cand: Candidate, now: datetime, plan: Plan) -> JobStatus:
     number = cand.status.attempt + 1
     attempt = Attempt(number=number, state=JobState.RUNNING, started_at=now, spec_hash=cand.job.spec_hash,
                       trigger=cand.trigger, request=cand.request)
@@ -154,3 +153,4 @@ def _start(cand: Candidate, now: datetime, plan: Plan) -> None:
                      attempts=(*cand.status.attempts, attempt), retry_request=None, killing=None, waiting_for=())
     plan.actions.append(SetJob(cand.pipeline, status))
     plan.actions.append(Start(cand.pipeline, cand.job.name, number, cand.sources))
+    return status

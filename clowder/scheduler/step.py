@@ -22,9 +22,12 @@ def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> P
     """Everything to do now across the root, and when to look again at the latest."""
     plan = Plan()
     found = Found()
-    for view in views:
-        _Pass.of(view, now, limits, plan).run(found)
+    passes = [_Pass.of(view, now, limits, plan) for view in views]
+    for one in passes:
+        one.run(found)
     allocate(found, now, limits, plan)
+    for one, stream in zip(passes, found.streams, strict=True):
+        one.finish(stream.started)
     return plan
 
 
@@ -72,13 +75,18 @@ class _Pass:
         # says it is pending (a missing one reads so), which saves a file write per job.
         for name, event in self.changed.items():
             self.plan.actions.append(SetJob(self.view.name, self.jobs[name], event))
-        if full or self.changed or self.view.requests:
-            change = pipeline_status(self.scope)
-            if change is not None:
-                self.plan.actions.append(change)
         # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
         found.streams.append(Stream(self.view.name, self._weight(), self._share(), self.fresh,
                                     None if full or self.scope.blocked else self._queue(), self.seen, self._check))
+
+    def finish(self, started: Mapping[str, JobStatus]) -> None:
+        """The pipeline's own status, once the slots are given: a pipeline whose first attempt
+        started in this step is running now (it said `pending` until its next event)."""
+        if self.view.focus is None or self.changed or self.view.requests or started:
+            self.jobs.update(started)
+            change = pipeline_status(self.scope)
+            if change is not None:
+                self.plan.actions.append(change)
 
     def _queue(self) -> ReadyQueue:
         ready = self.view.ready
