@@ -65,9 +65,11 @@ class PipelineCache:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
         focus = None if self.full else frozenset(self.active | set(outcomes))
-        return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests, focus, self.ready,
-                            settling=self.settle_until is not None, output_at=dict(self.output_at))
+        # The cache's own maps, not copies: the step only reads them, and copying every job's
+        # status on every tick made a tick's cost grow with the pipeline, not with what changed.
+        return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, self.jobs,
+                            outcomes, self.alive, self.requests, focus, self.ready,
+                            settling=self.settle_until is not None, output_at=self.output_at)
 
     def look_for_output(self, now: datetime) -> None:
         """Note when each running attempt whose idle deadline is due last wrote to its log. Only

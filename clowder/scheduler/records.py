@@ -3,6 +3,7 @@ what it decides (actions, a plan), and a job's step."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ ACTIVE = frozenset({JobState.RUNNING})
 NO_CHANGES = "no changes"
 
 
+@functools.lru_cache(maxsize=1024)
 def prompt_hash(prompt: str) -> str:
+    # Cached: every step checks each pipeline's prompt against the hash its status recorded, and a
+    # SHA-256 of a long prompt on every step of every pipeline added up.
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
