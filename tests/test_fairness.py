@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from clowder.tree import Root
-from tests.conftest import MakePipeline
+from clowder.validate import check_pipeline
+from tests.conftest import Invoke, MakePipeline
 
 FAN_WIDTH = 40
 
@@ -33,3 +34,19 @@ def test_a_small_pipeline_runs_while_a_big_ones_backlog_waits(root: Root, make_p
     # The chain's third job started with at most a fifth of the fan-out started: the rest was
     # its backlog. Served in name order, the chain waited for nearly all of it.
     assert fan_before[-1] <= FAN_WIDTH // 5, starts
+
+
+def test_a_templates_priority_reaches_its_pipelines(root: Root, cli: Invoke) -> None:
+    (root.templates_dir / "urgent.toml").write_text('priority = 3\n[jobs.a]\ncommand = ["true"]\n')
+    made = cli("new", "urgent", "--prompt", "now", "--name", "u")
+    assert made.exit_code == 0, made.output
+    pipeline, problems = check_pipeline(root.pipeline("u"))
+    assert problems == [] and pipeline is not None and pipeline.spec.priority == 3
+
+
+def test_clowder_validate_names_the_file_and_key_of_a_bad_priority(root: Root, make_pipeline: MakePipeline,
+                                                                     cli: Invoke) -> None:
+    d = make_pipeline("p", {"a": 'command = ["true"]\n'}, spec='prompt = "x"\npriority = 99\n')
+    result = cli("validate")
+    assert result.exit_code == 2
+    assert f"{d / 'pipeline.toml'}: priority: " in result.output
