@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_peers.py": (["--smoke", "--kinds", "write", "--dags", "fan-out", "--peers", "clowder"],
                        "clowder run --max-parallel 2"),
     "bench_index.py": (["--smoke"], "job file edit -> index"),
+    "bench_tick.py": (["--smoke"], "chains"),
 }
 
 

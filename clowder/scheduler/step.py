@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,7 +39,7 @@ class _Pass:
 
     scope: Scope
     view: PipelineView
-    jobs: dict[str, JobStatus]  # the scope's, changed as the pass goes
+    jobs: MutableMapping[str, JobStatus]  # the scope's, changed as the pass goes
     plan: Plan
     position: Mapping[str, int]  # job -> its place in the dependency order
     cancelling: Cancels = field(default_factory=lambda: Cancels(False, frozenset()))
@@ -51,18 +51,23 @@ class _Pass:
     @classmethod
     def of(cls, view: PipelineView, now: datetime, limits: Limits, plan: Plan) -> _Pass:
         specs: Mapping[str, JobSpec] = view.pipeline.jobs if view.pipeline else {}
-        jobs = dict(view.jobs)
-        if view.focus is None:
-            for name in specs:
+        jobs: MutableMapping[str, JobStatus]
+        if view.focus is None or view.requests:  # every job is looked at, or retries change any
+            jobs = dict(view.jobs)
+            for name in specs if view.focus is None else ():
                 if name not in jobs:
                     jobs[name] = JobStatus(name)
+        else:
+            jobs = Overlay(view.jobs)
         position = view.pipeline.position if view.pipeline else {}
         return cls(Scope(view, specs, jobs, now, limits, blocked_reason(view)), view, jobs, plan, position)
 
     def run(self, found: Found) -> None:
         self.cancelling = cancels(self.view.requests, self.jobs)
-        self.plan.actions += take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs,
-                                           self.cancelling)
+        if self.view.requests:
+            assert isinstance(self.jobs, dict)  # `of` copies the statuses when there are requests
+            self.plan.actions += take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs,
+                                               self.cancelling)
         full = self.view.focus is None
         todo = list(self.jobs) if full else [n for n in (self.view.focus or ()) if n in self.jobs]
         for name in todo:
@@ -147,3 +152,37 @@ class _Pass:
         step = step_job(self.scope, self.scope.specs.get(name), status, False)
         self.plan.take(step)
         return step.candidate if step.status == status else None
+
+
+class Overlay(MutableMapping[str, JobStatus]):
+    """The view's statuses with this step's changes on top: a step that looks at a few jobs of a
+    big pipeline copies none of the others (a copy per step of 5,000 statuses made the step's
+    cost grow with the pipeline). The view's own map is never written."""
+
+    def __init__(self, base: Mapping[str, JobStatus]) -> None:
+        self.base = base
+        self.own: dict[str, JobStatus] = {}
+
+    def __getitem__(self, key: str) -> JobStatus:
+        own = self.own.get(key)
+        return own if own is not None else self.base[key]
+
+    def get(self, key: str, default: JobStatus | None = None) -> JobStatus | None:  # type: ignore[override]
+        own = self.own.get(key)  # the step's hot path: the mixin's get() goes through a KeyError
+        return own if own is not None else self.base.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or key in self.base
+
+    def __setitem__(self, key: str, value: JobStatus) -> None:
+        self.own[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("a step never forgets a job's status")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.own
+        yield from (k for k in self.base if k not in self.own)
+
+    def __len__(self) -> int:
+        return len(self.own) + sum(1 for k in self.base if k not in self.own)
