@@ -248,6 +248,7 @@ class PipelineSpec:
     stages: tuple[str, ...] = ()
     source: Source | None = None
     max_parallel: int | None = None
+    priority: int = 0  # tilts the pipeline's fair share of the slots: each step up doubles it
     variables: Mapping[str, str] = field(default_factory=dict)
     roles: Mapping[str, Role] = field(default_factory=dict)
     created_at: datetime | None = None
@@ -415,6 +416,7 @@ def pipeline_spec_from_dict(name: str, data: Mapping[str, Any]) -> PipelineSpec:
         stages=tuple(data.get("stages", [])),
         source=Source(source["repo"], source.get("ref"), source.get("worktree") is True) if source else None,
         max_parallel=data.get("max_parallel"),
+        priority=data.get("priority", 0),
         variables={k: str(v) for k, v in data.get("variables", {}).items()},
         roles=roles,
         created_at=created if isinstance(created, datetime) else None,

@@ -201,7 +201,7 @@ def _instantiate(
     spec: dict[str, Any] = {
         "schema_version": 1, "prompt": prompt, "template": template, "created_at": utcnow().replace(microsecond=0),
     }
-    for key in ("description", "stages", "max_parallel", "max_cost_usd"):
+    for key in ("description", "stages", "max_parallel", "priority", "max_cost_usd"):
         if key in data:
             spec[key] = data[key]
     src = source or data.get("source")

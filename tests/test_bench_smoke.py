@@ -24,6 +24,7 @@ SCRIPTS = {
                        "clowder run --max-parallel 2"),
     "bench_index.py": (["--smoke"], "job file edit -> index"),
     "bench_workspace.py": (["--smoke"], "join of 3 upstreams"),  # after the big-repository figures
+    "bench_tick.py": (["--smoke"], "chains"),
 }
 
 

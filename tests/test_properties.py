@@ -9,7 +9,9 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,12 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
-from clowder.spec import MAX_DURATION, parse_duration
-from clowder.state import check_status_file
+from clowder.scheduler import Limits, Outcome, PipelineView, Plan, ReadyQueue, SetJob, SetPipeline, reconcile
+from clowder.spec import MAX_DURATION, Config, Pipeline, parse_duration
+from clowder.state import JobState, JobStatus, PipelineStatus, check_status_file
 from clowder.template import DEFAULT_CONFIG, new_pipeline
 from clowder.tree import PipelinePaths, Root
-from clowder.validate import check_config, check_pipeline, check_template, validate_path
+from clowder.validate import build_pipeline, check_config, check_pipeline, check_template, validate_path
 from clowder.views.jsonout import reports_json as to_json
 from clowder.views.reader import reports as collect
 from clowder.views.records import summarize
@@ -399,3 +402,94 @@ def test_the_fast_validator_agrees_with_jsonschema(doc: dict[str, Any], kind: st
         return
     event(f"{kind}: {'valid' if slow else 'invalid'}")
     assert fast == slow, doc
+
+
+# -- the scheduler: an incremental step answers as a full pass does ---------------------------
+
+@st.composite
+def scheduled_roots(draw: st.DrawFn) -> list[Pipeline]:
+    """One to three pipelines of up to eight jobs, with needs on earlier jobs (every `when`), an
+    allowed failure, a resource pool, and each pipeline's own share and priority."""
+    pipelines = []
+    for p in range(draw(st.integers(1, 3))):
+        jobs: dict[str, dict[str, Any]] = {}
+        for i in range(draw(st.integers(1, 8))):
+            job: dict[str, Any] = {"command": ["x"]}
+            needs = draw(st.lists(st.sampled_from(list(jobs)), unique=True, max_size=2)) if jobs else []
+            if needs:
+                job["needs"] = [{"job": n, "when": draw(st.sampled_from(["success", "failure", "always"]))}
+                                for n in needs]
+            if draw(st.integers(0, 4)) == 0:
+                job["resources"] = {"gpu": 1}
+            if draw(st.integers(0, 4)) == 0:
+                job["allow_failure"] = True
+            jobs[f"j{i}"] = job
+        spec: dict[str, Any] = {"prompt": "x", "priority": draw(st.integers(-1, 1))}
+        if draw(st.booleans()):
+            spec["max_parallel"] = draw(st.integers(1, 2))
+        pipelines.append(build_pipeline(f"p{p}", spec, jobs, Config()))
+    return pipelines
+
+
+@dataclass
+class Simulated:
+    """A pipeline as the driver keeps it between steps."""
+
+    pipeline: Pipeline
+    status: PipelineStatus = dataclass_field(default_factory=PipelineStatus)
+    jobs: dict[str, JobStatus] = dataclass_field(default_factory=dict)
+    ready: ReadyQueue = dataclass_field(default_factory=ReadyQueue)
+    outcomes: dict[str, Outcome] = dataclass_field(default_factory=dict)
+
+    def view(self, full: bool) -> PipelineView:
+        running = {j for j, s in self.jobs.items() if s.state is JobState.RUNNING}
+        active = {j for j, s in self.jobs.items() if not s.state.terminal and s.state is not JobState.PENDING}
+        return PipelineView(self.pipeline.name, self.pipeline, (), self.status, dict(self.jobs),
+                            outcomes=dict(self.outcomes), alive=dict.fromkeys(running, True),
+                            focus=None if full else frozenset(active | set(self.outcomes)),
+                            ready=() if full else self.ready)
+
+
+def queues_after(plan: Plan, sims: dict[str, Simulated], start_empty: bool) -> dict[str, list[str]]:
+    queues = {name: ReadyQueue() if start_empty else ReadyQueue.of(list(s.ready), s.pipeline.position)
+              for name, s in sims.items()}
+    for change in plan.ready:
+        queues[change.pipeline].apply(change)
+    return {name: list(q) for name, q in queues.items()}
+
+
+@settings(max_examples=80, deadline=None)
+@given(root=scheduled_roots(), max_parallel=st.integers(1, 4), data=st.data())
+def test_an_incremental_step_decides_what_a_full_pass_decides(root: list[Pipeline], max_parallel: int,
+                                                                data: st.DataObject) -> None:
+    """Driven as the driver drives it (a full pass first, then steps that look only at the jobs
+    that are active or just ended and at the ready queues kept between steps), every step's
+    actions, wake-up and ready queues are those of a full pass over the same tree."""
+    limits = Limits(max_parallel=max_parallel, resources={"gpu": 1})
+    sims = {p.name: Simulated(p) for p in root}
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    full = reconcile([s.view(True) for s in sims.values()], now, limits)
+    for step in range(40):
+        if step:
+            full = reconcile([s.view(True) for s in sims.values()], now, limits)
+            plan = reconcile([s.view(False) for s in sims.values()], now, limits)
+            assert plan.actions == full.actions
+            assert plan.wake_at == full.wake_at
+            assert queues_after(plan, sims, False) == queues_after(full, sims, True)
+        else:
+            plan = full
+        for action in plan.actions:
+            if isinstance(action, SetJob):
+                sims[action.pipeline].jobs[action.status.job] = action.status
+            elif isinstance(action, SetPipeline):
+                sims[action.pipeline].status = action.status
+        for change in plan.ready:
+            sims[change.pipeline].ready.apply(change)
+        now += timedelta(seconds=1)
+        for sim in sims.values():
+            sim.outcomes = {}
+            for job, status in sim.jobs.items():
+                if status.state is JobState.RUNNING and data.draw(st.booleans(), label=f"{job} ends"):
+                    sim.outcomes[job] = Outcome(data.draw(st.sampled_from([0, 0, 1])), now)
+        if all(s.status.state.terminal for s in sims.values()):
+            return

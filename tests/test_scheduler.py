@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from clowder.scheduler import (
     Limits,
     Outcome,
     PipelineView,
+    Plan,
+    ReadyQueue,
     Retry,
     SetJob,
     SetPipeline,
@@ -41,7 +44,8 @@ from clowder.state import (
     PipelineStatus,
     Usage,
 )
-from clowder.validate import build_pipeline
+from clowder.template import init_root
+from clowder.validate import build_pipeline, check_pipeline
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
 LIMITS = Limits(max_parallel=4, resources={"gpu": 1}, heartbeat_timeout=30, kill_grace=10)
@@ -68,6 +72,15 @@ def ended(job: str, state: JobState) -> JobStatus:
 def view(p: Pipeline, jobs: dict[str, JobStatus] | None = None, **kw: Any) -> PipelineView:
     status = kw.pop("status", PipelineStatus(PipelineState.RUNNING, T0, prompt_hash=prompt_hash(p.spec.prompt)))
     return PipelineView(p.name, p, kw.pop("problems", ()), status, jobs or {}, **kw)
+
+
+def ready_after(plan: Plan, p: Pipeline, before: tuple[str, ...] = ("j1", "j2")) -> list[str]:
+    """The pipeline's ready queue once the driver has applied the step's changes to it."""
+    queue = ReadyQueue.of(before, p.position)
+    for change in plan.ready:
+        if change.pipeline == p.name:
+            queue.apply(change)
+    return list(queue)
 
 
 def starts(plan_actions: list[Any]) -> list[str]:
@@ -325,7 +338,7 @@ def test_a_blocked_pipeline_starts_nothing_from_its_backlog() -> None:
     p = pipeline({f"j{i}": {"command": ["x"]} for i in range(3)})
     plan = reconcile([view(p, {"j0": running("j0")}, alive={"j0": True}, problems=("jobs/x.toml: <toml>: bad",),
                            focus=frozenset({"j0"}), ready=("j1", "j2"))], T0, LIMITS)
-    assert starts(plan.actions) == [] and plan.ready == []
+    assert starts(plan.actions) == [] and ready_after(plan, p) == []
 
 
 def test_a_broken_pipeline_does_not_stop_another() -> None:
@@ -504,7 +517,7 @@ def test_jobs_ready_beyond_the_free_slots_stay_ready_for_the_next_step() -> None
     p = pipeline({f"j{i}": {"command": ["x"]} for i in range(6)})
     plan = reconcile([view(p)], T0, Limits(max_parallel=2))
     assert starts(plan.actions) == ["j0", "j1"]
-    assert plan.ready == [("p", f"j{i}") for i in range(2, 6)]
+    assert ready_after(plan, p, ()) == [f"j{i}" for i in range(2, 6)]
 
 
 # -- failure kinds and retry_on ---------------------------------------------------------------
@@ -619,3 +632,80 @@ def test_the_pure_scheduler_imports_nothing_that_does_io() -> None:
           "clowder.requests", "clowder.schema", "watchdog", "git"}
     assert "clowder.scheduler.step" in loaded
     assert loaded & io == set()
+
+
+# -- fairness across pipelines ----------------------------------------------------------------
+
+def fan(name: str, width: int, priority: int = 0) -> Pipeline:
+    spec: dict[str, Any] = {"prompt": "do it", "priority": priority}
+    return build_pipeline(name, spec, {f"w{i:04}": {"command": ["x"]} for i in range(width)}, Config())
+
+
+def started(plan: Plan) -> list[tuple[str, str]]:
+    return [(a.pipeline, a.job) for a in plan.actions if isinstance(a, Start)]
+
+
+def test_a_pipeline_is_running_in_the_step_its_first_attempt_starts() -> None:
+    """It said `pending` until its next event: for an agent's first attempt, many minutes."""
+    p = pipeline({"a": {"command": ["x"]}, "b": {"command": ["x"], "needs": ["a"]}})
+    plan = reconcile([view(p, status=PipelineStatus())], T0, LIMITS)
+    assert [x.status.state for x in plan.actions if isinstance(x, SetPipeline)] == [PipelineState.RUNNING]
+
+
+def test_a_free_slot_goes_to_the_pipeline_with_fewer_running_not_the_first_by_name() -> None:
+    """A pipeline fanning out 1,000 jobs, three running and the rest in its ready queue, beside two
+    chains whose next job got no slot earlier: the slot that frees goes to the chains."""
+    big = fan("a-fan", 1000)
+    chains = pipeline({"c0": {"command": ["x"]}, "c1": {"command": ["x"], "needs": ["c0"]},
+                       "d0": {"command": ["x"]}}, name="b-chains")
+    running_w = {f"w{i:04}": running(f"w{i:04}") for i in range(3)}
+    plan = reconcile([
+        view(big, running_w, alive=dict.fromkeys(running_w, True), focus=frozenset(running_w),
+             ready=tuple(f"w{i:04}" for i in range(3, 1000))),
+        view(chains, {"c0": ended("c0", JobState.SUCCEEDED), "d0": running("d0")}, alive={"d0": True},
+             focus=frozenset({"d0"}), ready=("c1",)),
+    ], T0, Limits(max_parallel=5))
+    assert started(plan) == [("b-chains", "c1")]
+
+
+def test_ready_jobs_of_two_pipelines_start_in_turn() -> None:
+    plan = reconcile([view(fan("a", 10)), view(fan("b", 10))], T0, Limits(max_parallel=4))
+    assert started(plan) == [("a", "w0000"), ("b", "w0000"), ("a", "w0001"), ("b", "w0001")]
+
+
+def test_a_higher_priority_tilts_the_share_without_starving_the_other() -> None:
+    """priority 1 weighs twice priority 0: of six slots, four and two."""
+    plan = reconcile([view(fan("a", 10)), view(fan("b", 10, priority=1))], T0, Limits(max_parallel=6))
+    assert [p for p, _ in started(plan)] == ["b", "a", "b", "b", "a", "b"]
+
+
+def test_fair_share_respects_a_pipelines_own_max_parallel_and_the_pools() -> None:
+    capped = build_pipeline("a", {"prompt": "x", "max_parallel": 1}, {f"w{i}": {"command": ["x"]} for i in range(5)},
+                            Config())
+    gpus = pipeline({f"g{i}": {"command": ["x"], "resources": {"gpu": 1}} for i in range(3)}, name="b")
+    plan = reconcile([view(capped), view(gpus), view(fan("c", 5))], T0, LIMITS)
+    assert started(plan) == [("a", "w0"), ("b", "g0"), ("c", "w0000"), ("c", "w0001")]
+    assert job_states(plan.actions)["g1"] is JobState.QUEUED
+
+
+def test_ready_jobs_start_in_dependency_order_whichever_step_found_them() -> None:
+    """A job found ready by this step and jobs queued by earlier ones are served in one order."""
+    p = pipeline({"j0": {"command": ["x"]}, "j1": {"command": ["x"]}, "j2": {"command": ["x"]},
+                  "k": {"command": ["x"], "needs": ["j0"]}})
+    plan = reconcile([view(p, {"j0": running("j0")}, outcomes={"j0": Outcome(0, T0)}, focus=frozenset({"j0"}),
+                           ready=("j1", "j2"))], T0, Limits(max_parallel=2))
+    assert starts(plan.actions) == ["j1", "j2"]
+    assert ready_after(plan, p) == ["k"]
+
+
+@pytest.mark.parametrize("priority", ["11", "-11", "1.5", '"high"'])
+def test_a_priority_out_of_bounds_or_not_an_integer_is_a_problem_naming_the_key(
+        tmp_path: Path, priority: str) -> None:
+    root = init_root(tmp_path / "root")
+    d = root.pipelines_dir / "p"
+    (d / "jobs").mkdir(parents=True)
+    (d / "pipeline.toml").write_text(f'prompt = "x"\npriority = {priority}\n')
+    (d / "jobs" / "a.toml").write_text('command = ["x"]\n')
+    pipeline_, problems = check_pipeline(root.pipeline("p"))
+    assert pipeline_ is None
+    assert [str(x).split(": ")[:2] for x in problems] == [[str(d / "pipeline.toml"), "priority"]]

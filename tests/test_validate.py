@@ -87,7 +87,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_keys(
     make_pipeline("p", {"a": OK}, spec='prompt = "x"\nzzz = 1\n')
     assert problems(cli("validate")) == [
         f"{spec(root)}: zzz: unknown key 'zzz'; known keys: created_at, description, export, max_cost_usd, "
-        "max_parallel, notify, prompt, roles, schema_version, source, stages, template, variables",
+        "max_parallel, notify, priority, prompt, roles, schema_version, source, stages, template, variables",
     ]
 
 

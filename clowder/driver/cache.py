@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from clowder import workspace
 from clowder.errors import ClowderError
 from clowder.executor import ExitRecord, Run, run_file
-from clowder.scheduler import Outcome, PipelineView, Request, prompt_hash
+from clowder.scheduler import Outcome, PipelineView, ReadyQueue, Request, prompt_hash
 from clowder.spec import Pipeline, format_duration, is_name
 from clowder.stamp import Stamp
 from clowder.state import (
@@ -56,7 +56,7 @@ class PipelineCache:
     loaded: bool = False
     full: bool = True  # the next reconcile looks at every job
     active: set[str] = field(default_factory=set)  # jobs running, retrying, waiting or queued
-    ready: list[str] = field(default_factory=list)  # jobs that could start but got no slot, in order
+    ready: ReadyQueue = field(default_factory=ReadyQueue)  # jobs that could start but got no slot
     settle_until: datetime | None = None  # its invalid spec is being written: read it again then
     broken: str = ""  # why Clowder failed on it: left alone until its files change or the sweep
     output_at: dict[str, datetime] = field(default_factory=dict)  # job -> its log's last write, when looked at
@@ -65,9 +65,11 @@ class PipelineCache:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
                     if job in self.jobs and self.jobs[job].state is JobState.RUNNING and self.jobs[job].attempt == n}
         focus = None if self.full else frozenset(self.active | set(outcomes))
-        return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, dict(self.jobs),
-                            outcomes, dict(self.alive), self.requests, focus, tuple(self.ready),
-                            settling=self.settle_until is not None, output_at=dict(self.output_at))
+        # The cache's own maps, not copies: the step only reads them, and copying every job's
+        # status on every tick made a tick's cost grow with the pipeline, not with what changed.
+        return PipelineView(self.paths.name, self.pipeline, self.problems, self.status, self.jobs,
+                            outcomes, self.alive, self.requests, focus, self.ready,
+                            settling=self.settle_until is not None, output_at=self.output_at)
 
     def look_for_output(self, now: datetime) -> None:
         """Note when each running attempt whose idle deadline is due last wrote to its log. Only

@@ -271,11 +271,10 @@ class Driver:
         active = [c for c in active if not c.broken]
         for cache in active:
             cache.full = False
-            cache.ready = []
             if self._crashes:
                 self._crashes.pop(cache.paths.name, None)  # scheduled again: a new crash is news
-        for pipeline, job in plan.ready:
-            self.pipelines[pipeline].ready.append(job)
+        for change in plan.ready:  # what changed in each ready queue, not the whole queue again
+            self.pipelines[change.pipeline].ready.apply(change)
         for action in plan.actions:
             self._apply_isolated(action, now)
         for cache in active:

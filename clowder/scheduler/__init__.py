@@ -6,6 +6,7 @@ driver (clowder.driver) feeds it and applies its actions.
 """
 
 from clowder.scheduler.ending import attempt_ending, fail_or_retry, killed_why
+from clowder.scheduler.ready import ReadyChange, ReadyQueue
 from clowder.scheduler.records import (
     ACTIVE,
     NO_CHANGES,
@@ -35,6 +36,7 @@ from clowder.scheduler.step import reconcile
 
 __all__ = [
     "ACTIVE", "NO_CHANGES", "Action", "Cancel", "Candidate", "DoneRequest", "Ending", "Invalid", "JobStep", "Kill",
-    "Limits", "Outcome", "PipelineView", "Plan", "Request", "Retry", "SetJob", "SetPipeline", "Spawn", "SpawnJob",
+    "Limits", "Outcome", "PipelineView", "Plan", "ReadyChange", "ReadyQueue", "Request", "Retry",
+    "SetJob", "SetPipeline", "Spawn", "SpawnJob",
     "Start", "attempt_ending", "fail_or_retry", "fixup_name", "killed_why", "prompt_hash", "reconcile",
 ]

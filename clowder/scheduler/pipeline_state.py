@@ -13,9 +13,11 @@ def pipeline_status(scope: Scope) -> SetPipeline | None:
     """The pipeline's status after this step, if it changed."""
     view, jobs, specs, blocked, now = scope.view, scope.jobs, scope.specs, scope.blocked, scope.now
     old = view.status
-    names = list(reversed(view.pipeline.order)) if view.pipeline else list(specs)
-    # Most of a big pipeline is pending or done: look from the end, where unfinished jobs are.
-    all_done = bool(names) and all(jobs[n].state.terminal for n in names if n in jobs) and all(n in jobs for n in names)
+    order = view.pipeline.order if view.pipeline else tuple(specs)
+    # Most of a big pipeline is pending or done: look from the end, where unfinished jobs are. A job
+    # without a status is pending: the first one met ends the look (skipping them made every step
+    # of a 5,000-job pipeline walk all its pending jobs, 0.3 ms a step).
+    all_done = bool(order) and all(n in jobs and jobs[n].state.terminal for n in reversed(order))
     running = any(j.state in ACTIVE for j in jobs.values()) if all_done or blocked else True
     started = old.started_at is not None or any(j.attempts or j.state.terminal for j in jobs.values())
     if blocked and view.settling:
@@ -23,7 +25,7 @@ def pipeline_status(scope: Scope) -> SetPipeline | None:
     if blocked:
         state, message = PipelineState.BLOCKED, blocked
     elif all_done:
-        state, message = _ended(names, jobs, specs)
+        state, message = _ended(list(reversed(order)), jobs, specs)
     elif started:
         state, message = PipelineState.RUNNING, ""
     else:

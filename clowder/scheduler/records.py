@@ -3,12 +3,14 @@ what it decides (actions, a plan), and a job's step."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
+from clowder.scheduler.ready import ReadyChange, ReadyQueue
 from clowder.spec import JobSpec, Pipeline
 from clowder.state import (
     Approval,
@@ -26,7 +28,10 @@ ACTIVE = frozenset({JobState.RUNNING})
 NO_CHANGES = "no changes"
 
 
+@functools.lru_cache(maxsize=1024)
 def prompt_hash(prompt: str) -> str:
+    # Cached: every step checks each pipeline's prompt against the hash its status recorded, and a
+    # SHA-256 of a long prompt on every step of every pipeline added up.
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
@@ -141,9 +146,10 @@ class PipelineView:
     # Jobs that may change now (active, ready, just ended). None: look at every job, as after
     # a start, a spec change, a request or a sweep.
     focus: frozenset[str] | None = None
-    # Jobs an earlier step found ready that got no slot, in order. Looked at only while there
-    # are free slots, so a thousand ready jobs cost nothing while two run.
-    ready: tuple[str, ...] = ()
+    # Jobs an earlier step found ready that got no slot, in dependency order: the driver's queue,
+    # which the step only reads (a tuple in tests). Looked at only while there are free slots, so a
+    # thousand ready jobs cost nothing while two run.
+    ready: ReadyQueue | tuple[str, ...] = ()
     # The spec is invalid but a file of it changed a moment ago: it is being written. Nothing
     # new starts, and the pipeline's state waits for the file to settle before saying `blocked`.
     settling: bool = False
@@ -222,7 +228,7 @@ Action = SetJob | SetPipeline | Start | Kill | DoneRequest | SpawnJob
 class Plan:
     actions: list[Action] = field(default_factory=list)
     wake_at: datetime | None = None
-    ready: list[tuple[str, str]] = field(default_factory=list)  # (pipeline, job) ready but not started
+    ready: list[ReadyChange] = field(default_factory=list)  # each pipeline's ready jobs not started
 
     def wake(self, when: datetime | None) -> None:
         if when is not None and (self.wake_at is None or when < self.wake_at):

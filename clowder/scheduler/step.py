@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from clowder.scheduler.inbox import Cancels, cancels, take_requests
 from clowder.scheduler.job import blocked_reason, step_job
 from clowder.scheduler.pipeline_state import pipeline_status
-from clowder.scheduler.records import ACTIVE, Candidate, Limits, PipelineView, Plan, Scope, SetJob
+from clowder.scheduler.ready import ReadyQueue
+from clowder.scheduler.records import ACTIVE, Candidate, DoneRequest, Limits, PipelineView, Plan, Scope, SetJob
 from clowder.scheduler.regression import waiter
-from clowder.scheduler.slots import Found, Ready, allocate
+from clowder.scheduler.slots import Found, Stream, allocate, weight
 from clowder.spec import JobSpec
 from clowder.state import JobState, JobStatus
 
@@ -21,9 +22,12 @@ def reconcile(views: Sequence[PipelineView], now: datetime, limits: Limits) -> P
     """Everything to do now across the root, and when to look again at the latest."""
     plan = Plan()
     found = Found()
-    for view in views:
-        _Pass.of(view, now, limits, plan).run(found)
-    allocate(found, views, now, limits, plan)
+    passes = [_Pass.of(view, now, limits, plan) for view in views]
+    for one in passes:
+        one.run(found)
+    allocate(found, now, limits, plan)
+    for one, stream in zip(passes, found.streams, strict=True):
+        one.finish(stream.started)
     return plan
 
 
@@ -35,28 +39,35 @@ class _Pass:
 
     scope: Scope
     view: PipelineView
-    jobs: dict[str, JobStatus]  # the scope's, changed as the pass goes
+    jobs: MutableMapping[str, JobStatus]  # the scope's, changed as the pass goes
     plan: Plan
     position: Mapping[str, int]  # job -> its place in the dependency order
     cancelling: Cancels = field(default_factory=lambda: Cancels(False, frozenset()))
     seen: set[str] = field(default_factory=set)
     heap: list[tuple[int, str]] = field(default_factory=list)
     changed: dict[str, str] = field(default_factory=dict)  # job -> the event its change logs
+    fresh: dict[str, tuple[int, Candidate]] = field(default_factory=dict)  # job -> (position, candidate)
 
     @classmethod
     def of(cls, view: PipelineView, now: datetime, limits: Limits, plan: Plan) -> _Pass:
         specs: Mapping[str, JobSpec] = view.pipeline.jobs if view.pipeline else {}
-        jobs = dict(view.jobs)
-        if view.focus is None:
-            for name in specs:
+        jobs: MutableMapping[str, JobStatus]
+        if view.focus is None or view.requests:  # every job is looked at, or retries change any
+            jobs = dict(view.jobs)
+            for name in specs if view.focus is None else ():
                 if name not in jobs:
                     jobs[name] = JobStatus(name)
+        else:
+            jobs = Overlay(view.jobs)
         position = view.pipeline.position if view.pipeline else {}
         return cls(Scope(view, specs, jobs, now, limits, blocked_reason(view)), view, jobs, plan, position)
 
     def run(self, found: Found) -> None:
         self.cancelling = cancels(self.view.requests, self.jobs)
-        done = take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs, self.cancelling)
+        done: list[DoneRequest] = []
+        if self.view.requests:
+            assert isinstance(self.jobs, dict)  # `of` copies the statuses when there are requests
+            done = take_requests(self.view.name, self.view.requests, self.jobs, self.scope.specs, self.cancelling)
         full = self.view.focus is None
         todo = list(self.jobs) if full else [n for n in (self.view.focus or ()) if n in self.jobs]
         for name in todo:
@@ -72,13 +83,28 @@ class _Pass:
         # A request file goes only after the statuses that record what it did: between the two, a
         # second `clowder retry` or `approve` would find neither and be accepted.
         self.plan.actions += done
-        if full or self.changed or self.view.requests:
+        # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
+        found.streams.append(Stream(self.view.name, self._weight(), self._share(), self.fresh,
+                                    None if full or self.scope.blocked else self._queue(), self.seen, self._check))
+
+    def finish(self, started: Mapping[str, JobStatus]) -> None:
+        """The pipeline's own status, once the slots are given: a pipeline whose first attempt
+        started in this step is running now (it said `pending` until its next event)."""
+        if self.view.focus is None or self.changed or self.view.requests or started:
+            self.jobs.update(started)
             change = pipeline_status(self.scope)
             if change is not None:
                 self.plan.actions.append(change)
-        # A blocked pipeline's backlog is dropped: the spec read that unblocks it looks at every job.
-        later = [] if full or self.scope.blocked else [n for n in self.view.ready if n not in self.seen]
-        found.later.append(Ready(self.view.name, later, self._check))
+
+    def _queue(self) -> ReadyQueue:
+        ready = self.view.ready
+        return ready if isinstance(ready, ReadyQueue) else ReadyQueue.of(ready, self.position)
+
+    def _weight(self) -> float:
+        return weight(self.view.pipeline.spec.priority) if self.view.pipeline else 1.0
+
+    def _share(self) -> int | None:
+        return self.view.pipeline.spec.max_parallel if self.view.pipeline else None
 
     def _push(self, name: str) -> None:
         heapq.heappush(self.heap, (self.position.get(name, len(self.position)), name))
@@ -101,7 +127,9 @@ class _Pass:
         if new.state is JobState.RETRYING and new.retry_at is not None:
             self.plan.wake(new.retry_at)
         if step.candidate is not None:
-            found.candidates.append(step.candidate)
+            self.fresh[name] = (self.position.get(name, len(self.position)), step.candidate)
+        else:
+            self.fresh.pop(name, None)  # looked at again (a spawner): the last answer holds
         if new.state in ACTIVE:
             found.running.append((self.view.name, spec))
 
@@ -127,3 +155,37 @@ class _Pass:
         step = step_job(self.scope, self.scope.specs.get(name), status, False)
         self.plan.take(step)
         return step.candidate if step.status == status else None
+
+
+class Overlay(MutableMapping[str, JobStatus]):
+    """The view's statuses with this step's changes on top: a step that looks at a few jobs of a
+    big pipeline copies none of the others (a copy per step of 5,000 statuses made the step's
+    cost grow with the pipeline). The view's own map is never written."""
+
+    def __init__(self, base: Mapping[str, JobStatus]) -> None:
+        self.base = base
+        self.own: dict[str, JobStatus] = {}
+
+    def __getitem__(self, key: str) -> JobStatus:
+        own = self.own.get(key)
+        return own if own is not None else self.base[key]
+
+    def get(self, key: str, default: JobStatus | None = None) -> JobStatus | None:  # type: ignore[override]
+        own = self.own.get(key)  # the step's hot path: the mixin's get() goes through a KeyError
+        return own if own is not None else self.base.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or key in self.base
+
+    def __setitem__(self, key: str, value: JobStatus) -> None:
+        self.own[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("a step never forgets a job's status")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.own
+        yield from (k for k in self.base if k not in self.own)
+
+    def __len__(self) -> int:
+        return len(self.own) + sum(1 for k in self.base if k not in self.own)
