@@ -90,6 +90,10 @@ class Driver:
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.pipelines: dict[str, PipelineCache] = {}
         self.dirty: set[str] = set()
+        # The pipelines a tick looks at: all but those that ended for good (or are broken) with
+        # nothing pending. A root of 1,000 finished pipelines made every tick check each of them
+        # (2.4-3x slower runs); one leaves `quiet` only when it is read again (its files changed).
+        self.live: set[str] = set()
         self.stopping = threading.Event()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
@@ -234,6 +238,7 @@ class Driver:
                 cache = self.pipelines.get(pipeline)
                 if cache is not None:  # no re-read of the specs: only the job's state changed
                     cache.outcomes[job] = (attempt, outcome)
+                    self.live.add(pipeline)
             case FilesChanged(pipeline=pipeline):
                 self._files_changed(pipeline)
             case _:
@@ -250,11 +255,14 @@ class Driver:
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
         now = now or utcnow()
-        for name, cache in self.pipelines.items():
-            if cache.settle_until is not None and cache.settle_until <= now:
+        self.live &= self.pipelines.keys()  # a pipeline removed by a rescan
+        for name in self.live:
+            settle_until = self.pipelines[name].settle_until
+            if settle_until is not None and settle_until <= now:
                 self.dirty.add(name)  # its invalid spec has had time to settle: read it again
         for name in sorted(self.dirty):
             if name in self.pipelines:
+                self.live.add(name)
                 try:
                     self._read(self.pipelines[name])
                 except Exception as e:  # one pipeline's files must not stop the others
@@ -262,8 +270,8 @@ class Driver:
         self.dirty.clear()
         # A settled pipeline is looked at again only when something was re-read (a spec edit may
         # mend it, a request may retry it).
-        active = [c for c in self.pipelines.values()
-                  if not c.broken and (not c.settled() or c.requests or c.outcomes or c.full)]
+        live = [self.pipelines[n] for n in sorted(self.live)]
+        active = [c for c in live if not c.broken and (not c.settled() or c.requests or c.outcomes or c.full)]
         for cache in active:
             cache.look_for_output(now)
         plan = self._reconcile(active, now)
@@ -288,8 +296,9 @@ class Driver:
             self._record_all()
         if self.on_tick:
             self.on_tick(self)
-        return min((t for t in (plan.wake_at, *(c.settle_until for c in self.pipelines.values())) if t is not None),
-                   default=None)
+        self.live.difference_update(c.paths.name for c in live if c.quiet())
+        settling = (self.pipelines[n].settle_until for n in self.live)
+        return min((t for t in (plan.wake_at, *settling) if t is not None), default=None)
 
     def _watch(self, cache: PipelineCache) -> None:
         if cache.settled() and self.watcher and not cache.requests:
