@@ -10,6 +10,7 @@ from clowder.workspace.repo import (
     TAG_PREFIX,
     Entry,
     Identity,
+    Objects,
     Repo,
     WorkspaceError,
     checkout,
@@ -106,11 +107,8 @@ def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Ide
     process each. False: nothing was changed, merge them one by one."""
     head = repo.head()
     assert head is not None
-    commits = list(dict.fromkeys([head, *(u.commit for u in ups)]))
-    independent = set(git(repo.path, "merge-base", "--independent", *commits).stdout.split())
-    heads = [c for c in commits if c in independent]  # drops upstreams already in another one
-    base = git(repo.path, "merge-base", "--octopus", *heads, check=False).stdout.strip() or None
     objs = repo.objects()
+    heads, base = _heads_and_base(repo, objs, list(dict.fromkeys([head, *(u.commit for u in ups)])))
     base_tree = objs.tree_of(base)
     union: dict[str, Entry | None] = {}
     first: dict[str, Entry | None] = {}
@@ -138,6 +136,38 @@ def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Ide
     git(repo.path, "read-tree", "-u", "-m", head, commit)
     repo.write_ref(repo.branch(), commit)
     return True
+
+
+def _heads_and_base(repo: Repo, objs: Objects, commits: list[str]) -> tuple[list[str], str | None]:
+    """The commits that are in no other one (in their order), and their merge base. `git merge-base
+    --independent` is quadratic in its commits (0.28 s for 1,000, 8.2 s for 5,000): a fan-in whose
+    upstreams are children of one commit (a fan-out's, or a source's) needs no git at all, and any
+    other is two linear walks and one `rev-list`."""
+    parents = {c: _parents(objs, c) for c in commits}
+    kinds = set(parents.values())
+    for only in kinds if len(kinds) <= 2 else ():  # two: the base itself is one of the commits
+        heads = [c for c in commits if (c,) != only]
+        if len(only) == 1 and all(parents[c] == only for c in heads):  # children of one commit: none
+            return heads, only[0]  # is in another
+    return _independent(repo, commits)
+
+
+def _independent(repo: Repo, commits: list[str]) -> tuple[list[str], str | None]:
+    """`merge-base --independent` and `--octopus`, linear: a commit is in another one exactly
+    when it is the parent of a commit that only the given ones reach (not their common base)."""
+    base = git(repo.path, "merge-base", "--octopus", *commits, check=False).stdout.strip()
+    walk = git(repo.path, "rev-list", "--parents", "--stdin",
+               stdin="".join(f"{c}\n" for c in commits) + (f"^{base}\n" if base else "")).stdout
+    inner = {p for line in walk.splitlines() for p in line.split()[1:]}
+    heads = [c for c in commits if c not in inner]
+    if len(heads) < len(commits):  # the base of what is left may be a later commit
+        base = git(repo.path, "merge-base", "--octopus", *heads, check=False).stdout.strip()
+    return heads, base or None
+
+
+def _parents(objs: Objects, commit: str) -> tuple[str, ...]:
+    header = objs.read(commit).split(b"\n\n", 1)[0]
+    return tuple(line[len(b"parent "):].decode() for line in header.split(b"\n") if line.startswith(b"parent "))
 
 
 def _conflicts(repo: Repo) -> tuple[str, ...]:
