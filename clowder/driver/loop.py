@@ -255,7 +255,7 @@ class Driver:
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""
         now = now or utcnow()
-        self.live &= self.pipelines.keys()  # a pipeline removed by a rescan
+        self.live.intersection_update(self.pipelines)  # less those a rescan removed
         for name in self.live:
             settle_until = self.pipelines[name].settle_until
             if settle_until is not None and settle_until <= now:
@@ -393,7 +393,7 @@ class Driver:
         self._rescan()
         for name, cache in self.pipelines.items():
             self.dirty.add(name)
-            cache.full = True
+            cache.full = cache.full or not cache.quiet()  # an ended one is reconciled if a file changed
             for job, status in list(cache.jobs.items()) if not cache.broken else ():
                 if status.state is JobState.RUNNING and (name, job, status.attempt) not in self._own:
                     try:
@@ -407,15 +407,16 @@ class Driver:
         paths = cache.paths
         if not paths.dir.is_dir():
             return
+        quiet = cache.loaded and cache.quiet()  # ended for good, nothing pending: as of the last tick
         if not cache.loaded:
             self._load(cache)
         # A finished pipeline is not watched (watchdog runs a thread per watch): a request wakes
         # it through .clowder/wake, and `tick` watches it again if it runs again.
         if self.watcher and paths.name not in self.watcher.watched() and not cache.settled():
             self.watcher.watch(paths.name)
-        cache.full = True
         stamp = spec_stamp(str(paths.dir))
-        if stamp != cache.stamp or cache.settle_until is not None:
+        changed = stamp != cache.stamp or cache.settle_until is not None
+        if changed:
             cache.stamp = stamp
             try:
                 pipeline, problems = check_pipeline(paths, self.config)
@@ -425,6 +426,9 @@ class Driver:
             self.recorder.spec(paths, pipeline, problems, stamp)
             cache.take_spec(pipeline, tuple(str(p) for p in problems), self.config.settle, self.log)
         cache.requests = tuple(req_mod.pending(paths))
+        # An ended pipeline whose specs and requests are as they were has nothing to reconcile: the
+        # sweep reads every pipeline every 30 s, and 10,000 full reconciles would stall the loop.
+        cache.full = not (quiet and not changed and not cache.requests)
 
     def _load(self, cache: PipelineCache) -> None:
         """First sight of a pipeline (or a restart): read its statuses and find out what became
