@@ -70,7 +70,8 @@ def merge(repo: Repo, job: str, upstreams: Sequence[Upstream], identity: Identit
     """Merge the upstreams' commits into HEAD, stopping at the first that cannot be merged."""
     if (repo.git_dir / "MERGE_HEAD").exists():  # a merge of ours cut short by a crash
         git(repo.path, "reset", "-q", "--hard", "HEAD")
-    todo = [u for u in upstreams if u.commit != repo.head()]
+    head = repo.head()  # once: a ref read per upstream showed in a 5,000-wide join's profile
+    todo = [u for u in upstreams if u.commit != head]
     for u in todo:
         ensure_published(repo, u)
     if todo and repo.head() is None:  # an unborn branch (an empty first upstream): take the next one
