@@ -380,8 +380,9 @@ class Driver:
             if name not in self.pipelines:
                 self.pipelines[name] = PipelineCache(self.root.pipeline(name))
                 self.dirty.add(name)
+        listed = set(names)  # a list's `in` made a sweep of 10,000 pipelines quadratic
         for name in list(self.pipelines):
-            if name not in names and not any(j.state is JobState.RUNNING for j in self.pipelines[name].jobs.values()):
+            if name not in listed and not any(j.state is JobState.RUNNING for j in self.pipelines[name].jobs.values()):
                 del self.pipelines[name]
                 self.recorder.forget(name)
                 if self.watcher:
