@@ -176,3 +176,27 @@ def test_a_restarted_driver_records_an_end_it_did_not_see(root: Root, make_pipel
     tick(second, at(10))
     a = job(root, "a")
     assert (a.state, a.message, a.attempts[0].ended_at) == (JobState.FAILED, "attempt 1 failed: exit code 3", at(5))
+
+
+def test_a_finished_pipeline_costs_no_tick_until_one_of_its_files_changes(root: Root,
+                                                                          make_pipeline: MakePipeline) -> None:
+    make_pipeline("done", {"a": 'command = ["x"]\n'})
+    ex = MemoryExecutor()
+    d = driver(root, ex)
+    tick(d, at(0))
+    ex.wait_started("done", "a", 1)
+    ex.finish("done", "a", 1, 1, at(1))
+    tick(d, at(1))
+    assert read_pipeline_status(root.pipeline("done").status_file).state is PipelineState.FAILED
+    assert d.live == set()  # ended for good: the ticks that follow do not look at it
+    make_pipeline("p", {"a": 'command = ["x"]\n'})
+    d.events.put(FilesChanged("p"))
+    tick(d, at(2))
+    ex.wait_started("p", "a", 1)
+    assert d.live == {"p"}
+    drop(root, root.pipeline("done"), "retry", "a")  # the request file wakes it: it runs again
+    d.events.put(FilesChanged("done"))
+    tick(d, at(3))
+    ex.wait_started("done", "a", 2)
+    assert d.live == {"p", "done"}
+    assert job(root, "a", "done").state is JobState.RUNNING

@@ -169,6 +169,36 @@ def test_a_fan_in_of_three_unrelated_upstreams(root: Root, make_pipeline: MakePi
     assert sorted(p.name for p in ws(root, "join").glob("*.txt")) == ["a.txt", "b.txt", "c.txt"]
 
 
+def test_a_join_of_a_fan_out_and_its_start_takes_every_file_once(root: Root, make_pipeline: MakePipeline) -> None:
+    workers = {f"w{i}": f'command = "echo {i} > w{i}.txt"\nneeds = ["start"]\n' for i in range(5)}
+    make_pipeline("p", {"start": 'command = "echo s > start.txt"\n', **workers,
+                        "join": f"command = \"cat *.txt > all.txt\"\nneeds = {json.dumps(['start', *workers])}\n"})
+    assert run(root)
+    join = ws(root, "join")
+    assert (join / "all.txt").read_text() == "s\n0\n1\n2\n3\n4\n"
+    base = status(root, "join").attempts[0].base_commit
+    commits = [status(root, w).attempts[0].commit for w in workers]
+    assert git(join, "log", "-1", "--format=%P", base).split() == commits  # start is in each: not a parent
+
+
+def test_a_join_of_an_upstream_and_its_own_downstream_merges_each_once(root: Root,
+                                                                        make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {
+        "split": 'command = "echo s > split.txt"\n',
+        "x": 'command = "echo x > x.txt"\nneeds = ["split"]\n',
+        "y": 'command = "echo y > y.txt"\nneeds = ["x"]\n',
+        "z": 'command = "echo z > z.txt"\nneeds = ["split"]\n',
+        "join": 'command = "cat *.txt > all.txt"\nneeds = ["x", "y", "z"]\n',
+    })
+    assert run(root)
+    join = ws(root, "join")
+    assert (join / "all.txt").read_text() == "s\nx\ny\nz\n"
+    attempt = status(root, "join").attempts[0]
+    assert attempt.consumed.keys() == {"x", "y", "z"}
+    y, z = (status(root, j).attempts[0].commit for j in ("y", "z"))
+    assert git(join, "log", "-1", "--format=%P", attempt.base_commit).split() == [y, z]  # x is in y
+
+
 def test_a_conflicting_fan_in_fails_naming_the_paths_and_runs_nothing(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     ran = tmp_path / "ran"

@@ -60,6 +60,7 @@ class PipelineCache:
     settle_until: datetime | None = None  # its invalid spec is being written: read it again then
     broken: str = ""  # why Clowder failed on it: left alone until its files change or the sweep
     output_at: dict[str, datetime] = field(default_factory=dict)  # job -> its log's last write, when looked at
+    _hashed: tuple[str | None, str] = (None, "")  # the prompt last hashed, and its hash
 
     def view(self) -> PipelineView:
         outcomes = {job: o for job, (n, o) in self.outcomes.items()
@@ -140,9 +141,22 @@ class PipelineCache:
     def settled(self) -> bool:
         """Finished for good: not stopped by a spec problem or a changed prompt, which an edit
         can mend (the pipeline then resumes), so such a pipeline stays watched."""
-        changed_prompt = (self.pipeline is not None and bool(self.status.prompt_hash)
-                          and self.status.prompt_hash != prompt_hash(self.pipeline.spec.prompt))
-        return self.finished() and not self.problems and not changed_prompt
+        if not self.finished() or self.problems:
+            return False
+        if self.pipeline is None or not self.status.prompt_hash:
+            return True
+        if self._hashed[0] is not self.pipeline.spec.prompt:  # a SHA-256 per tick showed in the profile
+            self._hashed = (self.pipeline.spec.prompt, prompt_hash(self.pipeline.spec.prompt))
+        return self.status.prompt_hash == self._hashed[1]
+
+    def quiet(self) -> bool:
+        """Nothing for a tick to look at until its files change: it ended for good (or is
+        broken), with no request, attempt end or spec being written still to take in."""
+        if self.settle_until is not None:
+            return False
+        if self.broken:  # left alone until its files change or the sweep
+            return True
+        return not (self.requests or self.outcomes or self.full) and self.settled()
 
     def stopped(self) -> bool:
         """Nothing more happens here without a human: it has ended, or it is blocked by a file

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,21 @@ def read_git(cwd: Path, *args: str, stdin: bytes | None = None) -> subprocess.Co
 # -- refs, read in-process -------------------------------------------------------------------
 
 _PACKED: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # packed-refs path -> (version, refs)
+# The refs _PACKED may hold, least recently used dropped first. A count of files was no bound: down
+# a 500-deep chain each repository holds its lineage's tags, and 4,096 files held 251,000 refs (268 MB).
+_PACKED_MAX_REFS = 20_000
+_packed_refs = 0  # the refs _PACKED holds
+_PACKED_LOCK = threading.Lock()
+
+
+def _remember_packed(path: str, key: tuple[int, int, int], refs: dict[str, str]) -> None:
+    global _packed_refs
+    with _PACKED_LOCK:  # the launcher's threads prepare and finish workspaces side by side
+        old = _PACKED.pop(path, None)
+        _packed_refs += len(refs) - (len(old[1]) if old else 0)
+        while _PACKED and _packed_refs > _PACKED_MAX_REFS:
+            _packed_refs -= len(_PACKED.pop(next(iter(_PACKED)))[1])
+        _PACKED[path] = (key, refs)
 
 
 class Repo:
@@ -111,6 +127,9 @@ class Repo:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         hit = _PACKED.get(path)
         if hit is not None and hit[0] == key:
+            with _PACKED_LOCK:
+                if _PACKED.get(path) is hit:
+                    _PACKED[path] = _PACKED.pop(path)  # the most recently used last
             return hit[1]
         refs: dict[str, str] = {}
         try:
@@ -122,9 +141,7 @@ class Repo:
             if line and line[0] not in "#^":
                 sha, _, name = line.partition(" ")
                 refs[name] = sha
-        if len(_PACKED) >= 4096:
-            _PACKED.clear()
-        _PACKED[path] = (key, refs)
+        _remember_packed(path, key, refs)
         return refs
 
     def ref(self, name: str, depth: int = 0) -> str | None:
