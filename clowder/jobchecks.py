@@ -107,7 +107,7 @@ def check_jobs(
         problems += schema.check("job", data, w.path, w.prefix)
         if not isinstance(data, dict):
             continue
-        problems += _check_job(name, data, known, stages, w, resources, variables)
+        problems += _check_job(name, data, w, _Around(known, stages, resources, variables))
     deps = _raw_deps(tables, stages)
     cycle = graph.find_cycle(deps)
     if cycle:
@@ -132,15 +132,19 @@ def _check_from(name: str, data: Mapping[str, Any], upstream: set[str], w: Where
     return problems
 
 
-def _check_job(
-    name: str,
-    data: Mapping[str, Any],
-    names: list[str],
-    stages: list[str],
-    w: Where,
-    resources: Mapping[str, int] | None,
-    variables: set[str] | None,
-) -> list[Problem]:
+@dataclass(frozen=True)
+class _Around:
+    """What a job's table is checked against: its pipeline's (or template's) other jobs and
+    stages, the root's resource pools (None: not known here) and the declared variables."""
+
+    names: list[str]
+    stages: list[str]
+    resources: Mapping[str, int] | None
+    variables: set[str] | None
+
+
+def _check_job(name: str, data: Mapping[str, Any], w: Where, around: _Around) -> list[Problem]:
+    names, stages, resources, variables = around.names, around.stages, around.resources, around.variables
     problems: list[Problem] = []
     has_command, has_agent = "command" in data, "agent" in data
     if has_command == has_agent:

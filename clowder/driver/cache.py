@@ -60,6 +60,9 @@ class PipelineCache:
     settle_until: datetime | None = None  # its invalid spec is being written: read it again then
     broken: str = ""  # why Clowder failed on it: left alone until its files change or the sweep
     output_at: dict[str, datetime] = field(default_factory=dict)  # job -> its log's last write, when looked at
+    # A broken pipeline read anew: what this driver last decided of each job. Its own decisions
+    # outrank the files, whose writes may be what failed (the job then ran and ended unrecorded).
+    decided: dict[str, JobStatus] = field(default_factory=dict)
     _hashed: tuple[str | None, str] = (None, "")  # the prompt last hashed, and its hash
 
     def view(self) -> PipelineView:

@@ -265,8 +265,10 @@ class Launcher:
         error = None if end.state is JobState.SUCCEEDED else workspace.ErrorContext(
             end.reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
         # The commit is made here, in the attempt's waiter thread: jobs commit in parallel.
-        return self._commit(paths, spec or JobSpec(job), attempt, outcome, end.state.value, error,
-                            trailers(launched.approval if launched else None))
+        spec = spec or JobSpec(job)
+        more = trailers(launched.approval if launched else None)
+        return self._commit(paths, spec, attempt, outcome,
+                            workspace.End(end.state.value, self.identity(), spec.outputs, error, more))
 
     def end_unstarted(self, spec: JobSpec, paths: PipelinePaths, attempt: int, problem: str,
                       conflicts: tuple[str, ...] = (), killed_for: KillReason | None = None) -> None:
@@ -277,15 +279,17 @@ class Launcher:
         end = attempt_ending(outcome, spec)
         error = workspace.ErrorContext(end.reason, conflicts=conflicts)
         self.events.put(AttemptEnded(paths.name, spec.name, attempt,
-                                     self._commit(paths, spec, attempt, outcome, end.state.value, error)))
+                                     self._commit(paths, spec, attempt, outcome,
+                                                  workspace.End(end.state.value, self.identity(), spec.outputs,
+                                                                error))))
 
-    def _commit(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome, state: str,
-                        error: workspace.ErrorContext | None, more: str = "") -> Outcome:
+    def _commit(self, paths: PipelinePaths, spec: JobSpec, attempt: int, outcome: Outcome,
+                ending: workspace.End) -> Outcome:
         """The outcome with the attempt's commit, base, artifacts and consumption added."""
         while True:
             try:
                 ref = workspace.AttemptRef(paths.workspace(spec.name), paths.name, spec.name, attempt)
-                done = workspace.finish(ref, workspace.End(state, self.identity(), spec.outputs, error, more))
+                done = workspace.finish(ref, ending)
                 break
             except (OSError, ClowderError) as e:
                 # On a full disk the commit waits for space and is made then (finish may be
@@ -300,7 +304,7 @@ class Launcher:
                 self.log(f"{paths.name}/{spec.name}: could not commit attempt {attempt}: {e}")
                 return replace(outcome, problem=outcome.problem or f"could not commit the workspace: {e}")
         # A fix-up that changed nothing still succeeds, but it used up one of max_regressions: say so.
-        note = NO_CHANGES if spec.regression_of and state == "succeeded" and not done.changed else ""
+        note = NO_CHANGES if spec.regression_of and ending.state == "succeeded" and not done.changed else ""
         return replace(outcome, commit=done.commit, base_commit=done.base_commit, artifacts=done.artifacts,
                        consumed=done.consumed, note=note)
 

@@ -356,7 +356,7 @@ class Driver:
         if cache.broken:
             if self.writer is not None:
                 self.writer.flush()
-            cache = PipelineCache(cache.paths, outcomes=cache.outcomes, alive=cache.alive)
+            cache = PipelineCache(cache.paths, outcomes=cache.outcomes, alive=cache.alive, decided=dict(cache.jobs))
             self.pipelines[cache.paths.name] = cache
         self._refresh(cache)
 
@@ -438,12 +438,24 @@ class Driver:
         cache.read_statuses(self.log)
         self.recorder.loaded(paths, cache.jobs)  # as read, before catching up with what is not on disk
         catch_up(cache, self.launcher.executor.exit_record, self.log)
+        self._keep_decided(cache)
         for status in cache.jobs.values():
             cache.set_job(status)
         for job, status in list(cache.jobs.items()):
             # This daemon's own attempts (a broken pipeline read again) end through their waiters.
             if status.state is JobState.RUNNING and (paths.name, job, status.attempt) not in self._own:
                 self._check_process(cache, job, status)
+
+    def _keep_decided(self, cache: PipelineCache) -> None:
+        """A broken pipeline read anew keeps what this driver decided of its jobs where the files
+        say less (a status write that failed, a launch still in flight), and writes it again."""
+        for job, status in cache.decided.items():
+            on_disk = cache.jobs.get(job)
+            if status.attempt > 0 and (on_disk is None or (on_disk.attempt <= status.attempt and on_disk != status)):
+                cache.jobs[job] = status
+                self._write(cache.paths.job_status_file(job), partial(job_status_to_toml, status))
+                self.recorder.job(cache.paths.name, status)
+        cache.decided = {}
 
     def _check_process(self, cache: PipelineCache, job: str, status: JobStatus) -> None:
         if (cache.paths.name, job, status.attempt) not in self._own:  # ours: the executor reports its end
