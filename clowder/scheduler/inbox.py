@@ -102,11 +102,18 @@ def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, Job
         return f"re-run of {req.job} ignored: it is {status.state.value} (only a job that has ended can be re-run)"
     if cancel_all:
         return f"re-run of {req.job} ignored: the pipeline is being cancelled"
-    jobs[req.job] = replace(status, state=JobState.PENDING, message="re-run requested", retry_request=req.id)
+    jobs[req.job] = replace(_new_run(status), message="re-run requested", retry_request=req.id)
     again = [n for n in _descendants(req.job, specs) if req.downstream and n in jobs and jobs[n].state.terminal]
     for name in again:
-        jobs[name] = replace(jobs[name], state=JobState.PENDING, message=f"re-run after {req.job}", retry_at=None)
+        jobs[name] = replace(_new_run(jobs[name]), message=f"re-run after {req.job}", retry_at=None)
     return f"re-run of {req.job} requested" + (f", then {', '.join(sorted(again))}" if again else "")
+
+
+def _new_run(status: JobStatus) -> JobStatus:
+    """A job about to be re-run: a new run whose fix-ups are its own, counted anew against its
+    max_regressions. Those of the runs before stay in history: their jobs, and the attempts that
+    spawned them ("spawned dev.r1")."""
+    return replace(status, state=JobState.PENDING, spawned=(), waiting_for=(), spawn_refused="")
 
 
 def _check_spawn(req: Spawn, jobs: Mapping[str, JobStatus]) -> str | None:
