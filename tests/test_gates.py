@@ -141,21 +141,34 @@ def test_a_restart_keeps_a_job_waiting_and_an_approval_made_without_a_daemon_is_
     assert events[0]["text"] == "Clowder: p/dev is waiting for approval: clowder approve p dev (or clowder reject)"
 
 
-def test_a_rejected_job_retried_waits_for_approval_again(root: Root, make_pipeline: MakePipeline, cli: Invoke,
-                                                        alice: str, tmp_path: Path) -> None:
+def test_a_rejection_is_told_once_as_such_and_a_rejected_job_retried_waits_for_approval_again(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, alice: str, tmp_path: Path) -> None:
     out = tmp_path / "events"
-    notify_config(root, f'on = ["waiting_for_approval"]\ncommand = {recorder(out)}\n')
+    notify_config(root, f'on = ["waiting_for_approval", "job_failed", "pipeline_failed"]\ncommand = {recorder(out)}\n')
     make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
     with daemon(root):
-        wait_for(lambda: waiting(root, "dev"), what="dev to wait")
-        assert cli("reject", "p", "dev").exit_code == 0
-        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="the pipeline to fail")
-        assert jstatus(root, "p", "dev").message == "rejected by alice"
-        assert cli("retry", "p", "dev").exit_code == 0
+        for n, comment in enumerate(("not yet", "still no"), 1):
+            wait_for(lambda: waiting(root, "dev"), what="dev to wait")
+            assert cli("reject", "p", "dev", "-m", comment).exit_code == 0
+            wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="the pipeline to fail")
+            assert jstatus(root, "p", "dev").message == f"rejected by alice: {comment}"
+            wait_for(lambda: len(received(out)) == 3 * n, what=f"rejection {n} told")  # noqa: B023
+            assert cli("retry", "p", "dev").exit_code == 0
         wait_for(lambda: waiting(root, "dev"), what="dev to wait again")
-        wait_for(lambda: len(received(out)) == 2, what="a second notification")
         assert cli("approve", "p", "dev").exit_code == 0
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, what="the pipeline to succeed")
+    events = received(out)
+    assert [(e["event"], e["job"]) for e in events] == [
+        ("waiting_for_approval", "dev"), ("job_failed", "dev"), ("pipeline_failed", "")] * 2 + [
+        ("waiting_for_approval", "dev")]
+    rejected = [e for e in events if e["event"] == "job_failed"]
+    assert [e["text"] for e in rejected] == ["Clowder: p/dev was rejected by alice: not yet",
+                                             "Clowder: p/dev was rejected by alice: still no"]
+    assert [(e["approval"]["verdict"], e["approval"]["by"], e["approval"]["comment"]) for e in rejected] == [
+        ("rejected", "alice", "not yet"), ("rejected", "alice", "still no")]
+    assert (rejected[0]["state"], rejected[0]["message"]) == ("failed", "rejected by alice: not yet")
+    variables = Path(f"{out}.env").read_text().splitlines()
+    assert "job_failed|p|dev|0|failed|rejected by alice: not yet" in variables
 
 
 def test_approve_and_reject_through_the_api_need_the_token_and_record_web(root: Root,
