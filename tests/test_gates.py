@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,40 @@ def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_wi
     assert state(root, "announce") is JobState.SKIPPED  # as after any failure
     assert jstatus(root, "p", "announce").message == "needs release to succeed; it failed"
     assert pstate(root, "p") is PipelineState.FAILED
+    _the_decisions_are_in_the_index_and_in_status_json(root, cli, approval.at, release.approval.at)
+
+
+def _the_decisions_are_in_the_index_and_in_status_json(root: Root, cli: Invoke, approved: datetime,
+                                                       rejected: datetime) -> None:
+    """Who decided, when, why and what, as the daemon's index holds it, as a rebuild makes it
+    again (fsck finds no difference), and as `clowder status --json` shows it from either."""
+    rows = [("dev", "approved", "alice", _z(approved), "the plan looks right", 1),
+            ("release", "rejected", "alice", _z(rejected), "not before the freeze ends", None)]
+    sql = "SELECT job, verdict, by, at, comment, attempt FROM approvals ORDER BY at"
+
+    def queried() -> list[tuple[object, ...]]:
+        return [tuple(r.values()) for r in json.loads(cli("query", sql, "--json").output)]
+
+    def shown() -> dict[str, list[dict[str, object]]]:
+        jobs = json.loads(cli("status", "p", "--json").output)[0]["jobs"]
+        return {j["name"]: j["approvals"] for j in jobs if "approvals" in j}
+
+    expected = {job: [{"verdict": v, "by": by, "at": approved_at(at), "comment": c, "attempt": n}]
+                for job, v, by, at, c, n in rows}
+    assert queried() == rows and shown() == expected  # the daemon's index
+    assert cli("fsck").exit_code == 0
+    root.index_file.unlink()
+    assert shown() == expected  # the tree
+    assert cli("reindex").exit_code == 0
+    assert queried() == rows and shown() == expected
+
+
+def _z(t: datetime) -> str:
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def approved_at(index_time: str) -> str:
+    return datetime.fromisoformat(index_time).isoformat()
 
 
 def test_approving_or_rejecting_a_job_that_is_not_waiting_is_refused(root: Root, make_pipeline: MakePipeline,
