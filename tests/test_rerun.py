@@ -215,3 +215,26 @@ def test_a_rerun_tester_spawns_its_own_fixups_and_the_earlier_ones_stay_in_histo
         "spawned dev.r1", "spawned dev.r2", "spawned dev.r3"]  # the earlier runs' fix-ups, in history
     for fixup in ("dev.r1", "dev.r2", "dev.r3"):
         assert jstatus(root, "p", fixup).state is JobState.SUCCEEDED
+
+
+def test_a_rerun_downstream_of_what_a_gate_follows_waits_for_a_new_approval(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate is there so that someone reads the plan before dev starts on it: a plan made
+    again is read again. The approval of the first plan stays on the attempt it let start."""
+    for var in ("LOGNAME", "USER"):
+        monkeypatch.setenv(var, "alice")
+    make_pipeline("p", {"plan": 'command = "echo plan"\n',
+                        "dev": 'command = "echo dev"\nneeds = [{ job = "plan", when = "manual" }]\n',
+                        "test": 'command = "true"\nneeds = ["dev"]\n'})
+    with daemon(root):
+        for n, comment in enumerate(("first plan ok", "second plan ok"), 1):
+            wait_for(lambda: jstatus(root, "p", "dev").state is JobState.APPROVAL, what=f"dev to wait ({n})")
+            assert len(jstatus(root, "p", "dev").attempts) == n - 1  # it did not start without a decision
+            assert cli("approve", "p", "dev", "-m", comment).exit_code == 0
+            wait_for(lambda: _ended_again(root, "test", n), what=f"run {n} to end")  # noqa: B023
+            if n == 1:
+                assert cli("rerun", "p", "plan", "--downstream").exit_code == 0
+    approvals = [a.approval for a in jstatus(root, "p", "dev").attempts]
+    assert [(a.by, a.comment) for a in approvals if a is not None] == [
+        ("alice", "first plan ok"), ("alice", "second plan ok")]
+    assert pstate(root, "p") is PipelineState.SUCCEEDED

@@ -92,7 +92,8 @@ def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, Job
     """A re-run starts a new attempt of a job in any ended state (trigger `manual`, through the
     same `retry_request` a retry uses, so a restarted daemon starts it again). With `downstream`,
     the jobs after it that ended go back to pending: they run again once it has ended, as their
-    `needs` say (skipped if it fails where they need it to succeed)."""
+    `needs` say (skipped if it fails where they need it to succeed), a gated one once approved
+    again. The job itself keeps its approval: what it was approved on has not changed."""
     status = jobs.get(req.job)
     if status is None or req.job not in specs:
         return f"re-run of unknown job {req.job!r} ignored"
@@ -105,7 +106,9 @@ def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, Job
     jobs[req.job] = replace(_new_run(status), message="re-run requested", retry_request=req.id)
     again = [n for n in _descendants(req.job, specs) if req.downstream and n in jobs and jobs[n].state.terminal]
     for name in again:
-        jobs[name] = replace(_new_run(jobs[name]), message=f"re-run after {req.job}", retry_at=None)
+        # A gate after the job waits for a new decision: what it was approved on is made again
+        # (the approval stays on the attempt it let start).
+        jobs[name] = replace(_new_run(jobs[name]), message=f"re-run after {req.job}", retry_at=None, approval=None)
     return f"re-run of {req.job} requested" + (f", then {', '.join(sorted(again))}" if again else "")
 
 
