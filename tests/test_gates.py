@@ -65,6 +65,8 @@ def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_wi
         assert "approval" in line.split() and "waiting for approval: clowder approve p dev" in line
         jobs = {j["name"]: j for j in json.loads(cli("status", "p", "--json").output)[0]["jobs"]}
         assert jobs["dev"]["state"] == "approval" and jobs["dev"]["message"].startswith("waiting for approval")
+        assert cli("why", "p", "dev").output == (
+            "p/dev waits for approval after plan: clowder approve p dev (or clowder reject p dev)\n")
 
         approved = cli("approve", "p", "dev", "--comment", "the plan looks right")
         assert (approved.exit_code, approved.output) == (0, "p/dev approved by alice: the plan looks right\n")
@@ -93,6 +95,13 @@ def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_wi
     assert state(root, "announce") is JobState.SKIPPED  # as after any failure
     assert jstatus(root, "p", "announce").message == "needs release to succeed; it failed"
     assert pstate(root, "p") is PipelineState.FAILED
+    at = f"{approval.at:%Y-%m-%d %H:%M:%S} UTC"
+    assert cli("why", "p", "dev").output == (
+        "p/dev is succeeded: attempt 1 ran because its needs are met: plan succeeded (when = manual), "
+        f"and alice approved it at {at}: the plan looks right\n")
+    assert cli("why", "p", "release").output == (
+        f"p/release is failed: rejected at its approval gate by alice at {release.approval.at:%Y-%m-%d %H:%M:%S} UTC: "
+        "not before the freeze ends; `clowder retry p release` makes it wait for approval again\n")
     _the_decisions_are_in_the_index_and_in_status_json(root, cli, approval.at, release.approval.at)
 
 
