@@ -166,6 +166,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             attempt INTEGER,            -- the first attempt it let start; NULL: a rejection, or not started yet
             PRIMARY KEY (pipeline, job, request)
         ) WITHOUT ROWID""",
+        # Every pipeline's rows lack their approvals until read again: stale until then.
+        "DELETE FROM freshness",
     )),
 )
 LATEST = MIGRATIONS[-1].version
