@@ -312,6 +312,10 @@ def test_the_page_shows_the_gate_and_its_approve_button_starts_the_job(root: Roo
             sync_api.expect(page.locator("#toast")).to_have_text("approve of dev requested")
             sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
             sync_api.expect(page.locator("#approve-job")).to_be_hidden()
+            # Who let it start, when and why, in the page's `clowder why` line.
+            sync_api.expect(page.locator("#job-why")).to_contain_text(
+                "and web approved it at ", timeout=15_000)
+            sync_api.expect(page.locator("#job-why")).to_contain_text("UTC: looks good from here")
         finally:
             browser.close()
     approval = jstatus(root, "p", "dev").attempts[0].approval
