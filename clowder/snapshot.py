@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from clowder import stamp
 from clowder.errors import Problem, SpecError
 from clowder.index.rows import (
+    ApprovalRow,
     ArtifactRow,
     AttemptRow,
     ConsumedRow,
@@ -27,7 +28,7 @@ from clowder.index.rows import (
     PipelineStatusCols,
 )
 from clowder.metadata import MODEL_OUTPUT as MODEL_OUTPUT
-from clowder.state import JobStatus, PipelineStatus, read_job_status, read_pipeline_status
+from clowder.state import JobStatus, PipelineStatus, decisions, read_job_status, read_pipeline_status
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.workspace.objects import check_objects as check_objects
 from clowder.workspace.objects import read_blob
@@ -51,6 +52,7 @@ class PipelineRows:
     attempts: list[AttemptRow] = field(default_factory=list)
     artifacts: list[ArtifactRow] = field(default_factory=list)
     consumed: list[ConsumedRow] = field(default_factory=list)
+    approvals: list[ApprovalRow] = field(default_factory=list)
     outputs: list[ModelOutputRow] = field(default_factory=list)
     status_sig: str = ""
     spec_sig: str = ""
@@ -64,6 +66,7 @@ class JobRows:
     attempts: list[AttemptRow]
     artifacts: list[ArtifactRow]
     consumed: list[ConsumedRow]
+    approvals: list[ApprovalRow] = field(default_factory=list)
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -152,7 +155,9 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
         artifacts += [ArtifactRow(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
         consumed += [ConsumedRow(pipeline, status.job, a.number, up, commit)
                      for up, commit in sorted(a.consumed.items())]
-    return JobRows(job, attempts, artifacts, consumed)
+    approvals = [ApprovalRow(pipeline, status.job, d.approval.request, d.approval.verdict.value, d.approval.by,
+                             ts(d.approval.at) or "", d.approval.comment, d.attempt) for d in decisions(status)]
+    return JobRows(job, attempts, artifacts, consumed, approvals)
 
 
 # -- spec rows -----------------------------------------------------------------------------------
@@ -214,6 +219,7 @@ def add_job(rows: PipelineRows, status: JobStatus, problem: str | None = None) -
     rows.attempts += j.attempts
     rows.artifacts += j.artifacts
     rows.consumed += j.consumed
+    rows.approvals += j.approvals
 
 
 def pipeline_status_or_problem(path: Path, root: Path) -> tuple[PipelineStatus | None, str | None]:

@@ -195,6 +195,30 @@ class JobStatus:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """A decision on a job's gate as its status records it, and the first attempt it let start
+    (None: a rejection, or an approval whose attempt has not started)."""
+
+    approval: Approval
+    attempt: int | None
+
+
+def decisions(status: JobStatus) -> list[Decision]:
+    """The decisions a job's status records, oldest first: those its attempts carry (a retry of an
+    approved attempt carries the same one) and its last one. What the index's `approvals` table
+    and `clowder status --json` show; a decision that a later one replaced before any attempt
+    started (a rejection, then a retry) is not kept in the status, so not there either."""
+    found: dict[str, Decision] = {}
+    for a in status.attempts:
+        if a.approval is not None:
+            found.setdefault(a.approval.request or a.approval.at.isoformat(), Decision(a.approval, a.number))
+    last = status.approval
+    if last is not None:
+        found.setdefault(last.request or last.at.isoformat(), Decision(last, None))
+    return sorted(found.values(), key=lambda d: d.approval.at)
+
+
+@dataclass(frozen=True)
 class PipelineStatus:
     state: PipelineState = PipelineState.PENDING
     started_at: datetime | None = None

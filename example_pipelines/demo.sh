@@ -46,13 +46,15 @@ echo "== agent-dev: plan -> [approval gate] -> dev -> test -> verify with the bu
 clowder new agent-dev --name agents --prompt "Write calc.py with add(a, b), and a test that proves it"
 clowder run agents &  # runs plan, then waits at the gate before dev
 run=$!
-for _ in $(seq 600); do  # at most 2 minutes
-  if clowder status agents | grep -q "waiting for approval"; then break; fi
+for _ in $(seq 600); do  # at most 2 minutes: until the [[notify]] table has been told of the gate
+  if grep -q "^waiting_for_approval agents/dev" notifications.log; then break; fi
   kill -0 "$run" 2>/dev/null || break
   sleep 0.2
 done
 echo "== the plan, waiting for your approval: clowder status agents"
 clowder status agents
+echo "== what the [[notify]] table was told: grep agents notifications.log"
+grep agents notifications.log
 cat "$(clowder path agents plan)/.clowder/plan/output.json"; echo
 echo "== clowder approve agents dev --comment \"the plan looks right\""
 clowder approve agents dev --comment "the plan looks right"

@@ -4,14 +4,17 @@ and a real HTTP server: a job waits until a person approves it (it starts) or re
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from clowder.driver import Driver
+from clowder.index import Index
 from clowder.state import JobState, PipelineState, Verdict
 from clowder.tree import Root
 from tests.conftest import Invoke, MakePipeline, wait_for
@@ -64,6 +67,8 @@ def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_wi
         assert "approval" in line.split() and "waiting for approval: clowder approve p dev" in line
         jobs = {j["name"]: j for j in json.loads(cli("status", "p", "--json").output)[0]["jobs"]}
         assert jobs["dev"]["state"] == "approval" and jobs["dev"]["message"].startswith("waiting for approval")
+        assert cli("why", "p", "dev").output == (
+            "p/dev waits for approval after plan: clowder approve p dev (or clowder reject p dev)\n")
 
         approved = cli("approve", "p", "dev", "--comment", "the plan looks right")
         assert (approved.exit_code, approved.output) == (0, "p/dev approved by alice: the plan looks right\n")
@@ -92,6 +97,55 @@ def test_a_gate_waits_for_approval_then_runs_and_a_second_gate_rejected_fails_wi
     assert state(root, "announce") is JobState.SKIPPED  # as after any failure
     assert jstatus(root, "p", "announce").message == "needs release to succeed; it failed"
     assert pstate(root, "p") is PipelineState.FAILED
+    at = f"{approval.at:%Y-%m-%d %H:%M:%S} UTC"
+    assert cli("why", "p", "dev").output == (
+        "p/dev is succeeded: attempt 1 ran because its needs are met: plan succeeded (when = manual), "
+        f"and alice approved it at {at}: the plan looks right\n")
+    assert cli("why", "p", "release").output == (
+        f"p/release is failed: rejected at its approval gate by alice at {release.approval.at:%Y-%m-%d %H:%M:%S} UTC: "
+        "not before the freeze ends; `clowder retry p release` makes it wait for approval again\n")
+    _the_decisions_are_in_the_index_and_in_status_json(root, cli, approval.at, release.approval.at)
+
+
+def _the_decisions_are_in_the_index_and_in_status_json(root: Root, cli: Invoke, approved: datetime,
+                                                       rejected: datetime) -> None:
+    """Who decided, when, why and what, as the daemon's index holds it, as a rebuild makes it
+    again (fsck finds no difference), and as `clowder status --json` shows it from either."""
+    rows = [("dev", "approved", "alice", _z(approved), "the plan looks right", 1),
+            ("release", "rejected", "alice", _z(rejected), "not before the freeze ends", None)]
+    sql = "SELECT job, verdict, by, at, comment, attempt FROM approvals ORDER BY at"
+
+    def queried() -> list[tuple[object, ...]]:
+        return [tuple(r.values()) for r in json.loads(cli("query", sql, "--json").output)]
+
+    def shown() -> dict[str, list[dict[str, object]]]:
+        jobs = json.loads(cli("status", "p", "--json").output)[0]["jobs"]
+        return {j["name"]: j["approvals"] for j in jobs if "approvals" in j}
+
+    expected = {job: [{"verdict": v, "by": by, "at": approved_at(at), "comment": c, "attempt": n}]
+                for job, v, by, at, c, n in rows}
+    assert queried() == rows and shown() == expected  # the daemon's index
+    assert cli("fsck").exit_code == 0
+    root.index_file.unlink()
+    assert shown() == expected  # the tree
+    assert cli("reindex").exit_code == 0
+    assert queried() == rows and shown() == expected
+    # An index made before the approvals table, its rows fresh: the migration that adds the table
+    # (run by the next daemon or reindex) makes them stale, so status reads the tree until then.
+    conn = sqlite3.connect(root.index_file, isolation_level=None)
+    conn.execute("DROP TABLE approvals")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    conn.close()
+    Index.open(root).close()
+    assert shown() == expected
+
+
+def _z(t: datetime) -> str:
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def approved_at(index_time: str) -> str:
+    return datetime.fromisoformat(index_time).isoformat()
 
 
 def test_approving_or_rejecting_a_job_that_is_not_waiting_is_refused(root: Root, make_pipeline: MakePipeline,
@@ -141,21 +195,34 @@ def test_a_restart_keeps_a_job_waiting_and_an_approval_made_without_a_daemon_is_
     assert events[0]["text"] == "Clowder: p/dev is waiting for approval: clowder approve p dev (or clowder reject)"
 
 
-def test_a_rejected_job_retried_waits_for_approval_again(root: Root, make_pipeline: MakePipeline, cli: Invoke,
-                                                        alice: str, tmp_path: Path) -> None:
+def test_a_rejection_is_told_once_as_such_and_a_rejected_job_retried_waits_for_approval_again(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, alice: str, tmp_path: Path) -> None:
     out = tmp_path / "events"
-    notify_config(root, f'on = ["waiting_for_approval"]\ncommand = {recorder(out)}\n')
+    notify_config(root, f'on = ["waiting_for_approval", "job_failed", "pipeline_failed"]\ncommand = {recorder(out)}\n')
     make_pipeline("p", {k: GATED[k] for k in ("plan", "dev")})
     with daemon(root):
-        wait_for(lambda: waiting(root, "dev"), what="dev to wait")
-        assert cli("reject", "p", "dev").exit_code == 0
-        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="the pipeline to fail")
-        assert jstatus(root, "p", "dev").message == "rejected by alice"
-        assert cli("retry", "p", "dev").exit_code == 0
+        for n, comment in enumerate(("not yet", "still no"), 1):
+            wait_for(lambda: waiting(root, "dev"), what="dev to wait")
+            assert cli("reject", "p", "dev", "-m", comment).exit_code == 0
+            wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, what="the pipeline to fail")
+            assert jstatus(root, "p", "dev").message == f"rejected by alice: {comment}"
+            wait_for(lambda: len(received(out)) == 3 * n, what=f"rejection {n} told")  # noqa: B023
+            assert cli("retry", "p", "dev").exit_code == 0
         wait_for(lambda: waiting(root, "dev"), what="dev to wait again")
-        wait_for(lambda: len(received(out)) == 2, what="a second notification")
         assert cli("approve", "p", "dev").exit_code == 0
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, what="the pipeline to succeed")
+    events = received(out)
+    assert [(e["event"], e["job"]) for e in events] == [
+        ("waiting_for_approval", "dev"), ("job_failed", "dev"), ("pipeline_failed", "")] * 2 + [
+        ("waiting_for_approval", "dev")]
+    rejected = [e for e in events if e["event"] == "job_failed"]
+    assert [e["text"] for e in rejected] == ["Clowder: p/dev was rejected by alice: not yet",
+                                             "Clowder: p/dev was rejected by alice: still no"]
+    assert [(e["approval"]["verdict"], e["approval"]["by"], e["approval"]["comment"]) for e in rejected] == [
+        ("rejected", "alice", "not yet"), ("rejected", "alice", "still no")]
+    assert (rejected[0]["state"], rejected[0]["message"]) == ("failed", "rejected by alice: not yet")
+    variables = Path(f"{out}.env").read_text().splitlines()
+    assert "job_failed|p|dev|0|failed|rejected by alice: not yet" in variables
 
 
 def test_approve_and_reject_through_the_api_need_the_token_and_record_web(root: Root,
@@ -245,6 +312,10 @@ def test_the_page_shows_the_gate_and_its_approve_button_starts_the_job(root: Roo
             sync_api.expect(page.locator("#toast")).to_have_text("approve of dev requested")
             sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
             sync_api.expect(page.locator("#approve-job")).to_be_hidden()
+            # Who let it start, when and why, in the page's `clowder why` line.
+            sync_api.expect(page.locator("#job-why")).to_contain_text(
+                "and web approved it at ", timeout=15_000)
+            sync_api.expect(page.locator("#job-why")).to_contain_text("UTC: looks good from here")
         finally:
             browser.close()
     approval = jstatus(root, "p", "dev").attempts[0].approval

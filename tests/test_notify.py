@@ -26,7 +26,7 @@ from clowder.notify.events import Event, job_events, pipeline_events
 from clowder.notify.outbox import Delivery, Outbox, Record, Send
 from clowder.schema import load_schema
 from clowder.spec import NotifyEvent, NotifyTarget
-from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus
+from clowder.state import Approval, JobState, JobStatus, PipelineState, PipelineStatus, Verdict
 from clowder.tree import Root
 from tests.conftest import REPO, Invoke, MakePipeline, wait_for
 from tests.test_driver import jstatus, pstate
@@ -423,3 +423,17 @@ def test_records_done_a_month_ago_are_deleted_and_pending_ones_kept(tmp_path: Pa
     assert box.has(old)
     assert box.pending(NOW + timedelta(days=31)) == ([waiting], [])
     assert not box.has(old) and box.has(waiting.event)
+
+
+def test_a_record_read_back_is_the_same_event_with_its_decision(tmp_path: Path) -> None:
+    """A rejection, and a wait for approval after one, survive a restart in the outbox: the
+    event read back has the same id (it is found sent, not sent again) and says the same."""
+    box = Outbox(tmp_path / "notify", tmp_path)
+    target = NotifyTarget((NotifyEvent.JOB_FAILED,), ("true",))
+    rejected = Approval(Verdict.REJECTED, "alice", NOW, "not yet", "20261130T000000000000-1-reject")
+    event = Event(NotifyEvent.JOB_FAILED, "p", "", NOW, "dev", 0, "failed", "rejected by alice: not yet",
+                  decided=rejected.request, rejection=rejected)
+    box.save(Record(event, (Send(target, "clowder.toml"),)))
+    ((back,), bad) = box.pending(NOW)
+    assert (back.event, back.event.id, bad) == (event, event.id, [])
+    assert back.event.payload("/r")["text"] == "Clowder: p/dev was rejected by alice: not yet"

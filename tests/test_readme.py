@@ -43,6 +43,8 @@ def test_the_demo_runs_both_examples_to_the_end(tmp_path: Path) -> None:
     assert "Clowder-State: failed" in out and "Clowder-Job: dev.r1" in out
     assert "agents: succeeded" in result.stderr and "spent: $0.0298" in out
     assert "waiting for approval: clowder approve agents dev" in out  # the gate, shown before it is approved
+    assert ("\nwaiting_for_approval agents/dev: waiting for approval: clowder approve agents dev (or clowder reject)\n"
+            in out)  # and told to the [[notify]] table, as the quickstart shows
     assert "agents/dev approved by " in out and "Clowder-Approval-Comment: the plan looks right" in out
     assert "Reason: test_add fails: add(2, 2) does not return 4" in out
     assert "\nfixup_spawned calc/test: waiting for fix-up dev.r1\npipeline_succeeded calc\n" in out  # [[notify]]

@@ -187,3 +187,54 @@ def test_the_page_reruns_a_succeeded_job_with_its_button(root: Root, make_pipeli
             browser.close()
     assert _attempts(root, "b")[1] == (JobState.SUCCEEDED, Trigger.MANUAL)
     assert len(jstatus(root, "p", "a").attempts) == 1
+
+
+def test_a_rerun_tester_spawns_its_own_fixups_and_the_earlier_ones_stay_in_history(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
+    """A tester allowed one fix-up per run finds the bug again when re-run (alone, or after its
+    upstream with --downstream): the re-run is a new attempt whose spawns are its own."""
+    ok = tmp_path / "ok"
+    fix = f'if ls .clowder/*/regression.json >/dev/null 2>&1; then touch {ok}; fi'
+    make_pipeline("p", {"dev": f'command = "{fix}"\n',
+                        "test": (f'command = "test -f {ok} || {{ clowder spawn dev --reason bug; exit 1; }}"\n'
+                                 'needs = ["dev"]\nmax_regressions = 1\n')})
+    assert cli("run", "p").exit_code == 0
+    assert jstatus(root, "p", "test").spawned == ("dev.r1",)
+    for rerun, fixup in ((["test"], "dev.r2"), (["dev", "--downstream"], "dev.r3")):
+        ok.unlink()  # the bug is back
+        assert cli("rerun", "p", *rerun).exit_code == 0
+        result = cli("run", "p")
+        assert result.exit_code == 0, (rerun, jstatus(root, "p", "test").message)
+        test = jstatus(root, "p", "test")
+        assert (test.state, test.spawned) == (JobState.SUCCEEDED, (fixup,)), rerun
+        assert test.attempts[-2].message.startswith(f"spawned {fixup};"), rerun  # "; dev.r2: no changes"
+        assert [a.trigger for a in test.attempts[-2:]] == [
+            Trigger.MANUAL if rerun == ["test"] else Trigger.START, Trigger.REGRESSION]
+    test = jstatus(root, "p", "test")
+    assert [a.message.split(";")[0] for a in test.attempts if a.message.startswith("spawned")] == [
+        "spawned dev.r1", "spawned dev.r2", "spawned dev.r3"]  # the earlier runs' fix-ups, in history
+    for fixup in ("dev.r1", "dev.r2", "dev.r3"):
+        assert jstatus(root, "p", fixup).state is JobState.SUCCEEDED
+
+
+def test_a_rerun_downstream_of_what_a_gate_follows_waits_for_a_new_approval(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate is there so that someone reads the plan before dev starts on it: a plan made
+    again is read again. The approval of the first plan stays on the attempt it let start."""
+    for var in ("LOGNAME", "USER"):
+        monkeypatch.setenv(var, "alice")
+    make_pipeline("p", {"plan": 'command = "echo plan"\n',
+                        "dev": 'command = "echo dev"\nneeds = [{ job = "plan", when = "manual" }]\n',
+                        "test": 'command = "true"\nneeds = ["dev"]\n'})
+    with daemon(root):
+        for n, comment in enumerate(("first plan ok", "second plan ok"), 1):
+            wait_for(lambda: jstatus(root, "p", "dev").state is JobState.APPROVAL, what=f"dev to wait ({n})")
+            assert len(jstatus(root, "p", "dev").attempts) == n - 1  # it did not start without a decision
+            assert cli("approve", "p", "dev", "-m", comment).exit_code == 0
+            wait_for(lambda: _ended_again(root, "test", n), what=f"run {n} to end")  # noqa: B023
+            if n == 1:
+                assert cli("rerun", "p", "plan", "--downstream").exit_code == 0
+    approvals = [a.approval for a in jstatus(root, "p", "dev").attempts]
+    assert [(a.by, a.comment) for a in approvals if a is not None] == [
+        ("alice", "first plan ok"), ("alice", "second plan ok")]
+    assert pstate(root, "p") is PipelineState.SUCCEEDED

@@ -13,6 +13,7 @@ from clowder.errors import (
     EXIT_WORK_FAILED,
     UsageError,
 )
+from clowder.state import JobState
 from clowder.tree import Root, find_root
 
 # Commands import what they use: `clowder status` over a thousand pipelines must not pay for
@@ -32,6 +33,9 @@ def why(pipeline: str, job: str, as_json: bool, root_dir: Path | None) -> None:
     w = decisions.why(find_root(root_dir), pipeline, job)
     if as_json:
         click.echo(json.dumps(decisions.why_json(w), indent=2))
+        return
+    if w.state is JobState.APPROVAL:  # not "is approval": the reason says it
+        click.echo(f"{w.pipeline}/{w.job} {w.reason}")
         return
     click.echo(f"{w.pipeline}/{w.job} is {w.state.value}: {w.reason}")
 

@@ -128,6 +128,7 @@ class Index:
             self._insert("attempts", j.attempts)
             self._insert("artifacts", j.artifacts)
             self._insert("consumed", j.consumed)
+            self._insert("approvals", j.approvals)
         self.conn.execute(CONSUMPTION + " AND c.pipeline = ?", (pipeline,))
 
     def put_status(self, pipeline: str, status: PipelineStatusCols) -> None:
@@ -155,6 +156,7 @@ class Index:
         Returns the (pipeline, job) whose attempts, artifacts or consumption changed: `derive`
         must run for those."""
         self._insert("jobs", [new.job for new, _ in changes], "INSERT OR REPLACE")
+        self._put_approvals(changes)
         changed: list[tuple[str, str]] = []
         stale: dict[str, list[tuple[str, str]]] = {"attempts": [], "artifacts": [], "consumed": []}
         rows: dict[str, list[tuple[Any, ...]]] = {"attempts": [], "artifacts": [], "consumed": []}
@@ -176,6 +178,14 @@ class Index:
                 self.conn.executemany(f"DELETE FROM {table} WHERE pipeline = ? AND job = ?", keys)
             self._insert(table, rows[table])
         return changed
+
+    def _put_approvals(self, changes: Sequence[tuple[JobRows, JobRows | None]]) -> None:
+        """A decision changes no attempt (a rejection makes none): kept apart from what `derive` needs."""
+        moved = [new for new, old in changes if old is None or old.approvals != new.approvals]
+        if moved:
+            self.conn.executemany("DELETE FROM approvals WHERE pipeline = ? AND job = ?",
+                                  [(new.job.pipeline, new.job.job) for new in moved])
+            self._insert("approvals", [a for new in moved for a in new.approvals])
 
     def derive(self, keys: Sequence[tuple[str, str]]) -> None:
         """Recompute the consumption rows in which these (pipeline, job) are the consumer or the

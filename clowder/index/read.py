@@ -56,17 +56,28 @@ class JobStatusRow(NamedTuple):
     open_started: str | None  # JSON: starts of attempts that have not ended
 
 
+class DecisionRow(NamedTuple):
+    """A decision on a job's approval gate, as `clowder status --json` shows it."""
+
+    verdict: str
+    by: str
+    at: str
+    comment: str
+    attempt: int | None
+
+
 class StatusRows(NamedTuple):
     """What `clowder status` shows of the fresh pipelines, in display order."""
 
     pipelines: dict[str, PipelineHeadRow]
     jobs: dict[str, list[JobStatusRow]]  # by position
     needs: dict[tuple[str, str], list[str]]  # (pipeline, job) -> what it needs, in spec order
+    decisions: dict[tuple[str, str], list[DecisionRow]]  # (pipeline, job) -> its gate's decisions, oldest first
 
 
 def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
     """The status of those of `names` the index holds fresh (none if there is no usable index)."""
-    empty = StatusRows({}, {}, {})
+    empty = StatusRows({}, {}, {}, {})
     try:
         conn = connect_readonly(root)
     except IndexUnavailable:
@@ -94,7 +105,13 @@ def status_rows(root: Root, names: Sequence[str]) -> StatusRows:
                 "SELECT pipeline, job, upstream FROM edges" + where + " ORDER BY pipeline, job, ord", args):
             if p in jobs:
                 needs.setdefault((p, job), []).append(upstream)
-        return StatusRows(pipelines, jobs, needs)
+        decisions: dict[tuple[str, str], list[DecisionRow]] = {}
+        for p, job, *decision in conn.execute(
+                "SELECT pipeline, job, verdict, by, at, comment, attempt FROM approvals" + where
+                + " ORDER BY pipeline, job, at", args):
+            if p in jobs:
+                decisions.setdefault((p, job), []).append(DecisionRow(*decision))
+        return StatusRows(pipelines, jobs, needs, decisions)
     except sqlite3.Error:
         return empty
     finally:

@@ -107,8 +107,8 @@ def build(root: Root, target: Path) -> Counts:
     return Counts(counts[0], counts[1], counts[2], counts[3], time.perf_counter() - started)
 
 
-_BUILD_TABLES = ("pipelines", "job_specs", "edges", "jobs", "attempts", "artifacts", "consumed", "model_outputs",
-                 "freshness")
+_BUILD_TABLES = ("pipelines", "job_specs", "edges", "jobs", "attempts", "artifacts", "consumed", "approvals",
+                 "model_outputs", "freshness")
 
 
 def _insert_batch(index: Index, batch: dict[str, list[tuple[Any, ...]]], names: list[str]) -> None:

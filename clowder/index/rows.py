@@ -155,6 +155,19 @@ class ConsumptionRow(NamedTuple):
     blob: str
 
 
+class ApprovalRow(NamedTuple):
+    """`approvals` (migration 4): a decision on a job's approval gate (clowder.state.decisions)."""
+
+    pipeline: str
+    job: str
+    request: str
+    verdict: str  # approved | rejected
+    by: str
+    at: str
+    comment: str
+    attempt: int | None  # the first attempt it let start
+
+
 class ModelOutputRow(NamedTuple):
     """`model_outputs` (migration 1)."""
 
@@ -176,5 +189,5 @@ class FreshnessRow(NamedTuple):
 RECORDS: dict[str, type[tuple[object, ...]]] = {
     "pipelines": PipelineRow, "job_specs": JobSpecRow, "edges": EdgeRow, "jobs": JobRow, "attempts": AttemptRow,
     "artifacts": ArtifactRow, "consumed": ConsumedRow, "consumption": ConsumptionRow,
-    "model_outputs": ModelOutputRow, "freshness": FreshnessRow,
+    "model_outputs": ModelOutputRow, "freshness": FreshnessRow, "approvals": ApprovalRow,
 }

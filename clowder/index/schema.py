@@ -153,6 +153,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE attempts ADD COLUMN output_tokens INTEGER",
         "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
     )),
+    # A table of its own (not columns of attempts): a rejection has no attempt.
+    Migration(4, "who approved or rejected a job at its approval gate, when and why", (
+        """CREATE TABLE approvals (
+            pipeline TEXT NOT NULL,
+            job TEXT NOT NULL,
+            request TEXT NOT NULL,      -- the approve or reject request that carried it
+            verdict TEXT NOT NULL,      -- approved | rejected
+            by TEXT NOT NULL,           -- the user, or 'web' for the API's token
+            at TEXT NOT NULL,
+            comment TEXT NOT NULL,
+            attempt INTEGER,            -- the first attempt it let start; NULL: a rejection, or not started yet
+            PRIMARY KEY (pipeline, job, request)
+        ) WITHOUT ROWID""",
+        # Every pipeline's rows lack their approvals until read again: stale until then.
+        "DELETE FROM freshness",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 # The tables that hold data, with their keys: what fsck compares and tests dump.
@@ -165,10 +181,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "artifacts": ("pipeline", "job", "attempt", "path"),
     "consumed": ("pipeline", "job", "attempt", "upstream"),
     "consumption": ("pipeline", "job", "attempt", "upstream", "path"),
+    "approvals": ("pipeline", "job", "request"),
     "model_outputs": ("blob",),
 }
 BY_PIPELINE = [t for t in TABLES if t not in ("pipelines", "model_outputs")]
-STATUS_TABLES = ("jobs", "attempts", "artifacts", "consumed", "consumption")
+STATUS_TABLES = ("jobs", "attempts", "artifacts", "consumed", "consumption", "approvals")
 PIPELINE_STATUS = ("state", "message", "started_at", "ended_at", "prompt_hash", "problem")
 PIPELINE_SPEC = ("template", "stages", "valid", "problems")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from clowder.spec import NotifyEvent
-from clowder.state import JobState, JobStatus, PipelineState, PipelineStatus
+from clowder.state import Approval, JobState, JobStatus, PipelineState, PipelineStatus, Verdict
 
 _PIPELINE_EVENTS = {
     PipelineState.SUCCEEDED: NotifyEvent.PIPELINE_SUCCEEDED,
@@ -33,7 +33,10 @@ class Event:
     state: str = ""  # the job's or the pipeline's state
     message: str = ""
     fixup: str = ""  # the job a fixup_spawned event is about
-    decided: str = ""  # waiting_for_approval: the request of the decision before (rejected, retried: news again)
+    # The request(s) of the gate decisions the event follows: waiting again after a rejection and a
+    # retry, a job rejected again, a pipeline failing again after one: news each time.
+    decided: str = ""
+    rejection: Approval | None = None  # job_failed: the job was rejected at its gate, not run
 
     @property
     def id(self) -> str:
@@ -42,7 +45,7 @@ class Event:
         detail = self.fixup
         if self.kind is NotifyEvent.PIPELINE_BLOCKED:  # blocked again for another reason: news
             detail = hashlib.sha256(self.message.encode()).hexdigest()[:8]
-        if self.kind is NotifyEvent.WAITING_FOR_APPROVAL and self.decided:
+        if self.decided and not detail:
             detail = hashlib.sha256(self.decided.encode()).hexdigest()[:8]
         name = f"{self.job or PIPELINE}@{self.attempt}.{self.kind.value}" + (f".{detail}" if detail else "")
         return f"{self.pipeline}/{self.run or 'unstarted'}/{name}"
@@ -52,6 +55,9 @@ class Event:
         """One line for a person (Slack shows a webhook's `text`)."""
         where = f"{self.pipeline}/{self.job}" if self.job else f"pipeline {self.pipeline}"
         match self.kind:
+            case NotifyEvent.JOB_FAILED if self.rejection is not None:
+                comment = self.rejection.comment
+                return f"Clowder: {where} was rejected by {self.rejection.by}" + (f": {comment}" if comment else "")
             case NotifyEvent.JOB_FAILED:
                 what = f"failed (attempt {self.attempt})"
             case NotifyEvent.FIXUP_SPAWNED:
@@ -76,6 +82,10 @@ class Event:
         }
         if self.fixup:
             data["fixup"] = self.fixup
+        if self.rejection is not None:
+            r = self.rejection
+            data["approval"] = {"verdict": r.verdict.value, "by": r.by, "at": r.at.isoformat().replace("+00:00", "Z"),
+                                "comment": r.comment}
         return data
 
     def env(self, root: str) -> dict[str, str]:
@@ -97,8 +107,11 @@ def pipeline_events(name: str, old: PipelineStatus, new: PipelineStatus, jobs: I
     kind = _PIPELINE_EVENTS.get(new.state)
     if kind is None or old.state is new.state:
         return []
+    jobs = list(jobs)
     attempts = sum(j.attempt for j in jobs)  # grows with each run: a pipeline retried and failed again is news
-    return [Event(kind, name, run_of(new), at, attempt=attempts, state=new.state.value, message=new.message)]
+    decided = " ".join(sorted(j.approval.request for j in jobs if j.approval is not None))  # so does a decision
+    return [Event(kind, name, run_of(new), at, attempt=attempts, state=new.state.value, message=new.message,
+                  decided=decided)]
 
 
 def job_events(name: str, status: PipelineStatus, old: JobStatus | None, new: JobStatus, at: datetime) -> list[Event]:
@@ -110,8 +123,11 @@ def job_events(name: str, status: PipelineStatus, old: JobStatus | None, new: Jo
         return Event(kind, name, run, at, new.job, new.attempt, new.state.value, message, fixup)
 
     events = []
-    if new.state is JobState.FAILED and (old.state is not JobState.FAILED or old.attempt != new.attempt):
-        events.append(event(NotifyEvent.JOB_FAILED))
+    rejection = _rejection(new)
+    if new.state is JobState.FAILED and (old.state is not JobState.FAILED or old.attempt != new.attempt
+                                         or rejection != _rejection(old)):
+        events.append(replace(event(NotifyEvent.JOB_FAILED), rejection=rejection,
+                              decided=rejection.request if rejection else ""))
     budget = _budget_stop(new)
     if budget and (budget != _budget_stop(old) or old.attempt != new.attempt):
         events.append(event(NotifyEvent.BUDGET_SPENT, budget))
@@ -121,6 +137,13 @@ def job_events(name: str, status: PipelineStatus, old: JobStatus | None, new: Jo
         events.append(Event(NotifyEvent.WAITING_FOR_APPROVAL, name, run, at, new.job, new.attempt, new.state.value,
                             new.message, decided=decided))
     return events
+
+
+def _rejection(status: JobStatus) -> Approval | None:
+    """The rejection at its gate that failed the job, or None."""
+    # A rejected job makes no attempt until it is retried, and then it waits for a new decision.
+    a = status.approval
+    return a if status.state is JobState.FAILED and a is not None and a.verdict is Verdict.REJECTED else None
 
 
 def _budget_stop(status: JobStatus) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from clowder.fsio import atomic_write
 from clowder.notify.events import Event
 from clowder.spec import NotifyEvent, NotifyTarget
+from clowder.state import Approval, Verdict
 
 KEEP = timedelta(days=30)  # a record all of whose deliveries were made is deleted this long after its event
 
@@ -96,11 +97,25 @@ def _record_to_dict(record: Record) -> dict[str, Any]:
     e = record.event
     return {
         "event": {"id": e.id, "event": e.kind.value, "pipeline": e.pipeline, "run": e.run, "at": e.at.isoformat(),
-                  "job": e.job, "attempt": e.attempt, "state": e.state, "message": e.message, "fixup": e.fixup},
+                  "job": e.job, "attempt": e.attempt, "state": e.state, "message": e.message, "fixup": e.fixup,
+                  "decided": e.decided, "rejection": _approval_to_dict(e.rejection)},
         "sends": [{"source": s.source, "state": s.state.value, "reason": s.reason,
                    "at": s.at.isoformat() if s.at else None, "target": _target_to_dict(s.target)}
                   for s in record.sends],
     }
+
+
+def _approval_to_dict(a: Approval | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {"verdict": a.verdict.value, "by": a.by, "at": a.at.isoformat(), "comment": a.comment, "request": a.request}
+
+
+def _approval_from_dict(a: dict[str, Any] | None) -> Approval | None:
+    if a is None:
+        return None
+    return Approval(Verdict(a["verdict"]), str(a["by"]), datetime.fromisoformat(a["at"]), str(a["comment"]),
+                    str(a["request"]))
 
 
 def _target_to_dict(t: NotifyTarget) -> dict[str, Any]:
@@ -111,7 +126,8 @@ def _target_to_dict(t: NotifyTarget) -> dict[str, Any]:
 def _record_from_dict(d: dict[str, Any]) -> Record:
     e = d["event"]
     event = Event(NotifyEvent(e["event"]), str(e["pipeline"]), str(e["run"]), datetime.fromisoformat(e["at"]),
-                  str(e["job"]), int(e["attempt"]), str(e["state"]), str(e["message"]), str(e["fixup"]))
+                  str(e["job"]), int(e["attempt"]), str(e["state"]), str(e["message"]), str(e["fixup"]),
+                  str(e.get("decided", "")), _approval_from_dict(e.get("rejection")))
     sends = tuple(Send(_target_from_dict(s["target"]), str(s["source"]), Delivery(s["state"]), str(s["reason"]),
                        datetime.fromisoformat(s["at"]) if s["at"] else None) for s in d["sends"])
     return Record(event, sends)

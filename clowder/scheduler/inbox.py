@@ -92,7 +92,8 @@ def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, Job
     """A re-run starts a new attempt of a job in any ended state (trigger `manual`, through the
     same `retry_request` a retry uses, so a restarted daemon starts it again). With `downstream`,
     the jobs after it that ended go back to pending: they run again once it has ended, as their
-    `needs` say (skipped if it fails where they need it to succeed)."""
+    `needs` say (skipped if it fails where they need it to succeed), a gated one once approved
+    again. The job itself keeps its approval: what it was approved on has not changed."""
     status = jobs.get(req.job)
     if status is None or req.job not in specs:
         return f"re-run of unknown job {req.job!r} ignored"
@@ -102,11 +103,20 @@ def _apply_rerun(req: Rerun, jobs: dict[str, JobStatus], specs: Mapping[str, Job
         return f"re-run of {req.job} ignored: it is {status.state.value} (only a job that has ended can be re-run)"
     if cancel_all:
         return f"re-run of {req.job} ignored: the pipeline is being cancelled"
-    jobs[req.job] = replace(status, state=JobState.PENDING, message="re-run requested", retry_request=req.id)
+    jobs[req.job] = replace(_new_run(status), message="re-run requested", retry_request=req.id)
     again = [n for n in _descendants(req.job, specs) if req.downstream and n in jobs and jobs[n].state.terminal]
     for name in again:
-        jobs[name] = replace(jobs[name], state=JobState.PENDING, message=f"re-run after {req.job}", retry_at=None)
+        # A gate after the job waits for a new decision: what it was approved on is made again
+        # (the approval stays on the attempt it let start).
+        jobs[name] = replace(_new_run(jobs[name]), message=f"re-run after {req.job}", retry_at=None, approval=None)
     return f"re-run of {req.job} requested" + (f", then {', '.join(sorted(again))}" if again else "")
+
+
+def _new_run(status: JobStatus) -> JobStatus:
+    """A job about to be re-run: a new run whose fix-ups are its own, counted anew against its
+    max_regressions. Those of the runs before stay in history: their jobs, and the attempts that
+    spawned them ("spawned dev.r1")."""
+    return replace(status, state=JobState.PENDING, spawned=(), waiting_for=(), spawn_refused="")
 
 
 def _check_spawn(req: Spawn, jobs: Mapping[str, JobStatus]) -> str | None:

@@ -14,7 +14,8 @@ from clowder.scheduler.job import blocked_reason, unfinished_need
 from clowder.scheduler.records import Cancel, Limits, PipelineView, Plan, SetJob, Start
 from clowder.scheduler.step import reconcile
 from clowder.spec import JobSpec, When, format_duration
-from clowder.state import Attempt, JobState, JobStatus, Trigger
+from clowder.state import Approval, Attempt, JobState, JobStatus, Trigger
+from clowder.state import Verdict as Decision
 
 
 class Verdict(StrEnum):
@@ -154,7 +155,7 @@ def _because(case: _Case, attempt: Attempt) -> str:
     """What started an attempt, by its trigger."""
     match attempt.trigger:
         case Trigger.START:
-            return _needs_met(case.spec, case.jobs)
+            return _needs_met(case.spec, case.jobs) + _approved(attempt.approval)
         case Trigger.RETRY:
             before = next((a for a in case.after.attempts if a.number == attempt.number - 1), None)
             ended = f" after attempt {before.number} {before.state.value}" if before else ""
@@ -177,6 +178,19 @@ def _needs_met(spec: JobSpec, jobs: Mapping[str, JobStatus]) -> str:
     return "its needs are met: " + ", ".join(met)
 
 
+def _approved(approval: Approval | None) -> str:
+    """What let a gated job's attempt start, after its needs."""
+    return f", and {approval.by} approved it at {_when_why(approval)}" if approval else ""
+
+
+def _decided(a: Approval) -> str:
+    return f"{a.by} at {_when_why(a)}"
+
+
+def _when_why(a: Approval) -> str:
+    return f"{a.at:%Y-%m-%d %H:%M:%S} UTC" + (f": {a.comment}" if a.comment else "")
+
+
 def _ended_as(status: JobStatus | None) -> str:
     if status is None:
         return "has not run"
@@ -189,6 +203,11 @@ def _ended(case: _Case) -> Why:
     if status.state is JobState.SKIPPED:
         now = "" if case.before.state is JobState.SKIPPED else "skipped now: "
         return case.why(Verdict.SKIPPED, Cause.CONDITION, now + status.message, _named_upstream(case))
+    rejected = status.approval
+    if status.state is JobState.FAILED and rejected is not None and rejected.verdict is Decision.REJECTED:
+        p, j = case.view.name, case.spec.name
+        return case.why(Verdict.FAILS, Cause.APPROVAL, f"rejected at its approval gate by {_decided(rejected)}; "
+                        f"`clowder retry {p} {j}` makes it wait for approval again", rejected.request)
     if status.message.startswith("budget spent"):  # the words of budget.over_budget, which decided it
         return case.why(Verdict.FAILS, Cause.BUDGET, f"no further attempt may start: {status.message}")
     last = status.last

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from clowder.index.read import JobStatusRow
+from clowder.index.read import DecisionRow, JobStatusRow
 from clowder.state import JobState, PipelineState, utcnow
 from clowder.tree import Root
-from clowder.views.records import ArtifactLine, JobReport, PipelineEntry, PipelineReport, report_state
+from clowder.views.records import ArtifactLine, GateDecision, JobReport, PipelineEntry, PipelineReport, report_state
 from clowder.views.tree import mended
 
 
@@ -47,13 +47,15 @@ def reports(root: Root, names: list[str]) -> dict[str, PipelineReport]:
         if p.problem is not None:  # its status file is unreadable (not a pipeline the daemon marked broken)
             out[name] = PipelineReport(name, state, message, None, None, problems=shown)
             continue
-        jobs = tuple(_job(row, tuple(rows.needs.get((name, row.job), ())), now, root)
+        jobs = tuple(_job(row, tuple(rows.needs.get((name, row.job), ())), now, root,
+                          rows.decisions.get((name, row.job), []))
                      for row in rows.jobs.get(name, ()))
         out[name] = PipelineReport(name, state, message, _ts(p.started_at), _ts(p.ended_at), jobs, shown)
     return out
 
 
-def _job(row: JobStatusRow, needs: tuple[str, ...], now: datetime, root: Root) -> JobReport:
+def _job(row: JobStatusRow, needs: tuple[str, ...], now: datetime, root: Root,
+         decided: list[DecisionRow]) -> JobReport:
     if row.state is None:  # a job file the scheduler has not seen yet
         return JobReport(row.job, JobState.PENDING.value, 0, row.stage, needs, None, "")
     if row.problem is not None:
@@ -64,8 +66,10 @@ def _job(row: JobStatusRow, needs: tuple[str, ...], now: datetime, root: Root) -
         duration = (duration or 0.0) + sum((now - datetime.fromisoformat(s)).total_seconds()
                                            for s in json.loads(row.open_started))
     terminal = JobState(row.state).terminal
+    approvals = tuple(GateDecision(d.verdict, d.by, datetime.fromisoformat(d.at), d.comment, d.attempt)
+                      for d in decided)
     return JobReport(row.job, row.state, row.attempt or 0, row.stage, needs, duration, row.message or "",
-                     _ts(row.started_at), _ts(row.ended_at) if terminal else None)
+                     _ts(row.started_at), _ts(row.ended_at) if terminal else None, approvals=approvals)
 
 
 def entries(root: Root, names: list[str], ended_from_status: bool) -> dict[str, PipelineEntry]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from clowder.state import Usage
-from clowder.views.records import ArtifactLine, PipelineReport
+from clowder.views.records import ArtifactLine, GateDecision, PipelineReport
 
 
 def _ts(t: datetime | None) -> str | None:
@@ -17,6 +17,10 @@ def _ts(t: datetime | None) -> str | None:
 
 def _usage(u: Usage | None) -> dict[str, Any]:  # present where an agent reported some
     return {"usage": asdict(u)} if u is not None else {}
+
+
+def _approvals(decided: tuple[GateDecision, ...]) -> dict[str, Any]:  # present for a gated job decided on
+    return {"approvals": [{**asdict(d), "at": _ts(d.at)} for d in decided]} if decided else {}
 
 
 def reports_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
@@ -35,6 +39,7 @@ def reports_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
                     "name": j.name, "state": j.state, "attempt": j.attempt, "stage": j.stage,
                     "needs": list(j.needs), "duration": j.duration, "message": j.message,
                     "started_at": _ts(j.started_at), "ended_at": _ts(j.ended_at), **_usage(j.usage),
+                    **_approvals(j.approvals),
                 }
                 for j in r.jobs
             ],

@@ -46,6 +46,18 @@ class PipelineEntry:
 
 
 @dataclass(frozen=True)
+class GateDecision:
+    """A decision on a job's approval gate, in `clowder status --json`: what, who, when, why, and
+    the first attempt it let start (None: a rejection, or not started yet)."""
+
+    verdict: str
+    by: str
+    at: datetime
+    comment: str
+    attempt: int | None
+
+
+@dataclass(frozen=True)
 class JobReport:
     """One job as `clowder status PIPELINE` (and its `--json`) shows it."""
 
@@ -59,6 +71,7 @@ class JobReport:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     usage: Usage | None = None  # what its agent reported spending, summed over its attempts
+    approvals: tuple[GateDecision, ...] = ()  # the decisions on its approval gate, oldest first
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clowder.errors import ClowderError, SpecError
-from clowder.state import JobStatus, PipelineState, PipelineStatus, Usage, read_job_status, read_pipeline_status
+from clowder.state import (
+    JobStatus,
+    PipelineState,
+    PipelineStatus,
+    Usage,
+    decisions,
+    read_job_status,
+    read_pipeline_status,
+)
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.views.cache import cached
-from clowder.views.records import JobReport, PipelineReport
+from clowder.views.records import GateDecision, JobReport, PipelineReport
 
 if TYPE_CHECKING:  # specs are checked only where a page or the tree needs them
     from clowder.errors import Problem
@@ -81,6 +89,8 @@ def job_report(status: JobStatus, stage: str | None, needs: tuple[str, ...]) -> 
         duration=_duration(status), message=status.message,
         started_at=first.started_at if first else None,
         ended_at=last.ended_at if last and status.state.terminal else None,
+        approvals=tuple(GateDecision(d.approval.verdict.value, d.approval.by, d.approval.at, d.approval.comment,
+                                     d.attempt) for d in decisions(status)),
     )
 
 
