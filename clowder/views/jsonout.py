@@ -35,6 +35,7 @@ def reports_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
                     "name": j.name, "state": j.state, "attempt": j.attempt, "stage": j.stage,
                     "needs": list(j.needs), "duration": j.duration, "message": j.message,
                     "started_at": _ts(j.started_at), "ended_at": _ts(j.ended_at), **_usage(j.usage),
+                    **({"outdated": asdict(j.outdated)} if j.outdated else {}),  # ended, its inputs changed since
                 }
                 for j in r.jobs
             ],
