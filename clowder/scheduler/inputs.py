@@ -152,3 +152,17 @@ def first_reused(status: JobStatus, attempt: Attempt) -> int:
     while attempt.reused_from is not None and attempt.reused_from in by_number:
         attempt = by_number[attempt.reused_from]
     return attempt.number
+
+
+def rerun_roots(pipeline: Pipeline, found: Mapping[str, Outdated]) -> tuple[str, ...]:
+    """The outdated jobs that no other outdated job is upstream of: re-running each with its
+    downstream (`clowder run --outdated`) re-runs every outdated job once, and what follows them."""
+    below: set[str] = set()
+    for job in found:
+        frontier = list(pipeline.dependents.get(job, ()))
+        while frontier:
+            cur = frontier.pop()
+            if cur not in below:
+                below.add(cur)
+                frontier += pipeline.dependents.get(cur, ())
+    return tuple(j for j in found if j not in below)
