@@ -153,6 +153,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE attempts ADD COLUMN output_tokens INTEGER",
         "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
     )),
+    Migration(4, "what each attempt was made from, and the attempt a cache = true job reused", (
+        # JSON {spec, role, source, env, upstreams: {job: commit}} (clowder.state.Inputs)
+        "ALTER TABLE attempts ADD COLUMN inputs TEXT",
+        "ALTER TABLE attempts ADD COLUMN reused_from INTEGER",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 # The tables that hold data, with their keys: what fsck compares and tests dump.
