@@ -14,14 +14,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from clowder.cli import main
 from clowder.state import JobState, JobStatus, Trigger, read_job_status
 from clowder.tree import Root
 from tests.conftest import MakePipeline, wait_for
 
 
 def clowder(root: Root, *args: str) -> subprocess.CompletedProcess[str]:
+    """`clowder ARGS` as a user runs it: a process of its own."""
     return subprocess.run([sys.executable, "-m", "clowder", *args], cwd=root.path, capture_output=True,
                           text=True, timeout=120)
+
+
+def cl(root: Root, *args: str) -> subprocess.CompletedProcess[str]:
+    """`clowder ARGS` in this process (the same CLI, without a Python start-up per call: the suite
+    runs on two shared cores), shaped as `clowder` returns it."""
+    old = os.getcwd()
+    os.chdir(root.path)
+    try:
+        r = CliRunner().invoke(main, list(args), catch_exceptions=False, prog_name="clowder")
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
 
 
 def status(root: Root, job: str, p: str = "p") -> JobStatus:
@@ -39,7 +55,7 @@ def job_file(root: Root, job: str, text: str) -> None:
 
 def table(root: Root) -> dict[str, list[str]]:
     """`clowder status p` as {job: [stage, state, attempt, duration, message]}."""
-    out = clowder(root, "status", "p")
+    out = cl(root, "status", "p")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()[2:]
     return {line.split()[0]: [c.strip() for c in line.split("  ") if c.strip()][1:] for line in lines}
@@ -59,39 +75,39 @@ def _chain(make_pipeline: MakePipeline, tmp_path: Path) -> Path:
 def test_editing_a_finished_jobs_command_marks_it_outdated_and_why_names_the_spec(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     _chain(make_pipeline, tmp_path)
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     assert status(root, "b").attempts[0].inputs is not None
     job_file(root, "b", 'command = "cat a.txt > b.txt; echo edited"\nneeds = ["a"]\n')
     rows = table(root)
     assert rows["b"][1:] == ["succeeded (outdated)", "1", rows["b"][3], "outdated: spec changed since attempt 1"]
     assert [rows[j][1] for j in "acd"] == ["succeeded"] * 3  # c's upstream has not run again: not outdated
-    why = clowder(root, "why", "p", "b")
+    why = cl(root, "why", "p", "b")
     assert why.stdout.startswith("p/b is succeeded: outdated: spec changed since attempt 1; attempt 1 ran because")
-    asked = json.loads(clowder(root, "why", "p", "b", "--json").stdout)
+    asked = json.loads(cl(root, "why", "p", "b", "--json").stdout)
     assert (asked["cause"], asked["verdict"]) == ("outdated", "ran")
-    listed = json.loads(clowder(root, "status", "p", "--json").stdout)[0]["jobs"]
+    listed = json.loads(cl(root, "status", "p", "--json").stdout)[0]["jobs"]
     marks = {j["name"]: j.get("outdated") for j in listed}
     assert marks == {"a": None, "b": {"reason": "outdated: spec changed since attempt 1", "attempt": 1,
                                       "changed": ["spec"], "upstreams": []}, "c": None, "d": None}
     # A mark, not a state: the spec edit changed no status file and started nothing.
     assert status(root, "b").state is JobState.SUCCEEDED and len(status(root, "b").attempts) == 1
-    assert clowder(root, "run", "p").stdout == ""  # it has ended: `run` has nothing to do
+    assert cl(root, "run", "p").stdout == ""  # it has ended: `run` has nothing to do
     assert len(status(root, "b").attempts) == 1
 
 
 def test_an_upstream_rerun_with_a_new_commit_makes_its_downstream_outdated_naming_it(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     given = _chain(make_pipeline, tmp_path)
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     given.write_text("two\n")
-    assert clowder(root, "rerun", "p", "a").returncode == 0
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "rerun", "p", "a").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     assert len(status(root, "a").attempts) == 2
     rows = table(root)
     assert rows["b"][1] == "succeeded (outdated)"
     assert rows["b"][-1] == "outdated: upstream a has a new commit since attempt 1"
     assert (rows["a"][1], rows["c"][1]) == ("succeeded", "succeeded")  # c's upstream b is as it was
-    asked = json.loads(clowder(root, "why", "p", "b", "--json").stdout)
+    asked = json.loads(cl(root, "why", "p", "b", "--json").stdout)
     assert (asked["cause"], asked["subject"]) == ("outdated", "a")
     assert asked["reason"].startswith("outdated: upstream a has a new commit since attempt 1;")
 
@@ -100,7 +116,7 @@ def test_run_outdated_reruns_exactly_the_outdated_jobs_and_their_downstreams(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     _chain(make_pipeline, tmp_path)
     make_pipeline("q", {"x": 'command = "echo x"\n'})
-    assert clowder(root, "run", "p", "q").returncode == 0
+    assert cl(root, "run", "p", "q").returncode == 0
     job_file(root, "b", 'command = "cat a.txt > b.txt; echo edited"\nneeds = ["a"]\n')
     before = {j: status(root, j) for j in "abcd"}
     dry = clowder(root, "run", "--outdated", "--dry-run")
@@ -121,7 +137,7 @@ def test_run_outdated_reruns_exactly_the_outdated_jobs_and_their_downstreams(
     assert status(root, "b").attempts[1].trigger is Trigger.MANUAL
     assert len(status(root, "x", "q").attempts) == 1  # another pipeline: untouched
     assert all(r[1] == "succeeded" for r in table(root).values())  # nothing is outdated now
-    assert clowder(root, "run", "--outdated").stdout == "nothing is outdated\n"
+    assert cl(root, "run", "--outdated").stdout == "nothing is outdated\n"
 
 
 def test_cache_reuses_an_attempt_only_when_the_inputs_are_the_same(
@@ -130,11 +146,11 @@ def test_cache_reuses_an_attempt_only_when_the_inputs_are_the_same(
     make_pipeline("p", {
         "a": f'command = "echo a >> {counter}; date +%s%N > a.txt"\ncache = true\nenv = {{ MODE = "1" }}\n',
         "b": 'command = "cat a.txt > b.txt"\nneeds = ["a"]\n'})
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     # Editing only the later job, then re-running from the top: a is reused, b runs.
     job_file(root, "b", 'command = "cat a.txt > b.txt; echo more"\nneeds = ["a"]\n')
-    assert clowder(root, "rerun", "p", "a", "--downstream").returncode == 0
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "rerun", "p", "a", "--downstream").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     assert counter.read_text() == "a\n"
     assert runs(root, "a") == [(1, JobState.SUCCEEDED, None), (2, JobState.SUCCEEDED, 1)]
     a = status(root, "a")
@@ -142,10 +158,10 @@ def test_cache_reuses_an_attempt_only_when_the_inputs_are_the_same(
     assert [x.state for x in status(root, "b").attempts] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
     assert status(root, "b").attempts[1].consumed == {"a": a.attempts[0].commit}
     assert table(root)["a"][1:3] == ["succeeded", "2"] and table(root)["a"][-1] == "reused attempt 1 (same inputs)"
-    why = clowder(root, "why", "p", "a")
+    why = cl(root, "why", "p", "a")
     assert why.stdout.startswith("p/a is succeeded: attempt 2 reused attempt 1 (same inputs): `clowder rerun`")
-    assert clowder(root, "logs", "p", "a").stdout.startswith("clowder: not run: reused attempt 1 (same inputs)")
-    diff = clowder(root, "diff", "p", "a@1", "a@2")
+    assert cl(root, "logs", "p", "a").stdout.startswith("clowder: not run: reused attempt 1 (same inputs)")
+    diff = cl(root, "diff", "p", "a@1", "a@2")
     assert (diff.returncode, diff.stdout) == (0, "")
     ws = root.pipeline("p").workspace("a")
     tags = subprocess.run(["git", "-C", str(ws), "rev-parse", "attempt-1", "attempt-2"], capture_output=True,
@@ -154,14 +170,14 @@ def test_cache_reuses_an_attempt_only_when_the_inputs_are_the_same(
     # Another env: the inputs differ, so it runs.
     job_file(root, "a", f'command = "echo a >> {counter}; date +%s%N > a.txt"\ncache = true\nenv = {{ MODE = "2" }}\n')
     assert table(root)["a"][1] == "succeeded (outdated)" and "env changed" in table(root)["a"][-1]
-    assert clowder(root, "rerun", "p", "a").returncode == 0
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "rerun", "p", "a").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     assert counter.read_text() == "a\na\n"
     assert runs(root, "a")[2] == (3, JobState.SUCCEEDED, None)
     # Back to the first env: attempt 1's inputs again (b has not run since), reused once more.
     job_file(root, "a", f'command = "echo a >> {counter}; date +%s%N > a.txt"\ncache = true\nenv = {{ MODE = "1" }}\n')
-    assert clowder(root, "rerun", "p", "a").returncode == 0
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "rerun", "p", "a").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     assert counter.read_text() == "a\na\n"
     assert runs(root, "a")[3] == (4, JobState.SUCCEEDED, 1)
 
@@ -188,9 +204,9 @@ def test_reuse_survives_a_daemon_restart_and_the_daemon_never_reruns_outdated_wo
     counter = tmp_path / "ran.txt"
     make_pipeline("p", {"a": f'command = "echo a >> {counter}; date +%s%N > a.txt"\ncache = true\n',
                         "b": 'command = "cat a.txt"\nneeds = ["a"]\n'})
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     with watching(root) as daemon:
-        assert clowder(root, "rerun", "p", "a", "--downstream").returncode == 0
+        assert cl(root, "rerun", "p", "a", "--downstream").returncode == 0
         wait_for(lambda: len(status(root, "b").attempts) == 2 and status(root, "b").state.terminal, timeout=60,
                  what="b to run again after a was reused")
         os.kill(daemon.pid, signal.SIGKILL)
@@ -202,12 +218,12 @@ def test_reuse_survives_a_daemon_restart_and_the_daemon_never_reruns_outdated_wo
     with watching(root):
         wait_for(lambda: status(root, "m", "marker").state is JobState.SUCCEEDED, timeout=60,
                  what="the new daemon to serve the root")
-        assert clowder(root, "rerun", "p", "a").returncode == 0
+        assert cl(root, "rerun", "p", "a").returncode == 0
         wait_for(lambda: len(status(root, "a").attempts) == 3, timeout=60, what="a to be reused again")
     assert runs(root, "a")[2] == (3, JobState.SUCCEEDED, 1)
     assert counter.read_text() == "a\n"
     assert len(status(root, "b").attempts) == 2 and table(root)["b"][1] == "succeeded (outdated)"
-    assert clowder(root, "diff", "p", "a@2", "a@3").returncode == 0
+    assert cl(root, "diff", "p", "a@2", "a@3").returncode == 0
 
 
 def _attempt_rows(root: Root) -> list[tuple[object, ...]]:
@@ -222,33 +238,35 @@ def test_the_index_holds_inputs_and_reuse_and_a_reindex_keeps_them(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     make_pipeline("p", {"a": 'command = "echo a > a.txt"\ncache = true\nenv = { K = "v" }\n',
                         "b": 'command = "cat a.txt"\nneeds = ["a"]\n'})
-    assert clowder(root, "run", "p").returncode == 0
-    assert clowder(root, "rerun", "p", "a").returncode == 0
-    assert clowder(root, "run", "p").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
+    assert cl(root, "rerun", "p", "a").returncode == 0
+    assert cl(root, "run", "p").returncode == 0
     recorded = _attempt_rows(root)
     a = status(root, "a")
     assert [(r[0], r[1], r[3]) for r in recorded] == [("a", 1, None), ("a", 2, 1), ("b", 1, None)]
     inputs = json.loads(str(recorded[2][2]))
-    assert inputs["upstreams"] == {"a": a.attempts[0].commit} and inputs["spec"] == status(root, "b").attempts[0].spec_hash
-    assert clowder(root, "reindex").returncode == 0
+    assert inputs["upstreams"] == {"a": a.attempts[0].commit}
+    assert inputs["spec"] == status(root, "b").attempts[0].spec_hash
+    assert cl(root, "reindex").returncode == 0
     assert _attempt_rows(root) == recorded
-    assert clowder(root, "fsck").returncode == 0
+    assert cl(root, "fsck").returncode == 0
 
 
 def test_cache_on_an_agent_job_and_bad_inputs_in_a_status_file_are_refused_naming_file_and_key(
         root: Root, make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {"a": 'agent = "dev"\ncache = true\n', "b": 'command = "true"\ncache = "yes"\n'})
-    out = clowder(root, "validate")
+    out = cl(root, "validate")
     assert out.returncode == 2
     a_file, b_file = (root.pipeline("p").jobs_dir / f"{j}.toml" for j in "ab")
     assert f"{a_file}: cache: cache = true is for command jobs only" in out.stdout + out.stderr
     assert f"{b_file}: cache: " in out.stdout + out.stderr
     make_pipeline("q", {"a": 'command = "true"\n'})
-    assert clowder(root, "run", "q").returncode == 0
+    assert cl(root, "run", "q").returncode == 0
     path = root.pipeline("q").job_status_file("a")
     text = path.read_text()
-    path.write_text(text.replace("[attempts.inputs]\n", "reused_from = 0\n\n[attempts.inputs]\nupstreams = { x = \"--\" }\n"))
-    bad = clowder(root, "validate", str(path))
+    edited = "reused_from = 0\n\n[attempts.inputs]\nupstreams = { x = \"--\" }\n"
+    path.write_text(text.replace("[attempts.inputs]\n", edited))
+    bad = cl(root, "validate", str(path))
     assert bad.returncode == 2
     said = bad.stdout + bad.stderr
     assert f"{path}: attempts[0].reused_from: " in said and f"{path}: attempts[0].inputs.upstreams.x: " in said
