@@ -20,6 +20,7 @@ from clowder.cli import main
 from clowder.state import JobState, JobStatus, Trigger, read_job_status
 from clowder.tree import Root
 from tests.conftest import MakePipeline, wait_for
+from tests.test_server import client
 
 
 def clowder(root: Root, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,6 +90,14 @@ def test_editing_a_finished_jobs_command_marks_it_outdated_and_why_names_the_spe
     marks = {j["name"]: j.get("outdated") for j in listed}
     assert marks == {"a": None, "b": {"reason": "outdated: spec changed since attempt 1", "attempt": 1,
                                       "changed": ["spec"], "upstreams": []}, "c": None, "d": None}
+    with client(root) as (c, _):  # the API and the web page read the same mark
+        jobs = {j["name"]: j for j in c.get("/api/pipelines/p").json()["jobs"]}
+        assert jobs["b"]["outdated"]["reason"] == "outdated: spec changed since attempt 1"
+        assert jobs["a"]["outdated"] is None
+        detail = c.get("/api/pipelines/p/jobs/b").json()
+        assert detail["outdated"]["changed"] == ["spec"]
+        assert detail["attempts"][0]["inputs"]["upstreams"] == {"a": status(root, "a").attempts[0].commit}
+        assert c.get("/api/pipelines/p/jobs/b/why").json()["cause"] == "outdated"
     # A mark, not a state: the spec edit changed no status file and started nothing.
     assert status(root, "b").state is JobState.SUCCEEDED and len(status(root, "b").attempts) == 1
     assert cl(root, "run", "p").stdout == ""  # it has ended: `run` has nothing to do
@@ -99,6 +108,10 @@ def test_an_upstream_rerun_with_a_new_commit_makes_its_downstream_outdated_namin
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     given = _chain(make_pipeline, tmp_path)
     assert cl(root, "run", "p").returncode == 0
+    first = status(root, "a").attempts[0].commit
+    said = subprocess.run(["git", "log", "-1", "--format=%(trailers:key=Clowder-Input-Upstream)", "attempt-1"],
+                          cwd=root.pipeline("p").workspace("b"), capture_output=True, text=True, check=True)
+    assert said.stdout.strip() == f"Clowder-Input-Upstream: a {first}"  # its commit says what it was made from
     given.write_text("two\n")
     assert cl(root, "rerun", "p", "a").returncode == 0
     assert cl(root, "run", "p").returncode == 0

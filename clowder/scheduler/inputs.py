@@ -166,3 +166,12 @@ def rerun_roots(pipeline: Pipeline, found: Mapping[str, Outdated]) -> tuple[str,
                 below.add(cur)
                 frontier += pipeline.dependents.get(cur, ())
     return tuple(j for j in found if j not in below)
+
+
+def trailers(inputs: Inputs | None) -> str:
+    """The commit trailers that say what the attempt was made from (`git log` shows it)."""
+    if inputs is None:
+        return ""
+    named = [("Spec", inputs.spec), ("Role", inputs.role), ("Source", inputs.source), ("Env", inputs.env)]
+    lines = [f"Clowder-Input-{k}: {v}\n" for k, v in named if v]
+    return "".join(lines) + "".join(f"Clowder-Input-Upstream: {j} {c}\n" for j, c in sorted(inputs.upstreams.items()))
