@@ -5,6 +5,7 @@ job reuses an earlier successful attempt whose inputs are the same. Pure: `clowd
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -66,7 +67,14 @@ class Outdated:
 
 def _hash(value: object) -> str:
     canonical = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _text_hash(canonical)
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_hash(text: str) -> str:
+    # Cached: every ready job's candidate records its inputs, and a long role's instructions would
+    # be hashed again at each step.
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def final_commit(status: JobStatus | None) -> str | None:
@@ -86,7 +94,7 @@ def current_inputs(pipeline: Pipeline, spec: JobSpec, jobs: Mapping[str, JobStat
     from_source = source is not None and not spec.needs and spec.parent is None
     return Inputs(
         spec=spec.spec_hash,
-        role=_hash(role.instructions) if role is not None else "",
+        role=_text_hash(role.instructions) if role is not None else "",
         upstreams=upstreams,
         source=_hash([source.repo, source.ref, source.worktree]) if from_source and source is not None else "",
         env=_hash(dict(spec.env)) if spec.env else "",
