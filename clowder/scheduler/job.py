@@ -71,7 +71,8 @@ def _step_pending(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
     else:
         cand = Candidate(scope.view.name, spec, status, Trigger.START)
     cand = with_inputs(scope, replace(cand, approval=approved(spec, status)))
-    return reuse(scope, cand) or within_budget(scope, spec, status, cand)
+    reused = reuse(scope, cand)  # `cache = true`: an earlier attempt with these inputs stands for it
+    return reused if reused is not None else within_budget(scope, spec, status, cand)
 
 
 def _clock_went_back(status: JobStatus, now: datetime) -> bool:
