@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from clowder.cli import main
 from clowder.state import JobState, JobStatus, Trigger, read_job_status
 from clowder.tree import Root
 from tests.conftest import MakePipeline, wait_for
-from tests.test_server import client
+from tests.test_server import CHROMIUM, CHROMIUM_ARGS, client, serving
 
 
 def clowder(root: Root, *args: str) -> subprocess.CompletedProcess[str]:
@@ -287,3 +288,24 @@ def test_cache_on_an_agent_job_and_bad_inputs_in_a_status_file_are_refused_namin
     assert bad.returncode == 2
     said = bad.stdout + bad.stderr
     assert f"{path}: attempts[0].reused_from: " in said and f"{path}: attempts[0].inputs.upstreams.x: " in said
+
+
+def test_the_web_page_marks_an_outdated_job_beside_its_state(root: Root, make_pipeline: MakePipeline) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    make_pipeline("p", {"a": 'command = "echo a"\n', "b": 'command = "echo b"\nneeds = ["a"]\n'})
+    assert cl(root, "run", "p").returncode == 0
+    job_file(root, "b", 'command = "echo b again"\nneeds = ["a"]\n')
+    with serving(root) as p, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{p.url}#/p/p/b")
+            node = page.locator('g.node[data-job="b"]')
+            sync_api.expect(node).to_have_attribute("data-state", "succeeded", timeout=15_000)
+            sync_api.expect(node).to_have_class("node s-succeeded outdated selected")
+            sync_api.expect(page.locator('g.node[data-job="a"]')).to_have_class("node s-succeeded")
+            sync_api.expect(page.locator("#job-message")).to_have_text("outdated: spec changed since attempt 1")
+        finally:
+            browser.close()
