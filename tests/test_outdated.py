@@ -12,14 +12,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from clowder.cli import main
-from clowder.state import JobState, JobStatus, Trigger, read_job_status
+from clowder.scheduler.inputs import Changed, InputKind, current_inputs, outdated, outdated_jobs, rerun_roots
+from clowder.spec import Config, Pipeline
+from clowder.state import Attempt, JobState, JobStatus, Trigger, read_job_status
 from clowder.tree import Root
+from clowder.validate import build_pipeline
 from tests.conftest import MakePipeline, wait_for
 from tests.test_server import CHROMIUM, CHROMIUM_ARGS, client, serving
 
@@ -309,3 +313,32 @@ def test_the_web_page_marks_an_outdated_job_beside_its_state(root: Root, make_pi
             sync_api.expect(page.locator("#job-message")).to_have_text("outdated: spec changed since attempt 1")
         finally:
             browser.close()
+
+
+# -- the decision itself, pure: what each kind of change is called ----------------------------------
+
+def _ended_with(p: Pipeline, job: str, jobs: dict[str, JobStatus]) -> JobStatus:
+    """The job as having succeeded once, made from the inputs it would be made from now."""
+    inputs = current_inputs(p, p.jobs[job], jobs)
+    return JobStatus(job, JobState.SUCCEEDED, 1, attempts=(Attempt(1, JobState.SUCCEEDED, commit="c" * 40,
+                                                                    inputs=inputs),))
+
+
+def test_each_changed_input_is_named_and_a_job_that_has_not_ended_is_never_outdated() -> None:
+    spec = {"prompt": "p", "roles": {"dev": {"instructions": "be brief"}}, "source": {"repo": "/src", "ref": "main"}}
+    jobs_spec = {"a": {"command": "x"}, "d": {"agent": "dev", "needs": ["a"]}}
+    p = build_pipeline("p", spec, jobs_spec, Config())
+    jobs: dict[str, JobStatus] = {}
+    jobs["a"] = _ended_with(p, "a", jobs)
+    jobs["d"] = _ended_with(p, "d", jobs)
+    assert outdated_jobs(p, jobs) == {}
+    edited = build_pipeline("p", {**spec, "roles": {"dev": {"instructions": "be thorough"}},
+                                  "source": {"repo": "/src", "ref": "next"}}, jobs_spec, Config())
+    assert {j: o.reason for j, o in outdated_jobs(edited, jobs).items()} == {
+        "a": "outdated: source changed since attempt 1", "d": "outdated: role instructions changed since attempt 1"}
+    rerun = {**jobs, "a": replace(jobs["a"], attempts=(*jobs["a"].attempts, Attempt(2, JobState.SUCCEEDED,
+                                                                                     commit="e" * 40)))}
+    found = outdated(p, "d", rerun)
+    assert found is not None and found.upstreams == ("a",) and found.changed == (Changed(InputKind.UPSTREAM, "a"),)
+    assert rerun_roots(p, {"d": found}) == ("d",)
+    assert outdated(p, "d", {**rerun, "d": replace(rerun["d"], state=JobState.RUNNING)}) is None
