@@ -151,6 +151,9 @@ def _check_job(name: str, data: Mapping[str, Any], w: Where, around: _Around) ->
         which = "both" if has_command else "neither"
         problems.append(Problem(w.path, w.key("command"),
                                 f"a job needs exactly one of 'command' and 'agent'; it has {which}"))
+    if has_agent and data.get("cache") is True:  # an agent's work is not a function of its inputs
+        problems.append(Problem(w.path, w.key("cache"),
+                                "cache = true is for command jobs only: an agent does not do the same work twice"))
     for i, need in _need_names(data):
         key = w.key("needs", i) if isinstance(data["needs"][i], str) else w.key("needs", i, "job")
         if need == name:

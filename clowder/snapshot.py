@@ -28,7 +28,14 @@ from clowder.index.rows import (
     PipelineStatusCols,
 )
 from clowder.metadata import MODEL_OUTPUT as MODEL_OUTPUT
-from clowder.state import JobStatus, PipelineStatus, decisions, read_job_status, read_pipeline_status
+from clowder.state import (
+    JobStatus,
+    PipelineStatus,
+    decisions,
+    inputs_to_dict,
+    read_job_status,
+    read_pipeline_status,
+)
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.workspace.objects import check_objects as check_objects
 from clowder.workspace.objects import read_blob
@@ -151,7 +158,7 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
                                    _span(a.started_at, a.ended_at), a.exit_code, a.signal, a.pid, a.spec_hash or None,
                                    a.base_commit, a.commit, a.message, a.trigger, a.request,
                                    u.input_tokens if u else None, u.output_tokens if u else None,
-                                   u.cost_usd if u else None))
+                                   u.cost_usd if u else None, _json(inputs_to_dict(a.inputs)), a.reused_from))
         artifacts += [ArtifactRow(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
         consumed += [ConsumedRow(pipeline, status.job, a.number, up, commit)
                      for up, commit in sorted(a.consumed.items())]

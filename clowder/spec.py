@@ -215,6 +215,7 @@ class JobSpec:
     script: tuple[Mapping[str, Any], ...] = ()  # steps for the scripted agent (clowder.harness.scripted)
     description: str = ""
     output_schema: Mapping[str, Any] | str | None = None  # JSON Schema of output.json: inline, or a file under the root
+    cache: bool = False  # a command job: reuse an earlier successful attempt with the same inputs
     spec_hash: str = ""
 
     def retries_for(self, kind: FailureKind) -> int:
@@ -397,7 +398,9 @@ def job_from_dict(name: str, data: Mapping[str, Any], policy: RetryPolicy) -> Jo
         script=tuple(data.get("script", ())),
         description=data.get("description", ""),
         output_schema=data.get("output_schema"),
-        spec_hash=spec_hash(data),
+        cache=data.get("cache") is True,
+        # `cache` says whether to run, not what to compute: turning it on leaves the job up to date.
+        spec_hash=spec_hash({k: v for k, v in data.items() if k != "cache"}),
     )
 
 

@@ -145,6 +145,21 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """What an attempt was made from, recorded when it starts: its spec's hash, its role's
+    instructions (an agent job), each upstream's final commit, the pipeline's source (a job that
+    starts from it: its repo and ref, pinned to one commit per pipeline) and its `env`. A job whose
+    current inputs differ from its last attempt's is outdated; `cache = true` reuses an attempt
+    whose inputs are the same (clowder.scheduler.inputs)."""
+
+    spec: str
+    role: str = ""  # hash of the role's instructions; '' for a command job
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream job -> its final commit
+    source: str = ""  # hash of pipeline.toml's `source` for a job that starts from it, else ''
+    env: str = ""  # hash of the job's `env`
+
+
+@dataclass(frozen=True)
 class Attempt:
     number: int
     state: JobState
@@ -164,6 +179,8 @@ class Attempt:
     usage: Usage | None = None  # what an agent reported spending in this attempt
     failure_kind: FailureKind | None = None  # a failed agent attempt's kind (a command job's is `command`)
     approval: Approval | None = None  # the approval that let this attempt start (a gated job)
+    inputs: Inputs | None = None  # what it was made from (None: recorded before inputs were)
+    reused_from: int | None = None  # `cache = true`: it did not run; it is this earlier attempt's commit
 
     @property
     def duration(self) -> float | None:
@@ -254,7 +271,23 @@ def _attempt_to_dict(a: Attempt) -> dict[str, Any]:
         "usage": _usage_to_dict(a.usage),
         "failure_kind": a.failure_kind.value if a.failure_kind else None,
         "approval": approval_to_dict(a.approval),
+        "inputs": inputs_to_dict(a.inputs),
+        "reused_from": a.reused_from,
     })
+
+
+def inputs_to_dict(i: Inputs | None) -> dict[str, Any] | None:
+    if i is None:
+        return None
+    return _clean({"spec": i.spec, "role": i.role or None, "upstreams": dict(i.upstreams) or None,
+                   "source": i.source or None, "env": i.env or None})
+
+
+def _inputs_from_dict(d: Mapping[str, Any] | None) -> Inputs | None:
+    if d is None:
+        return None
+    return Inputs(str(d["spec"]), str(d.get("role", "")), {str(k): str(v) for k, v in d.get("upstreams", {}).items()},
+                  str(d.get("source", "")), str(d.get("env", "")))
 
 
 def approval_to_dict(a: Approval | None) -> dict[str, Any] | None:
@@ -305,6 +338,8 @@ def _attempt_from_dict(d: Mapping[str, Any]) -> Attempt:
         usage=_usage_from_dict(d.get("usage")),
         failure_kind=FailureKind(d["failure_kind"]) if "failure_kind" in d else None,
         approval=_approval_from_dict(d.get("approval")),
+        inputs=_inputs_from_dict(d.get("inputs")),
+        reused_from=d.get("reused_from"),
     )
 
 

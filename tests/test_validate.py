@@ -482,7 +482,7 @@ def test_every_problem_is_reported_in_one_run(root: Root, make_pipeline: MakePip
         f"{job(root, 'd')}: <toml>: syntax error: line 1, column 5 (end of file): Expected '=' after a key "
         "in a key/value pair",
         f"{job(root, 'a')}: needs: dependency cycle: a -> b -> a",
-        f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, command, "
+        f"{job(root, 'a', 'q')}: when: unknown key 'when'; known keys: agent, allow_failure, backoff, cache, command, "
         "description, env, from, harness, idle_timeout, max_cost_usd, max_regressions, needs, output_schema, "
         "outputs, parent, regression_context, regression_of, resources, retries, retry_on, schema_version, script, "
         "sparse_checkout, stage, timeout",

@@ -63,11 +63,14 @@ def test_a_chain_shows_every_jobs_commit_with_trailers_and_tags(root: Root, make
     make_pipeline("p", CHAIN)
     assert cli("run", "p").exit_code == 0
     test_ws = ws(root, "test")
+    commits = {job: status(root, job).attempts[0].commit for job in CHAIN}
+    upstream = {"test": "dev", "dev": "plan"}  # each commit also says what the attempt was made from
     assert trailers(test_ws) == [
-        {"Clowder-Pipeline": "p", "Clowder-Job": job, "Clowder-Attempt": "1", "Clowder-State": "succeeded"}
+        {"Clowder-Pipeline": "p", "Clowder-Job": job, "Clowder-Attempt": "1", "Clowder-State": "succeeded",
+         "Clowder-Input-Spec": status(root, job).attempts[0].spec_hash,
+         **({"Clowder-Input-Upstream": f"{upstream[job]} {commits[upstream[job]]}"} if job in upstream else {})}
         for job in ("test", "dev", "plan")
     ]
-    commits = {job: status(root, job).attempts[0].commit for job in CHAIN}
     assert git(test_ws, "rev-parse", "attempt-1", "dev/attempt-1", "plan/attempt-1").split() == [
         commits["test"], commits["dev"], commits["plan"]]
     assert git(test_ws, "log", "--format=%H").split() == [commits["test"], commits["dev"], commits["plan"]]

@@ -73,7 +73,10 @@ def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
     for j in r.jobs:
         duration = format_duration(j.duration) if j.duration is not None else "-"
         cost = [f"${j.usage.cost_usd:.4f}" if j.usage else "-"] if spent else []
-        rows.append((j.name, j.stage or "-", j.state, str(j.attempt or "-"), duration, *cost, j.message))
+        # Outdated is a mark beside the state (clowder.scheduler.inputs), never a state of its own.
+        state, message = (f"{j.state} (outdated)", "; ".join(filter(None, (j.outdated.reason, j.message)))) \
+            if j.outdated else (j.state, j.message)
+        rows.append((j.name, j.stage or "-", state, str(j.attempt or "-"), duration, *cost, message))
     print_table(("JOB", "STAGE", "STATE", "ATTEMPT", "DURATION", *(["COST"] if spent else []), "MESSAGE"), rows)
     if spent:
         click.echo(f"spent: {jsonout.format_usage(spent)}")

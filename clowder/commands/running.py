@@ -14,7 +14,7 @@ from clowder.errors import (
     EXIT_WORK_FAILED,
     ClowderError,
 )
-from clowder.tree import Root, find_root
+from clowder.tree import Root, find_root, is_name
 
 # Commands import what they use: `clowder status` over a thousand pipelines must not pay for
 # jsonschema, rich or git it does not need (see README, "The index at scale").
@@ -35,9 +35,11 @@ def _driver_options(f: F) -> F:
 @_driver_options
 @click.option("--dry-run", is_flag=True,
               help="Say what would run, in what order and why (each attempt taken to succeed); change nothing.")
+@click.option("--outdated", is_flag=True,
+              help="Re-run the outdated jobs of PIPELINES (default: every pipeline) and every job after them.")
 @root_option
 def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None, dry_run: bool,
-        root_dir: Path | None) -> None:
+        outdated: bool, root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
     Exits 0 if all succeeded, 1 if not, 2 if a pipeline is blocked by a spec file that stays
@@ -46,7 +48,11 @@ def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_fi
     it runs instead of scheduling them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
-    if dry_run:
+    if outdated:
+        pipelines = _rerun_outdated(root, list(pipelines), dry_run, max_parallel)
+        if dry_run or not pipelines:
+            return
+    elif dry_run:
         _dry_run(root, list(pipelines) or runner.unfinished(root), max_parallel)
         return
     ok = runner.run(root, list(pipelines) or None, max_parallel=max_parallel, poll=poll, log_file=log_file,
@@ -61,6 +67,28 @@ def _dry_run(root: Root, pipelines: list[str], max_parallel: int | None) -> None
         click.echo("nothing to run: every pipeline has ended")
         return
     click.echo("\n".join(decisions.dry_run_lines(decisions.dry_run(root, pipelines, max_parallel))))
+
+
+def _rerun_outdated(root: Root, names: list[str], dry_run: bool, max_parallel: int | None) -> tuple[str, ...]:
+    """Ask for a re-run of each outdated job (with its downstream) of the named pipelines, or with
+    `dry_run` say what would run; the pipelines to run."""
+    from clowder import runner
+    from clowder.views import decisions, outdated
+
+    found = outdated.plans(root, names or [n for n in root.pipeline_names() if is_name(n)])
+    if not found:
+        click.echo("nothing is outdated")
+        return ()
+    for line in outdated.plan_lines(found):
+        click.echo(line)
+    if dry_run:
+        click.echo("\n".join(decisions.dry_run_lines(outdated.dry_run(root, found, max_parallel))))
+        return ()
+    for p in found:
+        for o in p.roots:
+            runner.request(root, p.pipeline, "rerun", o.job, downstream=True)
+            click.echo(f"re-run requested for {p.pipeline}/{o.job} and what follows it")
+    return tuple(p.pipeline for p in found)
 
 
 def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:

@@ -16,6 +16,7 @@ from clowder.scheduler import (
     Limits,
     PipelineView,
     Plan,
+    Reuse,
     SetJob,
     SetPipeline,
     SpawnJob,
@@ -91,7 +92,7 @@ def job_of(action: Action) -> str | None:
     match action:
         case SetJob(status=status):
             return status.job
-        case Start(job=job) | Kill(job=job):
+        case Start(job=job) | Kill(job=job) | Reuse(job=job):
             return job
         case SpawnJob(spawner=spawner):
             return spawner

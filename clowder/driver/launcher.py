@@ -25,8 +25,9 @@ from clowder.harness import agent as harness_agent
 from clowder.metadata import write_metadata
 from clowder.scheduler import NO_CHANGES, Outcome, Start, attempt_ending
 from clowder.scheduler.gate import trailers
+from clowder.scheduler.inputs import trailers as input_trailers
 from clowder.spec import Config, JobSpec, Pipeline, Source
-from clowder.state import Approval, JobState, JobStatus, KillReason, Trigger, utcnow
+from clowder.state import Approval, Inputs, JobState, JobStatus, KillReason, Trigger, utcnow
 from clowder.tree import PipelinePaths, Root
 
 Key = tuple[str, str, int]  # (pipeline, job, attempt)
@@ -39,13 +40,15 @@ class _Launched:
     pipeline: Pipeline
     spec: JobSpec
     approval: Approval | None = None  # a gated job's: its commit's trailers say who let it start
+    inputs: Inputs | None = None  # what it was made from: its commit's trailers say it too
 
 
 def _launched(cache: PipelineCache, spec: JobSpec, attempt: int) -> _Launched:
     assert cache.pipeline is not None
     status = cache.jobs.get(spec.name)
     last = status.attempts[-1] if status is not None and status.attempts else None
-    return _Launched(cache.pipeline, spec, last.approval if last is not None and last.number == attempt else None)
+    ours = last if last is not None and last.number == attempt else None
+    return _Launched(cache.pipeline, spec, ours.approval if ours else None, ours.inputs if ours else None)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class Launcher:
             end.reason, outcome.exit_code, outcome.signal, workspace.log_tail(paths.log_file(job, attempt)))
         # The commit is made here, in the attempt's waiter thread: jobs commit in parallel.
         spec = spec or JobSpec(job)
-        more = trailers(launched.approval if launched else None)
+        more = trailers(launched.approval if launched else None) + input_trailers(launched.inputs if launched else None)
         return self._commit(paths, spec, attempt, outcome,
                             workspace.End(end.state.value, self.identity(), spec.outputs, error, more))
 

@@ -42,6 +42,7 @@ from clowder.scheduler import (
     Kill,
     Limits,
     Plan,
+    Reuse,
     SetJob,
     SetPipeline,
     SpawnJob,
@@ -60,6 +61,7 @@ from clowder.state import (
 from clowder.tree import Root
 from clowder.validate import check_pipeline, load_config
 from clowder.watcher import Watcher
+from clowder.workspace.reuse import record_reuse
 
 
 class Driver:
@@ -489,6 +491,10 @@ class Driver:
                 self._spawn(action)
             case DoneRequest():
                 self._done_request(action)
+            case Reuse():  # `cache = true`: before the status that names the attempt (scheduler/cache)
+                paths = self.pipelines[action.pipeline].paths
+                record_reuse(paths.workspace(action.job), paths.log_file(action.job, action.attempt), action.attempt,
+                             action.commit, action.reused_from)
             case _:
                 assert_never(action)
 

@@ -97,7 +97,7 @@ class JobRow(NamedTuple):
 
 
 class AttemptRow(NamedTuple):
-    """`attempts` (migration 1; the spending columns from migration 3)."""
+    """`attempts` (migration 1; the spending columns from migration 3; inputs and reuse from 4)."""
 
     pipeline: str
     job: str
@@ -118,6 +118,8 @@ class AttemptRow(NamedTuple):
     input_tokens: int | None
     output_tokens: int | None
     cost_usd: float | None
+    inputs: str | None  # JSON: what the attempt was made from
+    reused_from: int | None
 
 
 class ArtifactRow(NamedTuple):

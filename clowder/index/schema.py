@@ -169,6 +169,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Every pipeline's rows lack their approvals until read again: stale until then.
         "DELETE FROM freshness",
     )),
+    Migration(5, "what each attempt was made from, and the attempt a cache = true job reused", (
+        # JSON {spec, role, source, env, upstreams: {job: commit}} (clowder.state.Inputs)
+        "ALTER TABLE attempts ADD COLUMN inputs TEXT",
+        "ALTER TABLE attempts ADD COLUMN reused_from INTEGER",
+        # Every attempt's row lacks its inputs until read again: stale until then.
+        "DELETE FROM freshness",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 # The tables that hold data, with their keys: what fsck compares and tests dump.

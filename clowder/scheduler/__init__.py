@@ -24,6 +24,7 @@ from clowder.scheduler.records import (
     Plan,
     Request,
     Retry,
+    Reuse,
     SetJob,
     SetPipeline,
     Spawn,
@@ -36,7 +37,7 @@ from clowder.scheduler.step import reconcile
 
 __all__ = [
     "ACTIVE", "NO_CHANGES", "Action", "Cancel", "Candidate", "DoneRequest", "Ending", "Invalid", "JobStep", "Kill",
-    "Limits", "Outcome", "PipelineView", "Plan", "ReadyChange", "ReadyQueue", "Request", "Retry",
+    "Limits", "Outcome", "PipelineView", "Plan", "ReadyChange", "ReadyQueue", "Request", "Retry", "Reuse",
     "SetJob", "SetPipeline", "Spawn", "SpawnJob",
     "Start", "attempt_ending", "fail_or_retry", "fixup_name", "killed_why", "prompt_hash", "reconcile",
 ]

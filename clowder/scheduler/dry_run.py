@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from hashlib import sha1
 
-from clowder.scheduler.records import Limits, Outcome, PipelineView, SetPipeline, Start
+from clowder.scheduler.records import Limits, Outcome, PipelineView, Reuse, SetPipeline, Start
 from clowder.scheduler.why import Decided, Why, decide, explain
 from clowder.state import JobState, PipelineStatus
 
@@ -38,7 +39,8 @@ def simulate(views: Sequence[PipelineView], now: datetime, limits: Limits) -> Si
         decided = decide(current, now, limits)
         if turn == 0:  # a request (a rerun) may have reopened ended jobs
             unfinished |= {(p, j) for p, jobs in decided.after.items() for j, s in jobs.items() if not s.state.terminal}
-        started = [a for a in decided.plan.actions if isinstance(a, Start)]
+        # A `cache = true` job answered from an earlier attempt is listed where it would be reused.
+        started = [a for a in decided.plan.actions if isinstance(a, Start | Reuse)]
         by_name = {v.name: v for v in current}
         step = (starts[-1].step if starts else 0) + 1
         starts += [Planned(step, now, explain(by_name[a.pipeline], a.job, decided, limits, now)) for a in started]
@@ -61,5 +63,13 @@ def _advance(view: PipelineView, decided: Decided, now: datetime) -> PipelineVie
     jobs = dict(decided.after[view.name])
     status = next((a.status for a in decided.plan.actions if isinstance(a, SetPipeline) and a.pipeline == view.name),
                   view.status)
-    outcomes = {j: Outcome(0, now) for j, s in jobs.items() if s.state is JobState.RUNNING}
+    # Each with a commit of its own: a new commit is what a real attempt makes, so what follows it is
+    # never taken as reusable (`cache = true`) on the strength of its upstream's old commit.
+    outcomes = {j: Outcome(0, now, commit=_new_commit(view.name, j, s.attempt))
+                for j, s in jobs.items() if s.state is JobState.RUNNING}
     return replace(view, jobs=jobs, status=status, outcomes=outcomes, alive={}, requests=(), focus=None, ready=())
+
+
+def _new_commit(pipeline: str, job: str, attempt: int) -> str:
+    """A stand-in for the commit an attempt taken to succeed would make: one no real attempt has."""
+    return sha1(f"clowder dry run {pipeline}/{job}#{attempt}".encode()).hexdigest()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from clowder.scheduler.budget import within_budget
+from clowder.scheduler.cache import reuse, with_inputs
 from clowder.scheduler.gate import approved, wait_at_gate
 from clowder.scheduler.records import Candidate, JobStep, PipelineView, Scope, prompt_hash
 from clowder.scheduler.regression import step_waiting
@@ -40,7 +41,7 @@ def _step_waiting(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
         return step
     if scope.blocked:  # its fix-ups are done, but nothing starts in a blocked pipeline
         return JobStep(status)
-    return within_budget(scope, spec, status, step.candidate)
+    return within_budget(scope, spec, status, with_inputs(scope, step.candidate))
 
 
 def _step_retrying(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
@@ -48,7 +49,8 @@ def _step_retrying(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
         return JobStep(status, wake=status.retry_at)
     if scope.blocked:
         return JobStep(status)
-    return within_budget(scope, spec, status, Candidate(scope.view.name, spec, status, Trigger.RETRY))
+    cand = with_inputs(scope, Candidate(scope.view.name, spec, status, Trigger.RETRY))
+    return within_budget(scope, spec, status, cand)
 
 
 def _step_pending(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
@@ -68,8 +70,9 @@ def _step_pending(scope: Scope, spec: JobSpec, status: JobStatus) -> JobStep:
         cand = Candidate(scope.view.name, spec, status, Trigger.MANUAL, status.retry_request)
     else:
         cand = Candidate(scope.view.name, spec, status, Trigger.START)
-    cand = replace(cand, approval=approved(spec, status))
-    return within_budget(scope, spec, status, cand)
+    cand = with_inputs(scope, replace(cand, approval=approved(spec, status)))
+    reused = reuse(scope, cand)  # `cache = true`: an earlier attempt with these inputs stands for it
+    return reused if reused is not None else within_budget(scope, spec, status, cand)
 
 
 def _clock_went_back(status: JobStatus, now: datetime) -> bool:

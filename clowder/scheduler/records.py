@@ -16,6 +16,7 @@ from clowder.state import (
     Approval,
     Artifact,
     FailureKind,
+    Inputs,
     JobState,
     JobStatus,
     KillReason,
@@ -221,7 +222,19 @@ class SpawnJob:
     context: str
 
 
-Action = SetJob | SetPipeline | Start | Kill | DoneRequest | SpawnJob
+@dataclass(frozen=True)
+class Reuse:
+    """A `cache = true` job does not run: its new attempt is an earlier attempt's commit, which is
+    tagged with the new attempt's number too (downstreams, `job@n` and `clowder diff` find it)."""
+
+    pipeline: str
+    job: str
+    attempt: int
+    commit: str
+    reused_from: int
+
+
+Action = SetJob | SetPipeline | Start | Kill | DoneRequest | SpawnJob | Reuse
 
 
 @dataclass
@@ -251,6 +264,7 @@ class Candidate:
     request: str | None = None
     sources: tuple[str, ...] = ()
     approval: Approval | None = None  # a gated job: the approval that lets it start
+    inputs: Inputs | None = None  # what its attempt would be made from (recorded on it)
 
 
 

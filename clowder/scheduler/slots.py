@@ -148,7 +148,7 @@ def _next_fitting(stream: Stream, slots: _Slots, plan: Plan) -> Candidate | None
 def _start(cand: Candidate, now: datetime, plan: Plan) -> JobStatus:
     number = cand.status.attempt + 1
     attempt = Attempt(number=number, state=JobState.RUNNING, started_at=now, spec_hash=cand.job.spec_hash,
-                      trigger=cand.trigger, request=cand.request, approval=cand.approval)
+                      trigger=cand.trigger, request=cand.request, approval=cand.approval, inputs=cand.inputs)
     status = replace(cand.status, state=JobState.RUNNING, attempt=number, message="", retry_at=None,
                      attempts=(*cand.status.attempts, attempt), retry_request=None, killing=None, waiting_for=())
     plan.actions.append(SetJob(cand.pipeline, status))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from clowder.scheduler.inputs import outdated
 from clowder.scheduler.job import blocked_reason, unfinished_need
 from clowder.scheduler.records import Cancel, Limits, PipelineView, Plan, SetJob, Start
 from clowder.scheduler.step import reconcile
@@ -42,6 +43,8 @@ class Cause(StrEnum):
     BLOCKED = "blocked"  # its pipeline is blocked (an invalid file, a changed prompt)
     FIXUPS = "fixups"  # the fix-ups it spawned have not ended
     APPROVAL = "approval"  # a `when = "manual"` gate: a person approves or rejects
+    REUSED = "reused"  # `cache = true`: an earlier attempt with the same inputs stands for it
+    OUTDATED = "outdated"  # it ended, and an input changed since (named in `subject` for an upstream)
     UNKNOWN = "unknown"  # not in the pipeline's spec
 
 
@@ -215,9 +218,17 @@ def _ended(case: _Case) -> Why:
         return case.why(Verdict.CANCELLED, Cause.REQUEST, f"cancelled by request before it ran: {status.message}")
     if last is None:
         return case.why(Verdict.RAN, Cause.TRIGGER, f"{status.state.value}: {status.message}")
-    message = f"; it ended: {status.message}" if status.message else ""
-    return case.why(Verdict.RAN, Cause.TRIGGER, f"attempt {last.number} ran because {_because(case, last)}{message}",
-                    last.request or "")
+    stale = outdated(case.view.pipeline, case.spec.name, case.jobs) if case.view.pipeline else None
+    if last.reused_from is not None:
+        ran = f"attempt {last.number} reused attempt {last.reused_from} (same inputs): {_because(case, last)}"
+        cause, subject = Cause.REUSED, str(last.reused_from)
+    else:
+        message = f"; it ended: {status.message}" if status.message else ""
+        ran = f"attempt {last.number} ran because {_because(case, last)}{message}"
+        cause, subject = Cause.TRIGGER, last.request or ""
+    if stale is not None:  # the same decision `clowder status` marks and `clowder run --outdated` re-runs
+        return case.why(Verdict.RAN, Cause.OUTDATED, f"{stale.reason}; {ran}", ", ".join(stale.upstreams))
+    return case.why(Verdict.RAN, cause, ran, subject)
 
 
 def _named_upstream(case: _Case) -> str:

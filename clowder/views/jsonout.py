@@ -40,6 +40,7 @@ def reports_json(reports: list[PipelineReport]) -> list[dict[str, Any]]:
                     "needs": list(j.needs), "duration": j.duration, "message": j.message,
                     "started_at": _ts(j.started_at), "ended_at": _ts(j.ended_at), **_usage(j.usage),
                     **_approvals(j.approvals),
+                    **({"outdated": asdict(j.outdated)} if j.outdated else {}),  # ended, its inputs changed since
                 }
                 for j in r.jobs
             ],

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from clowder import known
 from clowder.errors import UsageError
-from clowder.state import Approval, JobState, JobStatus, Usage, read_job_status
+from clowder.state import Approval, Inputs, JobState, JobStatus, Usage, read_job_status
 from clowder.tree import PipelinePaths, Root, is_name
 from clowder.views import indexed, tree
 from clowder.views.records import (
@@ -20,6 +20,7 @@ from clowder.views.records import (
     AttemptView,
     Consumer,
     Edge,
+    InputsView,
     JobDetail,
     JobNode,
     PipelineDetail,
@@ -65,7 +66,10 @@ def reports(root: Root, pipeline: str | None = None, use_index: bool = True) -> 
     fresh = indexed.reports(root, names) if use_index else {}
     out = [fresh.get(name) or tree.pipeline_report(root, root.pipeline(name)) for name in names]
     if pipeline is not None:
-        out = [with_spending(r, tree.spending(root.pipeline(pipeline))) for r in out]
+        from clowder.views import outdated
+
+        paths = root.pipeline(pipeline)
+        out = [outdated.with_marks(with_spending(r, tree.spending(paths)), outdated.marks(root, paths)) for r in out]
     return out
 
 
@@ -102,10 +106,14 @@ def attempts(status: JobStatus) -> list[AttemptView]:
             duration=a.duration, exit_code=a.exit_code, signal=a.signal, message=a.message,
             base_commit=a.base_commit, commit=a.commit, consumed=dict(a.consumed),
             artifacts=[ArtifactView(x.path, x.blob, x.size, x.kind) for x in a.artifacts],
-            approval=approval_view(a.approval),
+            approval=approval_view(a.approval), inputs=inputs_view(a.inputs), reused_from=a.reused_from,
         )
         for a in status.attempts
     ]
+
+
+def inputs_view(i: Inputs | None) -> InputsView | None:
+    return InputsView(i.spec, i.role, i.source, i.env, dict(i.upstreams)) if i is not None else None
 
 
 def approval_view(a: Approval | None) -> ApprovalView | None:
@@ -126,9 +134,11 @@ def pipeline_detail(root: Root, name: str) -> PipelineDetail:
     level in the graph (for drawing it). Read once from the tree: its specs and status files give
     the report, the attempts and the edges alike."""
     from clowder import requests
+    from clowder.views import outdated
 
     paths = known.pipeline(root, name)
     head = tree.pipeline_report(root, paths)
+    marks = outdated.marks(root, paths)
     pipeline, _ = tree.load_specs(root, paths)
     levels = _levels({j.name: list(j.needs) for j in head.jobs})
     retries = requests.retries_waiting(paths)
@@ -142,6 +152,7 @@ def pipeline_detail(root: Root, name: str) -> PipelineDetail:
             ended_at=j.ended_at, regression_of=spec.regression_of if spec else None,
             parent=spec.parent if spec else None,
             attempts=attempts(status), actions=requests.job_actions(status.state, j.name in retries),
+            outdated=marks.get(j.name),
         ))
     edges = [Edge(n.job, job.name, n.when.value) for job in (pipeline.jobs.values() if pipeline else ())
              for n in job.needs]
@@ -171,6 +182,7 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
     from clowder import requests
     from clowder.export import command_line
     from clowder.schema import load_toml
+    from clowder.views import outdated
 
     paths = known.pipeline(root, pipeline)
     known.job(paths, job)
@@ -192,5 +204,5 @@ def job_detail(root: Root, pipeline: str, job: str) -> JobDetail:
         spawned=list(status.spawned), waiting_for=list(status.waiting_for), retry_at=status.retry_at,
         actions=requests.job_actions(status.state, job in requests.retries_waiting(paths)),
         export_command=command_line(pipeline, job) if status.state is JobState.SUCCEEDED else "",
-        approval=approval_view(status.approval),
+        approval=approval_view(status.approval), outdated=outdated.marks(root, paths).get(job),
     )

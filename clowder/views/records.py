@@ -58,6 +58,16 @@ class GateDecision:
 
 
 @dataclass(frozen=True)
+class OutdatedView:
+    """A job whose last attempt was made from other inputs than it would be now: which ones."""
+
+    reason: str  # "outdated: spec changed since attempt 2", as `clowder why` says it
+    attempt: int  # the attempt made from the older inputs
+    changed: list[str]  # spec, role, env, source, upstream
+    upstreams: list[str] = field(default_factory=list)  # the upstreams with a new final commit
+
+
+@dataclass(frozen=True)
 class JobReport:
     """One job as `clowder status PIPELINE` (and its `--json`) shows it."""
 
@@ -72,6 +82,7 @@ class JobReport:
     ended_at: datetime | None = None
     usage: Usage | None = None  # what its agent reported spending, summed over its attempts
     approvals: tuple[GateDecision, ...] = ()  # the decisions on its approval gate, oldest first
+    outdated: OutdatedView | None = None  # ended, and its inputs changed since (one pipeline's report)
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,19 @@ class AttemptView:
     consumed: dict[str, str] = field(default_factory=dict)
     artifacts: list[ArtifactView] = field(default_factory=list)
     approval: ApprovalView | None = None  # who let this attempt of a gated job start
+    inputs: InputsView | None = None  # what it was made from
+    reused_from: int | None = None  # `cache = true`: it did not run; it is this attempt's commit
+
+
+@dataclass(frozen=True)
+class InputsView:
+    """What an attempt was made from: hashes of its spec, role, source and env, and its upstreams' commits."""
+
+    spec: str
+    role: str
+    source: str
+    env: str
+    upstreams: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,6 +197,7 @@ class JobNode:
     parent: str | None  # a fix-up: the job that spawned it, and runs again from its commit
     attempts: list[AttemptView]
     actions: list[str]  # what may be asked of it now: `cancel`, `retry`
+    outdated: OutdatedView | None = None  # ended, and its inputs changed since
 
 
 @dataclass(frozen=True)
@@ -223,6 +248,7 @@ class JobDetail:
     actions: list[str]  # what may be asked of it now: `cancel`, `retry`
     export_command: str = ""  # for a succeeded job: the `clowder export` line that brings its work back
     approval: ApprovalView | None = None  # the last decision on its `when = "manual"` gate
+    outdated: OutdatedView | None = None  # ended, and its inputs changed since
 
 
 @dataclass(frozen=True)

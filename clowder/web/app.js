@@ -189,15 +189,17 @@ function drawGraph(d) {
   }
   for (const j of d.jobs) {
     const p = pos[j.name];
-    const g = svg("g", { class: `node s-${j.state}${j.name === view.job ? " selected" : ""}`,
+    // Outdated is a mark beside the state (its inputs changed since it ran), never a state.
+    const g = svg("g", { class: `node s-${j.state}${j.outdated ? " outdated" : ""}${j.name === view.job ? " selected" : ""}`,
       transform: `translate(${p.x} ${p.y})`, "data-job": j.name, "data-state": j.state, tabindex: 0 });
     g.append(svg("rect", { width: NODE_W, height: NODE_H, rx: 6 }));
     const name = svg("text", { x: 10, y: 19, class: "label" });
     name.textContent = j.name.length > 22 ? j.name.slice(0, 21) + "…" : j.name;
     const sub = svg("text", { x: 10, y: 36, class: "sub" });
-    sub.textContent = [j.state, j.attempt ? `#${j.attempt}` : "", duration(j.duration)].filter(Boolean).join(" · ");
+    sub.textContent = [j.state, j.outdated ? "outdated" : "", j.attempt ? `#${j.attempt}` : "",
+      duration(j.duration)].filter(Boolean).join(" · ");
     const title = svg("title");
-    title.textContent = `${j.name}: ${j.state}${j.message ? " — " + j.message : ""}`;
+    title.textContent = `${j.name}: ${j.state}${j.outdated ? " — " + j.outdated.reason : ""}${j.message ? " — " + j.message : ""}`;
     g.append(name, sub, title);
     const open = () => { location.hash = `#/p/${d.name}/${j.name}`; };
     g.addEventListener("click", open);
@@ -240,7 +242,7 @@ async function loadJob() {
   $("job").hidden = false;
   $("job-name").textContent = d.name;
   setState($("job-state"), d.state);
-  $("job-message").textContent = d.message;
+  $("job-message").textContent = [d.outdated ? d.outdated.reason : "", d.message].filter(Boolean).join("; ");
   showActions({ buttons: { "cancel-job": "cancel", "retry-job": "retry", "approve-job": "approve",
     "reject-job": "reject", "rerun-job": "rerun", "rerun-downstream": "rerun" }, allowed: d.actions });
   drawLineage(d);
@@ -341,7 +343,7 @@ function drawAttempts(d) {
   $("attempts").tBodies[0].replaceChildren(...d.attempts.map((a) => {
     const consumed = Object.entries(a.consumed).map(([job, c]) => `${job}@${short(c)}`).join(", ");
     return el("tr", { "data-attempt": a.number },
-      el("td", { text: a.number }), el("td", {}, badge(a.state)), el("td", { text: a.trigger }),
+      el("td", { text: a.number }), el("td", {}, badge(a.state)), el("td", { text: a.reused_from ? `${a.trigger}, reused #${a.reused_from}` : a.trigger }),
       el("td", { text: time(a.started_at) }), el("td", { text: duration(a.duration) }),
       el("td", { text: a.exit_code ?? (a.signal ? `signal ${a.signal}` : "") }),
       el("td", {}, el("code", { text: `${short(a.base_commit)} → ${short(a.commit)}` })),
