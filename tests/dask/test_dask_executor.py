@@ -76,18 +76,20 @@ def _max_running(events: list[str]) -> int:
     return most
 
 
-def test_fifty_attempts_each_run_exactly_once_and_max_parallel_holds(
+def test_two_hundred_attempts_each_run_exactly_once_and_max_parallel_holds(
         dask_root: Root, make_pipeline: MakePipeline, cli: Invoke, tmp_path: Path) -> None:
-    _set(dask_root, "max_parallel", "6")
+    _set(dask_root, "max_parallel", "12")
     record = tmp_path / "record"
-    make_pipeline("p", {f"j{i:02}": f"command = 'echo \"$CLOWDER_JOB start\" >> {record}; sleep 0.2; "
-                                     f"echo \"$CLOWDER_JOB end\" >> {record}'\n" for i in range(50)})
+    make_pipeline("p", {f"j{i:03}": f"command = 'echo \"$CLOWDER_JOB start\" >> {record}; sleep 0.1; "
+                                     f"echo \"$CLOWDER_JOB end\" >> {record}'\n" for i in range(200)})
     result = cli("run", "p")
     assert result.exit_code == 0, result.output
     lines = record.read_text().splitlines()
-    assert sorted(lines) == sorted(f"j{i:02} {what}" for i in range(50) for what in ("start", "end"))
-    assert 1 < _max_running(lines) <= 6
-    assert all(_job(dask_root, f"j{i:02}").attempt == 1 for i in range(50))
+    assert sorted(lines) == sorted(f"j{i:03} {what}" for i in range(200) for what in ("start", "end"))
+    assert 1 < _max_running(lines) <= 12
+    assert all(_job(dask_root, f"j{i:03}").attempt == 1 for i in range(200))
+    claims = list(dask_root.pipeline("p").logs_dir.glob("*/*.claim"))
+    assert len(claims) == 200 and len({c.read_text().splitlines()[1] for c in claims}) >= 2  # spread out
 
 
 def test_a_job_that_needs_a_resource_only_one_worker_has_runs_there(
