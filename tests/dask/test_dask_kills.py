@@ -1,0 +1,94 @@
+"""Parts of a real loopback cluster killed mid-run (a worker, a worker and its nanny, the
+scheduler): no attempt runs twice, none is lost, and the pipeline ends. Each test has its own
+cluster, since it breaks it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clowder.executor import read_pid
+from clowder.state import JobState, PipelineState, read_pipeline_status
+from clowder.tree import Root
+from tests.conftest import MakePipeline, wait_for, write
+from tests.dask.conftest import Cluster, clowder_process, daemon_logs, job_status, set_key
+
+pytestmark = pytest.mark.dask
+
+# Planted in one worker (`dask worker --preload`): it claims the attempt of job `held`, then
+# never starts it, as a worker killed between the two would leave it.
+HOLD = """\
+import time
+import clowder.dask_executor as dask_executor
+def planted(claim):
+    def held(path, text):
+        made = claim(path, text)
+        while made and path.parent.name == "held":
+            time.sleep(60)
+        return made
+    held.planted = True
+    return held
+if not hasattr(dask_executor.claim, "planted"):  # Dask may run a preload twice
+    dask_executor.claim = planted(dask_executor.claim)
+"""
+
+
+def _succeeded(root: Root) -> bool:
+    status = root.pipeline("p").status_file
+    return status.exists() and read_pipeline_status(status).state is PipelineState.SUCCEEDED
+
+
+def _wait(cond: Callable[[], bool], what: str, root: Root, cluster: Cluster, timeout: float = 120) -> None:
+    """wait_for, and what the daemon and the cluster said when it times out."""
+    try:
+        wait_for(cond, timeout=timeout, what=what)
+    except AssertionError:
+        print(daemon_logs(root))
+        for log in sorted(cluster.dir.glob("*.log")):
+            print(f"== {log.name}\n{log.read_text()[-3000:]}")
+        raise
+
+
+@pytest.mark.parametrize("nanny", [False, True], ids=["worker", "worker-and-nanny"])
+def test_a_worker_killed_with_sigkill_mid_run_runs_no_attempt_twice_and_loses_none(
+        fresh_root: Root, fresh_cluster: Cluster, make_pipeline: MakePipeline, tmp_path: Path, nanny: bool) -> None:
+    root, record, marker = fresh_root, tmp_path / "record", tmp_path / "orphan-ran"
+    set_key(root, "max_parallel", "8")
+    set_key(root, "heartbeat_timeout", '"5s"')
+    jobs = {f"run{i}": f"command = 'echo \"$CLOWDER_JOB start\" >> {record}; sleep 8; "
+                       f"echo \"$CLOWDER_JOB end\" >> {record}'\n" for i in range(4)}
+    jobs["held"] = f"command = 'echo \"held $CLOWDER_ATTEMPT\" >> {record}'\n"
+    # Its process dies with the worker (nothing of it is left to record its end): lost, then retried.
+    jobs["orphan"] = (f"command = 'if [ -f {marker} ]; then echo \"orphan $CLOWDER_ATTEMPT\" >> {record}; exit 0; fi; "
+                      f"touch {marker}; sleep 60'\nretries = 1\nbackoff = {{ initial = \"100ms\" }}\n")
+    make_pipeline("p", jobs)
+    victim = fresh_cluster.start_worker(nanny=nanny, preload=write(tmp_path / "hold.py", HOLD))
+    fresh_cluster.wait_workers(1)
+    logs = root.pipeline("p").logs_dir
+    watch = clowder_process(root, "watch")
+    try:
+        _wait(lambda: record.exists() and record.read_text().count(" start") == 4 and marker.exists()
+              and (logs / "held" / "1.claim").exists(), "every attempt claimed by the victim", root, fresh_cluster)
+        survivor = fresh_cluster.start_worker()
+        fresh_cluster.wait_workers(2)
+        orphan = read_pid(logs / "orphan" / "1.run")
+        assert orphan is not None
+        fresh_cluster.kill_worker(victim)
+        os.killpg(orphan, signal.SIGKILL)  # the orphan's wrapper, its command and its heartbeat
+        _wait(lambda: _succeeded(root), "the pipeline to succeed", root, fresh_cluster)
+    finally:
+        watch.kill()
+        watch.wait()
+    lines = record.read_text().splitlines()
+    assert sorted(lines) == sorted([*(f"run{i} {w}" for i in range(4) for w in ("start", "end")),
+                                    "held 1", "orphan 2"])
+    assert all(job_status(root, f"run{i}").attempts[-1].number == 1 for i in range(4))
+    held = job_status(root, "held")
+    assert [(a.number, a.state) for a in held.attempts] == [(1, JobState.SUCCEEDED)]  # the same attempt
+    assert (logs / "held" / "1.claim").read_text().splitlines()[1] == fresh_cluster.address_of(survivor)
+    orphan_status = job_status(root, "orphan")
+    assert [(a.number, a.state) for a in orphan_status.attempts] == [(1, JobState.LOST), (2, JobState.SUCCEEDED)]
