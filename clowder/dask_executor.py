@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as WaitTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +146,18 @@ class DaskExecutor:
     attempts that outlived their task or an earlier daemon, from their records on shared storage."""
 
     def __init__(self, on_exit: OnExit, client: Any, heartbeat_timeout: float = 30.0,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0, connect: Callable[[], Any] | None = None,
+                 log: Callable[[str], None] = lambda line: None) -> None:
         from distributed import fire_and_forget
         self._fire_and_forget = fire_and_forget
         self._client = client
+        # A new client, when Dask closed this one: it gives up a scheduler down longer than its
+        # timeout (10 s), and a closed client never connects again.
+        self._connect = connect
+        self._log = log
+        self._scheduler_lost = False
+        self._reconnector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clowder-dask-connect")
+        self._reconnecting: Future[Any] | None = None
         self._on_exit = on_exit
         self._heartbeat_timeout = heartbeat_timeout
         self._poll = poll_interval
@@ -182,8 +190,14 @@ class DaskExecutor:
         return key
 
     def _submit(self, launch: Run) -> None:
-        future = self._client.submit(run_attempt, launch, key=task_key(launch), pure=False, retries=0,
-                                     resources=dict(launch.resources) or None)
+        try:
+            future = self._client.submit(run_attempt, launch, key=task_key(launch), pure=False, retries=0,
+                                         resources=dict(launch.resources) or None)
+        except Exception as e:  # a client Dask closed (its scheduler is gone): ClosedClientError
+            # Not a failure of the attempt: it stays queued, unclaimed, and the poller submits it
+            # again once the scheduler is back (_check_queued: a key the scheduler does not know).
+            self._log(f"dask: {task_key(launch)} waits for the Dask scheduler: {e}")
+            return
         self._fire_and_forget(future)  # it runs even if this daemon dies: a new one finds it by key
         future.add_done_callback(lambda f: self._pool.submit(self._task_done, f))
 
@@ -245,6 +259,7 @@ class DaskExecutor:
         self._stop.set()
         self._pool.shutdown(wait=True)
         self._rpc.shutdown(wait=False, cancel_futures=True)
+        self._reconnector.shutdown(wait=False, cancel_futures=True)
         self._client.close()  # fire-and-forget tasks run on without us
 
     # -- kills --------------------------------------------------------------------------------
@@ -296,6 +311,7 @@ class DaskExecutor:
 
     def _poll_watched(self) -> None:
         while not self._stop.wait(self._poll):
+            connected = self._keep_connected()
             with self._lock:
                 watched = list(self._watched.items())
             unclaimed = []
@@ -308,8 +324,37 @@ class DaskExecutor:
                     self._pool.submit(self._again, w.run)  # claimed by a worker that died before starting it
                 elif age > self._heartbeat_timeout:  # its machine is gone, or it is stuck: lost
                     self._pool.submit(self._lost, key, w.run)
-            if unclaimed:
+            if unclaimed and connected:
                 self._check_queued(dict(watched), unclaimed)
+
+    def _keep_connected(self) -> bool:
+        """Whether the scheduler can be asked now; says once when it is lost and when it is back.
+        A client Dask closed is replaced (in the poller's thread: connecting may take seconds)."""
+        status = self._client.status
+        if status != "running" and not self._scheduler_lost:
+            self._scheduler_lost = True
+            self._log(f"dask: lost the Dask scheduler ({status}): attempts running go on; "
+                      "none starts until it is back")
+        if status in ("closing", "closed", "failed") and (client := self._reconnected()) is not None:
+            old, self._client = self._client, client
+            self._rpc.submit(old.close)
+            status = "running"
+        if status == "running" and self._scheduler_lost:
+            self._scheduler_lost = False
+            self._log("dask: the Dask scheduler is back: attempts it does not know are submitted again")
+        return status == "running"
+
+    def _reconnected(self) -> Any:
+        """A new client once one could be made, else None. It is made in a thread of its own: a
+        scheduler that does not answer takes the client's whole timeout to give up, and the
+        poller meanwhile goes on reading the attempts' records."""
+        if self._reconnecting is not None and self._reconnecting.done():
+            reconnecting, self._reconnecting = self._reconnecting, None
+            if reconnecting.exception() is None:
+                return reconnecting.result()
+        if self._reconnecting is None and self._connect is not None:
+            self._reconnecting = self._reconnector.submit(self._connect)
+        return None
 
     def _again(self, run: Run) -> None:
         """The same attempt, submitted again: it never started (no pid in its run record long after
@@ -358,26 +403,35 @@ def _silence(files: AttemptFiles) -> float | None:
     return None
 
 
-def make_executor(config: Config, root: Path) -> Callable[[OnExit], Executor]:
+def make_executor(config: Config, root: Path,
+                  log: Callable[[str], None] = lambda line: None) -> Callable[[OnExit], Executor]:
     """The executor clowder.toml asks for, as the driver makes it (given its exit callback)."""
-    spec = config.executor
-    if spec.kind != "dask":
+    if config.executor.kind != "dask":
         return LocalExecutor
     try:
-        from distributed import Client
+        import distributed  # noqa: F401
     except ImportError as e:
         raise ClowderError(f"{root / 'clowder.toml'}: executor.kind = \"dask\" needs Dask distributed: "
                            "pip install 'clowder[dask]'") from e
+    client = _connect(config, root)
+
+    def make(on_exit: OnExit) -> DaskExecutor:
+        return DaskExecutor(on_exit, client, config.heartbeat_timeout,
+                            connect=lambda: _connect(config, root), log=log)
+    return make
+
+
+def _connect(config: Config, root: Path) -> Any:
+    """A client of the scheduler clowder.toml names (its scheduler file read anew: a scheduler
+    started again may listen elsewhere)."""
+    from distributed import Client
+    spec = config.executor
     where = spec.scheduler or str(root / (spec.scheduler_file or ""))
     if spec.scheduler_file and not Path(where).is_file():  # Client would wait for it forever
         raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: "
                            "no such file (start `dask scheduler --scheduler-file` first)")
     try:
-        client = (Client(spec.scheduler, timeout="10s", set_as_default=False) if spec.scheduler
-                  else Client(scheduler_file=where, timeout="10s", set_as_default=False))
+        return (Client(spec.scheduler, timeout="10s", set_as_default=False) if spec.scheduler
+                else Client(scheduler_file=where, timeout="10s", set_as_default=False))
     except (OSError, ValueError) as e:
         raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: {e}") from e
-
-    def make(on_exit: OnExit) -> DaskExecutor:
-        return DaskExecutor(on_exit, client, config.heartbeat_timeout)
-    return make

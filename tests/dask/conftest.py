@@ -222,5 +222,5 @@ def declare_pool(root: Root, name: str, units: int) -> None:
     root.config_file.write_text(text.replace("[resources]", f"[resources]\n{name} = {units}", 1))
 
 
-def job_status(root: Root, job: str) -> JobStatus:
-    return read_job_status(root.pipeline("p").job_status_file(job), job)
+def job_status(root: Root, job: str, pipeline: str = "p") -> JobStatus:
+    return read_job_status(root.pipeline(pipeline).job_status_file(job), job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,8 @@ if not hasattr(dask_executor.claim, "planted"):  # Dask may run a preload twice
 """
 
 
-def _succeeded(root: Root) -> bool:
-    status = root.pipeline("p").status_file
+def _succeeded(root: Root, pipeline: str = "p") -> bool:
+    status = root.pipeline(pipeline).status_file
     return status.exists() and read_pipeline_status(status).state is PipelineState.SUCCEEDED
 
 
@@ -47,7 +48,6 @@ def _wait(cond: Callable[[], bool], what: str, root: Root, cluster: Cluster, tim
     try:
         wait_for(cond, timeout=timeout, what=what)
     except AssertionError:
-        print(daemon_logs(root))
         for log in sorted(cluster.dir.glob("*.log")):
             print(f"== {log.name}\n{log.read_text()[-3000:]}")
         raise
@@ -92,3 +92,68 @@ def test_a_worker_killed_with_sigkill_mid_run_runs_no_attempt_twice_and_loses_no
     assert (logs / "held" / "1.claim").read_text().splitlines()[1] == fresh_cluster.address_of(survivor)
     orphan_status = job_status(root, "orphan")
     assert [(a.number, a.state) for a in orphan_status.attempts] == [(1, JobState.LOST), (2, JobState.SUCCEEDED)]
+
+
+def test_the_scheduler_killed_and_started_again_mid_run(
+        fresh_root: Root, fresh_cluster: Cluster, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    root, record = fresh_root, tmp_path / "record"
+    set_key(root, "max_parallel", "8")
+    jobs = {f"run{i}": f"command = 'echo \"$CLOWDER_JOB start\" >> {record}; sleep 6; "
+                       f"echo \"$CLOWDER_JOB end\" >> {record}'\n" for i in range(4)}
+    jobs["after"] = f"command = 'echo after >> {record}'\nneeds = {[f'run{i}' for i in range(4)]}\n".replace("'", '"')
+    make_pipeline("p", jobs)
+    for _ in range(2):
+        fresh_cluster.start_worker()
+    fresh_cluster.wait_workers(2)
+    watch = clowder_process(root, "watch")
+    try:
+        _wait(lambda: record.exists() and record.read_text().count(" start") == 4, "every attempt running",
+              root, fresh_cluster)
+        fresh_cluster.kill_scheduler()
+        for worker in list(fresh_cluster.workers):  # a killed scheduler takes its workers down with it
+            fresh_cluster.kill_worker(worker)
+        fresh_cluster.start_scheduler()
+        for _ in range(2):
+            fresh_cluster.start_worker()
+        _wait(lambda: _succeeded(root), "the pipeline to succeed", root, fresh_cluster)
+        assert watch.poll() is None, daemon_logs(root)
+    finally:
+        watch.kill()
+        watch.wait()
+    assert sorted(record.read_text().splitlines()) == sorted(
+        [*(f"run{i} {w}" for i in range(4) for w in ("start", "end")), "after"])
+    assert all([a.number for a in job_status(root, job).attempts] == [1] for job in [*jobs])
+
+
+def test_a_scheduler_down_longer_than_the_clients_patience_is_reconnected_to(
+        fresh_root: Root, fresh_cluster: Cluster, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    # Dask's client gives up after its timeout (10 s) and closes: the daemon must neither hang nor
+    # fail what it starts meanwhile, and must carry on once the scheduler is back.
+    root, record = fresh_root, tmp_path / "record"
+    jobs = {"run": f"command = 'echo run start >> {record}; sleep 3; echo run end >> {record}'\n",
+            "after": f"command = 'echo after >> {record}'\nneeds = [\"run\"]\n"}
+    make_pipeline("p", jobs)
+    fresh_cluster.start_worker()
+    fresh_cluster.wait_workers(1)
+    watch = clowder_process(root, "watch")
+    try:
+        _wait(lambda: record.exists() and "run start" in record.read_text(), "run running", root, fresh_cluster)
+        fresh_cluster.kill_scheduler()
+        for worker in list(fresh_cluster.workers):
+            fresh_cluster.kill_worker(worker)
+        make_pipeline("q", {"x": f"command = 'echo x >> {record}'\n"})  # the loop goes on: it starts x
+        _wait(lambda: job_status(root, "x", "q").state is JobState.RUNNING, "q/x started", root, fresh_cluster)
+        _wait(lambda: "the Dask scheduler" in daemon_logs(root) and job_status(root, "after").state is JobState.RUNNING,
+              "the daemon to say the scheduler is gone", root, fresh_cluster)
+        time.sleep(14)  # `run` ended meanwhile, and `after` is due: past the client's patience
+        assert watch.poll() is None, daemon_logs(root)
+        fresh_cluster.start_scheduler()
+        fresh_cluster.start_worker()
+        _wait(lambda: _succeeded(root) and _succeeded(root, "q"), "the pipelines to succeed", root, fresh_cluster)
+        assert watch.poll() is None, daemon_logs(root)
+    finally:
+        watch.kill()
+        watch.wait()
+    assert sorted(record.read_text().splitlines()) == ["after", "run end", "run start", "x"]
+    assert all([a.number for a in job_status(root, job).attempts] == [1] for job in [*jobs])
+    assert "the Dask scheduler is back" in daemon_logs(root)
