@@ -5,10 +5,12 @@ and applies kill files, so it needs neither the daemon nor its worker to end on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,22 +36,31 @@ from clowder.executor import (
     signal_group,
 )
 from clowder.fsio import atomic_write
-from clowder.processes import AttemptProcesses
+from clowder.processes import END_TIMEOUT, AttemptProcesses
 from clowder.spec import Config
 from clowder.state import KillReason
 
-# argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE COMMAND...
+# argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE PYTHON ATTEMPT_ID COMMAND...
 # The local executor's wrapper (pid line, cgroup, trap, exit line) with the attempt's own loop
 # beside it: each second it touches the heartbeat file and applies a new signal named in the kill
 # file to its whole group. It lives as long as the wrapper, on the attempt's machine, whatever
 # becomes of the Dask worker that started it (a worker killed with SIGKILL leaves its attempts
 # running: they still heartbeat, obey kill files and record their end). dash's kill takes no `--`.
-WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; shift 4; '
+# Where the worker is gone, nobody is left on that machine to end what the attempt leaves (a
+# child ignoring SIGTERM, one that called setsid), nor to apply KILL beyond the group: so once
+# the wrapper has ended with no worker waiting for it (a zombie whose parent is no longer the
+# worker, $PPID: an init that does not reap keeps it a zombie), or when told KILL, the loop
+# becomes `PYTHON -m clowder.dask_executor ATTEMPT_ID GROUP CGROUP`, which ends all of the attempt but
+# itself. A live worker ends the group itself as soon as the wrapper ends, loop included.
+WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; py=$5; id=$6; shift 6; '
            'if [ -n "$cg" ] && ! { echo $$ > "$cg/cgroup.procs"; } 2>/dev/null; then '
            'echo "clowder: cannot join the attempt\'s cgroup $cg" >&2; echo "exit 125" >> "$run"; exit 125; fi; '
-           'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do : > "$beat"; '
-           'if [ -s "$kf" ] && read sig < "$kf" && [ "$sig" != "$sent" ]; then sent=$sig; kill -s "$sig" 0; fi; '
-           'sleep 1; done ) & '
+           'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do '
+           'st=; read -r st 2>/dev/null < /proc/$w/stat; st=${st##*) }; '
+           'case $st in "Z $PPID "*) ;; Z*) break;; esac; : > "$beat"; '
+           'if [ -s "$kf" ] && read sig < "$kf" && [ "$sig" != "$sent" ]; then sent=$sig; '
+           'if [ "$sig" = KILL ]; then break; fi; kill -s "$sig" 0; fi; '
+           'sleep 1; done; exec "$py" -m clowder.dask_executor "$id" $w "$cg" ) & '
            'trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"')
 # A task state the scheduler holds for a task that has not run yet, or is running.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing", "memory", "erred"})
@@ -108,7 +119,7 @@ def run_attempt(run: Run) -> int | None:
         return None
     processes = run.processes
     argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(run.run_file), processes.prepare(), str(files.beat),
-            str(files.kill), *run.argv]
+            str(files.kill), sys.executable, run.id, *run.argv]
     run.cwd.mkdir(parents=True, exist_ok=True)
     with open(run.log_file, "ab") as log:
         proc = subprocess.Popen(argv, cwd=run.cwd, env=environ(run), stdin=subprocess.DEVNULL, stdout=log,
@@ -126,6 +137,31 @@ def signal_attempt(run_file: str, attempt_id: str, sig: int) -> None:
     if pid is not None:
         signal_group(pid, sig)
     AttemptProcesses.of(attempt_id).signal(sig, pid)
+
+
+def end_leftovers(attempt_id: str, group: int, cgroup: str) -> None:
+    """What the attempt's own loop becomes when no worker is left to end the attempt (see
+    WRAPPER): SIGKILL to its group and to every process of it outside the group, but this one.
+    `cgroup`: the attempt's ('' without one), which this process is in: given, since found from
+    here AttemptProcesses.of would nest it in itself."""
+    os.setsid()  # out of the group it kills
+    me, processes = os.getpid(), AttemptProcesses(attempt_id, Path(cgroup) if cgroup else None)
+    if processes.cgroup is not None:  # out of the cgroup, so that it can go once empty
+        with contextlib.suppress(OSError):
+            (processes.cgroup.parent / "cgroup.procs").write_text(str(me))
+    deadline = time.monotonic() + END_TIMEOUT
+    while True:
+        signal_group(group, signal.SIGKILL)
+        left = [proc for proc in processes.members(group) if proc.pid != me]
+        if not left or time.monotonic() > deadline:
+            break
+        for proc in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.01)
+    if processes.cgroup is not None:
+        with contextlib.suppress(OSError):
+            processes.cgroup.rmdir()
 
 
 def _task_states(dask_scheduler: Any, keys: list[str]) -> dict[str, str]:
@@ -435,3 +471,7 @@ def _connect(config: Config, root: Path) -> Any:
                 else Client(scheduler_file=where, timeout="10s", set_as_default=False))
     except (OSError, ValueError) as e:
         raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: {e}") from e
+
+
+if __name__ == "__main__":  # the attempt's loop, where its worker is gone (WRAPPER)
+    end_leftovers(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -4,8 +4,11 @@ cluster, since it breaks it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +19,7 @@ from clowder.executor import read_pid
 from clowder.state import JobState, PipelineState, read_pipeline_status
 from clowder.tree import Root
 from tests.conftest import MakePipeline, wait_for, write
-from tests.dask.conftest import Cluster, clowder_process, daemon_logs, job_status, set_key
+from tests.dask.conftest import Cluster, attempts_of, clowder_process, daemon_logs, job_status, set_key
 
 pytestmark = pytest.mark.dask
 
@@ -38,6 +41,10 @@ if not hasattr(dask_executor.claim, "planted"):  # Dask may run a preload twice
 """
 
 
+def clowder(root: Root, *args: str) -> list[str]:
+    return [sys.executable, "-m", "clowder", *args, "--root", str(root.path)]
+
+
 def _succeeded(root: Root, pipeline: str = "p") -> bool:
     status = root.pipeline(pipeline).status_file
     return status.exists() and read_pipeline_status(status).state is PipelineState.SUCCEEDED
@@ -48,6 +55,10 @@ def _wait(cond: Callable[[], bool], what: str, root: Root, cluster: Cluster, tim
     try:
         wait_for(cond, timeout=timeout, what=what)
     except AssertionError:
+        print(daemon_logs(root))
+        for pid in attempts_of(root.path):  # what of the attempts still runs
+            with contextlib.suppress(OSError):
+                print(pid, Path(f"/proc/{pid}/stat").read_text()[:50], Path(f"/proc/{pid}/cmdline").read_bytes()[:200])
         for log in sorted(cluster.dir.glob("*.log")):
             print(f"== {log.name}\n{log.read_text()[-3000:]}")
         raise
@@ -157,3 +168,27 @@ def test_a_scheduler_down_longer_than_the_clients_patience_is_reconnected_to(
     assert sorted(record.read_text().splitlines()) == ["after", "run end", "run start", "x"]
     assert all([a.number for a in job_status(root, job).attempts] == [1] for job in [*jobs])
     assert "the Dask scheduler is back" in daemon_logs(root)
+
+
+def test_cancel_ends_the_whole_process_tree_of_an_attempt_whose_worker_is_dead(
+        fresh_root: Root, fresh_cluster: Cluster, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    root, started = fresh_root, tmp_path / "started"
+    set_key(root, "kill_grace", '"2s"')
+    # A child in the group, one that left it (setsid), and one that ignores SIGTERM.
+    make_pipeline("p", {"a": f"command = 'sleep 300 & setsid sleep 301 & (trap \"\" TERM; sleep 302) & "
+                             f"touch {started}; wait'\n"})
+    victim = fresh_cluster.start_worker(nanny=True)
+    fresh_cluster.wait_workers(1)
+    watch = clowder_process(root, "watch")
+    try:
+        _wait(lambda: started.exists() and len(attempts_of(root.path)) >= 5, "the attempt running", root, fresh_cluster)
+        fresh_cluster.kill_worker(victim)  # its attempt runs on, on this machine
+        time.sleep(1)
+        assert len(attempts_of(root.path)) >= 5
+        assert subprocess.run(clowder(root, "cancel", "p", "a"), capture_output=True).returncode == 0
+        _wait(lambda: job_status(root, "a").state is JobState.CANCELLED, "a cancelled", root, fresh_cluster, timeout=60)
+        _wait(lambda: not attempts_of(root.path), "every process of the attempt gone", root, fresh_cluster, timeout=30)
+    finally:
+        watch.kill()
+        watch.wait()
+    assert [(a.number, a.state) for a in job_status(root, "a").attempts] == [(1, JobState.CANCELLED)]
