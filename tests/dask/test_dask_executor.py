@@ -133,3 +133,27 @@ def test_an_attempt_queued_in_the_engine_across_a_daemon_restart_is_not_lost(
         second.wait()
     assert job_status(dask_root, "t").attempt == 1
     assert log.read_text() == "on the tpu\n"
+
+
+def test_a_regression_loop_whose_spawn_runs_on_a_worker(dask_root: Root, make_pipeline: MakePipeline,
+                                                        cli: Invoke) -> None:
+    # `clowder spawn` runs in the tester's attempt, on a worker. On this loopback cluster inotify
+    # sees its request. A polling daemon (the default with Dask once branch poll19 is in: inotify
+    # never sees what other machines write) must read the requests again at an attempt's end:
+    # before poll19, `--poll` failed the tester here, local executor or Dask, since a spawn made
+    # less than a poll before the attempt ended was never seen.
+    make_pipeline("p", {
+        "dev": 'command = "if [ -n \\"$(ls .clowder/*/regression.json 2>/dev/null)\\" ]; then touch fixed.txt; fi"\n',
+        "test": 'command = "if [ -f fixed.txt ]; then echo ok; else clowder spawn dev --reason \'no fix yet\'; '
+                'exit 1; fi"\nneeds = ["dev"]\n'})
+    result = cli("run", "p")
+    assert result.exit_code == 0, result.output
+    test = job_status(dask_root, "test")
+    assert [(a.number, a.state, a.trigger) for a in test.attempts] == [
+        (1, JobState.FAILED, "start"), (2, JobState.SUCCEEDED, "regression")]
+    assert test.spawned == ("dev.r1",) and test.attempts[0].message == "spawned dev.r1"
+    assert job_status(dask_root, "dev.r1").state is JobState.SUCCEEDED
+    assert (dask_root.pipeline("p").workspace("dev.r1") / "fixed.txt").exists()
+    logs = dask_root.pipeline("p").logs_dir
+    for job, attempt in (("test", 1), ("dev.r1", 1), ("test", 2)):  # each ran on a worker
+        assert (logs / job / f"{attempt}.claim").read_text().splitlines()[1].startswith("tcp://127.0.0.1:")
