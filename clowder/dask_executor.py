@@ -245,10 +245,22 @@ class DaskExecutor:
             return
         if future.status == "error" and read_exit(watched.run.run_file) is None:
             self._failed_to_run(watched.run, future.exception())
-        if read_exit(watched.run.run_file) is not None:
+        if read_exit(watched.run.run_file) is not None or self._ran_it(future):
+            # Ended: recorded, or its wrapper gone without a record (killed with SIGKILL), which
+            # the worker saw, and after which it ended what was left: lost now, not after the
+            # heartbeat timeout.
             self._report(key)
         # Else the task did nothing (the attempt was claimed by an earlier run of it, on a worker
         # that died): the attempt runs on there, and the poller sees its end or its silence.
+
+    def _ran_it(self, future: Any) -> bool:
+        """Whether this task ran the attempt to its end (run_attempt returned a status, not None)."""
+        if future.status != "finished":
+            return False
+        try:
+            return future.result(timeout=RPC_TIMEOUT) is not None
+        except Exception:  # the result went with its worker: the poller decides, from the files
+            return False
 
     def _failed_to_run(self, run: Run, error: object) -> None:
         """The task raised (the worker cannot import Clowder, cannot reach the root): the attempt

@@ -164,7 +164,7 @@ def attempts_of(root: Path) -> list[int]:
     return found
 
 
-def _end_attempts(root: Root) -> None:
+def end_attempts(root: Root) -> None:
     deadline = time.monotonic() + 10
     while (left := attempts_of(root.path)) and time.monotonic() < deadline:
         for pid in left:
@@ -181,7 +181,7 @@ def dask_root(root: Root, dask_cluster: Cluster) -> Iterator[Root]:
     end (attempts are the workers' children, not the test's)."""
     dask_cluster.configure(root)
     yield root
-    _end_attempts(root)
+    end_attempts(root)
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def fresh_root(root: Root, fresh_cluster: Cluster) -> Iterator[Root]:
     """A root whose attempts run on the test's own cluster."""
     fresh_cluster.configure(root)
     yield root
-    _end_attempts(root)
+    end_attempts(root)
 
 
 # -- what the tests do, as a user would ----------------------------------------------------------

@@ -157,3 +157,16 @@ def test_a_regression_loop_whose_spawn_runs_on_a_worker(dask_root: Root, make_pi
     logs = dask_root.pipeline("p").logs_dir
     for job, attempt in (("test", 1), ("dev.r1", 1), ("test", 2)):  # each ran on a worker
         assert (logs / job / f"{attempt}.claim").read_text().splitlines()[1].startswith("tcp://127.0.0.1:")
+
+
+def test_an_attempt_whose_wrapper_died_on_a_live_worker_is_recorded_at_once(
+        dask_root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    # Its worker saw the wrapper end (without an exit record): no need to wait for the heartbeat
+    # timeout (30 s) to know it is over, as the local executor knows at once.
+    make_pipeline("p", {"a": 'command = "kill -9 $PPID; sleep 60"\n'})
+    began = time.monotonic()
+    assert cli("run", "p").exit_code == 1
+    assert time.monotonic() - began < 20
+    a = job_status(dask_root, "a")
+    assert [(x.state, x.message) for x in a.attempts] == [
+        (JobState.LOST, "the process vanished without an exit record")]
