@@ -141,7 +141,7 @@ def test_a_scheduler_down_longer_than_the_clients_patience_is_reconnected_to(
     # Dask's client gives up after its timeout (10 s) and closes: the daemon must neither hang nor
     # fail what it starts meanwhile, and must carry on once the scheduler is back.
     root, record = fresh_root, tmp_path / "record"
-    jobs = {"run": f"command = 'echo run start >> {record}; sleep 3; echo run end >> {record}'\n",
+    jobs = {"run": f"command = 'echo run start >> {record}; sleep 12; echo run end >> {record}'\n",
             "after": f"command = 'echo after >> {record}'\nneeds = [\"run\"]\n"}
     make_pipeline("p", jobs)
     fresh_cluster.start_worker()
@@ -154,9 +154,13 @@ def test_a_scheduler_down_longer_than_the_clients_patience_is_reconnected_to(
             fresh_cluster.kill_worker(worker)
         make_pipeline("q", {"x": f"command = 'echo x >> {record}'\n"})  # the loop goes on: it starts x
         _wait(lambda: job_status(root, "x", "q").state is JobState.RUNNING, "q/x started", root, fresh_cluster)
-        _wait(lambda: "the Dask scheduler" in daemon_logs(root) and job_status(root, "after").state is JobState.RUNNING,
-              "the daemon to say the scheduler is gone", root, fresh_cluster)
-        time.sleep(14)  # `run` ended meanwhile, and `after` is due: past the client's patience
+        _wait(lambda: "dask: lost the Dask scheduler" in daemon_logs(root), "the daemon to say the scheduler is gone",
+              root, fresh_cluster)
+        # `run` ends after the client gave up (10 s): `after` is started on a client Dask closed.
+        _wait(lambda: "p/after/1/" in daemon_logs(root).partition("Failed to reconnect to scheduler")[2]
+              and "waits for the Dask scheduler" in daemon_logs(root), "after to wait for the scheduler",
+              root, fresh_cluster, timeout=60)
+        assert job_status(root, "after").state is JobState.RUNNING
         assert watch.poll() is None, daemon_logs(root)
         fresh_cluster.start_scheduler()
         fresh_cluster.start_worker()
