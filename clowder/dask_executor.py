@@ -50,15 +50,18 @@ from clowder.state import KillReason
 # child ignoring SIGTERM, one that called setsid), nor to apply KILL beyond the group: so once
 # the wrapper has ended with no worker waiting for it (a zombie whose parent is no longer the
 # worker, $PPID: an init that does not reap keeps it a zombie), or when told KILL, the loop
-# becomes `PYTHON -m clowder.dask_executor ATTEMPT_ID GROUP CGROUP`, which ends all of the attempt but
-# itself. A live worker ends the group itself as soon as the wrapper ends, loop included.
+# becomes `PYTHON -m clowder.dask_executor ATTEMPT_ID GROUP CGROUP`, which ends all of the
+# attempt but itself. A live worker ends the group itself as soon as the wrapper ends, loop
+# included.
+# The kill file is opened each time, never tested with `[ -s ]`: on NFS a stat() may answer from
+# a cached "no such file" for seconds after the daemon's machine created it.
 WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; py=$5; id=$6; shift 6; '
            'if [ -n "$cg" ] && ! { echo $$ > "$cg/cgroup.procs"; } 2>/dev/null; then '
            'echo "clowder: cannot join the attempt\'s cgroup $cg" >&2; echo "exit 125" >> "$run"; exit 125; fi; '
            'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do '
            'st=; read -r st 2>/dev/null < /proc/$w/stat; st=${st##*) }; '
            'case $st in "Z $PPID "*) ;; Z*) break;; esac; : > "$beat"; '
-           'if [ -s "$kf" ] && read sig < "$kf" && [ "$sig" != "$sent" ]; then sent=$sig; '
+           'if { read sig < "$kf"; } 2>/dev/null && [ "$sig" != "$sent" ]; then sent=$sig; '
            'if [ "$sig" = KILL ]; then break; fi; kill -s "$sig" 0; fi; '
            'sleep 1; done; exec "$py" -m clowder.dask_executor "$id" $w "$cg" ) & '
            'trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"')
