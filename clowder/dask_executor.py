@@ -5,14 +5,16 @@ and applies kill files, so it needs neither the daemon nor its worker to end on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as WaitTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,22 +36,34 @@ from clowder.executor import (
     signal_group,
 )
 from clowder.fsio import atomic_write
-from clowder.processes import AttemptProcesses
+from clowder.processes import END_TIMEOUT, AttemptProcesses
 from clowder.spec import Config
 from clowder.state import KillReason
 
-# argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE COMMAND...
+# argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE PYTHON ATTEMPT_ID COMMAND...
 # The local executor's wrapper (pid line, cgroup, trap, exit line) with the attempt's own loop
 # beside it: each second it touches the heartbeat file and applies a new signal named in the kill
 # file to its whole group. It lives as long as the wrapper, on the attempt's machine, whatever
 # becomes of the Dask worker that started it (a worker killed with SIGKILL leaves its attempts
 # running: they still heartbeat, obey kill files and record their end). dash's kill takes no `--`.
-WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; shift 4; '
+# Where the worker is gone, nobody is left on that machine to end what the attempt leaves (a
+# child ignoring SIGTERM, one that called setsid), nor to apply KILL beyond the group: so once
+# the wrapper has ended with no worker waiting for it (a zombie whose parent is no longer the
+# worker, $PPID: an init that does not reap keeps it a zombie), or when told KILL, the loop
+# becomes `PYTHON -m clowder.dask_executor ATTEMPT_ID GROUP CGROUP`, which ends all of the
+# attempt but itself. A live worker ends the group itself as soon as the wrapper ends, loop
+# included.
+# The kill file is opened each time, never tested with `[ -s ]`: on NFS a stat() may answer from
+# a cached "no such file" for seconds after the daemon's machine created it.
+WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; py=$5; id=$6; shift 6; '
            'if [ -n "$cg" ] && ! { echo $$ > "$cg/cgroup.procs"; } 2>/dev/null; then '
            'echo "clowder: cannot join the attempt\'s cgroup $cg" >&2; echo "exit 125" >> "$run"; exit 125; fi; '
-           'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do : > "$beat"; '
-           'if [ -s "$kf" ] && read sig < "$kf" && [ "$sig" != "$sent" ]; then sent=$sig; kill -s "$sig" 0; fi; '
-           'sleep 1; done ) & '
+           'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do '
+           'st=; read -r st 2>/dev/null < /proc/$w/stat; st=${st##*) }; '
+           'case $st in "Z $PPID "*) ;; Z*) break;; esac; : > "$beat"; '
+           'if { read sig < "$kf"; } 2>/dev/null && [ "$sig" != "$sent" ]; then sent=$sig; '
+           'if [ "$sig" = KILL ]; then break; fi; kill -s "$sig" 0; fi; '
+           'sleep 1; done; exec "$py" -m clowder.dask_executor "$id" $w "$cg" ) & '
            'trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"')
 # A task state the scheduler holds for a task that has not run yet, or is running.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing", "memory", "erred"})
@@ -108,7 +122,7 @@ def run_attempt(run: Run) -> int | None:
         return None
     processes = run.processes
     argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(run.run_file), processes.prepare(), str(files.beat),
-            str(files.kill), *run.argv]
+            str(files.kill), sys.executable, run.id, *run.argv]
     run.cwd.mkdir(parents=True, exist_ok=True)
     with open(run.log_file, "ab") as log:
         proc = subprocess.Popen(argv, cwd=run.cwd, env=environ(run), stdin=subprocess.DEVNULL, stdout=log,
@@ -126,6 +140,31 @@ def signal_attempt(run_file: str, attempt_id: str, sig: int) -> None:
     if pid is not None:
         signal_group(pid, sig)
     AttemptProcesses.of(attempt_id).signal(sig, pid)
+
+
+def end_leftovers(attempt_id: str, group: int, cgroup: str) -> None:
+    """What the attempt's own loop becomes when no worker is left to end the attempt (see
+    WRAPPER): SIGKILL to its group and to every process of it outside the group, but this one.
+    `cgroup`: the attempt's ('' without one), which this process is in: given, since found from
+    here AttemptProcesses.of would nest it in itself."""
+    os.setsid()  # out of the group it kills
+    me, processes = os.getpid(), AttemptProcesses(attempt_id, Path(cgroup) if cgroup else None)
+    if processes.cgroup is not None:  # out of the cgroup, so that it can go once empty
+        with contextlib.suppress(OSError):
+            (processes.cgroup.parent / "cgroup.procs").write_text(str(me))
+    deadline = time.monotonic() + END_TIMEOUT
+    while True:
+        signal_group(group, signal.SIGKILL)
+        left = [proc for proc in processes.members(group) if proc.pid != me]
+        if not left or time.monotonic() > deadline:
+            break
+        for proc in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.01)
+    if processes.cgroup is not None:
+        with contextlib.suppress(OSError):
+            processes.cgroup.rmdir()
 
 
 def _task_states(dask_scheduler: Any, keys: list[str]) -> dict[str, str]:
@@ -146,10 +185,18 @@ class DaskExecutor:
     attempts that outlived their task or an earlier daemon, from their records on shared storage."""
 
     def __init__(self, on_exit: OnExit, client: Any, heartbeat_timeout: float = 30.0,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0, connect: Callable[[], Any] | None = None,
+                 log: Callable[[str], None] = lambda line: None) -> None:
         from distributed import fire_and_forget
         self._fire_and_forget = fire_and_forget
         self._client = client
+        # A new client, when Dask closed this one: it gives up a scheduler down longer than its
+        # timeout (10 s), and a closed client never connects again.
+        self._connect = connect
+        self._log = log
+        self._scheduler_lost = False
+        self._reconnector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clowder-dask-connect")
+        self._reconnecting: Future[Any] | None = None
         self._on_exit = on_exit
         self._heartbeat_timeout = heartbeat_timeout
         self._poll = poll_interval
@@ -182,8 +229,14 @@ class DaskExecutor:
         return key
 
     def _submit(self, launch: Run) -> None:
-        future = self._client.submit(run_attempt, launch, key=task_key(launch), pure=False, retries=0,
-                                     resources=dict(launch.resources) or None)
+        try:
+            future = self._client.submit(run_attempt, launch, key=task_key(launch), pure=False, retries=0,
+                                         resources=dict(launch.resources) or None)
+        except Exception as e:  # a client Dask closed (its scheduler is gone): ClosedClientError
+            # Not a failure of the attempt: it stays queued, unclaimed, and the poller submits it
+            # again once the scheduler is back (_check_queued: a key the scheduler does not know).
+            self._log(f"dask: {task_key(launch)} waits for the Dask scheduler: {e}")
+            return
         self._fire_and_forget(future)  # it runs even if this daemon dies: a new one finds it by key
         future.add_done_callback(lambda f: self._pool.submit(self._task_done, f))
 
@@ -195,10 +248,22 @@ class DaskExecutor:
             return
         if future.status == "error" and read_exit(watched.run.run_file) is None:
             self._failed_to_run(watched.run, future.exception())
-        if read_exit(watched.run.run_file) is not None:
+        if read_exit(watched.run.run_file) is not None or self._ran_it(future):
+            # Ended: recorded, or its wrapper gone without a record (killed with SIGKILL), which
+            # the worker saw, and after which it ended what was left: lost now, not after the
+            # heartbeat timeout.
             self._report(key)
         # Else the task did nothing (the attempt was claimed by an earlier run of it, on a worker
         # that died): the attempt runs on there, and the poller sees its end or its silence.
+
+    def _ran_it(self, future: Any) -> bool:
+        """Whether this task ran the attempt to its end (run_attempt returned a status, not None)."""
+        if future.status != "finished":
+            return False
+        try:
+            return future.result(timeout=RPC_TIMEOUT) is not None
+        except Exception:  # the result went with its worker: the poller decides, from the files
+            return False
 
     def _failed_to_run(self, run: Run, error: object) -> None:
         """The task raised (the worker cannot import Clowder, cannot reach the root): the attempt
@@ -245,6 +310,7 @@ class DaskExecutor:
         self._stop.set()
         self._pool.shutdown(wait=True)
         self._rpc.shutdown(wait=False, cancel_futures=True)
+        self._reconnector.shutdown(wait=False, cancel_futures=True)
         self._client.close()  # fire-and-forget tasks run on without us
 
     # -- kills --------------------------------------------------------------------------------
@@ -296,6 +362,7 @@ class DaskExecutor:
 
     def _poll_watched(self) -> None:
         while not self._stop.wait(self._poll):
+            connected = self._keep_connected()
             with self._lock:
                 watched = list(self._watched.items())
             unclaimed = []
@@ -308,8 +375,37 @@ class DaskExecutor:
                     self._pool.submit(self._again, w.run)  # claimed by a worker that died before starting it
                 elif age > self._heartbeat_timeout:  # its machine is gone, or it is stuck: lost
                     self._pool.submit(self._lost, key, w.run)
-            if unclaimed:
+            if unclaimed and connected:
                 self._check_queued(dict(watched), unclaimed)
+
+    def _keep_connected(self) -> bool:
+        """Whether the scheduler can be asked now; says once when it is lost and when it is back.
+        A client Dask closed is replaced (in the poller's thread: connecting may take seconds)."""
+        status = self._client.status
+        if status != "running" and not self._scheduler_lost:
+            self._scheduler_lost = True
+            self._log(f"dask: lost the Dask scheduler ({status}): attempts running go on; "
+                      "none starts until it is back")
+        if status in ("closing", "closed", "failed") and (client := self._reconnected()) is not None:
+            old, self._client = self._client, client
+            self._rpc.submit(old.close)
+            status = "running"
+        if status == "running" and self._scheduler_lost:
+            self._scheduler_lost = False
+            self._log("dask: the Dask scheduler is back: attempts it does not know are submitted again")
+        return status == "running"
+
+    def _reconnected(self) -> Any:
+        """A new client once one could be made, else None. It is made in a thread of its own: a
+        scheduler that does not answer takes the client's whole timeout to give up, and the
+        poller meanwhile goes on reading the attempts' records."""
+        if self._reconnecting is not None and self._reconnecting.done():
+            reconnecting, self._reconnecting = self._reconnecting, None
+            if reconnecting.exception() is None:
+                return reconnecting.result()
+        if self._reconnecting is None and self._connect is not None:
+            self._reconnecting = self._reconnector.submit(self._connect)
+        return None
 
     def _again(self, run: Run) -> None:
         """The same attempt, submitted again: it never started (no pid in its run record long after
@@ -358,26 +454,39 @@ def _silence(files: AttemptFiles) -> float | None:
     return None
 
 
-def make_executor(config: Config, root: Path) -> Callable[[OnExit], Executor]:
+def make_executor(config: Config, root: Path,
+                  log: Callable[[str], None] = lambda line: None) -> Callable[[OnExit], Executor]:
     """The executor clowder.toml asks for, as the driver makes it (given its exit callback)."""
-    spec = config.executor
-    if spec.kind != "dask":
+    if config.executor.kind != "dask":
         return LocalExecutor
     try:
-        from distributed import Client
+        import distributed  # noqa: F401
     except ImportError as e:
         raise ClowderError(f"{root / 'clowder.toml'}: executor.kind = \"dask\" needs Dask distributed: "
                            "pip install 'clowder[dask]'") from e
+    client = _connect(config, root)
+
+    def make(on_exit: OnExit) -> DaskExecutor:
+        return DaskExecutor(on_exit, client, config.heartbeat_timeout,
+                            connect=lambda: _connect(config, root), log=log)
+    return make
+
+
+def _connect(config: Config, root: Path) -> Any:
+    """A client of the scheduler clowder.toml names (its scheduler file read anew: a scheduler
+    started again may listen elsewhere)."""
+    from distributed import Client
+    spec = config.executor
     where = spec.scheduler or str(root / (spec.scheduler_file or ""))
     if spec.scheduler_file and not Path(where).is_file():  # Client would wait for it forever
         raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: "
                            "no such file (start `dask scheduler --scheduler-file` first)")
     try:
-        client = (Client(spec.scheduler, timeout="10s", set_as_default=False) if spec.scheduler
-                  else Client(scheduler_file=where, timeout="10s", set_as_default=False))
+        return (Client(spec.scheduler, timeout="10s", set_as_default=False) if spec.scheduler
+                else Client(scheduler_file=where, timeout="10s", set_as_default=False))
     except (OSError, ValueError) as e:
         raise ClowderError(f"{root / 'clowder.toml'}: executor: cannot reach the Dask scheduler at {where}: {e}") from e
 
-    def make(on_exit: OnExit) -> DaskExecutor:
-        return DaskExecutor(on_exit, client, config.heartbeat_timeout)
-    return make
+
+if __name__ == "__main__":  # the attempt's loop, where its worker is gone (WRAPPER)
+    end_leftovers(sys.argv[1], int(sys.argv[2]), sys.argv[3])

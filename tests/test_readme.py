@@ -33,8 +33,13 @@ def test_the_quickstart_has_the_demo_then_the_tests() -> None:
 
 
 def test_the_demo_runs_both_examples_to_the_end(tmp_path: Path) -> None:
+    check_demo(REPO / "example_pipelines", tmp_path / "demo")
+
+
+def check_demo(examples: Path, where: Path) -> None:
+    """Run EXAMPLES/demo.sh in `where` (the example root it copies is EXAMPLES'), and check what it shows."""
     assert shutil.which("clowder"), "the clowder command must be installed (pip install -e .)"
-    result = subprocess.run(["bash", str(REPO / "example_pipelines" / "demo.sh"), str(tmp_path / "demo")],
+    result = subprocess.run(["bash", str(examples / "demo.sh"), str(where)],
                             capture_output=True, text=True, timeout=300, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

@@ -112,7 +112,7 @@ class Driver:
         self.notifier = Notifier(root, self.config.notify, self.log)  # [[notify]]: told each status written
         # Starts attempts and records their ends (the executor's waiter threads).
         self.launcher = Launcher(root, self.config, self.log, self.events, self.space,
-                                 make_executor or executor_for(self.config, root.path))
+                                 make_executor or executor_for(self.config, root.path, self.log))
 
     # -- events ---------------------------------------------------------------------------
 
