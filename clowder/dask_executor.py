@@ -37,6 +37,7 @@ from clowder.fsio import atomic_write
 from clowder.processes import AttemptProcesses
 from clowder.spec import Config
 from clowder.state import KillReason
+from clowder.storage import exists_now, fresh_stat
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE COMMAND...
 # The local executor's wrapper (pid line, cgroup, trap, exit line) with the attempt's own loop
@@ -44,11 +45,13 @@ from clowder.state import KillReason
 # file to its whole group. It lives as long as the wrapper, on the attempt's machine, whatever
 # becomes of the Dask worker that started it (a worker killed with SIGKILL leaves its attempts
 # running: they still heartbeat, obey kill files and record their end). dash's kill takes no `--`.
+# The kill file is opened each time, never tested with `[ -s ]`: on NFS a stat() may answer from
+# a cached "no such file" for seconds after the daemon's machine created it.
 WRAPPER = ('echo $$ > "$1"; run=$1; cg=$2; beat=$3; kf=$4; shift 4; '
            'if [ -n "$cg" ] && ! { echo $$ > "$cg/cgroup.procs"; } 2>/dev/null; then '
            'echo "clowder: cannot join the attempt\'s cgroup $cg" >&2; echo "exit 125" >> "$run"; exit 125; fi; '
            'w=$$; ( trap : TERM INT HUP; sent=; while kill -0 $w 2>/dev/null; do : > "$beat"; '
-           'if [ -s "$kf" ] && read sig < "$kf" && [ "$sig" != "$sent" ]; then sent=$sig; kill -s "$sig" 0; fi; '
+           'if { read sig < "$kf"; } 2>/dev/null && [ "$sig" != "$sent" ]; then sent=$sig; kill -s "$sig" 0; fi; '
            'sleep 1; done ) & '
            'trap : TERM INT HUP; "$@"; echo "exit $?" >> "$run"')
 # A task state the scheduler holds for a task that has not run yet, or is running.
@@ -215,7 +218,7 @@ class DaskExecutor:
     def probe(self, launch: Run) -> Probe:
         if read_exit(launch.run_file) is not None:
             return Probe.ENDED
-        if AttemptFiles.of(launch).claim.exists():
+        if exists_now(AttemptFiles.of(launch).claim):  # made by another machine: opened, not stat()ed
             return Probe.RUNNING
         states = self._states([task_key(launch)])
         if states is None or task_key(launch) in states:  # queued in the engine (or we cannot tell)
@@ -331,7 +334,7 @@ class DaskExecutor:
         if states is None:
             return
         for key in keys:
-            if key in states or AttemptFiles.of(watched[key].run).claim.exists():
+            if key in states or exists_now(AttemptFiles.of(watched[key].run).claim):
                 continue
             if watched[key].own:
                 self._call(lambda run=watched[key].run: self._submit(run), None)  # type: ignore[misc]
@@ -349,10 +352,13 @@ def _claimed_by(path: Path) -> str:
 
 
 def _silence(files: AttemptFiles) -> float | None:
-    """Seconds since the attempt last showed it is alive; None when it has not been claimed."""
+    """Seconds since the attempt last showed it is alive; None when it has not been claimed.
+    The heartbeat is a file time set by the server: opened first, so NFS asks it rather than its
+    attribute cache (the two machines' clocks must still agree, within much less than
+    heartbeat_timeout)."""
     for path in (files.beat, files.claim):
         try:
-            return time.time() - path.stat().st_mtime
+            return time.time() - fresh_stat(path).st_mtime
         except FileNotFoundError:
             continue
     return None
