@@ -52,6 +52,10 @@ def watching(root: Root, tmp_path: Path, *flags: str) -> Iterator[Path]:
         proc.wait(timeout=30)
 
 
+def q_state(root: Root) -> PipelineState | None:
+    return pstate(root, "q") if root.pipeline("q").status_file.exists() else None
+
+
 def _set(root: Root, key: str, value: str) -> None:
     """Set a top-level key of clowder.toml, as a user would edit it."""
     lines = [line for line in root.config_file.read_text().splitlines() if not line.startswith(f"{key} =")]
@@ -84,12 +88,14 @@ def test_a_cancel_from_another_process_reaches_a_polling_daemon(
         root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     started = tmp_path / "started"
     make_pipeline("p", {"a": f"command = 'touch {started}; sleep 300'\n"})
-    with watching(root, tmp_path, "--poll") as log:
+    with watching(root, tmp_path, "--poll", "--sweep", "1h") as log:  # no sweep to catch what polling misses
         wait_for(started.exists, timeout=60, what="a to start")
         cancel = subprocess.run(clowder(root, "cancel", "p", "a"), capture_output=True, text=True, env=_env())
         assert cancel.returncode == 0, cancel.stderr
         wait_for(lambda: jstatus(root, "p", "a").state is JobState.CANCELLED, timeout=60, what="a cancelled")
         assert "watching the tree by polling every 1.0s" in log.read_text()
+        make_pipeline("q", {"b": 'command = "true"\n'})  # a new pipeline: seen in the listing of pipelines/
+        wait_for(lambda: q_state(root) is PipelineState.SUCCEEDED, timeout=60, what="q to run")
 
 
 def test_retries_of_a_finished_pipeline_wake_a_polling_daemon_each_time(
@@ -99,7 +105,7 @@ def test_retries_of_a_finished_pipeline_wake_a_polling_daemon_each_time(
     runs = tmp_path / "runs"
     make_pipeline("p", {"a": f"command = 'echo x >> {runs}; [ $(wc -l < {runs}) -ge 3 ]'\n"})
     _set(root, "poll_interval", '"200ms"')
-    with watching(root, tmp_path, "--poll") as log:
+    with watching(root, tmp_path, "--poll", "--sweep", "1h") as log:  # no sweep to catch what polling misses
         for attempt in (1, 2):
             wait_for(lambda n=attempt: (pstate(root, "p") is PipelineState.FAILED  # type: ignore[misc]
                                         and jstatus(root, "p", "a").attempt == n),
@@ -121,7 +127,7 @@ def test_a_daemon_with_a_dask_executor_polls_by_default(root: Root, make_pipelin
     lines: list[str] = []
     driver = Driver(root, log=lines.append, make_executor=LocalExecutor)
     assert driver.poll
-    thread = threading.Thread(target=driver.serve, daemon=True)
+    thread = threading.Thread(target=driver.serve, kwargs={"sweep": 3600}, daemon=True)  # only polling sees the cancel
     thread.start()
     try:
         wait_for(started.exists, timeout=60, what="a to start")
