@@ -205,9 +205,13 @@ def test_a_bad_poll_interval_is_refused_naming_the_file_and_the_key(root: Root, 
     result = cli("validate")
     assert result.exit_code == 2
     assert f"{root.config_file}: {message}" in result.output
+
+
+def test_a_daemon_refuses_a_bad_poll_interval_naming_the_file_and_the_key(root: Root) -> None:
+    _set(root, "poll_interval", '"10ms"')
     watch = subprocess.run(clowder(root, "watch", "--poll"), capture_output=True, text=True, env=_env(), timeout=60)
     assert watch.returncode == 2
-    assert f"{root.config_file}: {message}" in watch.stderr
+    assert f"{root.config_file}: poll_interval: must be from 50ms to 1m, got '10ms'" in watch.stderr
 
 
 def test_poll_interval_takes_a_duration(root: Root, cli: Invoke) -> None:
@@ -241,27 +245,27 @@ def _first_line(proc: subprocess.Popen[str]) -> str:
     return proc.stdout.readline()
 
 
-@pytest.mark.parametrize("args", [("p", "a", "-f"), ("p", "-f")])
-def test_logs_follow_a_log_replaced_by_another_process(root: Root, make_pipeline: MakePipeline, tmp_path: Path,
-                                                       args: tuple[str, ...]) -> None:
+def test_logs_follow_a_log_replaced_by_another_process(root: Root, make_pipeline: MakePipeline,
+                                                       tmp_path: Path) -> None:
     go = tmp_path / "go"
     make_pipeline("p", {"a": REPLACER.format(gate=GATE.format(go))})
     with watching(root, tmp_path):
         wait_for(lambda: root.pipeline("p").log_file("a", 1).exists()
                  and root.pipeline("p").log_file("a", 1).read_text() == "one\n", timeout=60, what="a to print")
-        follow = _follow(root, *args)
+        followers = [_follow(root, "p", "a", "-f"), _follow(root, "p", "-f")]  # a job's log, a pipeline's
         try:
-            first = _first_line(follow)  # it holds the log open now
+            firsts = [_first_line(f) for f in followers]  # they hold the log open now
             go.touch()
-            out, err = follow.communicate(timeout=120)
+            ends = [f.communicate(timeout=120) for f in followers]
         finally:
             go.touch()
-            if follow.poll() is None:
-                follow.kill()
-                follow.wait()
-    prefix = "a#1 | " if args == ("p", "-f") else ""
-    assert (first + out).splitlines() == [f"{prefix}{word}" for word in ("one", "two", "three")], err
-    assert follow.returncode == 0, err
+            for f in followers:
+                if f.poll() is None:
+                    f.kill()
+                    f.wait()
+    for prefix, first, (out, err), follow in zip(("", "a#1 | "), firsts, ends, followers, strict=True):
+        assert (first + out).splitlines() == [f"{prefix}{word}" for word in ("one", "two", "three")], err
+        assert follow.returncode == 0, err
 
 
 def test_logs_follow_appends_written_by_another_process_through_its_own_opens(
