@@ -324,23 +324,29 @@ def test_a_followed_log_found_shorter_is_read_again_from_its_start(root: Root, m
 # -- the attempt's own loop reads its kill file by opening it -------------------------------------
 
 def test_an_attempt_applies_a_kill_file_written_later_and_logs_nothing_while_there_is_none(tmp_path: Path) -> None:
+    import re
+    import signal
+
     from clowder.dask_executor import WRAPPER
     from clowder.fsio import atomic_write
 
     run, beat, kill, log = (tmp_path / f"1.{suffix}" for suffix in ("run", "beat", "kill", "log"))
+    # The wrapper's own arguments before the command, as run_attempt passes them (their number
+    # is the wrapper's `shift`).
+    ours = [str(run), "", str(beat), str(kill), sys.executable, "p/a/1/test"]
+    ours = ours[:int(re.search(r"shift (\d+)", WRAPPER)[1])]  # type: ignore[index]
     with log.open("wb") as out:
-        proc = subprocess.Popen(["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(run), "", str(beat), str(kill),
-                                 "sh", "-c", "echo started; sleep 300"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        argv = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", *ours, "sh", "-c", "echo started; sleep 300"]
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: beat.exists() and log.read_text() == "started\n", timeout=30, what="the attempt's loop")
         time.sleep(2.2)  # two turns of its loop without a kill file: nothing said
         atomic_write(kill, "TERM\n")
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # what a worker does once the wrapper has ended
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     # The shell may say the command was terminated; never that it could not open the kill file.
     assert log.read_text().startswith("started\n") and str(kill) not in log.read_text(), log.read_text()
     assert run.read_text().splitlines()[1] == "exit 143"  # the command ended by SIGTERM
