@@ -350,3 +350,23 @@ def test_an_attempt_applies_a_kill_file_written_later_and_logs_nothing_while_the
     # The shell may say the command was terminated; never that it could not open the kill file.
     assert log.read_text().startswith("started\n") and str(kill) not in log.read_text(), log.read_text()
     assert run.read_text().splitlines()[1] == "exit 143"  # the command ended by SIGTERM
+
+
+def test_looking_at_a_record_never_opens_a_fifo_in_its_place(tmp_path: Path) -> None:
+    # A FIFO where a status file belongs: opening it to read would let a writer blocked on it go on.
+    from clowder.storage import fresh_stat
+
+    fifo = tmp_path / "a.toml"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        with contextlib.suppress(OSError), open(fifo, "w"):
+            opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert fresh_stat(fifo).st_ino == os.stat(fifo).st_ino
+    assert not opened.wait(0.5)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    thread.join(timeout=10)
