@@ -366,6 +366,7 @@ def test_looking_at_a_record_never_opens_a_fifo_in_its_place(tmp_path: Path) -> 
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
+    time.sleep(0.3)  # the writer waits in open() for a reader by now
     assert fresh_stat(fifo).st_ino == os.stat(fifo).st_ino
     assert not opened.wait(0.5)
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
