@@ -39,6 +39,7 @@ from clowder.fsio import atomic_write
 from clowder.processes import END_TIMEOUT, AttemptProcesses
 from clowder.spec import Config
 from clowder.state import KillReason
+from clowder.storage import exists_now, fresh_stat
 
 # argv: sh -c WRAPPER clowder-attempt RUNFILE CGROUP BEATFILE KILLFILE PYTHON ATTEMPT_ID COMMAND...
 # The local executor's wrapper (pid line, cgroup, trap, exit line) with the attempt's own loop
@@ -280,7 +281,7 @@ class DaskExecutor:
     def probe(self, launch: Run) -> Probe:
         if read_exit(launch.run_file) is not None:
             return Probe.ENDED
-        if AttemptFiles.of(launch).claim.exists():
+        if exists_now(AttemptFiles.of(launch).claim):  # made by another machine: opened, not stat()ed
             return Probe.RUNNING
         states = self._states([task_key(launch)])
         if states is None or task_key(launch) in states:  # queued in the engine (or we cannot tell)
@@ -427,7 +428,7 @@ class DaskExecutor:
         if states is None:
             return
         for key in keys:
-            if key in states or AttemptFiles.of(watched[key].run).claim.exists():
+            if key in states or exists_now(AttemptFiles.of(watched[key].run).claim):
                 continue
             if watched[key].own:
                 self._call(lambda run=watched[key].run: self._submit(run), None)  # type: ignore[misc]
@@ -445,10 +446,13 @@ def _claimed_by(path: Path) -> str:
 
 
 def _silence(files: AttemptFiles) -> float | None:
-    """Seconds since the attempt last showed it is alive; None when it has not been claimed."""
+    """Seconds since the attempt last showed it is alive; None when it has not been claimed.
+    The heartbeat is a file time set by the server: opened first, so NFS asks it rather than its
+    attribute cache (the two machines' clocks must still agree, within much less than
+    heartbeat_timeout)."""
     for path in (files.beat, files.claim):
         try:
-            return time.time() - path.stat().st_mtime
+            return time.time() - fresh_stat(path).st_mtime
         except FileNotFoundError:
             continue
     return None

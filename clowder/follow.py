@@ -24,8 +24,10 @@ class _Seen:
 
 
 class Follower:
-    """Reads only the status files that changed since the last look (a stat per file) and says
-    what happened in between, as lines like the scheduler's own."""
+    """Reads only the status files that changed since the last look and says what happened in
+    between, as lines like the scheduler's own. A file is looked at by opening it (an open and an
+    fstat per file): the daemon followed may write on another machine, and NFS answers a stat()
+    from its attribute cache, where a replaced status file can look unchanged for a minute."""
 
     def __init__(self, root: Root, names: list[str]) -> None:
         self.seen = {name: _Seen(root.pipeline(name)) for name in names}
@@ -135,14 +137,12 @@ def _pipeline_line(old: PipelineStatus | None, new: PipelineStatus | None) -> st
 def _status_stamps(paths: PipelinePaths) -> dict[str, FileKey]:
     out: dict[str, FileKey] = {}
     try:
-        with os.scandir(paths.status_dir) as it:
+        with os.scandir(paths.status_dir) as it:  # opening the directory lists it afresh on NFS too
             for e in it:
                 if e.name.endswith(".toml") and not e.name.startswith("."):
-                    try:
-                        st = e.stat()
-                    except FileNotFoundError:
-                        continue
-                    out[e.name[:-5]] = FileKey(st.st_ino, st.st_mtime_ns, st.st_size)
+                    key = file_key(e.path)
+                    if key is not None:
+                        out[e.name[:-5]] = key
     except FileNotFoundError:
         pass
     return out

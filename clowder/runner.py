@@ -55,7 +55,7 @@ def _daemon_running(root: Root) -> bool:
         return not got
 
 
-def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None, poll: bool = False,
+def run(root: Root, pipelines: list[str] | None, max_parallel: int | None = None, poll: bool | None = None,
         log_file: Path | None = None, out: Console | None = None) -> bool:
     """Run pipelines to the end in the foreground; True if all succeeded. If a daemon serves the
     root, follow its decisions instead, and run them here if it goes away."""
@@ -184,7 +184,7 @@ class _signals_stop:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def watch(root: Root, max_parallel: int | None = None, poll: bool = False, log_file: Path | None = None,
+def watch(root: Root, max_parallel: int | None = None, poll: bool | None = None, log_file: Path | None = None,
           sweep: float | None = None) -> None:
     from clowder.driver import Driver, stderr_log
 

@@ -182,6 +182,9 @@ class Config:
     # A spec file found invalid that changed less than this ago is being written: read it again
     # once it has been quiet this long before blocking its pipeline.
     settle: float = 2.0
+    # How often the daemon looks for changes when it polls (`--poll`, or a Dask executor: file
+    # events never see what other machines write).
+    poll_interval: float = 1.0
     notify: tuple[NotifyTarget, ...] = ()  # [[notify]]: told of every pipeline's events
 
 
@@ -356,6 +359,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         heartbeat_timeout=parse_duration(data.get("heartbeat_timeout", Config.heartbeat_timeout)),
         kill_grace=parse_duration(data.get("kill_grace", Config.kill_grace)),
         settle=parse_duration(data.get("settle", Config.settle)),
+        poll_interval=parse_duration(data.get("poll_interval", Config.poll_interval)),
         notify=notify_targets(data.get("notify", [])),
     )
 

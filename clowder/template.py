@@ -38,6 +38,9 @@ kill_grace = "10s"
 # A spec file found invalid that changed less than this ago is being saved: it is read again
 # then, and only an invalid file that stayed so this long blocks its pipeline.
 settle = "2s"
+# How often the daemon looks for changed files when it polls: with `--poll`, and by default with
+# a Dask executor (file events never see what other machines write).
+poll_interval = "1s"
 
 # Agent jobs (`agent = "<role>"`) run a harness: `scripted` (the deterministic agent of the
 # examples: no model, no network) unless a job, its role or default_harness names another.

@@ -48,11 +48,12 @@ def check_config(path: Path) -> tuple[Config | None, list[Problem]]:
         return None, problems
     problems = schema.check("clowder", without_notify(data), path)
     durations: list[tuple[str, ...]] = [
-        ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("settle",), ("retry", "backoff", "initial"),
-        ("retry", "backoff", "max"),
+        ("sweep_interval",), ("heartbeat_timeout",), ("kill_grace",), ("settle",), ("poll_interval",),
+        ("retry", "backoff", "initial"), ("retry", "backoff", "max"),
     ]
     problems += check_durations(data, durations, Where(path))
     problems += _check_at_least_a_second(data, path)
+    problems += _check_poll_interval(data, path)
     harnesses = data.get("harnesses", {})
     if isinstance(harnesses, dict):
         problems += _check_harnesses(path, harnesses, data.get("default_harness"))
@@ -80,6 +81,24 @@ def _check_at_least_a_second(data: Mapping[str, Any], path: Path) -> list[Proble
         if short:
             problems.append(Problem(path, key, f"must be at least 1s, got {value!r}"))
     return problems
+
+
+# Polling more often than this costs CPU (and on NFS, a round trip per file) for little; less
+# often than this, a request or a spawn waits longer than anyone would.
+POLL_INTERVAL_BOUNDS = (0.05, 60.0)
+
+
+def _check_poll_interval(data: Mapping[str, Any], path: Path) -> list[Problem]:
+    """poll_interval written as a string: from 50ms to 1m (the schema bounds numbers)."""
+    value = data.get("poll_interval")
+    try:
+        seconds = parse_duration(value) if isinstance(value, str) else None
+    except ValueError:  # reported by check_durations
+        return []
+    low, high = POLL_INTERVAL_BOUNDS
+    if seconds is not None and not low <= seconds <= high:
+        return [Problem(path, "poll_interval", f"must be from 50ms to 1m, got {value!r}")]
+    return []
 
 
 def _check_harnesses(path: Path, harnesses: Mapping[str, Any], default: object) -> list[Problem]:

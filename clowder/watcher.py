@@ -1,6 +1,7 @@
 """File events -> scheduler wake-ups. Watches directories, never trees: a root with many
 pipelines keeps few watches (watchdog runs one thread per watch), and workspaces and .git are
-never watched."""
+never watched. Where file events cannot see every write (other machines'), it polls instead
+(clowder.poller)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
 
+from clowder.poller import Look, Poller, PollWatch
+from clowder.spec import format_duration
 from clowder.tree import Root
 
 # (kind, pipeline): kind is "pipelines" (a pipeline appeared or went), "spec" or "request".
@@ -30,9 +32,9 @@ class _Handler(FileSystemEventHandler):
             return
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if raw:
-                self._classify(Path(raw if isinstance(raw, str) else raw.decode()))
+                self.classify(Path(raw if isinstance(raw, str) else raw.decode()))
 
-    def _classify(self, path: Path) -> None:
+    def classify(self, path: Path) -> None:
         if path.parent == self._wake:
             self._notify("request", path.name)
             return
@@ -50,41 +52,67 @@ class _Handler(FileSystemEventHandler):
 
 class Watcher:
     """Keeps one watch on pipelines/ and .clowder/wake/, and three on each active pipeline
-    (its directory, jobs/ and requests/)."""
+    (its directory, jobs/ and requests/). `poll`: look every `interval` seconds instead of
+    waiting for file events (one thread, however many watches)."""
 
-    def __init__(self, root: Root, notify: Notify, poll: bool = False) -> None:
+    def __init__(self, root: Root, notify: Notify, poll: bool = False, interval: float = 1.0) -> None:
         self._root = root
         self._handler = _Handler(root, notify)
-        self._observer: BaseObserver = PollingObserver(timeout=1.0) if poll else Observer()
-        self._watches: dict[str, list[ObservedWatch]] = {}
+        self._observer: BaseObserver | None = None if poll else Observer()
+        self._poller = Poller(self._handler.classify, interval) if poll else None
+        self._watches: dict[str, list[ObservedWatch | PollWatch]] = {}
+
+    @property
+    def how(self) -> str:
+        """How it learns of changes, for the daemon's log."""
+        if self._poller is not None:
+            return f"polling every {format_duration(self._poller.interval)}"
+        return "file events"
 
     def start(self) -> None:
         wake = self._root.state_dir / "wake"
-        for d in (wake, self._root.pipelines_dir):
+        for d, look in ((wake, Look.OPEN), (self._root.pipelines_dir, Look.NAMES)):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError:  # a read-only root: the daemon says so and waits; the sweep finds what changes
                 continue
-            self._observer.schedule(self._handler, str(d))
-        self._observer.start()
+            self._schedule(PollWatch(d, look))
+        if self._observer is not None:
+            self._observer.start()
+        if self._poller is not None:
+            self._poller.start()
+
+    def _schedule(self, watch: PollWatch) -> ObservedWatch | PollWatch:
+        if self._poller is not None:
+            return self._poller.schedule(watch)
+        assert self._observer is not None
+        return self._observer.schedule(self._handler, str(watch.path))
 
     def watch(self, pipeline: str) -> None:
         if pipeline in self._watches:
             return
         d = self._root.pipelines_dir / pipeline
         watches = []
-        for sub in (d, d / "jobs", d / "requests"):
+        # Polled: in a pipeline's directory only its spec matters (status files change there at
+        # every step); requests arrive by rename, so which files there are says it all.
+        for watch in (PollWatch(d, Look.STAT, frozenset({"pipeline.toml"})), PollWatch(d / "jobs"),
+                      PollWatch(d / "requests", Look.NAMES)):
             try:
-                sub.mkdir(exist_ok=True)
-                watches.append(self._observer.schedule(self._handler, str(sub)))
+                watch.path.mkdir(exist_ok=True)
+                watches.append(self._schedule(watch))
             except OSError:
                 continue  # the pipeline went away; the next rescan forgets it
         self._watches[pipeline] = watches
 
     def unwatch(self, pipeline: str) -> None:
         for w in self._watches.pop(pipeline, []):
+            if isinstance(w, PollWatch):
+                if self._poller is not None:
+                    self._poller.unschedule(w)
+                continue
             try:
-                self._observer.unschedule(w)
+                if self._observer is not None:
+                    self._observer.unschedule(w)
             except (KeyError, OSError):
                 pass
 
@@ -92,5 +120,8 @@ class Watcher:
         return set(self._watches)
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._poller is not None:
+            self._poller.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)

@@ -25,6 +25,7 @@ SCRIPTS = {
     "bench_index.py": (["--smoke"], "job file edit -> index"),
     "bench_workspace.py": (["--smoke"], "join of 3 upstreams"),  # after the big-repository figures
     "bench_tick.py": (["--smoke"], "chains"),
+    "bench_poll.py": (["--smoke"], "clowder poller, 5 pipelines"),
 }
 
 

@@ -95,6 +95,16 @@ def test_retries_wait_a_growing_backoff(root: Root, make_pipeline: MakePipeline)
     assert 0.6 <= gaps[1] < 0.9
 
 
+def test_a_timeout_is_applied_on_time_when_the_daemon_polls(root: Root, make_pipeline: MakePipeline) -> None:
+    # Polling sees no status or log writes, so nothing but the deadline itself wakes the loop: the
+    # step that starts an attempt must ask to be woken at its timeout (it waited for the 30 s sweep).
+    make_pipeline("p", {"a": 'command = "sleep 30"\ntimeout = "500ms"\n'})
+    t = time.monotonic()
+    Driver(root, only=["p"], log=lambda s: None, poll=True).serve(until_done=True)
+    assert time.monotonic() - t < 10
+    assert jstatus(root, "p", "a").attempts[0].message == "timed out after 500ms"
+
+
 def test_timeout_kills_the_whole_process_group(root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     make_pipeline("p", {"a": f'command = "sleep 30 & echo $! > {pidfile}; wait"\ntimeout = "500ms"\n'})

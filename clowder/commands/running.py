@@ -23,8 +23,10 @@ from clowder.tree import Root, find_root, is_name
 def _driver_options(f: F) -> F:
     f = click.option("--max-parallel", type=click.IntRange(min=1),
                      help="Attempts running at once under the root (default: clowder.toml's max_parallel).")(f)
-    f = click.option("--poll", is_flag=True,
-                     help="Use watchdog's polling observer (for network file systems where inotify does not work).")(f)
+    f = click.option("--poll/--no-poll", default=None,
+                     help="Look for changed files every poll_interval instead of waiting for file events "
+                          "(network file systems; the default with a Dask executor: inotify never sees what its "
+                          "workers write).")(f)
     f = click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also append the decision log to this file.")(f)
     return f
@@ -38,7 +40,7 @@ def _driver_options(f: F) -> F:
 @click.option("--outdated", is_flag=True,
               help="Re-run the outdated jobs of PIPELINES (default: every pipeline) and every job after them.")
 @root_option
-def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool, log_file: Path | None, dry_run: bool,
+def run(pipelines: tuple[str, ...], max_parallel: int | None, poll: bool | None, log_file: Path | None, dry_run: bool,
         outdated: bool, root_dir: Path | None) -> None:
     """Run PIPELINES (default: every unfinished pipeline) to the end in the foreground.
 
@@ -116,7 +118,8 @@ def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
 @click.option("--sweep", default="30s", show_default=True,
               help="How often to re-read the whole tree to repair missed file events.")
 @root_option
-def watch(max_parallel: int | None, poll: bool, log_file: Path | None, sweep: str, root_dir: Path | None) -> None:
+def watch(max_parallel: int | None, poll: bool | None, log_file: Path | None, sweep: str,
+          root_dir: Path | None) -> None:
     """Serve every pipeline under the root until SIGTERM or Ctrl-C.
 
     One daemon per root. On a signal it stops launching and exits; running jobs go on and the

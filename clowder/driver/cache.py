@@ -25,6 +25,7 @@ from clowder.state import (
     read_pipeline_status,
     utcnow,
 )
+from clowder.storage import fresh_stat
 from clowder.tree import PipelinePaths
 
 
@@ -90,7 +91,9 @@ class PipelineCache:
             if quiet_since + timedelta(seconds=spec.idle_timeout) > now:
                 continue
             with contextlib.suppress(OSError):  # no log yet: quiet since it started
-                mtime = self.paths.log_file(job, last.number).stat().st_mtime
+                # Opened, not stat()ed: an attempt on another machine writes it, and NFS may answer a
+                # stat() from an attribute cache up to a minute old (a busy log taken for idle).
+                mtime = fresh_stat(self.paths.log_file(job, last.number)).st_mtime
                 self.output_at[job] = datetime.fromtimestamp(mtime, UTC)
 
     def read_statuses(self, say: Callable[[str], None]) -> None:

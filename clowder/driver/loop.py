@@ -76,7 +76,7 @@ class Driver:
         max_parallel: int | None = None,
         only: Iterable[str] | None = None,
         log: Log | None = None,
-        poll: bool = False,
+        poll: bool | None = None,
         make_executor: Callable[[OnExit], Executor] | None = None,
     ) -> None:
         self.root = root
@@ -89,7 +89,9 @@ class Driver:
         )
         self.only = set(only) if only is not None else None
         self.log = log or stderr_log()
-        self.poll = poll
+        # File events never see what other machines write (a `clowder spawn` run by an attempt on
+        # a Dask worker): with a Dask executor the daemon polls unless told not to.
+        self.poll = poll if poll is not None else self.config.executor.kind == "dask"
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.pipelines: dict[str, PipelineCache] = {}
         self.dirty: set[str] = set()
@@ -145,8 +147,10 @@ class Driver:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.space.give_up, self.space.on_give_up = until_done, self.stop  # `clowder run` stops on a full disk
         self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space, on_error=self._write_failed)
-        self.watcher = Watcher(self.root, self._notify, poll=self.poll)
+        self.watcher = Watcher(self.root, self._notify, poll=self.poll, interval=self.config.poll_interval)
         self.watcher.start()
+        if self.poll:
+            self.log(f"watching the tree by {self.watcher.how} (poll_interval in clowder.toml)")
         self.recorder.start()
         self.notifier.start()
         try:
@@ -242,6 +246,8 @@ class Driver:
                 if cache is not None:  # no re-read of the specs: only the job's state changed
                     cache.outcomes[job] = (attempt, outcome)
                     self.live.add(pipeline)
+                    if self.poll:
+                        self._requests_now(cache)
             case FilesChanged(pipeline=pipeline):
                 self._files_changed(pipeline)
             case _:
@@ -254,6 +260,14 @@ class Driver:
             self.pipelines[pipeline] = PipelineCache(self.root.pipeline(pipeline))
         if pipeline in self.pipelines:
             self.dirty.add(pipeline)
+
+    def _requests_now(self, cache: PipelineCache) -> None:
+        """Read the requests again as an attempt ends: polled, a `clowder spawn` the attempt made
+        just before its end may not have been seen yet, and the end is where it is applied."""
+        try:
+            cache.requests = tuple(req_mod.pending(cache.paths))
+        except OSError:
+            pass  # the sweep reads them again
 
     def tick(self, now: datetime | None = None) -> datetime | None:
         """Refresh what changed, reconcile, apply. Returns when to look again at the latest."""

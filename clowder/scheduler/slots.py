@@ -10,6 +10,7 @@ from datetime import datetime
 
 from clowder.scheduler.ready import ReadyChange, ReadyQueue
 from clowder.scheduler.records import Candidate, Limits, Plan, SetJob, Start
+from clowder.scheduler.running import overdue
 from clowder.spec import JobSpec
 from clowder.state import Attempt, JobState, JobStatus
 
@@ -153,4 +154,8 @@ def _start(cand: Candidate, now: datetime, plan: Plan) -> JobStatus:
                      attempts=(*cand.status.attempts, attempt), retry_request=None, killing=None, waiting_for=())
     plan.actions.append(SetJob(cand.pipeline, status))
     plan.actions.append(Start(cand.pipeline, cand.job.name, number, cand.sources))
+    # Its timeout or idle deadline: nothing else may wake the loop before it (a polling daemon
+    # sees no log or status writes).
+    deadline = overdue(cand.job, now, None, now)
+    plan.wake(deadline if isinstance(deadline, datetime) else None)
     return status

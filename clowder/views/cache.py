@@ -1,13 +1,16 @@
 """A cache of what files say, for readers that look again and again (the server, `clowder logs -f`):
-a value is kept while the files it was computed from keep their inode, mtime and size."""
+a value is kept while the files it was computed from keep their inode, mtime and size, as
+opening them shows (clowder.storage: on NFS a stat() may answer from its cache for a record
+another machine has replaced)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
+
+from clowder.storage import fresh_stat
 
 # Directory and file mtimes tick coarsely (a few ms on ext4): a file rewritten in the same tick
 # as the last look keeps its mtime. What changed this recently is read again each time, until
@@ -30,7 +33,7 @@ T = TypeVar("T")
 
 def file_key(path: Path | str) -> FileKey | None:
     try:
-        st = os.stat(path)
+        st = fresh_stat(path)
     except OSError:
         return None
     return FileKey(st.st_ino, st.st_mtime_ns, st.st_size)

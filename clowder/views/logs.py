@@ -77,7 +77,13 @@ class LogChunk:
 class LogFollower:
     """Reads a log from a byte offset as it grows, until its attempt has ended (or, without
     `until_over`, to its current end). Iterating yields LogChunks, and None whenever there is
-    nothing new yet: the caller waits POLL_SECONDS its own way (a sleep, or an await)."""
+    nothing new yet: the caller waits POLL_SECONDS its own way (a sleep, or an await).
+
+    Following, it opens the log again each time it has read to the end: on NFS a reader that
+    keeps a file open never sees what another machine appends (the client revalidates its cache
+    only when the file is opened: close-to-open consistency), and a log replaced whole (a copy
+    synced from another machine) is another file. A log only grows, so a replaced one is read on
+    from the same byte; one found shorter was truncated or started over, and is read from its start."""
 
     def __init__(self, log: AttemptLog, offset: int = 0, f: BinaryIO | None = None, until_over: bool = True) -> None:
         self.log = log
@@ -85,6 +91,7 @@ class LogFollower:
         self.f = f  # the log, if the caller opened it already
         self.until_over = until_over
         self.opened = f is not None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __iter__(self) -> Iterator[LogChunk | None]:
         while self.f is None:
@@ -95,24 +102,42 @@ class LogFollower:
                 return
             yield None
         self.opened = True
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        with self.f:
+        try:
             self.f.seek(self.offset)
             while True:
                 data = self.f.read(CHUNK_BYTES)
                 if data:
                     self.offset += len(data)
-                    yield LogChunk(decoder.decode(data), self.offset)
+                    yield LogChunk(self._decoder.decode(data), self.offset)
                     continue
-                # Ended and read to the end: whatever it wrote before its exit record is in.
-                if not self.until_over or self.log.over():
-                    rest = self.f.read()
-                    self.offset += len(rest)
-                    text = decoder.decode(rest, final=True)
+                ended = not self.until_over or self.log.over()
+                # Ended and read to the end, as a new open shows it: whatever it wrote before its
+                # exit record is in.
+                if self.until_over and self._reopen():
+                    continue
+                if ended:
+                    text = self._decoder.decode(b"", final=True)
                     if text:
                         yield LogChunk(text, self.offset)
                     return
                 yield None
+        finally:
+            self.f.close()
+
+    def _reopen(self) -> bool:
+        """Open the log again where it was read to; whether it holds bytes not read yet."""
+        f = self.log.open()
+        if f is None:  # gone for now: what was read stands
+            return False
+        assert self.f is not None
+        self.f.close()
+        self.f = f
+        size = os.fstat(f.fileno()).st_size
+        if size < self.offset:  # truncated, or started over: from its start, as `tail -F` does
+            self.offset = 0
+            self._decoder.reset()
+        f.seek(self.offset)
+        return size > self.offset
 
 
 def text_chunks(root: Root, pipeline: str, job: str, attempt: int | None, follow: bool) -> Iterator[str]:
