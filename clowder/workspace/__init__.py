@@ -72,6 +72,7 @@ from clowder.workspace.repo import ATTEMPT_REFS, MARKER, TAG_PREFIX, Identity, R
 from clowder.workspace.skeleton import checkout, publish, skeleton
 from clowder.workspace.source import SourceRecord, carry_submodules, clone, read_record
 from clowder.workspace.unchanged import untouched, write_commit
+from clowder.workspace.worktree import commit_worktree
 
 __all__ = ["EMPTY_TREE", "AttemptRef", "End", "ErrorContext", "Finished", "Identity", "Prepared", "SourceRecord",
            "Start", "Upstream", "WorkspaceError", "base_of", "diff", "finish", "log_tail", "prepare", "read_record",
@@ -350,6 +351,10 @@ def _commit(ref: AttemptRef, end: End, force: Sequence[str]) -> str:
             head = write_commit(repo, head, message, end.identity)
             repo.write_refs({repo.branch(): head, **dict.fromkeys(ours, head)})
             return head
+        written = commit_worktree(repo, head, message, end.identity)  # no git process where nothing needs one
+        if written is not None:
+            repo.write_refs({repo.branch(): written, **dict.fromkeys(ours, written)})
+            return written
         # A sparse checkout: what the job wrote outside its paths is committed too (git would skip it).
         git(repo.path, "add", "-A", *sparse.add_options(repo))
         if force:  # declared outputs and run metadata are committed even if .gitignore says otherwise

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clowder.workspace.odb import EMPTY_TREE
 from clowder.workspace.repo import BRANCH_PREFIX, PACKED_HEADER, SHALLOW, STORE, STORE_FROM_OBJECTS, Repo, git
+from clowder.workspace.worktree import checkout_tree
 
 # -- the shared object store ------------------------------------------------------------------
 
@@ -102,5 +103,6 @@ def _ref_name(line: str) -> str:
 
 def checkout(repo: Repo) -> None:
     head = repo.head()
-    if head is not None and repo.objects().tree_of(head) != EMPTY_TREE:  # an empty tree needs no index
+    # An empty tree needs no index; in-process where git would do nothing more (worktree.py).
+    if head is not None and repo.objects().tree_of(head) != EMPTY_TREE and not checkout_tree(repo, head):
         git(repo.path, "read-tree", "-u", "--reset", "HEAD")
