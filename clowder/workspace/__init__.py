@@ -369,6 +369,8 @@ def _commit(ref: AttemptRef, end: End, force: Sequence[str]) -> str:
 
 def _output_files(ws: Path, patterns: Sequence[str]) -> list[str]:
     """Files matching the declared `outputs` globs (a matched directory stands for its files)."""
+    if not patterns:  # most jobs declare none: no path resolution on every attempt's end
+        return []
     out: list[str] = []
     inside = ws.resolve()
     for pattern in patterns:

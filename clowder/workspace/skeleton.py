@@ -16,9 +16,14 @@ from clowder.workspace.worktree import checkout_tree
 
 # -- the shared object store ------------------------------------------------------------------
 
+_stores: set[Path] = set()  # made by this process: a mkdir per call showed in the per-job profile
+
+
 def store_dir(workspaces: Path) -> Path:
     store = workspaces / STORE
-    store.mkdir(parents=True, exist_ok=True)
+    if store not in _stores or not store.is_dir():
+        store.mkdir(parents=True, exist_ok=True)
+        _stores.add(store)
     return store
 
 
