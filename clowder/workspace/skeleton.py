@@ -21,7 +21,7 @@ _stores: set[Path] = set()  # made by this process: a mkdir per call showed in t
 
 def store_dir(workspaces: Path) -> Path:
     store = workspaces / STORE
-    if store not in _stores or not store.is_dir():
+    if store not in _stores or not store.is_dir():  # a stat, not a mkdir: a pipeline may be made anew
         store.mkdir(parents=True, exist_ok=True)
         _stores.add(store)
     return store
