@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -289,6 +290,12 @@ class Pipeline:
                 if need.job in out:
                     out[need.job].append(name)
         return {n: tuple(d) for n, d in out.items()}
+
+    @cached_property
+    def consumers(self) -> Mapping[str, int]:
+        """How many jobs' workspaces start from each job: once per loaded spec, not a walk of
+        every job at each start (quadratic in a pipeline's size)."""
+        return Counter(source for job in self.jobs.values() for source in set(job.sources))
 
 
 def spec_hash(data: Mapping[str, Any]) -> str:

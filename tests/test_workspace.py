@@ -452,6 +452,68 @@ def test_a_rewrite_hidden_by_a_coarse_clock_is_still_committed(root: Root) -> No
     assert [x.path for x in b.artifacts] == ["f.txt"]
 
 
+def fresh_tree(repo: Path) -> str:
+    """The tree git itself makes of the worktree, from an index of its own (`git add -A`)."""
+    env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "test-index")}
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
+    tree = subprocess.run(["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True, text=True)
+    (repo / ".git" / "test-index").unlink()
+    return tree.stdout.strip()
+
+
+WRITER = {
+    "a": ('command = "mkdir -p src/lib empty/deeper docs && echo one > src/lib/one.py && echo two > src/two.py'
+          ' && printf \'#!/bin/sh\\necho hi\\n\' > run.sh && chmod +x run.sh && ln -s src/two.py link'
+          ' && echo gone > docs/old.md && echo a-b > a-b"\n'),
+    "b": ('command = "echo changed > src/two.py && rm docs/old.md && echo new > src/lib/new.py && chmod -x run.sh'
+          ' && ./link 2>/dev/null; test -L link && test -f src/lib/one.py"\nneeds = ["a"]\n'),
+}
+
+
+def test_files_a_job_writes_are_committed_as_git_commits_them_and_git_status_is_clean(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", WRITER)
+    assert run(root)
+    a, b = ws(root, "a"), ws(root, "b")
+    for repo in (a, b):
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""  # the index matches the files
+        assert git(repo, "rev-parse", "HEAD^{tree}").strip() == fresh_tree(repo)
+        git(repo, "fsck", "--strict", "--no-dangling")
+        # Written in-process: git's own commit would have left a reflog entry.
+        assert not (repo / ".git" / "logs" / "HEAD").exists()
+    assert git(a, "ls-tree", "-r", "--format=%(objectmode) %(path)", "HEAD").splitlines() == [
+        "100644 a-b", "100644 docs/old.md", "120000 link", "100755 run.sh", "100644 src/lib/one.py",
+        "100644 src/two.py"]
+    assert git(b, "diff", "--name-status", "a/attempt-1", "attempt-1").splitlines() == [
+        "D\tdocs/old.md", "M\trun.sh", "A\tsrc/lib/new.py", "M\tsrc/two.py"]
+    assert [x.path for x in status(root, "b").attempts[0].artifacts] == ["run.sh", "src/lib/new.py", "src/two.py"]
+    assert os.readlink(b / "link") == "src/two.py" and (a / "run.sh").stat().st_mode & 0o111
+    (b / "src" / "two.py").write_text("by hand\n")  # git goes on from the index Clowder wrote
+    git(b, "-c", "user.name=me", "-c", "user.email=me@x", "commit", "-q", "-am", "by hand")
+    assert git(b, "show", "--name-only", "--format=", "HEAD").split() == ["src/two.py"]
+    assert git(b, "status", "--porcelain") == ""
+
+
+def test_a_users_global_ignore_rules_and_line_endings_still_apply(root: Root, make_pipeline: MakePipeline) -> None:
+    home = Path(os.environ["HOME"])
+    (home / "ignore").write_text("*.log\n")
+    Path(os.environ["GIT_CONFIG_GLOBAL"]).write_text(f"[core]\n\texcludesFile = {home / 'ignore'}\n\tautocrlf = true\n")
+    make_pipeline("p", {"a": 'command = "echo x > build.log && printf \'x\\\\r\\\\n\' > crlf.txt"\n',
+                        "b": 'command = "true"\nneeds = ["a"]\n'})
+    assert run(root)
+    assert git(ws(root, "a"), "ls-tree", "-r", "--name-only", "HEAD").split() == ["crlf.txt"]
+    assert git(ws(root, "a"), "cat-file", "-p", "HEAD:crlf.txt") == "x\n"  # stored as git stores it
+    assert (ws(root, "b") / "crlf.txt").read_bytes() == b"x\r\n"  # and checked out as git checks it out
+
+
+def test_attributes_in_the_tree_still_apply_to_a_downstreams_checkout(root: Root, make_pipeline: MakePipeline) -> None:
+    make_pipeline("p", {"a": 'command = "echo \'*.txt eol=crlf\' > .gitattributes && echo x > f.txt"\n',
+                        "b": 'command = "true"\nneeds = ["a"]\n'})
+    assert run(root)
+    assert (ws(root, "b") / "f.txt").read_bytes() == b"x\r\n"
+    assert git(ws(root, "b"), "status", "--porcelain") == ""
+
+
 # -- tags of fix-ups --------------------------------------------------------------------------
 
 def test_a_fixups_attempt_tags_appear_in_its_spawner_and_downstream(root: Root, make_pipeline: MakePipeline,

@@ -333,7 +333,8 @@ def _upstreams(cache: PipelineCache, spec: JobSpec, sources: tuple[str, ...] = (
 def _only_consumer(cache: PipelineCache, upstream: str, job: str) -> bool:
     """Whether `job` is the only job of the pipeline whose workspace starts from `upstream`."""
     assert cache.pipeline is not None
-    return all(spec.name == job or upstream not in spec.sources for spec in cache.pipeline.jobs.values())
+    mine = upstream in cache.pipeline.jobs[job].sources if job in cache.pipeline.jobs else False
+    return cache.pipeline.consumers.get(upstream, 0) == int(mine)
 
 
 def _collect(ws: Path, job: str) -> harness_agent.Collected:

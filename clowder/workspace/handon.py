@@ -57,7 +57,7 @@ def hand_on(repo: Repo, upstream: Repo, commit: str, job: str) -> bool:
     with nothing moved, if the upstream's checkout cannot stand for `commit` (an attempt of it
     in progress, another commit, an index this does not handle, another file system)."""
     mode = os.environ.get(MODE_VAR, "auto")
-    if mode == "never" or not upstream.exists():
+    if mode == "never" or not upstream.exists() or (mode != "always" and _fewer_than_min(upstream)):
         return False
     with locked(upstream):
         index = _suitable(repo, upstream, commit)
@@ -133,6 +133,16 @@ def restore_locked(repo: Repo) -> None:
 class _Index:
     data: bytes
     mtime_ns: int
+
+
+def _fewer_than_min(upstream: Repo) -> bool:
+    """Whether the upstream's index surely lists fewer than MIN_FILES files, from its size alone
+    (an entry takes 64 bytes or more): a small tree is checked out without locking or reading
+    anything of the upstream's, on every start of a chain's job."""
+    try:
+        return os.stat(upstream.git_dir / "index").st_size < MIN_FILES * 64
+    except OSError:
+        return True
 
 
 def _suitable(repo: Repo, upstream: Repo, commit: str) -> _Index | None:

@@ -12,12 +12,18 @@ from pathlib import Path
 
 from clowder.workspace.odb import EMPTY_TREE
 from clowder.workspace.repo import BRANCH_PREFIX, PACKED_HEADER, SHALLOW, STORE, STORE_FROM_OBJECTS, Repo, git
+from clowder.workspace.worktree import checkout_tree
 
 # -- the shared object store ------------------------------------------------------------------
 
+_stores: set[Path] = set()  # made by this process: a mkdir per call showed in the per-job profile
+
+
 def store_dir(workspaces: Path) -> Path:
     store = workspaces / STORE
-    store.mkdir(parents=True, exist_ok=True)
+    if store not in _stores or not store.is_dir():  # a stat, not a mkdir: a pipeline may be made anew
+        store.mkdir(parents=True, exist_ok=True)
+        _stores.add(store)
     return store
 
 
@@ -102,5 +108,6 @@ def _ref_name(line: str) -> str:
 
 def checkout(repo: Repo) -> None:
     head = repo.head()
-    if head is not None and repo.objects().tree_of(head) != EMPTY_TREE:  # an empty tree needs no index
+    # An empty tree needs no index; in-process where git would do nothing more (worktree.py).
+    if head is not None and repo.objects().tree_of(head) != EMPTY_TREE and not checkout_tree(repo, head):
         git(repo.path, "read-tree", "-u", "--reset", "HEAD")

@@ -92,15 +92,16 @@ def _read_index(path: Path) -> tuple[dict[str, _IndexEntry], str, int] | None:
     return entries, tree, mtime
 
 
-def write_commit(repo: Repo, parent: str | None, message: str, identity: Identity) -> str:
-    """The commit object of an attempt that changed nothing, written straight into the
-    pipeline's store (the repository borrows from it: nothing to publish). The caller moves
-    the branch."""
+def write_commit(repo: Repo, parent: str | None, message: str, identity: Identity, tree: str | None = None) -> str:
+    """The commit object of an attempt, written straight into the pipeline's store (the
+    repository borrows from it: nothing to publish): of `tree`, by default its parent's (it
+    changed nothing). The caller moves the branch."""
     objects = repo.objects()
     store = repo.path.parent / STORE
     target = store if store.is_dir() else repo.git_dir / "objects"
-    tree = objects.tree_of(parent) if parent else EMPTY_TREE
-    if not objects.has(tree):
+    if tree is None:
+        tree = objects.tree_of(parent) if parent else EMPTY_TREE
+    if tree == EMPTY_TREE and not objects.has(tree):
         store_object(target, b"tree", b"")
     now = time.time()
     offset = time.localtime(now).tm_gmtoff
