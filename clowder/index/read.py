@@ -130,9 +130,8 @@ def overview_rows(root: Root, names: Sequence[str], ended_from_status: bool = Tr
         ok = fresh(conn, root, names, ended=ended)
         heads = {name: h for name, h in heads.items() if name in ok}
         counts: dict[str, dict[str, int]] = {name: {} for name in heads}
-        for pipeline, state, n in conn.execute(
-                "SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' "
-                "ELSE j.state END, count(*) FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2"):
+        # Kept by triggers (schema.JOB_COUNTS): a row per pipeline and state, not one per job.
+        for pipeline, state, n in conn.execute("SELECT pipeline, state, n FROM job_counts"):
             if pipeline in counts:
                 counts[pipeline][state] = n
         return {name: OverviewRow(*head, counts=counts[name]) for name, head in heads.items()}
