@@ -60,8 +60,13 @@ def _attempts_and_tags(path: Path) -> tuple[dict[int, str], dict[str, str]]:
                     refs[name] = sha
     except (FileNotFoundError, NotADirectoryError):
         pass
+    try:  # most workspaces have neither loose tags nor loose attempt refs: one listing says so
+        tops = {e.name for e in os.scandir(f"{git_dir}/refs")}
+    except (FileNotFoundError, NotADirectoryError):
+        tops = set()
     for top in ("refs/tags", ATTEMPT_REFS.rstrip("/")):
-        _loose_refs(f"{git_dir}/{top}", top, refs)  # a loose ref hides its packed entry
+        if top.split("/")[1] in tops:
+            _loose_refs(f"{git_dir}/{top}", top, refs)  # a loose ref hides its packed entry
     attempts = {int(n[len(ATTEMPT_REFS):]): s for n, s in refs.items()
                 if n.startswith(ATTEMPT_REFS) and n[len(ATTEMPT_REFS):].isdigit()}
     tags = {n[len("refs/tags/"):]: s for n, s in refs.items() if n.startswith("refs/tags/")}
@@ -107,12 +112,12 @@ def merge(repo: Repo, job: str, upstreams: Sequence[Upstream], identity: Identit
         git(repo.path, "reset", "-q", "--hard", "HEAD")
     head = repo.head()  # once: a ref read per upstream showed in a 5,000-wide join's profile
     todo = [u for u in upstreams if u.commit != head]
-    _publish_missing(repo, todo)
+    read = _published(repo, todo)
     if todo and repo.head() is None:  # an unborn branch (an empty first upstream): take the next one
         repo.write_ref(repo.branch(), todo[0].commit)
         checkout(repo)
         todo = todo[1:]
-    if len(todo) > 1 and _merge_disjoint(repo, job, todo, identity):
+    if len(todo) > 1 and _merge_disjoint(repo, job, todo, identity, read):
         return Merged()
     for u in todo:
         error = _merge_one(repo, job, u, identity)
@@ -135,16 +140,17 @@ def _merge_one(repo: Repo, job: str, u: Upstream, identity: Identity) -> str | N
     return lines[-1] if lines else "git merge failed"
 
 
-def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Identity) -> bool:
+def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Identity,
+                    read: Mapping[str, _Commit]) -> bool:
     """Merge many upstreams in one commit when no two of them change a path differently (the
     common fan-in: each adds its own files). Four git processes for any number of upstreams,
     where git's octopus merge is quadratic (7 s for 200 upstreams) and pairwise merges cost one
-    process each. False: nothing was changed, merge them one by one."""
+    process each. False: nothing was changed, merge them one by one. `read`: commits already read."""
     head = repo.head()
     assert head is not None
     objs = repo.objects()
     loose = _loose_dirs(repo)
-    commits = {c: _Commit.read(objs, c, loose) for c in dict.fromkeys([head, *(u.commit for u in ups)])}
+    commits = {c: read.get(c) or _Commit.read(objs, c, loose) for c in dict.fromkeys([head, *(u.commit for u in ups)])}
     heads, base = _heads_and_base(repo, commits)
     base_tree = commits[base].tree if base in commits else objs.tree_of(base)
     union: dict[str, Entry | None] = {}
@@ -209,7 +215,11 @@ class _Commit:
     @staticmethod
     def read(objs: Objects, sha: str, loose: Sequence[str] = ()) -> _Commit:
         data = _read_loose(loose, sha)
-        lines = (objs.read(sha) if data is None else data).split(b"\n\n", 1)[0].split(b"\n")
+        return _Commit.parse(objs.read(sha) if data is None else data)
+
+    @staticmethod
+    def parse(data: bytes) -> _Commit:
+        lines = data.split(b"\n\n", 1)[0].split(b"\n")
         return _Commit(lines[0][len(b"tree "):].decode(),
                        tuple(x[len(b"parent "):].decode() for x in lines[1:] if x.startswith(b"parent ")))
 
@@ -265,13 +275,19 @@ def _read_loose(dirs: Sequence[str], sha: str) -> bytes | None:
     return None
 
 
-def _publish_missing(repo: Repo, upstreams: Sequence[Upstream]) -> None:
-    """ensure_published for many upstreams: a stat each for the common case (a loose commit in
-    the store), the object database asked only about the others."""
+def _published(repo: Repo, upstreams: Sequence[Upstream]) -> dict[str, _Commit]:
+    """ensure_published for many upstreams, reading their commits as it goes: a loose commit in
+    the store (the common case) is both found and read by one open; the object database is asked
+    only about the others. Returns the commits read."""
     dirs, objs = _loose_dirs(repo), repo.objects()
+    read = {}
     for u in upstreams:
-        if not any(os.path.exists(f"{d}/{u.commit[:2]}/{u.commit[2:]}") for d in dirs) and not objs.has(u.commit):
+        data = _read_loose(dirs, u.commit)
+        if data is not None:
+            read[u.commit] = _Commit.parse(data)
+        elif not objs.has(u.commit):
             publish(Repo(u.path))
+    return read
 
 
 def ensure_published(repo: Repo, upstream: Upstream) -> None:
