@@ -141,6 +141,28 @@ def overview_rows(root: Root, names: Sequence[str], ended_from_status: bool = Tr
         conn.close()
 
 
+def ended_fresh(root: Root, names: Sequence[str]) -> dict[str, str | None]:
+    """Of `names`, the pipelines that have ended, with no job running and no problem in their
+    specs, as rows the index holds fresh, spec files included: name -> the prompt hash their
+    status records. A daemon starting on a root of many finished pipelines reads only the others
+    (see clowder.driver.dormant). Empty if there is no usable index."""
+    try:
+        conn = connect_readonly(root)
+    except IndexUnavailable:
+        return {}
+    try:
+        ended = {p: h for p, h in conn.execute(
+            f"SELECT pipeline, prompt_hash FROM pipelines WHERE state IN ({placeholders(len(ENDED))}) "
+            "AND problem IS NULL AND problems IS NULL", ENDED)}
+        running = {p for (p,) in conn.execute("SELECT pipeline FROM job_counts WHERE state = 'running'")}
+        candidates = [n for n in names if n in ended and n not in running]
+        return {n: ended[n] for n in fresh(conn, root, candidates)}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+
+
 class ArtifactListRow(NamedTuple):
     """An artifact with its attempt's state and commit, as `clowder artifacts` lists it."""
 
