@@ -4,10 +4,12 @@ and they still answer every request, edit and sweep as before."""
 from __future__ import annotations
 
 import os
+import time
 
 from clowder.driver import Driver
 from clowder.index import reindex
 from clowder.requests import drop
+from clowder.stamp import RACY_NS
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
 from tests.conftest import MakePipeline, write
@@ -74,3 +76,17 @@ def test_the_sweep_reads_a_finished_pipeline_whose_files_changed(root: Root, mak
         write(root.pipeline("done").job_file("c"), 'command = "true"\nneeds = ["b"]\n')
         wait_for(lambda: job(root, "done", "c") == (JobState.SUCCEEDED, 1), what="the sweep to run the added job")
         assert not driver.pipelines["other"].loaded
+
+
+def test_a_finished_pipeline_whose_inbox_cannot_be_read_does_not_stop_the_daemon(
+        root: Root, make_pipeline: MakePipeline) -> None:
+    finished(root, make_pipeline, "done")
+    requests = root.pipeline("done").requests_dir
+    requests.mkdir(exist_ok=True)
+    requests.rmdir()
+    write(requests, "not a directory\n")
+    time.sleep(2 * RACY_NS / 1e9)  # so that the rebuild can vouch for the pipeline's files
+    reindex.rebuild(root)
+    make_pipeline("new", JOBS)
+    with daemon(root):
+        wait_for(lambda: job(root, "new", "b") == (JobState.SUCCEEDED, 1), what="the new pipeline to run")

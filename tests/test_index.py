@@ -640,7 +640,10 @@ def test_an_index_of_an_older_schema_gets_its_job_counts(root: Root, make_pipeli
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         conn.execute(f"DROP TRIGGER {name}")
     conn.execute("DROP TABLE job_counts")
-    conn.execute("DELETE FROM schema_migrations WHERE version >= 4")
+    from clowder.index.schema import JOB_COUNTS
+
+    counts_version = next(m.version for m in index.MIGRATIONS if m.statements is JOB_COUNTS)
+    conn.execute("DELETE FROM schema_migrations WHERE version >= ?", (counts_version,))  # the latest one
     conn.close()
     index.Index.open(root).close()
     conn = sqlite3.connect(root.index_file)

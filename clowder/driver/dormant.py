@@ -19,10 +19,19 @@ def dormant(root: Root, names: Sequence[str], check_prompt: bool = True) -> set[
     spec files included, with no request waiting, and (`check_prompt`) whose prompt is the one
     their status records: what `PipelineCache.quiet()` would say once read. The sweep leaves the
     prompt out: a pipeline.toml changed since the first check changes its spec files' stamp."""
-    found = ended_fresh(root, names)
+    try:
+        found = ended_fresh(root, names)
+    except Exception:  # whatever stops the check (a directory that cannot be read): read them all, as before
+        return set()
     return {name for name, recorded in found.items()
-            if not requests.pending(root.pipeline(name))
-            and (not check_prompt or _same_prompt(root.pipeline(name), recorded))}
+            if _no_requests(root.pipeline(name)) and (not check_prompt or _same_prompt(root.pipeline(name), recorded))}
+
+
+def _no_requests(paths: PipelinePaths) -> bool:
+    try:
+        return not requests.pending(paths)
+    except Exception:  # read it: reading reports the problem, for this pipeline alone
+        return False
 
 
 def _same_prompt(paths: PipelinePaths, recorded: str | None) -> bool:
