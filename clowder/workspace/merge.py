@@ -143,7 +143,7 @@ def _merge_one(repo: Repo, job: str, u: Upstream, identity: Identity) -> str | N
 def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Identity,
                     read: Mapping[str, _Commit]) -> bool:
     """Merge many upstreams in one commit when no two of them change a path differently (the
-    common fan-in: each adds its own files). Four git processes for any number of upstreams,
+    common fan-in: each adds its own files). At most four git processes for any number of upstreams,
     where git's octopus merge is quadratic (7 s for 200 upstreams) and pairwise merges cost one
     process each. False: nothing was changed, merge them one by one. `read`: commits already read."""
     head = repo.head()
@@ -164,7 +164,7 @@ def _merge_disjoint(repo: Repo, job: str, ups: Sequence[Upstream], identity: Ide
     updates = "".join(f"{e[0]:o} {e[1]}\t{p}\0" if e else f"0 {'0' * 40}\t{p}\0"
                       for p, e in union.items() if p not in first)
     # Upstreams that changed nothing the first did not (jobs that only ran something): the merge's
-    # tree is the first's, and when that is HEAD's the checkout stands. Two git processes, not five.
+    # tree is the first's, and when that is HEAD's the checkout stands: no git process at all.
     tree = _merged_tree(repo, heads[0], updates) if updates else commits[heads[0]].tree
     if tree is None:
         return False  # e.g. a file where another upstream made a directory
