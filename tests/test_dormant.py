@@ -8,7 +8,7 @@ import time
 
 from clowder.driver import Driver
 from clowder.index import reindex
-from clowder.requests import drop
+from clowder.runner import request
 from clowder.stamp import RACY_NS
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
@@ -29,15 +29,16 @@ def job(root: Root, pipeline: str, name: str) -> tuple[JobState, int]:
     return s.state, s.attempt
 
 
-def test_a_daemon_leaves_finished_pipelines_unread_and_a_retry_still_runs(root: Root,
+def test_a_daemon_leaves_finished_pipelines_unread_and_a_rerun_wakes_one(root: Root,
                                                                           make_pipeline: MakePipeline) -> None:
     finished(root, make_pipeline, "done1", "done2")
     make_pipeline("new", JOBS)
     with daemon(root) as driver:
         wait_for(lambda: job(root, "new", "b") == (JobState.SUCCEEDED, 1), what="the new pipeline to run")
         assert not driver.pipelines["done1"].loaded and not driver.pipelines["done2"].loaded
-        drop(root, root.pipeline("done1"), "rerun", "a")
-        wait_for(lambda: job(root, "done1", "a") == (JobState.SUCCEEDED, 2), what="the re-run to run")
+        request(root, "done1", "rerun", "a")  # what `clowder rerun done1 a` does: the request, and a wake-up
+        wait_for(lambda: job(root, "done1", "a") == (JobState.SUCCEEDED, 2), timeout=15,
+                 what="the re-run to run (well before the 30 s sweep)")
         assert not driver.pipelines["done2"].loaded
 
 
