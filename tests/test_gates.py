@@ -134,8 +134,11 @@ def _the_decisions_are_in_the_index_and_in_status_json(root: Root, cli: Invoke, 
     # (run by the next daemon or reindex) makes them stale, so status reads the tree until then.
     conn = sqlite3.connect(root.index_file, isolation_level=None)
     conn.execute("DROP TABLE approvals")
-    conn.execute("ALTER TABLE attempts DROP COLUMN inputs")  # and the migration after it
+    conn.execute("ALTER TABLE attempts DROP COLUMN inputs")  # and the migrations after it
     conn.execute("ALTER TABLE attempts DROP COLUMN reused_from")
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP TABLE job_counts")
     conn.execute("DELETE FROM schema_migrations WHERE version >= 4")
     conn.close()
     Index.open(root).close()

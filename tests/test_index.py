@@ -578,3 +578,75 @@ def test_batches_gathered_by_the_recorder_keep_their_order() -> None:
         (set(), {("p", "a"): done}),  # a job that started and ended meanwhile is written once
         ({"p"}, {("p", "b"): JobStatus("b")}),  # a forget stays after what came before it
     ]
+
+
+def _counts(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The trigger-kept counts, and what counting every job row gives."""
+    kept = conn.execute("SELECT pipeline, state, n FROM job_counts ORDER BY 1, 2").fetchall()
+    counted = conn.execute(
+        "SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' ELSE j.state END, "
+        "count(*) FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    return kept, counted
+
+
+def test_the_job_counts_status_shows_follow_every_kind_of_write(root: Root) -> None:
+    """`clowder status` reads how many jobs are in each state from counts kept as rows change:
+    they must equal counting the jobs after each kind of write the daemon and reindex make."""
+    from clowder.index.rows import JobSpecRow, PipelineSpecCols, PipelineStatusCols
+    from clowder.snapshot import job_rows
+
+    def spec(job: str, position: int) -> JobSpecRow:
+        return JobSpecRow("p", job, position, None, "command", '["true"]', None, None, None, 0, 0, None, None,
+                          None, None)
+
+    def status(job: str, state: JobState, problem: str | None = None) -> Any:
+        return job_rows("p", JobStatus(job, state, 1 if state is not JobState.PENDING else 0), problem)
+
+    db = index.Index.open(root)
+    head = PipelineStatusCols("succeeded", "", None, None, None, None)
+    valid = PipelineSpecCols(None, None, 1, None)
+    steps: list[tuple[str, Any]] = [
+        ("a spec of three jobs", lambda: db.put_spec("p", valid, [spec(j, i) for i, j in enumerate("abc")], [])),
+        ("two jobs start", lambda: db.put_jobs([(status("a", JobState.RUNNING), None),
+                                                (status("b", JobState.RUNNING), None)])),
+        ("one ends, one's status becomes unreadable", lambda: db.put_jobs([
+            (status("a", JobState.SUCCEEDED), status("a", JobState.RUNNING)),
+            (status("b", JobState.FAILED, problem='["x", "", "bad"]'), status("b", JobState.RUNNING))])),
+        ("a status file for a job not in the spec", lambda: db.put_jobs([(status("z", JobState.FAILED), None)])),
+        ("the spec loses a job and gains the one with a status", lambda: db.put_spec(
+            "p", valid, [spec("a", 0), spec("c", 1), spec("z", 2)], [])),
+        ("every status read again", lambda: db.put_statuses("p", head, [
+            status("a", JobState.SUCCEEDED), status("c", JobState.SKIPPED)])),
+        ("the pipeline is forgotten", lambda: db.forget("p")),
+    ]
+    seen = []
+    for what, write_rows in steps:
+        with db.transaction():
+            write_rows()
+        kept, counted = _counts(db.conn)
+        assert kept == counted, what
+        seen.append(kept)
+    assert seen[2] == [("p", "pending", 2), ("p", "succeeded", 1)]  # the unreadable one counts as pending
+    assert seen[5] == [("p", "pending", 1), ("p", "skipped", 1), ("p", "succeeded", 1)]
+    assert seen[-1] == []
+    db.close()
+
+
+def test_an_index_of_an_older_schema_gets_its_job_counts(root: Root, make_pipeline: MakePipeline) -> None:
+    """An index written before the counts existed is migrated with them: status is unchanged."""
+    make_pipeline("p", {"a": 'command = "true"\n', "b": 'command = "false"\nneeds = ["a"]\n'})
+    assert not run(root)
+    conn = sqlite3.connect(root.index_file, isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP TABLE job_counts")
+    from clowder.index.schema import JOB_COUNTS
+
+    counts_version = next(m.version for m in index.MIGRATIONS if m.statements is JOB_COUNTS)
+    conn.execute("DELETE FROM schema_migrations WHERE version >= ?", (counts_version,))  # the latest one
+    conn.close()
+    index.Index.open(root).close()
+    conn = sqlite3.connect(root.index_file)
+    kept, counted = _counts(conn)
+    conn.close()
+    assert kept == counted == [("p", "failed", 1), ("p", "succeeded", 1)]

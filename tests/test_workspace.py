@@ -184,6 +184,29 @@ def test_a_join_of_a_fan_out_and_its_start_takes_every_file_once(root: Root, mak
     assert git(join, "log", "-1", "--format=%P", base).split() == commits  # start is in each: not a parent
 
 
+def test_a_join_of_upstreams_that_changed_nothing_is_one_merge_commit_git_reads(root: Root,
+                                                                                 make_pipeline: MakePipeline) -> None:
+    """Workers that only ran something: the join's merge is written without checking anything out
+    again, and git reads it as it reads its own (parents, author, tags of each worker, a clean tree)."""
+    config = root.config_file.read_text()
+    write(root.config_file, config.replace('author_name = "Clowder"', 'author_name = "Ann"')
+          .replace('author_email = "clowder@localhost"', 'author_email = "ann@x"'))
+    workers = {f"w{i}": 'command = "true"\nneeds = ["start"]\n' for i in range(4)}
+    make_pipeline("p", {"start": 'command = "echo s > start.txt"\n', **workers,
+                        "join": f"command = \"cat start.txt\"\nneeds = {json.dumps(list(workers))}\n"})
+    assert run(root)
+    join = ws(root, "join")
+    base = status(root, "join").attempts[0].base_commit
+    assert base is not None
+    commits = [status(root, w).attempts[0].commit for w in workers]
+    assert git(join, "log", "-1", "--format=%P|%an <%ae>|%s", base).strip().split("|") == [
+        " ".join(commits), "Ann <ann@x>", "join: merge 3 upstreams: w1, w2, w3"]
+    assert git(join, "rev-parse", f"{base}^{{tree}}") == git(join, "rev-parse", "w0/attempt-1^{tree}")
+    assert {f"w{i}/attempt-1" for i in range(4)} <= set(git(join, "tag").split())
+    assert git(join, "status", "--porcelain") == "" and (join / "start.txt").read_text() == "s\n"
+    git(join, "fsck", "--strict", "--no-dangling")
+
+
 def test_a_join_of_an_upstream_and_its_own_downstream_merges_each_once(root: Root,
                                                                         make_pipeline: MakePipeline) -> None:
     make_pipeline("p", {

@@ -17,6 +17,7 @@ from clowder import requests as req_mod
 from clowder.crash import describe, write_crash_log
 from clowder.dask_executor import make_executor as executor_for
 from clowder.driver.cache import PipelineCache, catch_up, run_of, with_source_warning
+from clowder.driver.dormant import dormant
 from clowder.driver.events import (
     AttemptEnded,
     Event,
@@ -99,6 +100,9 @@ class Driver:
         # nothing pending. A root of 1,000 finished pipelines made every tick check each of them
         # (2.4-3x slower runs); one leaves `quiet` only when it is read again (its files changed).
         self.live: set[str] = set()
+        # Finished pipelines are left unread until their files change (clowder.driver.dormant):
+        # by the daemon, which serves whatever comes; `clowder run` reads what it was given.
+        self.leave_finished = False
         self.stopping = threading.Event()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
@@ -146,6 +150,7 @@ class Driver:
     def _serve_locked(self, until_done: bool, sweep: float) -> bool:
         self.root.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.space.give_up, self.space.on_give_up = until_done, self.stop  # `clowder run` stops on a full disk
+        self.leave_finished = not until_done
         self.writer = Writer(self.root.tmp_dir, on_full=self.space.wait_for_space, on_error=self._write_failed)
         self.watcher = Watcher(self.root, self._notify, poll=self.poll, interval=self.config.poll_interval)
         self.watcher.start()
@@ -382,6 +387,11 @@ class Driver:
                 self.recorder.loaded(cache.paths, cache.jobs, cache.status)
                 cache.stamp = ()  # re-read the spec, which records it
                 self.dirty.add(name)
+        # Pipelines left unread: the new file must hold them too (a reindex's does; a file made
+        # anew after a failure does not, and those are read now to be recorded).
+        unread = [n for n, c in self.pipelines.items() if not c.loaded and n not in self.dirty]
+        asleep = dormant(self.root, unread, check_prompt=False) if unread else set()
+        self.dirty.update(n for n in unread if n not in asleep)
         self.recorder.flush()
         self.events.put(Wake())  # tick again soon: the specs are read there
 
@@ -392,9 +402,11 @@ class Driver:
 
     def _rescan(self) -> None:
         names = [n for n in self.root.pipeline_names() if is_name(n) and self._selected(n)]
-        for name in names:
-            if name not in self.pipelines:
-                self.pipelines[name] = PipelineCache(self.root.pipeline(name))
+        new = [n for n in names if n not in self.pipelines]
+        asleep = dormant(self.root, new) if self.leave_finished and new else set()
+        for name in new:
+            self.pipelines[name] = PipelineCache(self.root.pipeline(name))
+            if name not in asleep:
                 self.dirty.add(name)
         listed = set(names)  # a list's `in` made a sweep of 10,000 pipelines quadratic
         for name in list(self.pipelines):
@@ -408,7 +420,11 @@ class Driver:
         """Repair missed events: re-read every pipeline's specs, requests and processes."""
         claim_lock_file(self.root, self.log)  # deleted or overwritten by hand: say again who serves the root
         self._rescan()
+        unread = [n for n, c in self.pipelines.items() if not c.loaded and n not in self.dirty]
+        asleep = dormant(self.root, unread, check_prompt=False) if unread else set()
         for name, cache in self.pipelines.items():
+            if name in asleep:  # still as it was: reading it would find nothing to do
+                continue
             self.dirty.add(name)
             cache.full = cache.full or not cache.quiet()  # an ended one is reconciled if a file changed
             for job, status in list(cache.jobs.items()) if not cache.broken else ():

@@ -21,6 +21,7 @@ from clowder.index.read import (
     artifact_rows,
     dump,
     dump_index,
+    ended_fresh,
     overview_rows,
     status_rows,
 )
@@ -29,6 +30,6 @@ from clowder.index.schema import LATEST, MIGRATIONS, TABLES, Migration, migrate
 __all__ = [
     "ENDED", "LATEST", "MIGRATIONS", "TABLES", "ArtifactListRow", "Index", "IndexUnavailable",
     "JobStatusRow", "Migration", "OverviewRow", "PipelineHeadRow", "QueryError", "QueryResult", "RowDifference",
-    "StatusRows", "artifact_rows", "compare", "connect_readonly", "dump", "dump_index", "fresh",
+    "StatusRows", "artifact_rows", "compare", "connect_readonly", "dump", "dump_index", "ended_fresh", "fresh",
     "live_daemon", "migrate", "overview_rows", "query", "recorded_objects", "status_rows",
 ]

@@ -187,9 +187,18 @@ class FreshnessRow(NamedTuple):
     pid: int | None
 
 
+class JobCountRow(NamedTuple):
+    """`job_counts` (migration 4): derived by triggers, never written by Clowder itself."""
+
+    pipeline: str
+    state: str
+    n: int
+
+
 # Each table's record: what tests check against the migrated schema.
 RECORDS: dict[str, type[tuple[object, ...]]] = {
     "pipelines": PipelineRow, "job_specs": JobSpecRow, "edges": EdgeRow, "jobs": JobRow, "attempts": AttemptRow,
     "artifacts": ArtifactRow, "consumed": ConsumedRow, "consumption": ConsumptionRow,
     "model_outputs": ModelOutputRow, "freshness": FreshnessRow, "approvals": ApprovalRow,
+    "job_counts": JobCountRow,
 }

@@ -15,6 +15,75 @@ class Migration(NamedTuple):
     statements: tuple[str, ...]
 
 
+# `clowder status` over every pipeline shows how many of its jobs are in each state. Counting
+# them by joining job_specs to jobs read every job of the root: at 10,000 pipelines the query
+# alone grew with the jobs (100,000 rows), not with the pipelines. These triggers keep the
+# counts as the rows change, whoever writes them (the daemon, reindex, a pipeline forgotten),
+# with the query's meaning: a job of the spec without a status row, or whose status file is
+# unreadable, counts as pending; a status row without a job of the spec does not count.
+# INSERT OR REPLACE on jobs fires no delete trigger (recursive_triggers is off): the row it
+# replaces is taken off by the BEFORE INSERT trigger.
+_COUNTED = "CASE WHEN {j}.problem IS NOT NULL THEN 'pending' ELSE {j}.state END"
+
+
+def _bump(pipeline: str, state: str, by: int) -> str:
+    """Statements of a trigger's body: the count of `state` in `pipeline` moved by `by`; a count
+    that reaches 0 goes, so the table holds what the grouped query gives (fsck compares them)."""
+    bump = (f"INSERT INTO job_counts (pipeline, state, n) VALUES ({pipeline}, {state}, {by}) "
+            f"ON CONFLICT (pipeline, state) DO UPDATE SET n = n + {by};")
+    if by > 0:
+        return bump
+    return bump + f"\n        DELETE FROM job_counts WHERE pipeline = {pipeline} AND state = {state} AND n = 0;"
+
+
+def _spec_state(spec: str) -> str:
+    """The counted state of the job of spec row `spec` (OLD or NEW of job_specs), from its status row."""
+    return (f"coalesce((SELECT {_COUNTED.format(j='j')} FROM jobs j "
+            f"WHERE j.pipeline = {spec}.pipeline AND j.job = {spec}.job), 'pending')")
+
+
+def _has_spec(job: str) -> str:
+    return f"EXISTS (SELECT 1 FROM job_specs s WHERE s.pipeline = {job}.pipeline AND s.job = {job}.job)"
+
+
+JOB_COUNTS: tuple[str, ...] = (
+    """CREATE TABLE job_counts (
+        pipeline TEXT NOT NULL,
+        state TEXT NOT NULL,        -- a job state; 'pending' for a job without a readable status
+        n INTEGER NOT NULL,         -- how many of the pipeline's jobs (of its spec) are in it
+        PRIMARY KEY (pipeline, state)
+    ) WITHOUT ROWID""",
+    f"""CREATE TRIGGER job_counts_spec_added AFTER INSERT ON job_specs BEGIN
+        {_bump("NEW.pipeline", _spec_state("NEW"), 1)}
+    END""",
+    f"""CREATE TRIGGER job_counts_spec_removed AFTER DELETE ON job_specs BEGIN
+        {_bump("OLD.pipeline", _spec_state("OLD"), -1)}
+    END""",
+    f"""CREATE TRIGGER job_counts_status_replaced BEFORE INSERT ON jobs
+    WHEN {_has_spec("NEW")} AND EXISTS (SELECT 1 FROM jobs o WHERE o.pipeline = NEW.pipeline AND o.job = NEW.job)
+    BEGIN
+        {_bump("NEW.pipeline", "(SELECT " + _COUNTED.format(j="o") + " FROM jobs o "
+               "WHERE o.pipeline = NEW.pipeline AND o.job = NEW.job)", -1)}
+        {_bump("NEW.pipeline", "'pending'", 1)}
+    END""",
+    f"""CREATE TRIGGER job_counts_status_added AFTER INSERT ON jobs WHEN {_has_spec("NEW")} BEGIN
+        {_bump("NEW.pipeline", "'pending'", -1)}
+        {_bump("NEW.pipeline", _COUNTED.format(j="NEW"), 1)}
+    END""",
+    f"""CREATE TRIGGER job_counts_status_removed AFTER DELETE ON jobs WHEN {_has_spec("OLD")} BEGIN
+        {_bump("OLD.pipeline", _COUNTED.format(j="OLD"), -1)}
+        {_bump("OLD.pipeline", "'pending'", 1)}
+    END""",
+    f"""CREATE TRIGGER job_counts_status_changed AFTER UPDATE OF state, problem ON jobs WHEN {_has_spec("NEW")} BEGIN
+        {_bump("OLD.pipeline", _COUNTED.format(j="OLD"), -1)}
+        {_bump("NEW.pipeline", _COUNTED.format(j="NEW"), 1)}
+    END""",
+    # An index migrated from version 3 already holds rows: count them once.
+    """INSERT INTO job_counts (pipeline, state, n)
+    SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' ELSE j.state END, count(*)
+    FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2""",
+)
+
 # Times are UTC text, 2026-01-01T10:00:03.000000Z (fixed width: they sort as they compare).
 # JSON columns hold arrays or tables as JSON text; NULL when empty.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -176,6 +245,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Every attempt's row lacks its inputs until read again: stale until then.
         "DELETE FROM freshness",
     )),
+    Migration(6, "how many jobs of each pipeline are in each state, kept by triggers", JOB_COUNTS),
 )
 LATEST = MIGRATIONS[-1].version
 # The tables that hold data, with their keys: what fsck compares and tests dump.
@@ -190,8 +260,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "consumption": ("pipeline", "job", "attempt", "upstream", "path"),
     "approvals": ("pipeline", "job", "request"),
     "model_outputs": ("blob",),
+    "job_counts": ("pipeline", "state"),  # derived from job_specs and jobs by triggers
 }
-BY_PIPELINE = [t for t in TABLES if t not in ("pipelines", "model_outputs")]
+BY_PIPELINE = [t for t in TABLES if t not in ("pipelines", "model_outputs")]  # job_counts last: the triggers empty it
 STATUS_TABLES = ("jobs", "attempts", "artifacts", "consumed", "consumption", "approvals")
 PIPELINE_STATUS = ("state", "message", "started_at", "ended_at", "prompt_hash", "problem")
 PIPELINE_SPEC = ("template", "stages", "valid", "problems")

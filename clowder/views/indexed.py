@@ -80,7 +80,7 @@ def entries(root: Root, names: list[str], ended_from_status: bool) -> dict[str, 
     out = {}
     for name, o in overview_rows(root, names, ended_from_status).items():
         state, message, shown = _head(root, name, o.state, o.message, o.problem, o.problems)
-        counts = {} if o.problem is not None else dict(o.counts)
+        counts = {} if o.problem is not None else o.counts  # a dict of its own: overview_rows made it
         started, ended = (None, None) if o.problem is not None else (_ts(o.started_at), _ts(o.ended_at))
         out[name] = PipelineEntry(name, report_state(state), message, started, ended, sum(counts.values()), counts,
                                   list(shown))

@@ -22,9 +22,14 @@ def report_state(state: str) -> ReportState:
     return cast(ReportState, state) if state in REPORT_STATES else "broken"
 
 
+_ORDER = {s: i for i, s in enumerate(JOB_STATES)}
+
+
 def summarize(counts: dict[str, int] | Counter[str]) -> str:
-    """Job counts in the order of the states' life: "2 running, 3 succeeded"."""
-    return ", ".join(f"{counts[s]} {s}" for s in JOB_STATES if counts.get(s)) or "no jobs"
+    """Job counts in the order of the states' life: "2 running, 3 succeeded". (The states a
+    pipeline has, sorted, not every state looked up: `clowder status` summarizes each pipeline.)"""
+    shown = sorted((_ORDER[s], s) for s, n in counts.items() if n and s in _ORDER)
+    return ", ".join(f"{counts[s]} {s}" for _, s in shown) or "no jobs"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ with its own name. Against an empty root, in the same process, interleaved:
   saying succeeded. Target: within 10% of the empty root (<= 1.10x). --big does it at --many too.
 - `clowder status` (the whole command, after `clowder reindex`) at --many pipelines against
   --finished: target <= 2x. `clowder reindex` is printed per pipeline alongside.
+- `clowder watch` starting on each root until it idles (the daemon reading the root).
 """
 
 from __future__ import annotations
@@ -121,6 +122,31 @@ def watched_run(root: Path, scratch: Scratch, number: int, size: Size, timeout: 
         log.close()
 
 
+def started(root: Path, size: Size) -> float:
+    """`clowder watch` from its start until it idles: what reading the root costs the daemon."""
+    log = open(root.parent / "watch.log", "ab")  # noqa: SIM115 - closed below
+    t = time.perf_counter()
+    daemon = subprocess.Popen(clowder_argv("watch", "--root", str(root)), env=clowder_env(),
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        wait_idle(daemon.pid, size.idle_window)
+        return time.perf_counter() - t - size.idle_window
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        log.close()
+
+
+def startup_cost(roots: dict[int, Path], size: Size, repeat: int) -> None:
+    """`roots`: pipelines -> root, the empty one first. Finished pipelines should cost a start
+    little: the daemon leaves them unread (clowder.driver.dormant)."""
+    runs = interleaved(repeat, *[lambda r=r: started(r, size) for r in roots.values()])
+    header(f"`clowder watch` starting until it idles (s, within {size.idle_window:g} s; median [range] of {repeat})")
+    row("empty root", spread(runs[0]))
+    for n, times in zip(list(roots)[1:], runs[1:], strict=True):
+        row(f"root of {n} finished pipelines", spread(times), f"{median(times) - median(runs[0]):+.2f} s")
+
+
 def daemon_cost(scratch: Scratch, roots: dict[int, Path], size: Size, repeat: int) -> None:
     """`roots`: pipelines -> root, the empty one first."""
     finished = list(roots)[1:]
@@ -167,6 +193,7 @@ def main() -> None:
         roots = {n: finished_root(scratch, n, model) for n in (0, few, many)}
         print(f"wrote {few + many} finished pipelines in {time.perf_counter() - t:.0f} s", flush=True)
         status_cost(roots, few, many, repeat)  # first: the daemon's runs add a pipeline to the root each
+        startup_cost(roots, size, repeat)
         daemon_cost(scratch, {n: roots[n] for n in (0, few, many) if n != many or args.big}, size, repeat)
     finally:
         scratch.close()
