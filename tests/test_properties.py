@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from clowder.errors import ClowderError, Problem
@@ -390,6 +390,7 @@ def test_non_durations_raise_value_error(value: Any) -> None:
 @SETTINGS
 @given(doc=documents | job_tables | status_tables,
        kind=st.sampled_from(["job", "pipeline", "clowder", "template", "status"]))
+@example(doc={"command": ["x"], "retries": 0.0}, kind="job")  # jsonschema-rs alone takes it: failed 1 run in ~10
 def test_the_fast_validator_agrees_with_jsonschema(doc: dict[str, Any], kind: str) -> None:
     """schema.check trusts jsonschema-rs when it says a file is valid: it must never accept
     what jsonschema, whose errors Clowder shows, would refuse (nor the other way round)."""
@@ -397,11 +398,13 @@ def test_the_fast_validator_agrees_with_jsonschema(doc: dict[str, Any], kind: st
 
     slow = not any(True for _ in schema._validator(kind).iter_errors(doc))
     try:
-        fast = schema._fast(kind).is_valid(doc)
+        fast = schema.fast_valid(kind, doc)
     except ValueError:  # a value JSON has no type for: check() asks jsonschema instead
         return
     event(f"{kind}: {'valid' if slow else 'invalid'}")
-    assert fast == slow, doc
+    # A whole float's second look (made 2.5 for 2.0) may fail at its key's bound: then
+    # jsonschema judges, so only "fast says valid" must always be right there.
+    assert fast == slow or (not fast and schema._has_whole_float(doc)), doc
 
 
 # -- the scheduler: an incremental step answers as a full pass does ---------------------------
