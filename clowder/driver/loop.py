@@ -96,6 +96,7 @@ class Driver:
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.pipelines: dict[str, PipelineCache] = {}
         self.dirty: set[str] = set()
+        self._unrecorded: set[str] = set()  # handed over to a new index, their specs not read again yet
         # The pipelines a tick looks at: all but those that ended for good (or are broken) with
         # nothing pending. A root of 1,000 finished pipelines made every tick check each of them
         # (2.4-3x slower runs); one leaves `quiet` only when it is read again (its files changed).
@@ -173,6 +174,7 @@ class Driver:
                 deadline = min(x for x in (wake_at, next_sweep) if x is not None)
                 self._wait((deadline - now).total_seconds())
         finally:
+            self._hand_over_now()
             self.watcher.stop()
             self.launcher.shutdown()
             self.writer.close()
@@ -283,6 +285,7 @@ class Driver:
             if settle_until is not None and settle_until <= now:
                 self.dirty.add(name)  # its invalid spec has had time to settle: read it again
         for name in sorted(self.dirty):
+            self._unrecorded.discard(name)
             if name in self.pipelines:
                 self.live.add(name)
                 try:
@@ -387,6 +390,7 @@ class Driver:
                 self.recorder.loaded(cache.paths, cache.jobs, cache.status)
                 cache.stamp = ()  # re-read the spec, which records it
                 self.dirty.add(name)
+                self._unrecorded.add(name)
         # Pipelines left unread: the new file must hold them too (a reindex's does; a file made
         # anew after a failure does not, and those are read now to be recorded).
         unread = [n for n, c in self.pipelines.items() if not c.loaded and n not in self.dirty]
@@ -394,6 +398,22 @@ class Driver:
         self.dirty.update(n for n in unread if n not in asleep)
         self.recorder.flush()
         self.events.put(Wake())  # tick again soon: the specs are read there
+
+    def _hand_over_now(self) -> None:
+        """As the loop stops: an index that came back (a disk writable again) or was swapped just
+        now has not had every pipeline handed over by a tick yet; do it here, or the file would
+        lack what this daemon ran (a root made read-only ran its pipeline in the 40 ms between)."""
+        handover = self.recorder.flush()
+        self.recorder.sync()
+        if self.recorder.flush() or handover:
+            self._record_all()
+        for name in sorted(self._unrecorded):
+            if name in self.pipelines:
+                try:
+                    self._read(self.pipelines[name])
+                except Exception as e:
+                    self.log(f"{name}: cannot read its files for the index: {e}")
+        self._unrecorded.clear()
 
     # -- reading the tree -----------------------------------------------------------------
 

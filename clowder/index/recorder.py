@@ -85,7 +85,7 @@ class Recorder:
         self.log = log
         self._wake = wake  # makes the driver tick, so that it sees a hand-over request soon
         self.active = False
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Batch | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._handover = threading.Event()  # set by the thread: the driver must hand over everything
         self._handing_over = False
@@ -192,25 +192,47 @@ class Recorder:
 
     # -- the recorder's thread ------------------------------------------------------------------
 
+    def sync(self, timeout: float = 10.0) -> None:
+        """Wait until the thread has written what was flushed and looked at the file (opening an
+        index that failed, if its time has come: then `flush` asks for a hand-over). The driver
+        calls it as it stops, to hand a just-made index what it ran rather than leave it empty."""
+        if not self.active:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _look(self) -> None:
+        try:
+            self._usable()  # notice a swapped or removed file while nothing happens
+        except Exception as e:
+            self._fail(e)
+
     def _run(self) -> None:
         self._open()
         while True:
             try:
                 batch = self._queue.get(timeout=CHECK_EVERY)
             except queue.Empty:
-                try:
-                    self._usable()  # notice a swapped or removed file while nothing happens
-                except Exception as e:
-                    self._fail(e)
+                self._look()
+                continue
+            if isinstance(batch, threading.Event):  # sync(): earlier batches are written by now
+                self._checked = 0.0
+                self._look()
+                batch.set()
                 continue
             stop = batch is None
             batches = [] if batch is None else [batch]
             if not stop:
                 time.sleep(GATHER)
+            synced: threading.Event | None = None
             while not stop:  # what queued up meanwhile goes in the same transaction
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
+                    break
+                if isinstance(more, threading.Event):  # set once what came before it is written
+                    synced = more
                     break
                 stop = more is None
                 batches += [] if more is None else [more]
@@ -224,6 +246,10 @@ class Recorder:
                         self._awaiting = False
             except Exception as e:  # the scheduler goes on whatever the index does
                 self._fail(e)
+            if synced is not None:
+                self._checked = 0.0
+                self._look()
+                synced.set()
             if stop:
                 break
         self._finish()
