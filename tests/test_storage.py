@@ -246,6 +246,25 @@ def _first_line(proc: subprocess.Popen[str]) -> str:
     return proc.stdout.readline()
 
 
+def _follow_through_gate(root: Root, go: Path, printed: str) -> tuple[str, str, int]:
+    """Once p/a's log reads `printed` (the job then waits at its gate), follow it with `clowder
+    logs p a -f` from its first line, open the gate and take the rest: (all it printed, stderr,
+    exit code)."""
+    wait_for(lambda: root.pipeline("p").log_file("a", 1).exists()
+             and root.pipeline("p").log_file("a", 1).read_text() == printed, timeout=60, what="a to print")
+    follow = _follow(root, "p", "a", "-f")
+    try:
+        first = _first_line(follow)
+        go.touch()
+        out, err = follow.communicate(timeout=120)
+    finally:
+        go.touch()
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    return first + out, err, follow.returncode
+
+
 def test_logs_follow_a_log_replaced_by_another_process(root: Root, make_pipeline: MakePipeline,
                                                        tmp_path: Path) -> None:
     go = tmp_path / "go"
@@ -280,20 +299,9 @@ def test_logs_follow_appends_written_by_another_process_through_its_own_opens(
                               'for i in 1 2 3 4 5; do sh -c "echo $i >> $log"; sleep 0.1; done\n'
                               '"""\n')})
     with watching(root, tmp_path):
-        wait_for(lambda: root.pipeline("p").log_file("a", 1).exists()
-                 and root.pipeline("p").log_file("a", 1).read_text() == "0\n", timeout=60, what="a to print")
-        follow = _follow(root, "p", "a", "-f")
-        try:
-            first = _first_line(follow)
-            go.touch()
-            out, err = follow.communicate(timeout=120)
-        finally:
-            go.touch()
-            if follow.poll() is None:
-                follow.kill()
-                follow.wait()
-    assert (first + out).splitlines() == [str(i) for i in range(6)], err
-    assert follow.returncode == 0, err
+        out, err, code = _follow_through_gate(root, go, "0\n")
+    assert out.splitlines() == [str(i) for i in range(6)], err
+    assert code == 0, err
 
 
 def test_a_followed_log_found_shorter_is_read_again_from_its_start(root: Root, make_pipeline: MakePipeline,
@@ -305,20 +313,8 @@ def test_a_followed_log_found_shorter_is_read_again_from_its_start(root: Root, m
                               'echo new > "$log.new" && mv "$log.new" "$log"\n'
                               '"""\n')})
     with watching(root, tmp_path):
-        wait_for(lambda: root.pipeline("p").log_file("a", 1).exists()
-                 and root.pipeline("p").log_file("a", 1).read_text() == "a long first line\n", timeout=60,
-                 what="a to print")
-        follow = _follow(root, "p", "a", "-f")
-        try:
-            first = _first_line(follow)
-            go.touch()
-            out, err = follow.communicate(timeout=120)
-        finally:
-            go.touch()
-            if follow.poll() is None:
-                follow.kill()
-                follow.wait()
-    assert (first + out).splitlines() == ["a long first line", "new"], err
+        out, err, _ = _follow_through_gate(root, go, "a long first line\n")
+    assert out.splitlines() == ["a long first line", "new"], err
 
 
 # -- the attempt's own loop reads its kill file by opening it -------------------------------------
