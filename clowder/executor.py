@@ -4,10 +4,12 @@ when no daemon is alive to see it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -279,8 +281,9 @@ class LocalExecutor:
         # Only this attempt's wrapper writes its run file, and it starts now: anything in its
         # place (an attempt that never started, a FIFO left by hand) goes, or the wrapper could block.
         launch.run_file.unlink(missing_ok=True)
-        if launch.log_file.exists() and not launch.log_file.is_file():
-            launch.log_file.unlink()  # a FIFO: opening it to write would block until someone reads
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(launch.log_file).st_mode):
+                launch.log_file.unlink()  # a FIFO: opening it to write would block until someone reads
         # The log file is created before the process: a restarted daemon that finds it knows
         # the attempt was launched, even if the status file does not say so yet.
         with open(launch.log_file, "ab") as log:

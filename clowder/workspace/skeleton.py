@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import threading
@@ -75,7 +76,14 @@ def alternates_text(git_dir: Path) -> str:
     """The lines of a job repository's objects/info/alternates: the store relative to the objects
     directory (git), then absolute, for gitdb (GitPython's GitDB, which aider uses), which resolves a
     relative entry against the process's cwd. git skips the second line: the same directory."""
-    return f"{STORE_FROM_OBJECTS}\n{(git_dir / 'objects' / STORE_FROM_OBJECTS).resolve()}\n"
+    return f"{STORE_FROM_OBJECTS}\n{_resolved_store(git_dir.parent.parent)}\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_store(workspaces: Path) -> Path:
+    """workspaces/.objects with every link resolved: the same for each job of a pipeline, and a
+    realpath walks the whole path (a lstat per component) at every start."""
+    return (workspaces / STORE).resolve()
 
 
 def skeleton(path: Path, head: str | None, tags: Mapping[str, str] | None = None, job: str = "") -> Repo:
