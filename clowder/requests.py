@@ -3,6 +3,7 @@ they work whether or not a daemon is running. The scheduler consumes them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -208,7 +209,16 @@ def request_file(paths: PipelinePaths, request_id: str) -> Path:
 
 def wake(root: Root, pipeline: str) -> None:
     """Nudge a daemon that stopped watching a finished pipeline (a request just arrived): it
-    watches .clowder/wake/ always."""
+    watches .clowder/wake/ always. Made after the request, so a daemon that takes the file and
+    then reads the requests (`woken`) never misses one."""
     d = root.state_dir / "wake"
     d.mkdir(parents=True, exist_ok=True)
     (d / pipeline).touch()
+
+
+def woken(root: Root, pipeline: str) -> None:
+    """The daemon takes a pipeline's wake file before reading its requests: a poller opens every
+    file there at each look, and a root's would pile up (one per pipeline that ever had a request).
+    A request dropped meanwhile makes the file anew, after the request file, so it is seen."""
+    with contextlib.suppress(FileNotFoundError):
+        (root.state_dir / "wake" / pipeline).unlink()

@@ -115,7 +115,21 @@ def test_retries_of_a_finished_pipeline_wake_a_polling_daemon_each_time(
             assert retry.returncode == 0, retry.stderr
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=60, what="attempt 3 succeeded")
         assert "watching the tree by polling every 200ms" in log.read_text()
+        # Taken once read: the poller opens every wake file at each look, and a root's would pile up.
+        wait_for(lambda: not (root.state_dir / "wake" / "p").exists(), timeout=60, what="the wake file taken")
     assert jstatus(root, "p", "a").attempt == 3
+
+
+def test_a_request_to_a_finished_pipeline_wakes_a_watching_daemon_and_its_wake_file_goes(
+        root: Root, make_pipeline: MakePipeline, tmp_path: Path) -> None:
+    make_pipeline("p", {"a": 'command = "true"\n'})
+    with watching(root, tmp_path, "--sweep", "1h"):  # file events only: no sweep reads it again
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=60, what="p to succeed")
+        rerun = subprocess.run(clowder(root, "rerun", "p", "a"), capture_output=True, text=True, env=_env())
+        assert rerun.returncode == 0, rerun.stderr
+        wait_for(lambda: jstatus(root, "p", "a").attempt == 2, timeout=60, what="the rerun to start attempt 2")
+        wait_for(lambda: not (root.state_dir / "wake" / "p").exists(), timeout=60, what="the wake file taken")
+        wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=60, what="p to succeed again")
 
 
 def test_a_daemon_with_a_dask_executor_polls_by_default(root: Root, make_pipeline: MakePipeline,

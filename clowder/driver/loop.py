@@ -478,6 +478,7 @@ class Driver:
                 raise
             self.recorder.spec(paths, pipeline, problems, stamp)
             cache.take_spec(pipeline, tuple(str(p) for p in problems), self.config.settle, self.log)
+        req_mod.woken(self.root, paths.name)  # before the requests are read: see there
         cache.requests = tuple(req_mod.pending(paths))
         # An ended pipeline whose specs and requests are as they were has nothing to reconcile: the
         # sweep reads every pipeline every 30 s, and 10,000 full reconciles would stall the loop.
