@@ -5,6 +5,7 @@ when no daemon is alive to see it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import selectors
@@ -62,14 +63,14 @@ class Run:
     run_file: Path
     resources: Mapping[str, int] = field(default_factory=dict)  # the job's `resources`: units of named pools
 
-    @property
+    @functools.cached_property  # asked for at each step of the attempt: a digest each time showed in the profile
     def id(self) -> str:
         """The attempt's identity among every root's, carried by all its processes. Made from
         what a restarted daemon knows too: the log file's path names the root."""
         digest = hashlib.sha256(str(self.log_file).encode()).hexdigest()[:16]
         return f"{self.pipeline}/{self.job}/{self.attempt}/{digest}"
 
-    @property
+    @property  # not cached: a Run goes to Dask workers, whose cgroups are their own
     def processes(self) -> AttemptProcesses:
         return AttemptProcesses.of(self.id)
 
