@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (
     Dag,
     Kind,
+    Run,
     Scratch,
     argv,
     chains,
@@ -63,8 +64,8 @@ from benchlib import (
     write_inputs,
 )
 
-from clowder import workspace
-from clowder.executor import WRAPPER, Run, environ, read_exit, run_file
+from clowder import executor, workspace
+from clowder.executor import WRAPPER, environ, read_exit, run_file
 from clowder.fsio import Writer
 from clowder.state import Attempt, JobState, JobStatus, job_status_to_toml, utcnow
 from clowder.tree import PipelinePaths
@@ -143,6 +144,7 @@ class Floor:
         self.layer, self.kind, self.place, self.writer = layer, kind, place, writer
         self.done = Done()
         self.made: set[Path] = set()  # the executor makes each directory once (LocalExecutor._mkdir)
+        self.writes = 0  # status files serialised, in the writer's one thread
 
     def run(self, job: Job) -> None:
         if self.layer == 1:
@@ -171,16 +173,16 @@ class Floor:
         if proc.wait() != 0:
             raise SystemExit(f"error: {job.name} exited {proc.returncode}")
 
-    def _launch(self, job: Job) -> Run:
+    def _launch(self, job: Job) -> executor.Run:
         """The attempt as the launcher describes it to the executor (the same variables)."""
         paths = self.place.paths
         log = paths.log_file(job.name, 1)
         env = {"CLOWDER_ROOT": str(paths.dir.parent.parent), "CLOWDER_PIPELINE": PIPELINE,
                "CLOWDER_JOB": job.name, "CLOWDER_ATTEMPT": "1"}
-        return Run(PIPELINE, job.name, 1, tuple(argv(self.kind, job.name, self.place.inputs)),
+        return executor.Run(PIPELINE, job.name, 1, tuple(argv(self.kind, job.name, self.place.inputs)),
                    paths.workspace(job.name), env, log, run_file(log))
 
-    def _start(self, launch: Run, cwd: Path) -> subprocess.Popen[bytes]:
+    def _start(self, launch: executor.Run, cwd: Path) -> subprocess.Popen[bytes]:
         """LocalExecutor.start's process, its argv built the same way (its cgroup from L3 on).
         Not LocalExecutor itself: it reports ends through its reaper thread and a pool of 4,
         which is the daemon's plumbing, not a guarantee."""
@@ -196,7 +198,7 @@ class Floor:
             d.mkdir(parents=True, exist_ok=True)
             self.made.add(d)
 
-    def _wait(self, launch: Run, proc: subprocess.Popen[bytes]) -> None:
+    def _wait(self, launch: executor.Run, proc: subprocess.Popen[bytes]) -> None:
         if self.layer >= 3:
             # As the reaper: the wrapper is a zombie until reaped, so its pid (the group's id) cannot
             # be reused while what is left of the attempt is killed and waited for.
@@ -233,7 +235,11 @@ class Floor:
         status = JobStatus(job.name, state, 1, attempts=(attempt,))
         # Serialised in the writer's thread, as the daemon's are; a status queued again before it
         # was written is written once, with the newer content (fsio.Writer), as in the daemon.
-        self.writer.write(self.place.paths.job_status_file(job.name), partial(job_status_to_toml, status))
+        self.writer.write(self.place.paths.job_status_file(job.name), partial(self._toml, status))
+
+    def _toml(self, status: JobStatus) -> str:
+        self.writes += 1
+        return job_status_to_toml(status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,18 +305,34 @@ def schedule(dag: Dag, work: Callable[[Job], None], workers: int = WORKERS) -> N
 @dataclass(frozen=True)
 class Measure:
     seconds: float
-    cpu: float  # s of user + system CPU: this process's and the children it waited for
+    own: float  # s of user + system CPU of this process (the floor's scheduler and its layers' work)
+    children: float  # the same of the children it waited for (programs, wrappers, git; make, clowder run)
+    writes: int = 0  # L6: status files written (two queued a job; the writer coalesces one queued again)
+
+    @property
+    def cpu(self) -> float:
+        return self.own + self.children
 
 
-def cpu_now() -> float:
+def cpu_now() -> tuple[float, float]:
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def measured(f: Callable[[], object]) -> Measure:
-    c, t = cpu_now(), time.perf_counter()
+    (own, kids), t = cpu_now(), time.perf_counter()
     f()
-    return Measure(time.perf_counter() - t, cpu_now() - c)
+    seconds = time.perf_counter() - t
+    own_after, kids_after = cpu_now()
+    return Measure(seconds, own_after - own, kids_after - kids)
+
+
+def command(f: Callable[[], Run]) -> Measure:
+    """A command run by benchlib (make, clowder run): its own wall time (its trees are made before
+    it starts) and the CPU of it and what it waited for; none of this process's."""
+    _, kids = cpu_now()
+    run = f()
+    return Measure(run.seconds, 0.0, cpu_now()[1] - kids)
 
 
 def floor_run(scratch: Scratch, dag: Dag, kind: Kind, layer: int) -> Measure:
@@ -324,7 +346,7 @@ def floor_run(scratch: Scratch, dag: Dag, kind: Kind, layer: int) -> Measure:
         if writer is not None:
             writer.close()  # every status on disk before the clock stops
 
-    return measured(run)
+    return replace(measured(run), writes=floor.writes)
 
 
 def warm_up(scratch: Scratch) -> None:
@@ -352,7 +374,11 @@ class Results:
         return median([a / b for a, b in zip(self.seconds(name), self.seconds(to), strict=True)])
 
     def cpu_ms(self, name: str) -> str:
-        return f"{median([m.cpu for m in self.runs[name]]) / self.jobs * 1000:.2f}"
+        """CPU a job: the total, and this process's + its children's (medians each)."""
+        runs = self.runs[name]
+        total, own, kids = (median([f(m) for m in runs]) / self.jobs * 1000
+                            for f in (lambda m: m.cpu, lambda m: m.own, lambda m: m.children))
+        return f"{total:.2f} ({own:.2f}+{kids:.2f})"
 
     def more_ms(self, name: str, before: str) -> str:
         return f"{(median(self.seconds(name)) - median(self.seconds(before))) / self.jobs * 1000:+.2f}"
@@ -362,13 +388,13 @@ def measure(scratch: Scratch, dag: Dag, kind: Kind, repeat: int) -> Results:
     res = Results(len(dag))
 
     def make() -> float:
-        return res.add("make", measured(lambda: run_make(scratch, dag, kind)))
+        return res.add("make", command(lambda: run_make(scratch, dag, kind)))
 
     def layer(n: int) -> Callable[[], float]:
         return lambda: res.add(LAYERS[n], floor_run(scratch, dag, kind, n))
 
     def clowder() -> float:
-        return res.add("clowder", measured(lambda: run_dag(scratch, dag, kind)))
+        return res.add("clowder", command(lambda: run_dag(scratch, dag, kind)[0]))
 
     interleaved(repeat, make, *(layer(n) for n in LAYERS), clowder)
     return res
@@ -376,9 +402,9 @@ def measure(scratch: Scratch, dag: Dag, kind: Kind, repeat: int) -> Results:
 
 def table(name: str, kind: Kind, res: Results, repeat: int) -> None:
     header(f"{name} / {LABEL[kind]}: s, median [range] of {repeat}; x make -j2; ms a job more than the "
-           f"row before; CPU ms a job (own + children)")
-    widths = (32, 22, 8, 10, 8)
-    row("", "s", "x make", "+ms/job", "CPU ms", widths=widths)
+           f"row before; CPU ms a job, this process's + its children's")
+    widths = (32, 22, 8, 10, 20)
+    row("", "s", "x make", "+ms/job", "CPU ms (own+kids)", widths=widths)
     row("make -j2", spread(res.seconds("make")), "1.0x", "", res.cpu_ms("make"), widths=widths)
     before = "make"
     for title in LAYERS.values():
@@ -388,6 +414,9 @@ def table(name: str, kind: Kind, res: Results, repeat: int) -> None:
     top = LAYERS[TOP]
     row("clowder run --max-parallel 2", spread(res.seconds("clowder")), f"{res.ratio('clowder', 'make'):.1f}x",
         res.more_ms("clowder", top), res.cpu_ms("clowder"), f"{res.ratio('clowder', top):.1f}x L6", widths=widths)
+    writes = [m.writes for m in res.runs[top]]
+    print(f"  (L6 wrote {min(writes)}-{max(writes)} status files of the {2 * res.jobs} queued: the writer writes "
+          f"a file queued again before it was written once, as the daemon's does)", flush=True)
 
 
 def main() -> None:
