@@ -180,7 +180,7 @@ class Floor:
         env = {"CLOWDER_ROOT": str(paths.dir.parent.parent), "CLOWDER_PIPELINE": PIPELINE,
                "CLOWDER_JOB": job.name, "CLOWDER_ATTEMPT": "1"}
         return executor.Run(PIPELINE, job.name, 1, tuple(argv(self.kind, job.name, self.place.inputs)),
-                   paths.workspace(job.name), env, log, run_file(log))
+                            paths.workspace(job.name), env, log, run_file(log))
 
     def _start(self, launch: executor.Run, cwd: Path) -> subprocess.Popen[bytes]:
         """LocalExecutor.start's process, its argv built the same way (its cgroup from L3 on).
