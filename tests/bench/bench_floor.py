@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import resource
+import stat
 import subprocess
 import sys
 import threading
@@ -189,6 +191,10 @@ class Floor:
         self._mkdir(launch.log_file.parent)
         cgroup = launch.processes.prepare() if self.layer >= 3 else ""
         cmd = ["/bin/sh", "-c", WRAPPER, "clowder-attempt", str(launch.run_file), cgroup, *launch.argv]
+        launch.run_file.unlink(missing_ok=True)  # its guards for a restart, as start() has them
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(launch.log_file).st_mode):
+                launch.log_file.unlink()
         with open(launch.log_file, "ab") as log:
             return subprocess.Popen(cmd, cwd=cwd, env=environ(launch), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
