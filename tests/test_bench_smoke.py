@@ -26,6 +26,7 @@ SCRIPTS = {
     "bench_workspace.py": (["--smoke"], "join of 3 upstreams"),  # after the big-repository figures
     "bench_tick.py": (["--smoke"], "chains"),
     "bench_poll.py": (["--smoke"], "clowder poller, 5 pipelines"),
+    "bench_floor.py": (["--smoke"], "chains / cp a file"),  # its last table
 }
 
 
