@@ -99,6 +99,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         monkeypatch.delenv(var, raising=False)
     for var in [v for v in os.environ if v.startswith("CLOWDER_")]:
         monkeypatch.delenv(var, raising=False)
+    # The pytest a job runs (the regression-loop example's test) is a user's plain pytest, not one
+    # that loads the plugins installed for this suite (schemathesis, hypothesis, ...): those cost
+    # ~2.5 s per run here, and the README's demo installs pytest alone.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
 @pytest.fixture
