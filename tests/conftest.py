@@ -111,6 +111,14 @@ def root(tmp_path: Path) -> Root:
     return init_root(tmp_path / "root")
 
 
+def no_settle(root: Root) -> None:
+    """settle = 0 in clowder.toml: a spec found invalid blocks its pipeline at once, instead of after
+    the 2 s a file still being written is given (tests/test_hand_edits.py tests that window)."""
+    config = root.config_file
+    assert 'settle = "2s"' in config.read_text()
+    config.write_text(config.read_text().replace('settle = "2s"', "settle = 0"))
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
