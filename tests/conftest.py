@@ -99,12 +99,24 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         monkeypatch.delenv(var, raising=False)
     for var in [v for v in os.environ if v.startswith("CLOWDER_")]:
         monkeypatch.delenv(var, raising=False)
+    # The pytest a job runs (the regression-loop example's test) is a user's plain pytest, not one
+    # that loads the plugins installed for this suite (schemathesis, hypothesis, ...): those cost
+    # ~2.5 s per run here, and the README's demo installs pytest alone.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Root:
     """An empty root made by `clowder init`."""
     return init_root(tmp_path / "root")
+
+
+def no_settle(root: Root) -> None:
+    """settle = 0 in clowder.toml: a spec found invalid blocks its pipeline at once, instead of after
+    the 2 s a file still being written is given (tests/test_hand_edits.py tests that window)."""
+    config = root.config_file
+    assert 'settle = "2s"' in config.read_text()
+    config.write_text(config.read_text().replace('settle = "2s"', "settle = 0"))
 
 
 def write(path: Path, text: str) -> Path:

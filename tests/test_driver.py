@@ -19,7 +19,7 @@ from clowder.driver import Driver
 from clowder.requests import drop
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
-from tests.conftest import Invoke, MakePipeline, wait_for, write
+from tests.conftest import Invoke, MakePipeline, no_settle, wait_for, write
 
 
 def pstate(root: Root, p: str) -> PipelineState:
@@ -189,6 +189,7 @@ def test_a_broken_job_file_blocks_its_pipeline_while_another_completes(root: Roo
                           "b": 'command = ["true"]\nneeds = ["a"]\n'})
     make_pipeline("good", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
                            "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    no_settle(root)
     with daemon(root):
         wait_for(lambda: jstatus(root, "bad", "a").state is JobState.RUNNING, what="bad/a running")
         job_b = root.pipeline("bad").jobs_dir / "b.toml"
@@ -210,6 +211,7 @@ def test_a_pipeline_stopped_by_a_broken_file_resumes_when_it_is_fixed(root: Root
     make_pipeline("p", {"a": 'command = ["true"]\n', "b": 'command = ["true"]\nneeds = ["a"]\n'})
     job_b = root.pipeline("p").jobs_dir / "b.toml"
     job_b.write_text("command = [oops\n")
+    no_settle(root)
     with daemon(root):
         wait_for(lambda: root.pipeline("p").status_file.exists() and pstate(root, "p") is PipelineState.BLOCKED,
                  what="pipeline blocked")
@@ -366,6 +368,7 @@ def test_a_changed_prompt_blocks_the_pipeline_with_a_message(root: Root, make_pi
     gate = tmp_path / "gate"
     make_pipeline("p", {"a": f'command = "while [ ! -f {gate} ]; do sleep 0.05; done"\n',
                         "b": 'command = ["true"]\nneeds = ["a"]\n'})
+    no_settle(root)
     with daemon(root):
         wait_for(lambda: jstatus(root, "p", "a").state is JobState.RUNNING, what="a running")
         spec = root.pipeline("p").spec_file

@@ -195,10 +195,22 @@ def broken_bytes(draw: st.DrawFn, text: bytes, how: str | None = None) -> bytes:
     return text.replace(b"\n", b"\r\n")
 
 
+# One strategy per kind, built once: a strategy made anew for each example spent most of the fuzz
+# tests' time (hypothesis checks each new strategy object whole before drawing from it); the values
+# drawn are the same either way.
+_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {}
+
+
+def schema_values(kind: Kind) -> st.SearchStrategy[Any]:
+    if kind.name not in _STRATEGIES:
+        _STRATEGIES[kind.name] = from_schema(kind.schema)
+    return _STRATEGIES[kind.name]
+
+
 @st.composite
 def document(draw: st.DrawFn, kind: Kind) -> bytes:
     """A file of `kind`: as its schema says, or mutated, or damaged."""
-    value = draw(from_schema(kind.schema))
+    value = draw(schema_values(kind))
     how = draw(st.sampled_from(["valid", "value", "value", "bytes"]))
     if how == "value":
         value = draw(mutated(value))

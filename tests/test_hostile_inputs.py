@@ -21,7 +21,7 @@ from clowder.spec import Source
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
 from clowder.workspace import Identity, WorkspaceError
-from tests.conftest import Invoke, MakePipeline, wait_for, write
+from tests.conftest import Invoke, MakePipeline, no_settle, wait_for, write
 
 MiB = 1024 * 1024
 
@@ -193,6 +193,7 @@ def test_run_with_an_absurd_timeout_exits_with_the_problem_not_a_traceback(
     root: Root, make_pipeline: MakePipeline, clowder: Callable[..., subprocess.Popen[str]]
 ) -> None:
     d = make_pipeline("p", {"a": 'command = "true"\ntimeout = "1000000000d"\n'})
+    no_settle(root)
     code, _, err = finish(clowder("run", "p"))
     assert "Traceback" not in err
     assert code in (1, 2)
@@ -232,6 +233,7 @@ def test_run_neither_hangs_nor_crashes_on_a_fifo_or_dev_zero_among_the_jobs(
     os.mkfifo(d / "jobs" / "fifo.toml")
     (d / "jobs" / "zero.toml").symlink_to("/dev/zero")
     make_pipeline("q", {"a": 'command = "true"\n'})
+    no_settle(root)
     code, _, err = finish(clowder("run", "p", "q"), timeout=60)
     assert "Traceback" not in err
     assert code in (1, 2)
@@ -308,6 +310,7 @@ def test_nul_in_commands_and_env_and_bad_env_keys_are_validation_errors(
 def test_run_refuses_a_nul_in_env_at_once(root: Root, make_pipeline: MakePipeline,
                                           clowder: Callable[..., subprocess.Popen[str]]) -> None:
     d = make_pipeline("p", {"a": 'command = "true"\nenv = { V = "x\\u0000y" }\n'})
+    no_settle(root)
     started = time.monotonic()
     code, _, err = finish(clowder("run", "p"), timeout=25)  # a lost attempt would take 30 s
     assert time.monotonic() - started < 25
@@ -396,6 +399,7 @@ def test_toml_nested_too_deeply_is_a_problem_not_a_crash(root: Root, make_pipeli
     assert result.exit_code == 2
     assert f"{d / 'jobs' / 'a.toml'}: <toml>: syntax error: arrays or tables nested too deeply" in result.output
     assert f"{d / 'status' / 'b.toml'}: <toml>: syntax error: arrays or tables nested too deeply" in result.output
+    no_settle(root)
     run = subprocess.run([sys.executable, "-m", "clowder", "run", "--root", str(root.path)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr

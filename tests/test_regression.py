@@ -15,7 +15,7 @@ import pytest
 from clowder.state import JobState, PipelineState, read_job_status, read_pipeline_status
 from clowder.tree import Root
 from clowder.validate import load_pipeline
-from tests.conftest import EXAMPLES, Invoke, MakePipeline
+from tests.conftest import EXAMPLES, Invoke, MakePipeline, no_settle
 from tests.test_driver import jstatus, pstate, wait_for
 
 
@@ -237,8 +237,6 @@ def _opened_at_the_end(gate: Path) -> Iterator[None]:
 def test_nothing_starts_in_a_blocked_pipeline_not_even_a_spawner_whose_fixup_succeeded(
     root: Root, make_pipeline: MakePipeline, tmp_path: Path
 ) -> None:
-    import os
-
     from tests.test_driver import daemon
 
     gate = tmp_path / "gate"
@@ -249,10 +247,11 @@ def test_nothing_starts_in_a_blocked_pipeline_not_even_a_spawner_whose_fixup_suc
         "other": 'command = ["true"]\nneeds = ["test"]\n',
     })
     other = d / "jobs" / "other.toml"
+    # No settling: a back-dated mtime raced the daemon's read of the write before it (2 s lost).
+    no_settle(root)
     with daemon(root), _opened_at_the_end(gate):
         wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.RUNNING, what="fix-up running")
         other.write_text('command = ["true"]\nneeds = ["test"]\nretries = "many"\n')
-        os.utime(other, (time.time() - 60, time.time() - 60))  # saved a while ago: no settling
         wait_for(lambda: pstate(root, "p") is PipelineState.BLOCKED, what="pipeline blocked")
         gate.touch()
         wait_for(lambda: jstatus(root, "p", "dev.r1").state is JobState.SUCCEEDED, what="fix-up succeeded")
