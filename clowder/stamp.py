@@ -80,23 +80,28 @@ def spec_signature(pipeline_dir: str) -> str:
     return signature(spec_stamp(pipeline_dir))
 
 
-def status_signature(pipeline_dir: str) -> str:
+def status_signature(pipeline_dir: str, dir_fd: int | None = None, now_ns: int | None = None) -> str:
     """The signature of the status files and of the set of job files: the mtimes of the
     pipeline directory (status.toml, pipeline.toml replaced), of status/ and of jobs/ (a job
-    file added, removed or renamed); empty when racy (see the module's docstring)."""
+    file added, removed or renamed); empty when racy (see the module's docstring).
+
+    For a caller stamping every pipeline of a root (`clowder status`): `dir_fd`, an open
+    directory `pipeline_dir` is relative to (a path of 2 parts for the kernel to walk, not ~8:
+    10-15% of the stats' time at 10,000 pipelines), and `now_ns`, the time taken once before
+    the stats (an earlier time only makes more stamps racy)."""
     mtimes = []
     for where in (pipeline_dir, pipeline_dir + "/status", pipeline_dir + "/jobs"):
         try:
-            mtimes.append(os.stat(where).st_mtime_ns)
+            mtimes.append(os.stat(where, dir_fd=dir_fd).st_mtime_ns)
         except (FileNotFoundError, NotADirectoryError):
             mtimes.append(0)
         except OSError:
             return ""
     newest = max(mtimes)
     window = COARSE_RACY_NS if newest % 1_000_000 == 0 else RACY_NS
-    if time.time_ns() - newest < window:
+    if (time.time_ns() if now_ns is None else now_ns) - newest < window:
         return ""
-    return ".".join(f"{m:x}" for m in mtimes)
+    return f"{mtimes[0]:x}.{mtimes[1]:x}.{mtimes[2]:x}"
 
 
 def is_current(recorded: str | None, current: str) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Container, Iterable
 
 from clowder import stamp
+from clowder.index.db import placeholders
 from clowder.tree import Root
 
 
@@ -36,23 +38,39 @@ def fresh(conn: sqlite3.Connection, root: Root, names: Iterable[str], ended: Con
     reindex` reads the pipeline again. Pipelines in `ended` are fresh if their status files
     are: the caller needs nothing of them that the content of spec files could change.
     Cost: three stats per pipeline, and one per spec file of those not in `ended`."""
-    known = {p: (status, spec, pid) for p, status, spec, pid in
-             conn.execute("SELECT pipeline, status_sig, spec_sig, pid FROM freshness")}
+    wanted = set(names)
+    if not wanted:
+        return set()
+    out: set[str] = set()
     daemon = -1
     pipelines = str(root.pipelines_dir)
-    out = set()
-    for name in names:
-        status_sig, spec_sig, pid = known.get(name, (None, None, None))
-        if not spec_sig:
-            continue
-        where = f"{pipelines}/{name}"
-        if status_sig is None:
-            if daemon == -1:
-                daemon = live_daemon(root) or 0
-            if pid is None or pid != daemon:
+    now = time.time_ns()  # once, before any stat: see stamp.status_signature
+    try:
+        dir_fd = os.open(pipelines, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return out  # no pipelines/ to read: nothing is as the index holds it
+    try:
+        for name, status_sig, spec_sig, pid in _rows(conn, wanted):
+            if not spec_sig or name not in wanted:
                 continue
-        elif not stamp.is_current(status_sig, stamp.status_signature(where)):
-            continue
-        if name in ended or stamp.is_current(spec_sig, stamp.spec_signature(where)):
-            out.add(name)
+            if status_sig is None:
+                if daemon == -1:
+                    daemon = live_daemon(root) or 0
+                if pid is None or pid != daemon:
+                    continue
+            elif not stamp.is_current(status_sig, stamp.status_signature(name, dir_fd, now)):
+                continue
+            if name in ended or stamp.is_current(spec_sig, stamp.spec_signature(f"{pipelines}/{name}")):
+                out.add(name)
+    finally:
+        os.close(dir_fd)
     return out
+
+
+def _rows(conn: sqlite3.Connection, wanted: set[str]) -> sqlite3.Cursor:
+    """The freshness rows of `wanted`: a few by key (a daemon asking about a pipeline that just
+    appeared read all 10,000 of a root's), many by reading the table once."""
+    select = "SELECT pipeline, status_sig, spec_sig, pid FROM freshness"
+    if len(wanted) > 100:
+        return conn.execute(select)
+    return conn.execute(f"{select} WHERE pipeline IN ({placeholders(len(wanted))})", sorted(wanted))
