@@ -381,3 +381,16 @@ def test_looking_at_a_record_never_opens_a_fifo_in_its_place(tmp_path: Path) -> 
     assert not opened.wait(0.5)
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
     thread.join(timeout=10)
+
+
+# -- the sweep ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [(), ("--sweep", "1s")], ids=["sweep_interval", "--sweep"])
+def test_clowder_watch_sweeps_as_often_as_clowder_toml_or_its_flag_says(
+        root: Root, tmp_path: Path, flags: tuple[str, ...]) -> None:
+    # A sweep says again who serves the root: a watch.lock deleted by hand comes back at the next.
+    _set(root, "sweep_interval", '"1s"' if not flags else '"1h"')
+    with watching(root, tmp_path, *flags):
+        wait_for(lambda: root.lock_file.exists() and root.lock_file.read_text().strip() != "", what="the lock file")
+        root.lock_file.unlink()
+        wait_for(root.lock_file.exists, timeout=20, what="a sweep to write watch.lock again (the default is 30 s)")

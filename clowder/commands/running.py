@@ -115,10 +115,11 @@ def _run_failed(root: Root, pipelines: tuple[str, ...]) -> int:
 
 @click.command()
 @_driver_options
-@click.option("--sweep", default="30s", show_default=True,
-              help="How often to re-read the whole tree to repair missed file events.")
+@click.option("--sweep", default=None, metavar="DURATION",
+              help="How often to re-read the whole tree to repair missed file events "
+                   "[default: sweep_interval in clowder.toml, 30s].")
 @root_option
-def watch(max_parallel: int | None, poll: bool | None, log_file: Path | None, sweep: str,
+def watch(max_parallel: int | None, poll: bool | None, log_file: Path | None, sweep: str | None,
           root_dir: Path | None) -> None:
     """Serve every pipeline under the root until SIGTERM or Ctrl-C.
 
@@ -126,7 +127,8 @@ def watch(max_parallel: int | None, poll: bool | None, log_file: Path | None, sw
     next daemon adopts them."""
     from clowder import runner  # the scheduler, watchdog, git: only for the commands that run
     root = find_root(root_dir)
-    runner.watch(root, max_parallel=max_parallel, poll=poll, log_file=log_file, sweep=parse_duration_option(sweep))
+    runner.watch(root, max_parallel=max_parallel, poll=poll, log_file=log_file,
+                 sweep=parse_duration_option(sweep) if sweep is not None else None)  # None: clowder.toml's
 
 
 @click.command()
