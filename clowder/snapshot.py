@@ -37,8 +37,6 @@ from clowder.state import (
     read_pipeline_status,
 )
 from clowder.tree import PipelinePaths, Root, is_name
-from clowder.workspace.objects import check_objects as check_objects
-from clowder.workspace.objects import read_blob
 
 if TYPE_CHECKING:
     from clowder.spec import Config, Pipeline
@@ -267,6 +265,10 @@ def model_outputs(paths: PipelinePaths, artifacts: Iterable[ArtifactRow],
 
 
 def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
+    # Imported here: clowder.workspace costs ~50 ms, which `clowder reindex` paid before it forked
+    # its readers; a reader pays it only if a pipeline has a workspace.
+    from clowder.workspace.objects import read_blob
+
     if size > MAX_OUTPUT_BYTES:
         return ModelOutputRow(blob, None, f"larger than {MAX_OUTPUT_BYTES} bytes")
     data = read_blob(ws, blob, path)
@@ -278,3 +280,10 @@ def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
     except ValueError as e:
         return ModelOutputRow(blob, None, f"not JSON: {e}")
     return ModelOutputRow(blob, text, None)
+
+
+def check_objects(ws: Path, wanted: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
+    """clowder.workspace.objects.check_objects, for fsck (imported when used, as above)."""
+    from clowder.workspace.objects import check_objects as check
+
+    return check(ws, wanted)
