@@ -252,16 +252,36 @@ def model_outputs(paths: PipelinePaths, artifacts: Iterable[ArtifactRow],
     Content is JSON text, so SQLite's JSON functions can search it; when the blob cannot be
     read or is not JSON, content is NULL and error says why."""
     out: dict[str, ModelOutputRow] = {}
-    repos: dict[str, bool] = {}
+    repos: dict[str, Path | None] = {}
+    present: set[str] | None = None
     for a in artifacts:
         if a.kind != MODEL_OUTPUT or a.blob in out or (known is not None and a.blob in known):
             continue
-        ws = paths.workspace(a.job)
+        if present is None:
+            present = _workspaces(paths)
         if a.job not in repos:
-            repos[a.job] = (ws / ".git").exists()
-        out[a.blob] = (_model_output(ws, a.path, a.blob, a.size) if repos[a.job]
+            repos[a.job] = _repository(paths, a.job, present)
+        ws = repos[a.job]
+        out[a.blob] = (_model_output(ws, a.path, a.blob, a.size) if ws is not None
                        else ModelOutputRow(a.blob, None, "no workspace repository"))
     return [out[b] for b in sorted(out)]
+
+
+def _workspaces(paths: PipelinePaths) -> set[str]:
+    """The names in workspaces/: one listing instead of a path and a stat per job, most of
+    reading model outputs when jobs have no workspace."""
+    try:
+        return set(os.listdir(paths.workspaces_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _repository(paths: PipelinePaths, job: str, present: set[str]) -> Path | None:
+    """The job's workspace if it is a git repository."""
+    if job not in present:
+        return None
+    ws = paths.workspace(job)
+    return ws if (ws / ".git").exists() else None
 
 
 def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
