@@ -38,8 +38,10 @@ class Counts:
 _BUILD_TABLES = ("pipelines", "job_specs", "edges", "jobs", "attempts", "artifacts", "consumed", "approvals",
                  "model_outputs", "freshness")
 _PIPELINE_TABLES = _BUILD_TABLES[1:-2]  # those PipelineRows holds under their own names
-BATCH = 64  # pipelines per executemany of each table
-CHUNK = 16  # pipelines a reader reads and sends at a time
+# Pipelines a reader reads and sends at a time, inserted with one executemany per table: the
+# parent's CPU was the same for 16, 64 or 256, and the last batch is inserted after the readers
+# are done, so a small one keeps that short.
+CHUNK = 16
 
 
 def _no_rows() -> dict[str, list[tuple[Any, ...]]]:
@@ -63,11 +65,6 @@ class Batch:
             rows[table] += map(tuple, getattr(p, table))
         rows["model_outputs"] += map(tuple, p.outputs)
         rows["freshness"].append((p.name, p.status_sig, p.spec_sig, None))
-
-    def extend(self, other: Batch) -> None:
-        self.names += other.names
-        for table, rows in other.rows.items():
-            self.rows[table] += rows
 
 
 _reader: tuple[Root, Any] | None = None  # what forked readers inherit
@@ -122,13 +119,8 @@ def build(root: Root, target: Path) -> Counts:
         counts = [0, 0, 0, 0]
         with index.transaction():
             taken_off = _take_off(conn)
-            batch = Batch()
-            for chunk in read_tree(root):
-                batch.extend(chunk)
-                if len(batch.names) >= BATCH:  # one executemany per table for many pipelines
-                    counts = _insert_batch(index, batch, counts)
-                    batch = Batch()
-            counts = _insert_batch(index, batch, counts)
+            for batch in read_tree(root):
+                counts = _insert_batch(index, batch, counts)
             _put_back(conn, taken_off)
         conn.execute("PRAGMA optimize")
     finally:
