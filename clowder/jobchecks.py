@@ -187,8 +187,10 @@ def _check_job(name: str, data: Mapping[str, Any], w: Where, around: _Around) ->
 
 def _check_retry_on(data: Mapping[str, Any], w: Where) -> list[Problem]:
     """Unknown failure kinds in `retry_on` (the schema checks only that they are strings)."""
-    kinds = [k.value for k in FailureKind]
     items = data.get("retry_on")
+    if items is None:  # most jobs; listing the kinds cost 1.8 µs a job in `clowder reindex`
+        return []
+    kinds = [k.value for k in FailureKind]
     return [Problem(w.path, w.key("retry_on", i), f"unknown failure kind '{kind}'{did_you_mean(kind, kinds)}; "
                     f"the kinds are {', '.join(kinds)}")
             for i, kind in enumerate(items if isinstance(items, list) else [])

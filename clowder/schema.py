@@ -10,14 +10,15 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import tomli as tomllib  # the standard library's parser, compiled with mypyc: twice as fast
-from jsonschema.exceptions import ValidationError
 
 from clowder.errors import Problem
 from clowder.fsio import MAX_SPEC_BYTES, read_input
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 KINDS = ("clowder", "template", "pipeline", "job", "status")
 NOT_AN_OPTION = "^(?!-)"  # the schemas' pattern for text git receives: never an option
@@ -45,16 +46,22 @@ def _is_integer(checker: Any, value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# JSON Schema counts 1000.0 as an integer (JSON has one number type); TOML tells `1e3` from
-# `1000`, and a float where a count belongs (max_parallel = 1e3) is a mistake to report.
-_Strict = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+@cache
+def _strict() -> Any:
+    """jsonschema's validator class, imported only to explain a problem jsonschema-rs found: the
+    import costs ~50 ms, which every `clowder reindex` paid before it forked its readers.
+    JSON Schema counts 1000.0 as an integer (JSON has one number type); TOML tells `1e3` from
+    `1000`, and a float where a count belongs (max_parallel = 1e3) is a mistake to report."""
+    import jsonschema
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
 
 
 @cache
 def _validator(kind: str) -> Any:
-    return _Strict(load_schema(kind))
+    return _strict()(load_schema(kind))
 
 
 @cache

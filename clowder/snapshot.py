@@ -37,8 +37,6 @@ from clowder.state import (
     read_pipeline_status,
 )
 from clowder.tree import PipelinePaths, Root, is_name
-from clowder.workspace.objects import check_objects as check_objects
-from clowder.workspace.objects import read_blob
 
 if TYPE_CHECKING:
     from clowder.spec import Config, Pipeline
@@ -141,14 +139,6 @@ def pipeline_status_row(status: PipelineStatus | None, problem: str | None) -> P
 
 
 def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> JobRows:
-    closed = [d for d in (_span(a.started_at, a.ended_at) for a in status.attempts) if d is not None]
-    open_starts = [ts(a.started_at) for a in status.attempts if a.started_at is not None and a.ended_at is None]
-    first = status.attempts[0] if status.attempts else None
-    last = status.last
-    job = JobRow(pipeline, status.job, status.state.value, status.attempt, status.message, ts(status.retry_at),
-                 _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
-                 ts(first.started_at) if first else None, ts(last.ended_at) if last else None,
-                 sum(closed) if closed else None, _json(open_starts))
     attempts: list[AttemptRow] = []
     artifacts: list[ArtifactRow] = []
     consumed: list[ConsumedRow] = []
@@ -162,6 +152,13 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
         artifacts += [ArtifactRow(pipeline, status.job, a.number, x.path, x.blob, x.size, x.kind) for x in a.artifacts]
         consumed += [ConsumedRow(pipeline, status.job, a.number, up, commit)
                      for up, commit in sorted(a.consumed.items())]
+    # The job's times from its attempts' rows, each time formatted once: 15 -> 12.5 µs a job.
+    closed = [r.duration for r in attempts if r.duration is not None]
+    open_starts = [r.started_at for r in attempts if r.started_at is not None and r.ended_at is None]
+    job = JobRow(pipeline, status.job, status.state.value, status.attempt, status.message, ts(status.retry_at),
+                 _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
+                 attempts[0].started_at if attempts else None, attempts[-1].ended_at if attempts else None,
+                 sum(closed) if closed else None, _json(open_starts))
     approvals = [ApprovalRow(pipeline, status.job, d.approval.request, d.approval.verdict.value, d.approval.by,
                              ts(d.approval.at) or "", d.approval.comment, d.attempt) for d in decisions(status)]
     return JobRows(job, attempts, artifacts, consumed, approvals)
@@ -254,19 +251,43 @@ def model_outputs(paths: PipelinePaths, artifacts: Iterable[ArtifactRow],
     Content is JSON text, so SQLite's JSON functions can search it; when the blob cannot be
     read or is not JSON, content is NULL and error says why."""
     out: dict[str, ModelOutputRow] = {}
-    repos: dict[str, bool] = {}
+    repos: dict[str, Path | None] = {}
+    present: set[str] | None = None
     for a in artifacts:
         if a.kind != MODEL_OUTPUT or a.blob in out or (known is not None and a.blob in known):
             continue
-        ws = paths.workspace(a.job)
+        if present is None:
+            present = _workspaces(paths)
         if a.job not in repos:
-            repos[a.job] = (ws / ".git").exists()
-        out[a.blob] = (_model_output(ws, a.path, a.blob, a.size) if repos[a.job]
+            repos[a.job] = _repository(paths, a.job, present)
+        ws = repos[a.job]
+        out[a.blob] = (_model_output(ws, a.path, a.blob, a.size) if ws is not None
                        else ModelOutputRow(a.blob, None, "no workspace repository"))
     return [out[b] for b in sorted(out)]
 
 
+def _workspaces(paths: PipelinePaths) -> set[str]:
+    """The names in workspaces/: one listing instead of a path and a stat per job, most of
+    reading model outputs when jobs have no workspace."""
+    try:
+        return set(os.listdir(paths.workspaces_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _repository(paths: PipelinePaths, job: str, present: set[str]) -> Path | None:
+    """The job's workspace if it is a git repository."""
+    if job not in present:
+        return None
+    ws = paths.workspace(job)
+    return ws if (ws / ".git").exists() else None
+
+
 def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
+    # Imported here: clowder.workspace costs ~50 ms, which `clowder reindex` paid before it forked
+    # its readers; a reader pays it only if a pipeline has a workspace.
+    from clowder.workspace.objects import read_blob
+
     if size > MAX_OUTPUT_BYTES:
         return ModelOutputRow(blob, None, f"larger than {MAX_OUTPUT_BYTES} bytes")
     data = read_blob(ws, blob, path)
@@ -278,3 +299,10 @@ def _model_output(ws: Path, path: str, blob: str, size: int) -> ModelOutputRow:
     except ValueError as e:
         return ModelOutputRow(blob, None, f"not JSON: {e}")
     return ModelOutputRow(blob, text, None)
+
+
+def check_objects(ws: Path, wanted: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
+    """clowder.workspace.objects.check_objects, for fsck (imported when used, as above)."""
+    from clowder.workspace.objects import check_objects as check
+
+    return check(ws, wanted)

