@@ -216,6 +216,7 @@ def test_a_clock_jump_neither_times_out_nor_loses_a_running_attempt(root: Root, 
         jump(clock, to)
         time.sleep(4)  # past the heartbeat timeout and a few sweeps, on the real clock
         assert jstatus(root, "p", "a").state is JobState.RUNNING, log.read_text()
+        assert "the system clock was stepped by" in log.read_text()
         gate.touch()
         wait_for(lambda: pstate(root, "p") is PipelineState.SUCCEEDED, timeout=60, what="the pipeline to succeed")
         assert daemon.poll() is None, log.read_text()
@@ -224,6 +225,29 @@ def test_a_clock_jump_neither_times_out_nor_loses_a_running_attempt(root: Root, 
         gate.touch()
     assert "Traceback" not in log.read_text(), log.read_text()
     nothing_lost(root, "ab")
+
+
+def test_a_running_attempt_times_out_on_time_after_the_clock_is_set_back(root: Root, tmp_path: Path,
+                                                                         clock: Path) -> None:
+    gate = tmp_path / "gate"
+    make(root, {"a": gate_job(gate) + 'timeout = "3s"\n'})
+    (root.path / "clowder.toml").write_text("sweep_interval = 1\n")
+    log = tmp_path / "watch.log"
+    daemon = watch(root, log, faked(clock))
+    try:
+        wait_for(lambda: read_pid(run_file(root.pipeline("p").log_file("a", 1))) is not None, what="a running")
+        started = time.monotonic()
+        jump(clock, -400 * DAY)
+        # Its deadline was 3 s after its start on the old clock: 400 days ahead of the new one.
+        wait_for(lambda: pstate(root, "p") is PipelineState.FAILED, timeout=60, what="a to time out")
+        assert time.monotonic() - started < 30
+        assert jstatus(root, "p", "a").attempts[-1].message == "timed out after 3.0s", log.read_text()
+        assert "the system clock was stepped by -400d" in log.read_text()
+        assert daemon.poll() is None, log.read_text()
+    finally:
+        stop(daemon)
+        gate.touch()
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.mark.parametrize("to", [400 * DAY, -400 * DAY], ids=["forward", "backward"])

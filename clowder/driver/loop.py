@@ -17,6 +17,8 @@ from clowder import requests as req_mod
 from clowder.crash import describe, write_crash_log
 from clowder.dask_executor import make_executor as executor_for
 from clowder.driver.cache import PipelineCache, catch_up, run_of, with_source_warning
+from clowder.driver.clock import StepWatch, moved, steady
+from clowder.driver.clock import show as show_step
 from clowder.driver.dormant import dormant
 from clowder.driver.events import (
     AttemptEnded,
@@ -105,6 +107,7 @@ class Driver:
         # by the daemon, which serves whatever comes; `clowder run` reads what it was given.
         self.leave_finished = False
         self.stopping = threading.Event()
+        self._clock = StepWatch()
         self.watcher: Watcher | None = None
         self._own: set[tuple[str, str, int]] = set()
         self._write_failures: queue.SimpleQueue[tuple[Path, OSError]] = queue.SimpleQueue()
@@ -161,18 +164,21 @@ class Driver:
         self.notifier.start()
         try:
             self._rescan()
-            next_sweep = utcnow() + timedelta(seconds=sweep)
+            # The sweep is timed on a clock that is never stepped: a step back must not stop it.
+            next_sweep = steady() + sweep
             while not self.stopping.is_set():
+                stepped = self._clock.step()
+                if stepped is not None:
+                    self._clock_stepped(stepped)
                 wake_at = self.tick()
                 if until_done and self._selected_done():
                     break
-                now = utcnow()
-                if now >= next_sweep:
+                if steady() >= next_sweep:
                     self._sweep()
-                    next_sweep = now + timedelta(seconds=sweep)
+                    next_sweep = steady() + sweep
                     continue
-                deadline = min(x for x in (wake_at, next_sweep) if x is not None)
-                self._wait((deadline - now).total_seconds())
+                until_sweep = next_sweep - steady()
+                self._wait(min(until_sweep, (wake_at - utcnow()).total_seconds()) if wake_at else until_sweep)
         finally:
             self._hand_over_now()
             self.watcher.stop()
@@ -186,6 +192,21 @@ class Driver:
         if self.space.error is not None:
             raise self.space.error
         return self._selected_succeeded()
+
+    def _clock_stepped(self, by: timedelta) -> None:
+        """The system clock was stepped: what is in flight keeps its deadlines (clowder.driver.clock)."""
+        self.log(f"the system clock was stepped by {show_step(by)}: the start times and deadlines of running "
+                 "and retrying jobs move with it")
+        for cache in self.pipelines.values():
+            cache.output_at = {job: at + by for job, at in cache.output_at.items()}
+            if cache.settle_until is not None:
+                cache.settle_until += by
+            for status in list(cache.jobs.values()):
+                new = moved(status, by)
+                if new is not status:
+                    cache.set_job(new)
+                    self._write(cache.paths.job_status_file(new.job), partial(job_status_to_toml, new))
+                    self.recorder.job(cache.paths.name, new)
 
     def _wait(self, timeout: float) -> None:
         try:
