@@ -94,7 +94,10 @@ class PipelineCache:
                 # Opened, not stat()ed: an attempt on another machine writes it, and NFS may answer a
                 # stat() from an attribute cache up to a minute old (a busy log taken for idle).
                 mtime = fresh_stat(self.paths.log_file(job, last.number)).st_mtime
-                self.output_at[job] = datetime.fromtimestamp(mtime, UTC)
+                written = datetime.fromtimestamp(mtime, UTC)
+                # Never earlier than what was seen: after a step of the clock, what was seen moved with
+                # it (driver/clock) and the log's time, written before the step, did not.
+                self.output_at[job] = max(written, seen) if seen is not None else written
 
     def read_statuses(self, say: Callable[[str], None]) -> None:
         """First sight of the pipeline (or a restart): its status files as they are on disk. One
