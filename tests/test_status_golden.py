@@ -15,6 +15,8 @@ import pytest
 
 from clowder.index.read import overview_rows, status_rows
 from clowder.tree import Root
+from clowder.views import reader
+from clowder.views.records import status_line
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 OLD = 1_767_225_600  # 2026-01-01: every file and directory is stamped long before now (not racy)
@@ -187,3 +189,7 @@ def test_status_from_the_index_prints_the_golden_bytes(golden_root: Root) -> Non
     assert set(status_rows(golden_root, names).pipelines) == set(names)
     for name, text in outputs(golden_root).items():
         check(name, text)
+    # The table's own lines (made without entries) say what the entries say, read from the index or the tree.
+    lines = reader.status_lines(golden_root)
+    assert lines == [status_line(e) for e in reader.entries(golden_root, ended_from_status=True)]
+    assert lines == [status_line(e) for e in reader.entries(golden_root, use_index=False)]

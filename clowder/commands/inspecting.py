@@ -56,12 +56,11 @@ def status(pipeline: str | None, as_json: bool, root_dir: Path | None) -> None:
         # the cyclic collector would only walk them again and again (10,000 pipelines: ~5% of the time).
         gc.disable()
         try:
-            entries = reader.entries(root, ended_from_status=True)
-            if not entries:
+            lines = reader.status_lines(root)
+            if not lines:
                 click.echo("no pipelines yet; create one with `clowder new TEMPLATE --prompt TEXT`")
                 return
-            print_table(("PIPELINE", "STATE", "JOBS", "MESSAGE"),
-                        [(e.name, e.state, e.summary, e.message) for e in entries])
+            print_table(("PIPELINE", "STATE", "JOBS", "MESSAGE"), lines)
         finally:
             gc.enable()
         return

@@ -27,7 +27,9 @@ from clowder.views.records import (
     PipelineEntry,
     PipelineReport,
     Regression,
+    StatusLine,
     report_state,
+    status_line,
 )
 
 
@@ -54,6 +56,14 @@ def entries(root: Root, state: str | None = None, ended_from_status: bool = Fals
     fresh = indexed.entries(root, names, ended_from_status) if use_index else {}
     out = [fresh.get(name) or _entry(tree.pipeline_report(root, root.pipeline(name))) for name in names]
     return out if state is None else [e for e in out if e.state == state]
+
+
+def status_lines(root: Root) -> list[StatusLine]:
+    """`clowder status`'s table: a line of every pipeline, as `entries(root, ended_from_status=True)`
+    would give it."""
+    names = pipeline_names(root)
+    fresh = indexed.status_lines(root, names)
+    return [fresh.get(name) or status_line(_entry(tree.pipeline_report(root, root.pipeline(name)))) for name in names]
 
 
 def reports(root: Root, pipeline: str | None = None, use_index: bool = True) -> list[PipelineReport]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 from clowder.state import JobState, Usage
 
@@ -58,6 +58,20 @@ class PipelineEntry:
     @property
     def summary(self) -> str:
         return summarize(self.counts)
+
+
+class StatusLine(NamedTuple):
+    """A pipeline's line in `clowder status`'s table: what it shows of its PipelineEntry, made
+    without one (the table has a line per pipeline of the root: fewer objects each)."""
+
+    name: str
+    state: ReportState
+    jobs: str  # PipelineEntry.summary
+    message: str
+
+
+def status_line(entry: PipelineEntry) -> StatusLine:
+    return StatusLine(entry.name, entry.state, entry.summary, entry.message)
 
 
 @dataclass(frozen=True)
