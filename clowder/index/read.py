@@ -155,7 +155,8 @@ def overview_rows(root: Root, names: Sequence[str], ended_from_status: bool = Tr
                 counts[pipeline] = {state: n}
         # tuple.__new__, not OverviewRow(...): its generated __new__ is Python, paid once a pipeline.
         new = tuple.__new__
-        return {h[0]: new(OverviewRow, (*h[1:], counts.get(h[0]) or {})) for h in heads if h[0] in ok}
+        return {p: new(OverviewRow, (state, message, started, ended_at, problem, problems, counts.get(p) or {}))
+                for p, state, message, started, ended_at, problem, problems in heads if p in ok}
     except sqlite3.Error:
         return {}
     finally:

@@ -15,11 +15,12 @@ from clowder.state import JobState, Usage
 ReportState = Literal["pending", "running", "blocked", "succeeded", "failed", "cancelled", "invalid", "broken"]
 REPORT_STATES: tuple[str, ...] = get_args(ReportState)
 JOB_STATES = tuple(s.value for s in JobState)
+_REPORT_STATES = frozenset(REPORT_STATES)  # a hash, not a scan of the tuple: once a pipeline of a list
 
 
 def report_state(state: str) -> ReportState:
     """A state as a list shows it: one it does not know is `broken`."""
-    return cast(ReportState, state) if state in REPORT_STATES else "broken"
+    return cast(ReportState, state) if state in _REPORT_STATES else "broken"
 
 
 _ORDER = {s: i for i, s in enumerate(JOB_STATES)}
