@@ -32,7 +32,7 @@ def clowder_with_a_bug(where: str, args: list[str], cwd: Path, tmp: Path) -> sub
 
 
 def test_a_crash_exits_three_with_one_line_and_a_crash_log_under_the_root(root: Root, tmp_path: Path) -> None:
-    result = clowder_with_a_bug("clowder.views.reader.entries", ["status"], root.path, tmp_path)
+    result = clowder_with_a_bug("clowder.views.reader.status_lines", ["status"], root.path, tmp_path)
     assert result.returncode == 3
     assert result.stdout == ""
     lines = result.stderr.splitlines()

@@ -68,7 +68,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
             table.add_row(*row)
         console().print(table)
         return
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in (headers, *rows))
-    click.echo("\n".join(lines))
+    columns = zip(*rows, strict=True) if rows else ([] for _ in headers)
+    widths = [max(len(h), max(map(len, column), default=0)) for h, column in zip(headers, columns, strict=True)]
+    # One format a line, not a join of ljusts: `clowder status` prints a line per pipeline of the root.
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format
+    click.echo("\n".join(line(*row).rstrip() for row in (headers, *rows)))

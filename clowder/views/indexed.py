@@ -9,8 +9,19 @@ from datetime import datetime
 from clowder.index.read import DecisionRow, JobStatusRow
 from clowder.state import JobState, PipelineState, utcnow
 from clowder.tree import Root
-from clowder.views.records import ArtifactLine, GateDecision, JobReport, PipelineEntry, PipelineReport, report_state
+from clowder.views.records import (
+    ArtifactLine,
+    GateDecision,
+    JobReport,
+    PipelineEntry,
+    PipelineReport,
+    StatusLine,
+    report_state,
+    summarize,
+)
 from clowder.views.tree import mended
+
+BLOCKED = PipelineState.BLOCKED.value  # the one state whose message _head may change (tree.mended)
 
 
 def _problem_text(stored: str, root: Root) -> str:
@@ -78,12 +89,36 @@ def entries(root: Root, names: list[str], ended_from_status: bool) -> dict[str, 
     from clowder.index import overview_rows
 
     out = {}
+    fromiso = datetime.fromisoformat
     for name, o in overview_rows(root, names, ended_from_status).items():
+        if o.problem is None and o.problems is None and o.state != BLOCKED:  # most pipelines: _head says as stored
+            counts = o.counts  # a dict of its own: overview_rows made it
+            out[name] = PipelineEntry(name, report_state(o.state), o.message,
+                                      fromiso(o.started_at) if o.started_at else None,
+                                      fromiso(o.ended_at) if o.ended_at else None, sum(counts.values()), counts, [])
+            continue
         state, message, shown = _head(root, name, o.state, o.message, o.problem, o.problems)
-        counts = {} if o.problem is not None else o.counts  # a dict of its own: overview_rows made it
+        counts = {} if o.problem is not None else o.counts
         started, ended = (None, None) if o.problem is not None else (_ts(o.started_at), _ts(o.ended_at))
         out[name] = PipelineEntry(name, report_state(state), message, started, ended, sum(counts.values()), counts,
                                   list(shown))
+    return out
+
+
+def status_lines(root: Root, names: list[str]) -> dict[str, StatusLine]:
+    """`clowder status`'s lines of those of `names` the index holds fresh (ended pipelines by their
+    status files alone): what `entries` gives of them, without the entries."""
+    from clowder.index import overview_rows
+
+    out = {}
+    new = tuple.__new__  # not StatusLine(...): its generated __new__ is Python, paid once a pipeline
+    for name, o in overview_rows(root, names, True).items():
+        if o.problem is None and o.problems is None and o.state != BLOCKED:  # as in `entries`
+            out[name] = new(StatusLine, (name, report_state(o.state), summarize(o.counts), o.message))
+            continue
+        state, message, _ = _head(root, name, o.state, o.message, o.problem, o.problems)
+        out[name] = StatusLine(name, report_state(state), summarize({} if o.problem is not None else o.counts),
+                               message)
     return out
 
 

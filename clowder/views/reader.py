@@ -10,7 +10,7 @@ from dataclasses import replace
 from clowder import known
 from clowder.errors import UsageError
 from clowder.state import Approval, Inputs, JobState, JobStatus, Usage, read_job_status
-from clowder.tree import PipelinePaths, Root, is_name
+from clowder.tree import NAME_RE, PipelinePaths, Root
 from clowder.views import indexed, tree
 from clowder.views.records import (
     REPORT_STATES,
@@ -27,14 +27,17 @@ from clowder.views.records import (
     PipelineEntry,
     PipelineReport,
     Regression,
+    StatusLine,
     report_state,
+    status_line,
 )
 
 
 def pipeline_names(root: Root) -> list[str]:
     """The pipelines a user can name: a directory with an invalid name cannot be addressed
     (`clowder validate` reports it)."""
-    return [name for name in root.pipeline_names() if is_name(name)]
+    fullmatch = NAME_RE.fullmatch  # is_name, without a call of it a pipeline of the root
+    return [name for name in root.pipeline_names() if fullmatch(name)]
 
 
 def _entry(r: PipelineReport) -> PipelineEntry:
@@ -52,7 +55,15 @@ def entries(root: Root, state: str | None = None, ended_from_status: bool = Fals
     names = pipeline_names(root)
     fresh = indexed.entries(root, names, ended_from_status) if use_index else {}
     out = [fresh.get(name) or _entry(tree.pipeline_report(root, root.pipeline(name))) for name in names]
-    return [e for e in out if state is None or e.state == state]
+    return out if state is None else [e for e in out if e.state == state]
+
+
+def status_lines(root: Root) -> list[StatusLine]:
+    """`clowder status`'s table: a line of every pipeline, as `entries(root, ended_from_status=True)`
+    would give it."""
+    names = pipeline_names(root)
+    fresh = indexed.status_lines(root, names)
+    return [fresh.get(name) or status_line(_entry(tree.pipeline_report(root, root.pipeline(name)))) for name in names]
 
 
 def reports(root: Root, pipeline: str | None = None, use_index: bool = True) -> list[PipelineReport]:
