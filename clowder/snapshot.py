@@ -159,7 +159,7 @@ def job_rows(pipeline: str, status: JobStatus, problem: str | None = None) -> Jo
                  _json(list(status.waiting_for)), _json(list(status.spawned)), _json(dict(status.extra)), problem,
                  attempts[0].started_at if attempts else None, attempts[-1].ended_at if attempts else None,
                  sum(closed) if closed else None, _json(open_starts))
-    approvals = [ApprovalRow(pipeline, status.job, d.approval.request, d.approval.verdict.value, d.approval.by,
+    approvals = [ApprovalRow(pipeline, status.job, d.key, d.approval.verdict.value, d.approval.by,
                              ts(d.approval.at) or "", d.approval.comment, d.attempt) for d in decisions(status)]
     return JobRows(job, attempts, artifacts, consumed, approvals)
 

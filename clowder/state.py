@@ -219,6 +219,16 @@ class Decision:
     approval: Approval
     attempt: int | None
 
+    @property
+    def key(self) -> str:
+        """What tells it from the job's other decisions: its request, or (a status written by hand
+        or by an older Clowder, without one) its time."""
+        return _decision_key(self.approval)
+
+
+def _decision_key(approval: Approval) -> str:
+    return approval.request or approval.at.isoformat()
+
 
 def decisions(status: JobStatus) -> list[Decision]:
     """The decisions a job's status records, oldest first: those its attempts carry (a retry of an
@@ -228,10 +238,10 @@ def decisions(status: JobStatus) -> list[Decision]:
     found: dict[str, Decision] = {}
     for a in status.attempts:
         if a.approval is not None:
-            found.setdefault(a.approval.request or a.approval.at.isoformat(), Decision(a.approval, a.number))
+            found.setdefault(_decision_key(a.approval), Decision(a.approval, a.number))
     last = status.approval
     if last is not None:
-        found.setdefault(last.request or last.at.isoformat(), Decision(last, None))
+        found.setdefault(_decision_key(last), Decision(last, None))
     return sorted(found.values(), key=lambda d: d.approval.at)
 
 

@@ -325,3 +325,28 @@ def test_the_page_shows_the_gate_and_its_approve_button_starts_the_job(root: Roo
             browser.close()
     approval = jstatus(root, "p", "dev").attempts[0].approval
     assert approval is not None and (approval.by, approval.comment) == ("web", "looks good from here")
+
+
+def test_decisions_without_a_request_id_in_a_hand_written_status_are_indexed_each(
+        root: Root, make_pipeline: MakePipeline, cli: Invoke) -> None:
+    # A status written by hand (or by an older Clowder) may carry decisions without the request
+    # that made them: each is still a decision of its own, for reindex as for `status --json`.
+    make_pipeline("p", {"dev": 'command = "true"\n',
+                        "ship": 'command = "true"\nneeds = [{ job = "dev", when = "manual" }]\n'})
+    paths = root.pipeline("p")
+    paths.status_dir.mkdir(parents=True, exist_ok=True)
+    at = ["2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z"]
+    attempts = "".join(
+        f'[[attempts]]\nnumber = {n}\nstate = "{state}"\nstarted_at = {at[n - 1]}\nended_at = {at[n - 1]}\n'
+        f'[attempts.approval]\nverdict = "approved"\nby = "alice"\nat = {at[n - 1]}\ncomment = "go {n}"\n'
+        for n, state in ((1, "failed"), (2, "succeeded")))
+    paths.job_status_file("ship").write_text(f'job = "ship"\nstate = "succeeded"\nattempt = 2\n{attempts}')
+    reindex = cli("reindex")
+    assert reindex.exit_code == 0, reindex.output
+    shown = json.loads(cli("status", "p", "--json").output)
+    ship = next(j for j in shown[0]["jobs"] if j["name"] == "ship")
+    assert [a["comment"] for a in ship["approvals"]] == ["go 1", "go 2"]
+    with sqlite3.connect(root.index_file) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT comment FROM approvals")) == ["go 1", "go 2"]
+    fsck = cli("fsck")
+    assert fsck.exit_code == 0, fsck.output
