@@ -204,9 +204,7 @@ class Driver:
             for status in list(cache.jobs.values()):
                 new = moved(status, by)
                 if new is not status:
-                    cache.set_job(new)
-                    self._write(cache.paths.job_status_file(new.job), partial(job_status_to_toml, new))
-                    self.recorder.job(cache.paths.name, new)
+                    self._set_job(SetJob(cache.paths.name, new))  # its state is the same: nothing to notify
 
     def _wait(self, timeout: float) -> None:
         try:
